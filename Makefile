@@ -1,0 +1,41 @@
+# Two commands for a newcomer: `make run` and `make test`. Each bootstraps .venv on its own.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: run test test-fast bench lint clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
+		|| { echo "eventsink needs Python 3.11 or newer (set PYTHON=...)"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[embedded,test]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/eventsink run
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Everything but the multi-process end-to-end suites.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not e2e" $(PYTEST_ARGS)
+
+# About 10 minutes: the metric comparison (eventsink, reference loop, Quix Streams) and the mixed
+# workload (metric + chat + analysis; eventsink only), see bench/RESULTS.md. One scenario:
+# BENCH_ARGS="--repeat 3 --scenario mixed". To record: BENCH_ARGS="--repeat 3 --profile --record".
+bench: BENCH_ARGS ?= --repeat 3 --profile
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench]'
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/python -m pip install --quiet ruff
+	$(BIN)/ruff check streams sinks schemas tests bench
+
+clean:
+	rm -rf $(VENV) .eventsink .pytest_cache build *.egg-info

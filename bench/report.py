@@ -1,0 +1,54 @@
+"""The results of a run as Markdown: printed, and appended to bench/RESULTS.md with --record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import report_metric, report_mixed
+from bench.contenders import SESSION_TIMEOUT_MS
+
+
+@dataclass(frozen=True)
+class Results:
+    date: str
+    machine: str
+    services: str
+    eventsink: str  # the commit and source digest measured
+    repeat: int
+    metric: report_metric.Results | None = None
+    mixed: report_mixed.Results | None = None
+
+    @property
+    def ok(self) -> bool:
+        scenarios = [s for s in (self.metric, self.mixed) if s is not None]
+        return all(m.ok for s in scenarios for m in s.measurements)
+
+
+def render(results: Results) -> str:
+    scenarios = [name for name, s in (("metric", results.metric), ("mixed", results.mixed)) if s is not None]
+    parts = [
+        f"## {results.date}: {' + '.join(scenarios)} scenario{'s' if len(scenarios) > 1 else ''}"
+        + (f", medians of {results.repeat} runs" if results.repeat > 1 else ""),
+        "\n".join(
+            [
+                f"- Machine: {results.machine}",
+                f"- eventsink sources: {results.eventsink}",
+                f"- Services: {results.services}",
+                "- Each contender ran alone, on its own migrated database (after a CHECKPOINT), in "
+                "its own consumer group from the earliest offset, session timeout "
+                f"{SESSION_TIMEOUT_MS} ms; the order of the contenders rotates from run to run.",
+            ]
+        ),
+    ]
+    if results.metric is not None:
+        parts.append(report_metric.render(results.metric))
+    if results.mixed is not None:
+        parts.append(report_mixed.render(results.mixed))
+    return "\n\n".join(parts) + "\n"
+
+
+def append(path: Path, text: str) -> None:
+    """Append a run's section to the results file (written by hand above the first run)."""
+    with path.open("a") as out:
+        out.write("\n" + text)

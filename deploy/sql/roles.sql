@@ -1,0 +1,67 @@
+-- Least-privilege roles for eventsink, in the database you run this in (as a superuser or the
+-- database owner). Idempotent: run it again after adding migrations or in a new database.
+--
+--   eventsink_migrator  owns the schema; runs `eventsink migrate` (DDL), `backup`, `restore`
+--   eventsink_writer    the workers: read, insert and update eventsink's tables and the ledger;
+--                       temporary staging tables; no DDL, no DELETE
+--   eventsink_retention `eventsink retention`: delete idle chat sessions (their messages
+--                       cascade) and move old soft-deleted analyses to the archive
+--
+-- The roles are created without a password (NOLOGIN until you set one):
+--   ALTER ROLE eventsink_writer LOGIN PASSWORD '...';
+-- or use your platform's IAM / certificate authentication.
+
+DO $$
+DECLARE
+    role text;
+BEGIN
+    FOREACH role IN ARRAY ARRAY['eventsink_migrator', 'eventsink_writer', 'eventsink_retention'] LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = role) THEN
+            EXECUTE format('CREATE ROLE %I NOLOGIN', role);
+        END IF;
+    END LOOP;
+    EXECUTE format('GRANT CONNECT, CREATE, TEMPORARY ON DATABASE %I TO eventsink_migrator', current_database());
+    EXECUTE format('GRANT CONNECT, TEMPORARY ON DATABASE %I TO eventsink_writer', current_database());
+    EXECUTE format('GRANT CONNECT ON DATABASE %I TO eventsink_retention', current_database());
+END
+$$;
+
+CREATE SCHEMA IF NOT EXISTS eventsink AUTHORIZATION eventsink_migrator;
+ALTER SCHEMA eventsink OWNER TO eventsink_migrator;
+-- Tables migrated before this script ran (by another role) move to the migrator.
+DO $$
+DECLARE
+    t record;
+BEGIN
+    FOR t IN SELECT tablename FROM pg_tables WHERE schemaname = 'eventsink' LOOP
+        EXECUTE format('ALTER TABLE eventsink.%I OWNER TO eventsink_migrator', t.tablename);
+    END LOOP;
+END
+$$;
+
+REVOKE ALL ON SCHEMA eventsink FROM PUBLIC;
+GRANT USAGE ON SCHEMA eventsink TO eventsink_writer, eventsink_retention;
+
+-- Workers: DML without DELETE, on what exists now and on what later migrations create.
+GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA eventsink TO eventsink_writer;
+GRANT USAGE ON ALL SEQUENCES IN SCHEMA eventsink TO eventsink_writer;
+ALTER DEFAULT PRIVILEGES FOR ROLE eventsink_migrator IN SCHEMA eventsink
+    GRANT SELECT, INSERT, UPDATE ON TABLES TO eventsink_writer;
+ALTER DEFAULT PRIVILEGES FOR ROLE eventsink_migrator IN SCHEMA eventsink
+    GRANT USAGE ON SEQUENCES TO eventsink_writer;
+
+-- Grants on particular tables, once `eventsink migrate` has created them (run this file again
+-- after migrating a new database).
+DO $$
+BEGIN
+    IF to_regclass('eventsink.schema_migrations') IS NOT NULL THEN
+        REVOKE ALL ON TABLE eventsink.schema_migrations FROM eventsink_writer;
+    END IF;
+    IF to_regclass('eventsink.analysis_requests_archive') IS NOT NULL THEN
+        -- Retention: only the tables it prunes (UPDATE because it row-locks what it picks).
+        GRANT SELECT, UPDATE, DELETE ON eventsink.chat_sessions, eventsink.analysis_requests,
+            eventsink.analysis_events TO eventsink_retention;
+        GRANT SELECT, INSERT ON eventsink.analysis_requests_archive TO eventsink_retention;
+    END IF;
+END
+$$;

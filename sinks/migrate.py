@@ -1,0 +1,149 @@
+"""Plain `.sql` migrations, applied in order, recorded, and safe to run concurrently.
+
+Each migration runs in its own transaction (PostgreSQL DDL is transactional), so one that
+fails half-way leaves the schema as it was. A session-level advisory lock serialises
+concurrent runs: the second waits, then finds nothing left to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from sinks.errors import MigrationError
+
+SCHEMA = "eventsink"
+_LOCK_KEY = 0x6576_656E_7473  # "events": one lock for every eventsink migrator
+_FILE = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
+
+BOOTSTRAP = f"""
+CREATE SCHEMA IF NOT EXISTS {SCHEMA};
+CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_migrations (
+    version    integer     PRIMARY KEY,
+    name       text        NOT NULL,
+    checksum   text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+"""
+APPLIED = f"SELECT version, name, checksum, applied_at FROM {SCHEMA}.schema_migrations ORDER BY version"
+RECORD = f"INSERT INTO {SCHEMA}.schema_migrations (version, name, checksum) VALUES (%s, %s, %s)"
+FORGET = f"DELETE FROM {SCHEMA}.schema_migrations WHERE version = %s"
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    up: str
+    down: str | None
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.up.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class MigrationStatus:
+    version: int
+    name: str
+    applied_at: datetime | None
+    reversible: bool
+
+
+def available(folder: Path | None = None) -> list[Migration]:
+    """The migrations shipped with eventsink (or those of `folder`), in version order."""
+    source: Any = folder if folder is not None else resources.files("sinks") / "migrations"
+    found = []
+    for entry in source.iterdir():
+        match = _FILE.match(entry.name)
+        if not match:
+            continue
+        down_file = source / entry.name.replace(".sql", ".down.sql")
+        down = down_file.read_text() if down_file.is_file() else None
+        found.append(Migration(int(match["version"]), match["name"], entry.read_text(), down))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise MigrationError(f"two migrations share a version: {versions}")
+    return found
+
+
+def _locked(conn: psycopg.Connection) -> dict[int, tuple[str, str, datetime]]:
+    conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+    with conn.transaction():
+        conn.execute(BOOTSTRAP)
+    return {row[0]: (row[1], row[2], row[3]) for row in conn.execute(APPLIED)}
+
+
+def _unlock(conn: psycopg.Connection) -> None:
+    if not conn.closed:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+
+
+def migrate(dsn: str, target: int | None = None, folder: Path | None = None) -> list[Migration]:
+    """Apply pending migrations up to `target` (all by default); return those applied."""
+    done: list[Migration] = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        try:
+            applied = _locked(conn)
+            for migration in available(folder):
+                if target is not None and migration.version > target:
+                    break
+                if migration.version in applied:
+                    name, checksum, _ = applied[migration.version]
+                    if checksum != migration.checksum:
+                        raise MigrationError(
+                            f"migration {migration.version:04d}_{name} was edited after it was "
+                            "applied; add a new migration instead"
+                        )
+                    continue
+                try:
+                    with conn.transaction():
+                        conn.execute(migration.up)  # type: ignore[arg-type]
+                        conn.execute(RECORD, (migration.version, migration.name, migration.checksum))
+                except psycopg.Error as exc:
+                    raise MigrationError(
+                        f"migration {migration.version:04d}_{migration.name} failed and was rolled back: {exc}"
+                    ) from exc
+                done.append(migration)
+        finally:
+            _unlock(conn)
+    return done
+
+
+def rollback(dsn: str, target: int, folder: Path | None = None) -> list[Migration]:
+    """Undo applied migrations above `target`, newest first."""
+    undone: list[Migration] = []
+    by_version = {m.version: m for m in available(folder)}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        try:
+            applied = _locked(conn)
+            for version in sorted(applied, reverse=True):
+                if version <= target:
+                    break
+                migration = by_version.get(version)
+                if migration is None or migration.down is None:
+                    raise MigrationError(f"migration {version:04d} is irreversible")
+                with conn.transaction():
+                    conn.execute(migration.down)  # type: ignore[arg-type]
+                    conn.execute(FORGET, (version,))
+                undone.append(migration)
+        finally:
+            _unlock(conn)
+    return undone
+
+
+def status(dsn: str, folder: Path | None = None) -> list[MigrationStatus]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.schema_migrations",)).fetchone()
+        applied = {}
+        if exists and exists[0]:
+            applied = {row[0]: row[3] for row in conn.execute(APPLIED)}
+    return [MigrationStatus(m.version, m.name, applied.get(m.version), m.down is not None) for m in available(folder)]

@@ -1,0 +1,2 @@
+DROP TABLE eventsink.chat_messages;
+DROP TABLE eventsink.chat_sessions;

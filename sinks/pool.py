@@ -1,0 +1,60 @@
+"""The connection pool every sink shares."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import orjson
+import psycopg
+from psycopg.types.json import set_json_dumps
+from psycopg_pool import AsyncConnectionPool
+
+from sinks.dsn import register_dsn
+
+
+def _dumps(obj: object) -> str:
+    return orjson.dumps(obj).decode()
+
+
+def open_pool(
+    dsn: str,
+    *,
+    stage_ddl: Iterable[str] = (),
+    min_size: int = 1,
+    max_size: int = 4,
+    statement_timeout_ms: int = 60_000,
+    name: str = "eventsink",
+) -> AsyncConnectionPool:
+    """Create (but do not open) a pool whose connections have the staging tables ready.
+
+    TCP keepalives make a connection that a network fault left half-open fail within seconds
+    instead of hanging a batch until the kernel gives up.
+    """
+    register_dsn(dsn)
+    ddl = tuple(stage_ddl)
+
+    async def configure(conn: psycopg.AsyncConnection) -> None:
+        set_json_dumps(_dumps, context=conn)
+        await conn.execute(f"SET statement_timeout = {int(statement_timeout_ms)}")
+        for statement in ddl:
+            await conn.execute(statement)
+        await conn.commit()
+
+    return AsyncConnectionPool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        open=False,
+        name=name,
+        configure=configure,
+        kwargs={
+            "autocommit": False,
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+            "connect_timeout": 10,
+            "application_name": name,
+        },
+        reconnect_timeout=float("inf"),
+    )

@@ -1,0 +1,1 @@
+"""The subcommands of `eventsink`, one module per area."""

@@ -1,0 +1,70 @@
+"""Faust's hand-over of fetched records to the agents, made cheap for raw-bytes topics.
+
+Per record, Faust's conductor runs the serializer registry even for raw bytes, reads a setting
+through its registry to check the producer buffer, and loops over generic channel logic: about
+25 µs of a worker's ~80 µs per event (bench/RESULTS.md). eventsink's topics carry bytes that
+the pipeline decodes in bulk, so for channels with `RawSchema` the hand-over builds the event
+and queues it, keeping what matters: flow control (rebalances), the producer-buffer throttle,
+and the queue-pressure callbacks that pause fetching a partition whose agent falls behind.
+Every other channel (Faust's own) keeps Faust's handler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableSet
+from typing import Any
+
+import faust
+from faust.transport.conductor import Conductor
+from faust.types import TP, Message
+
+
+class RawSchema(faust.Schema):
+    """Key and value stay the record's bytes: no codec, no model."""
+
+    def compile(self, app: Any, **_: Any) -> Callable[..., Awaitable[Any]]:
+        event = app.conf.Event  # read once: a settings lookup per record is measurable
+
+        async def decode(message: Message, *, propagate: bool = False) -> Any:
+            return event(app, message.key, message.value, message.headers, message)
+
+        return decode
+
+
+class LeanConductor(Conductor):
+    def _build_handler(self, tp: TP, channels: MutableSet[Any]) -> Callable[[Message], Awaitable[None]]:
+        if not channels or not all(isinstance(c.schema, RawSchema) for c in channels):
+            return super()._build_handler(tp, channels)
+        app = self.app
+        consumer = app.consumer
+        acquire_flow_control = app.flow_control.acquire
+        producer_buffer = app.producer.buffer
+        pending_produce = producer_buffer.pending.qsize
+        max_pending = producer_buffer.max_messages
+        event_class = app.conf.Event  # read once: a settings lookup per record is measurable
+        on_topic_buffer_full = app.sensors.on_topic_buffer_full
+
+        def on_pressure_high() -> None:
+            on_topic_buffer_full(tp)
+            consumer.on_buffer_full(tp)
+
+        def on_pressure_drop() -> None:
+            consumer.on_buffer_drop(tp)
+
+        async def on_message(message: Message) -> None:
+            await acquire_flow_control()
+            if pending_produce() > max_pending:
+                await producer_buffer.wait_until_ebb()
+            message.incref(len(channels))
+            event = event_class(app, message.key, message.value, message.headers, message)
+            for channel in channels:
+                queue = channel.queue
+                if queue.full():
+                    on_topic_buffer_full(tp)
+                    await channel.put(event)
+                else:
+                    queue.put_nowait_enhanced(
+                        event, on_pressure_high=on_pressure_high, on_pressure_drop=on_pressure_drop
+                    )
+
+        return on_message

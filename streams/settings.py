@@ -1,0 +1,269 @@
+"""One settings object, read from environment variables (and `*_FILE` secrets)."""
+
+from __future__ import annotations
+
+import os
+import ssl
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+from uuid import UUID
+
+from psycopg.conninfo import conninfo_to_dict
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from sinks.dsn import redact_dsn, register_dsn, register_secret
+
+SECURE_SSLMODES = ("require", "verify-ca", "verify-full")
+SECURE_KAFKA = ("SSL", "SASL_SSL")
+# Settings that may come from a file: X_FILE=/path (Docker and Kubernetes secrets).
+FILE_SECRETS = {
+    "database_url": ("DATABASE_URL", "EVENTSINK_DATABASE_URL"),
+    "kafka_sasl_password": ("EVENTSINK_KAFKA_SASL_PASSWORD",),
+}
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name, f"EVENTSINK_{name}")
+
+
+class FileSecrets(PydanticBaseSettingsSource):
+    """`DATABASE_URL_FILE=/run/secrets/db` reads DATABASE_URL from that file (one trailing newline
+    dropped). Setting both X and X_FILE is refused: which one wins would be a guess."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        for name in FILE_SECRETS.get(field_name, ()):
+            path = os.environ.get(f"{name}_FILE")
+            if not path:
+                continue
+            if any(os.environ.get(n) for n in FILE_SECRETS[field_name]):
+                raise ValueError(f"set {name} or {name}_FILE, not both")
+            try:
+                return Path(path).read_text().removesuffix("\n"), field_name, False
+            except OSError as exc:
+                raise ValueError(f"{name}_FILE={path}: {exc.strerror}") from None
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values = {}
+        for field_name, field in self.settings_cls.model_fields.items():
+            value, key, _ = self.get_field_value(field, field_name)
+            if value is not None:
+                values[key] = value
+        return values
+
+
+class Settings(BaseSettings):
+    """Every knob of eventsink. Unprefixed names for the two everybody sets, EVENTSINK_* else."""
+
+    model_config = SettingsConfigDict(env_prefix="EVENTSINK_", extra="ignore", populate_by_name=True)
+
+    kafka_bootstrap_servers: str = Field("127.0.0.1:9092", validation_alias=_env("KAFKA_BOOTSTRAP_SERVERS"))
+    database_url: SecretStr = Field(
+        SecretStr("postgresql://postgres@127.0.0.1:5432/eventsink"),
+        validation_alias=_env("DATABASE_URL"),
+    )
+    env: Literal["development", "production"] = "development"
+
+    # Kafka security (aiokafka and Faust alike).
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_check_hostname: bool = True
+
+    # Topics. Dead-letter topics default to "<topic>.dlq".
+    metrics_topic: str = "metrics"
+    metrics_dlq_topic: str | None = None
+    chat_topic: str = "chat"
+    chat_dlq_topic: str | None = None
+    analysis_topic: str = "analysis"
+    analysis_dlq_topic: str | None = None
+    # The kinds a worker consumes (comma-separated): metric, chat, analysis.
+    kinds: str = "metric,chat,analysis"
+    chat_max_content_bytes: int = Field(64 * 1024, ge=1, le=10 * 1024 * 1024)
+    topic_partitions: int = Field(8, ge=1, description="partitions of topics eventsink creates")
+    topic_replication: int = Field(1, ge=1)
+
+    # Consumer group and batching.
+    group_id: str = "eventsink"
+    batch_size: int = Field(1000, ge=1, le=50_000)
+    batch_max_wait_ms: int = Field(500, ge=1)
+    session_timeout_ms: int = Field(10_000, ge=1000)
+    max_poll_records: int = Field(5000, ge=1)
+    stream_buffer_maxsize: int = Field(20_000, ge=100)
+
+    # Dedupe fast path (the database is the real dedupe; this only saves it work).
+    dedupe_window_s: float = Field(900.0, gt=0)
+    dedupe_max_keys: int = Field(500_000, ge=0)
+
+    # Database.
+    pool_min_size: int = Field(1, ge=0)
+    pool_max_size: int = Field(4, ge=1)
+    statement_timeout_ms: int = Field(60_000, ge=100)
+    db_connect_timeout_s: float = Field(10.0, gt=0)
+    retry_initial_s: float = Field(0.2, gt=0)
+    retry_max_s: float = Field(30.0, gt=0)
+
+    # Worker process.
+    drain_timeout_s: float = Field(30.0, gt=0)
+    progress_log_s: float = Field(30.0, gt=0, description="how often a worker logs its totals")
+    data_dir: Path = Path(".eventsink/data")
+    table_store: str = "memory://"
+    web_enabled: bool = True
+    web_port: int = Field(6066, ge=1, le=65535)
+    # Tenants that get their own metric label (cardinality: never all of them).
+    metrics_tenants: str = ""
+    use_uvloop: bool = True
+
+    log_level: str = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, FileSecrets(settings_cls), dotenv_settings, file_secret_settings
+
+    @field_validator("database_url", mode="after")
+    @classmethod
+    def _remember_password(cls, value: SecretStr) -> SecretStr:
+        register_dsn(value.get_secret_value())
+        return value
+
+    @field_validator("kafka_sasl_password", mode="after")
+    @classmethod
+    def _remember_kafka_password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            register_secret(value.get_secret_value())
+        return value
+
+    @model_validator(mode="after")
+    def _production_is_encrypted(self) -> Settings:
+        if self.env != "production":
+            return self
+        try:
+            sslmode = conninfo_to_dict(self.dsn).get("sslmode")
+        except Exception:
+            raise ValueError("DATABASE_URL is not a valid PostgreSQL connection string") from None
+        if sslmode not in SECURE_SSLMODES:
+            raise ValueError(
+                f"EVENTSINK_ENV=production refuses a database connection with sslmode={sslmode or '(unset)'}: "
+                "add sslmode=verify-full (or require / verify-ca) to DATABASE_URL"
+            )
+        if self.kafka_security_protocol not in SECURE_KAFKA:
+            raise ValueError(
+                f"EVENTSINK_ENV=production refuses Kafka over {self.kafka_security_protocol}: set "
+                "EVENTSINK_KAFKA_SECURITY_PROTOCOL=SSL or SASL_SSL (with EVENTSINK_KAFKA_SSL_CAFILE if the "
+                "brokers' CA is not in the system store)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _sasl_is_complete(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"EVENTSINK_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs EVENTSINK_KAFKA_SASL_USERNAME "
+                "and EVENTSINK_KAFKA_SASL_PASSWORD (or EVENTSINK_KAFKA_SASL_PASSWORD_FILE)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _dlq_names(self) -> Settings:
+        for name in ("metrics", "chat", "analysis"):
+            if not getattr(self, f"{name}_dlq_topic"):
+                setattr(self, f"{name}_dlq_topic", f"{getattr(self, f'{name}_topic')}.dlq")
+        unknown = set(self.kind_names) - {"metric", "chat", "analysis"}
+        if unknown:
+            raise ValueError(f"unknown event kinds in EVENTSINK_KINDS: {sorted(unknown)}")
+        return self
+
+    @property
+    def metrics_tenant_set(self) -> frozenset[UUID]:
+        return frozenset(UUID(t.strip()) for t in self.metrics_tenants.split(",") if t.strip())
+
+    @property
+    def kind_names(self) -> list[str]:
+        return [k.strip() for k in self.kinds.split(",") if k.strip()]
+
+    @property
+    def dsn(self) -> str:
+        return self.database_url.get_secret_value()
+
+    @property
+    def dsn_display(self) -> str:
+        return redact_dsn(self.dsn)
+
+    @cached_property
+    def bootstrap_list(self) -> list[str]:
+        return [s.strip() for s in self.kafka_bootstrap_servers.split(",") if s.strip()]
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not self.kafka_security_protocol.endswith("SSL"):
+            return None
+        context = ssl.create_default_context(cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None)
+        context.check_hostname = self.kafka_ssl_check_hostname
+        if self.kafka_ssl_certfile:
+            context.load_cert_chain(
+                str(self.kafka_ssl_certfile), str(self.kafka_ssl_keyfile) if self.kafka_ssl_keyfile else None
+            )
+        return context
+
+    def kafka_security(self) -> dict[str, Any]:
+        """aiokafka client arguments for the configured security (empty for PLAINTEXT)."""
+        options: dict[str, Any] = {}
+        if self.kafka_security_protocol != "PLAINTEXT":
+            options["security_protocol"] = self.kafka_security_protocol
+        if self.kafka_security_protocol.endswith("SSL"):
+            options["ssl_context"] = self.ssl_context()
+        if self.kafka_security_protocol.startswith("SASL"):
+            options["sasl_mechanism"] = self.kafka_sasl_mechanism
+            options["sasl_plain_username"] = self.kafka_sasl_username
+            options["sasl_plain_password"] = self.kafka_sasl_password.get_secret_value()  # type: ignore[union-attr]
+        return options
+
+    def faust_credentials(self) -> Any:
+        """Faust's broker_credentials for the configured security (None for PLAINTEXT)."""
+        import faust
+
+        if self.kafka_security_protocol.startswith("SASL"):
+            return faust.SASLCredentials(
+                username=self.kafka_sasl_username,
+                password=self.kafka_sasl_password.get_secret_value(),  # type: ignore[union-attr]
+                mechanism=self.kafka_sasl_mechanism,
+                ssl_context=self.ssl_context(),
+            )
+        if self.kafka_security_protocol == "SSL":
+            return faust.SSLCredentials(self.ssl_context())
+        return None
+
+    @property
+    def batch_max_wait_s(self) -> float:
+        return self.batch_max_wait_ms / 1000.0
+
+
+class SettingsError(ValueError):
+    """The environment does not make valid settings; the message names each problem, no values."""
+
+
+def load(**overrides: Any) -> Settings:
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = [
+            (f"{'.'.join(str(p) for p in e['loc'])}: " if e["loc"] else "") + e["msg"].removeprefix("Value error, ")
+            for e in exc.errors(include_input=False, include_url=False)
+        ]
+        raise SettingsError("; ".join(problems)) from None

@@ -1,0 +1,98 @@
+"""Prometheus metrics of a worker. Labels are topic-level: never a tenant id by default."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+EVENTS_CONSUMED = Counter("eventsink_events_consumed", "Records taken from the topic", ["topic"], registry=REGISTRY)
+ROWS_APPLIED = Counter(
+    "eventsink_rows_applied", "Events whose effect was committed to PostgreSQL", ["topic"], registry=REGISTRY
+)
+DUPLICATES = Counter(
+    "eventsink_duplicates_dropped",
+    "Duplicate events dropped, by where they were recognised (table, database)",
+    ["topic", "where"],
+    registry=REGISTRY,
+)
+REPLAYED = Counter(
+    "eventsink_replayed_skipped",
+    "Redelivered records at or below the ledger, skipped",
+    ["topic"],
+    registry=REGISTRY,
+)
+SUPERSEDED = Counter(
+    "eventsink_superseded",
+    "Events applied but older than their row's state (analysis), which changed nothing",
+    ["topic"],
+    registry=REGISTRY,
+)
+DEAD_LETTERS = Counter(
+    "eventsink_dead_letters", "Records sent to the dead-letter topic", ["topic", "reason"], registry=REGISTRY
+)
+BATCH_RETRIES = Counter(
+    "eventsink_batch_retries", "Batch attempts that failed and were retried", ["topic", "error"], registry=REGISTRY
+)
+OFFSET_GAPS = Counter(
+    "eventsink_offset_gaps", "Batches that did not follow the ledger", ["topic", "outcome"], registry=REGISTRY
+)
+STALE_DROPPED = Counter(
+    "eventsink_stale_records_dropped",
+    "Records dropped because the partition was repositioned or revoked",
+    ["topic"],
+    registry=REGISTRY,
+)
+BATCH_SIZE = Histogram(
+    "eventsink_batch_size",
+    "Records per committed batch",
+    ["topic"],
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
+    registry=REGISTRY,
+)
+UPSERT_SECONDS = Histogram(
+    "eventsink_upsert_seconds",
+    "Duration of one batch transaction",
+    ["topic"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+LAST_COMMIT = Gauge(
+    "eventsink_last_commit_timestamp_seconds", "Unix time of the last batch commit", ["topic"], registry=REGISTRY
+)
+LEDGER_OFFSET = Gauge(
+    "eventsink_ledger_offset", "Last applied offset per partition", ["topic", "partition"], registry=REGISTRY
+)
+DEDUPE_KEYS = Gauge("eventsink_dedupe_keys", "Keys held by the dedupe fast path", ["topic"], registry=REGISTRY)
+END_OFFSET = Gauge(
+    "eventsink_end_offset",
+    "Latest offset + 1 the broker reported per partition",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+CONSUMER_LAG = Gauge(
+    "eventsink_consumer_lag",
+    "Records between Kafka's committed offset of the group and the partition's end",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+LEDGER_LAG = Gauge(
+    "eventsink_ledger_lag",
+    "Records between the last offset applied in PostgreSQL and the partition's end",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+POOL_CONNECTIONS = Gauge(
+    "eventsink_db_pool_connections", "Database pool connections by state", ["state"], registry=REGISTRY
+)
+POOL_WAITING = Gauge("eventsink_db_pool_waiting", "Requests waiting for a pool connection", registry=REGISTRY)
+REBALANCES = Counter("eventsink_rebalances", "Partition assignments received", registry=REGISTRY)
+ASSIGNED_PARTITIONS = Gauge(
+    "eventsink_assigned_partitions", "Partitions assigned to this worker", ["topic"], registry=REGISTRY
+)
+TENANT_ROWS = Counter(
+    "eventsink_tenant_rows_applied",
+    "Rows applied per tenant, only for the tenants in EVENTSINK_METRICS_TENANTS",
+    ["topic", "tenant"],
+    registry=REGISTRY,
+)

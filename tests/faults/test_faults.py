@@ -1,0 +1,236 @@
+"""Exactly-once under faults: real worker processes, the real broker and database, broken on purpose
+while mixed traffic flows. The oracle is `eventsink verify` on the three topics: every valid
+event applied once, chat counters equal to their messages, analysis rows equal to the in-order
+result, every invalid record in its DLQ, nothing pending."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import threading
+import time
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from streams.loadgen import poison_records
+from tests.faults.traffic import Traffic, oracle, settled
+from tests.helpers import Scenario, WorkerProcess, ledger_totals, read_topic, wait_until
+from tests.proxy import TcpProxy
+from tests.test_worker import _pg_address, proxied
+from tests.workload import create_topics
+
+pytestmark = pytest.mark.e2e
+
+
+def worker(s: Scenario, tag: str, **env: str) -> WorkerProcess:
+    dsn = env.pop("DATABASE_URL", None)
+    return WorkerProcess(s.env(dsn, EVENTSINK_BATCH_SIZE="300", **env), s.data_dir / f"{tag}.log").start()
+
+
+def progressed(s: Scenario, since: int) -> bool:
+    return sum(ledger_totals(s.dsn, s.group, t)["events"] for t in (s.topic, s.chat_topic, s.analysis_topic)) > since
+
+
+def applied(s: Scenario) -> int:
+    return sum(ledger_totals(s.dsn, s.group, t)["events"] for t in (s.topic, s.chat_topic, s.analysis_topic))
+
+
+def test_kill_9_five_times_in_the_middle_of_batches(scenario: Scenario) -> None:
+    s = scenario
+    create_topics(s)
+    # About 65 s of traffic: the five kills (each ~10 s: start, join, commits) land while it flows.
+    traffic = Traffic(s, metrics=7000, conversations=400, analyses=200, rate=150, seed=100).start()
+    for round_ in range(5):
+        w = worker(s, f"w{round_}")
+        before = applied(s)
+        wait_until(lambda b=before: progressed(s, b), 90, 0.05, "a commit")
+        time.sleep(random.Random(round_).uniform(0.2, 1.5))
+        assert traffic.alive(), f"the traffic ended before kill {round_ + 1}"
+        w.kill9()
+    traffic.join()
+    last = worker(s, "last")
+    try:
+        settled(s, traffic)
+        oracle(s)
+    finally:
+        last.stop()
+
+
+def test_three_workers_one_killed_one_added_one_stopped_one_fenced_out(scenario: Scenario) -> None:
+    s = scenario
+    create_topics(s)
+    traffic = Traffic(s, metrics=6000, conversations=250, analyses=150, rate=300, seed=200).start()
+    a, b, c = (worker(s, tag) for tag in "abc")
+    everyone = [a, b, c]
+    try:
+        wait_until(lambda: progressed(s, 0), 90, what="first commits")
+        time.sleep(2)
+        a.kill9()  # dies mid-batch
+        d = worker(s, "d")  # joins mid-stream
+        everyone.append(d)
+        time.sleep(4)
+        assert b.stop() == 0  # leaves cleanly mid-stream
+        # Fenced out: frozen past the session timeout, its partitions go to others; thawed, it
+        # finishes the batch it was writing, late.
+        os.kill(c.pid, signal.SIGSTOP)
+        time.sleep(9)
+        os.kill(c.pid, signal.SIGCONT)
+        assert traffic.alive(), "the traffic ended before the faults were over"
+        traffic.join()
+        settled(s, traffic)
+        oracle(s)
+    finally:
+        for w in everyone:
+            if w.alive():
+                os.kill(w.pid, signal.SIGCONT)
+                w.stop()
+
+
+def test_postgresql_unreachable_longer_than_a_batch_timeout(scenario: Scenario) -> None:
+    s = scenario
+    create_topics(s)
+    with TcpProxy(*_pg_address(s.dsn)) as proxy:
+        w = worker(s, "w", DATABASE_URL=proxied(s.worker_dsn, proxy))
+        traffic = Traffic(s, metrics=5000, conversations=200, analyses=120, rate=300, seed=300).start()
+        try:
+            wait_until(lambda: progressed(s, 0), 90, what="first commits")
+            proxy.cut()
+            cut_at = applied(s)
+            time.sleep(8)  # many batch timeouts (EVENTSINK_BATCH_MAX_WAIT_MS=200) and retries
+            assert w.alive() and applied(s) == cut_at and traffic.alive()
+            proxy.restore()
+            traffic.join()
+            settled(s, traffic)
+            oracle(s)
+        finally:
+            w.stop()
+    assert any(e.get("event") == "batch not committed; retrying" for e in w.logs())
+
+
+def test_a_producer_republishing_the_same_fifth_three_times(scenario: Scenario) -> None:
+    s = scenario
+    create_topics(s)
+    w = worker(s, "w")
+    traffic = Traffic(s, metrics=3000, rate=1000, duplicates=0.0, seed=400).start()
+    try:
+        traffic.join()
+        replays: dict[str, dict[int, int]] = {}
+        for topic in (s.topic, s.chat_topic, s.analysis_topic):
+            records = asyncio.run(read_topic(s.bootstrap, topic))
+            fifth = random.Random(topic).sample(records, len(records) // 5)
+            replays[topic] = asyncio.run(_republish(s, topic, [(r.key, r.value) for r in fifth] * 3))
+        settled(s, traffic, replays)
+        reports = oracle(s)
+        assert sum(r.totals().seen for r in reports.values()) > sum(r.totals().unique for r in reports.values()) * 1.5
+    finally:
+        w.stop()
+
+
+def test_ten_thousand_poison_records_while_valid_traffic_flows(scenario: Scenario) -> None:
+    s = scenario
+    create_topics(s)
+    w = worker(s, "w")
+    try:
+        traffic = Traffic(s, metrics=5000, conversations=150, analyses=100, rate=200, invalid=0.0, seed=500).start()
+        wait_until(lambda: progressed(s, 0), 90, what="first commits")
+        poison = poison_records(random.Random(501), "3f2b8c1e-8d4a-4c3b-9f7e-2a1b0c9d8e7f", 10_000)
+        assert len({kind for kind, _, _ in poison}) >= 8
+        rows_before = _valid_rows(s)
+        flood = asyncio.run(_republish(s, s.topic, [(k, v) for _, k, v in poison], per_second=1000))
+        assert traffic.alive(), "the flood should fall while valid traffic flows"
+        assert _valid_rows(s) > rows_before, "valid traffic kept being applied during the flood"
+        traffic.join()
+        settled(s, traffic, {s.topic: flood})
+        reports = oracle(s)
+        assert reports[s.topic].totals().in_dlq >= 10_000
+    finally:
+        w.stop()
+    dead = asyncio.run(read_topic(s.bootstrap, s.dlq_topic, timeout=10))
+    assert len({(d.info.source_partition, d.info.source_offset) for d in dead}) == 10_000
+
+
+def _valid_rows(s: Scenario) -> int:
+    return sum(ledger_totals(s.dsn, s.group, t)["rows_applied"] for t in (s.topic, s.chat_topic, s.analysis_topic))
+
+
+def test_a_slow_database_means_backpressure_not_memory(scenario: Scenario, record_property) -> None:  # type: ignore[no-untyped-def]
+    s = scenario
+    create_topics(s)
+    with TcpProxy(*_pg_address(s.dsn)) as proxy:
+        proxy.set_delay(0.02)  # every chunk through the proxy waits 20 ms, both ways
+        w = worker(s, "w", DATABASE_URL=proxied(s.worker_dsn, proxy))
+        rss = RssSampler(w.pid).start()
+        try:
+            wait_until(lambda: any("partitions assigned" in e.get("event", "") for e in w.logs()), 90, what="assigned")
+            time.sleep(2)
+            traffic = Traffic(s, metrics=12_000, conversations=150, analyses=100, rate=3000, seed=600).start()
+            traffic.join()
+            backlog = traffic.records - applied(s)
+            time.sleep(5)  # the worker works through the backlog at the slow database's pace
+            proxy.set_delay(0)
+            settled(s, traffic)
+            oracle(s)
+        finally:
+            rss.stop()
+            w.stop()
+    record_property("peak_rss_mb", round(rss.peak))
+    print(
+        f"slow database: peak RSS {rss.peak:.0f} MB ({len(rss.samples)} samples), backlog when the traffic "
+        f"ended {backlog} of {traffic.records} records"
+    )
+    assert backlog > 0, "the database was not slow enough to make a backlog"
+    assert rss.peak < 400, f"worker RSS grew to {rss.peak:.0f} MB under backpressure"
+
+
+class RssSampler:
+    """The resident set of a process, sampled twice a second from /proc."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def peak(self) -> float:
+        return max(self.samples, default=0.0)
+
+    def start(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            try:
+                with open(f"/proc/{self.pid}/status") as f:
+                    kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+                self.samples.append(kb / 1024)
+            except (OSError, StopIteration):
+                pass
+
+
+async def _republish(
+    s: Scenario, topic: str, records: list[tuple[bytes | None, bytes | None]], per_second: float | None = None
+) -> dict[int, int]:
+    producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap, enable_idempotence=False, linger_ms=5)
+    await producer.start()
+    last: dict[int, int] = {}
+    chunk = 500 if per_second else 2000
+    try:
+        for start in range(0, len(records), chunk):
+            began = time.monotonic()
+            futures = [await producer.send(topic, value=v, key=k) for k, v in records[start : start + chunk]]
+            for md in await asyncio.gather(*futures):
+                last[md.partition] = max(md.offset, last.get(md.partition, -1))
+            if per_second:
+                await asyncio.sleep(max(0.0, chunk / per_second - (time.monotonic() - began)))
+    finally:
+        await producer.stop()
+    return last

@@ -1,0 +1,115 @@
+"""Mixed traffic for the fault suite, published while the fault happens, and its oracle."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+
+from streams.kinds import all_kinds
+from streams.loadgen import LoadReport, MetricLoad, produce_metrics
+from streams.loadgen_analysis import AnalysisLoad, AnalysisReport, produce_analysis
+from streams.loadgen_chat import ChatLoad, ChatReport, produce_chat
+from streams.publisher import Publisher
+from streams.settings import Settings
+from streams.verify import VerifyReport, verify
+from tests.helpers import Scenario, wait_applied
+
+
+@dataclass
+class Traffic:
+    """Metric, chat and analysis records published from a thread at a steady rate."""
+
+    s: Scenario
+    metrics: int = 4000
+    conversations: int = 60
+    analyses: int = 50
+    rate: float = 400.0
+    invalid: float = 0.02
+    duplicates: float = 0.1
+    seed: int = 0
+    reports: dict[str, LoadReport | ChatReport | AnalysisReport] = field(default_factory=dict)
+    _thread: threading.Thread | None = None
+    error: BaseException | None = None
+
+    def start(self) -> Traffic:
+        self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._publish())
+        except BaseException as exc:  # reported by join()
+            self.error = exc
+
+    async def _publish(self) -> None:
+        s, share = self.s, self.rate / 10
+        async with Publisher(s.bootstrap) as pub:
+            metric, chat, analysis = await asyncio.gather(
+                produce_metrics(
+                    pub,
+                    s.topic,
+                    MetricLoad(
+                        self.metrics, duplicates=self.duplicates, invalid=self.invalid, rate=share * 7, seed=self.seed
+                    ),
+                ),
+                produce_chat(
+                    pub,
+                    s.chat_topic,
+                    ChatLoad(
+                        self.conversations,
+                        duplicates=self.duplicates,
+                        invalid=self.invalid,
+                        rate=share * 2,
+                        seed=self.seed + 1,
+                    ),
+                ),
+                produce_analysis(
+                    pub,
+                    s.analysis_topic,
+                    AnalysisLoad(self.analyses, duplicates=self.duplicates, rate=share, seed=self.seed + 2),
+                ),
+            )
+        self.reports = {s.topic: metric, s.chat_topic: chat, s.analysis_topic: analysis}
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def join(self) -> None:
+        assert self._thread is not None
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    @property
+    def records(self) -> int:
+        return sum(r.sent for r in self.reports.values())
+
+
+def settled(
+    s: Scenario, traffic: Traffic, extra: dict[str, dict[int, int]] | None = None, timeout: float = 180
+) -> None:
+    """Until the ledger covers everything the traffic (and any extra records) published."""
+    for topic, report in traffic.reports.items():
+        offsets = dict(report.last_offsets)
+        for p, o in (extra or {}).get(topic, {}).items():
+            offsets[p] = max(o, offsets.get(p, -1))
+        wait_applied(s.dsn, s.group, topic, offsets, timeout=timeout)
+
+
+def oracle(s: Scenario) -> dict[str, VerifyReport]:
+    """`eventsink verify` for the three topics: nothing missing, duplicated, wrong or pending."""
+    settings = Settings(
+        kafka_bootstrap_servers=s.bootstrap,
+        database_url=s.dsn,
+        metrics_topic=s.topic,
+        chat_topic=s.chat_topic,
+        analysis_topic=s.analysis_topic,
+        group_id=s.group,
+    )
+    reports = {k.topic: verify([s.bootstrap], s.dsn, s.group, k) for k in all_kinds(settings)}
+    for topic, report in reports.items():
+        total = report.totals()
+        assert report.ok and total.pending == 0, f"{topic}: {report.as_dict()['total']} {report.problems[:5]}"
+    return reports

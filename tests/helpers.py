@@ -1,0 +1,281 @@
+"""What the tests need to drive real workers and read what they did."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import orjson
+import psycopg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+
+from schemas.deadletter import DeadLetterInfo
+from streams.embedded import free_port
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.2, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class Scenario:
+    """One test's names: its own topic, consumer group and tenants, so tests never collide."""
+
+    bootstrap: str
+    dsn: str  # the tests' own connection (owner of everything)
+    data_dir: Path
+    name: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
+    worker_dsn: str = ""  # what workers and commands connect as (the writer role)
+
+    @property
+    def topic(self) -> str:
+        return f"metrics-{self.name}"
+
+    @property
+    def dlq_topic(self) -> str:
+        return f"{self.topic}.dlq"
+
+    @property
+    def chat_topic(self) -> str:
+        return f"chat-{self.name}"
+
+    @property
+    def analysis_topic(self) -> str:
+        return f"analysis-{self.name}"
+
+    @property
+    def group(self) -> str:
+        return f"eventsink-{self.name}"
+
+    def env(self, dsn: str | None = None, **extra: str) -> dict[str, str]:
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "DATABASE_URL": dsn or self.worker_dsn or self.dsn,
+            "EVENTSINK_GROUP_ID": self.group,
+            "EVENTSINK_METRICS_TOPIC": self.topic,
+            "EVENTSINK_CHAT_TOPIC": self.chat_topic,
+            "EVENTSINK_ANALYSIS_TOPIC": self.analysis_topic,
+            "EVENTSINK_TOPIC_PARTITIONS": "4",
+            "EVENTSINK_SESSION_TIMEOUT_MS": "6000",
+            "EVENTSINK_BATCH_MAX_WAIT_MS": "200",
+            "EVENTSINK_RETRY_MAX_S": "1",
+            "EVENTSINK_DB_CONNECT_TIMEOUT_S": "3",
+            "EVENTSINK_DATA_DIR": str(self.data_dir / self.name),
+            "EVENTSINK_LOG_FORMAT": "json",
+            "EVENTSINK_LOG_LEVEL": "INFO",
+            "EVENTSINK_WEB_PORT": str(free_port()),
+        }
+        env.update(extra)
+        return env
+
+
+class WorkerProcess:
+    """`eventsink worker` as a real process, with its JSON log kept for assertions."""
+
+    # Every one started, so that a test failing half-way leaves no orphan (see conftest).
+    started: ClassVar[list[WorkerProcess]] = []
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        WorkerProcess.started.append(self)
+
+    def start(self) -> WorkerProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM, then wait: the worker drains and exits on its own."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"worker did not stop within {timeout}s after SIGTERM") from None
+        crashes = [e for e in self.logs() if e.get("event") == "batch task crashed"]
+        assert not crashes, f"a batch task crashed: {crashes[0].get('exception', '')[-1500:]}"
+        return int(self.proc.returncode)
+
+    def logs(self) -> list[dict[str, Any]]:
+        entries = []
+        for line in self.log_path.read_bytes().splitlines():
+            try:
+                entries.append(orjson.loads(line))
+            except orjson.JSONDecodeError:
+                entries.append({"event": line.decode("utf-8", "replace"), "level": "raw"})
+        return entries
+
+    @property
+    def web(self) -> str:
+        return f"http://127.0.0.1:{self.env['EVENTSINK_WEB_PORT']}"
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def ledger(dsn: str, group: str, topic: str) -> dict[int, dict[str, int]]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT partition, last_offset, events, rows_applied, duplicates, dead_letters "
+            "FROM eventsink.offsets_ledger WHERE consumer_group = %s AND topic = %s",
+            (group, topic),
+        ).fetchall()
+    keys = ("last_offset", "events", "rows_applied", "duplicates", "dead_letters")
+    return {r[0]: dict(zip(keys, r[1:], strict=True)) for r in rows}
+
+
+def ledger_totals(dsn: str, group: str, topic: str) -> dict[str, int]:
+    rows = ledger(dsn, group, topic).values()
+    return {k: sum(r[k] for r in rows) for k in ("events", "rows_applied", "duplicates", "dead_letters")}
+
+
+def wait_applied(dsn: str, group: str, topic: str, last_offsets: dict[int, int], timeout: float = 90) -> None:
+    """Until the ledger covers every offset produced (producer-side offsets: exact)."""
+
+    def done() -> bool:
+        led = ledger(dsn, group, topic)
+        return all(led.get(p, {}).get("last_offset", -1) >= o for p, o in last_offsets.items())
+
+    wait_until(done, timeout, what=f"ledger to reach {last_offsets}")
+
+
+def metric_rows(dsn: str, tenants: Iterable[str]) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(
+            "SELECT tenant_id::text, dedupe_id, value, occurred_at, kafka_partition, kafka_offset "
+            "FROM eventsink.metrics_raw WHERE tenant_id = ANY(%s::uuid[])",
+            (list(tenants),),
+        ).fetchall()
+
+
+def count_by_tenant(dsn: str, tenants: Iterable[str]) -> dict[str, int]:
+    with psycopg.connect(dsn) as conn:
+        return dict(
+            conn.execute(
+                "SELECT tenant_id::text, count(*) FROM eventsink.metrics_raw "
+                "WHERE tenant_id = ANY(%s::uuid[]) GROUP BY 1",
+                (list(tenants),),
+            ).fetchall()
+        )
+
+
+@dataclass
+class TopicRecord:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+    @property
+    def info(self) -> DeadLetterInfo:
+        return DeadLetterInfo.from_headers(self.headers)
+
+
+async def read_topic(bootstrap: str, topic: str, timeout: float = 5.0) -> list[TopicRecord]:
+    """Every record of a topic, without a consumer group."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        await asyncio.sleep(0)
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in parts]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        out: list[TopicRecord] = []
+        idle_until = time.monotonic() + timeout
+        while time.monotonic() < idle_until:
+            batch = await consumer.getmany(timeout_ms=300, max_records=5000)
+            for tp, records in batch.items():
+                for r in records:
+                    out.append(TopicRecord(tp.partition, r.offset, r.key, r.value, list(r.headers or ())))
+            if batch:
+                idle_until = time.monotonic() + 1.0
+        return out
+    finally:
+        await consumer.stop()
+
+
+class _AsFaust(RoundRobinPartitionAssignor):
+    # Some brokers (Tansu) keep a group's protocol after its members left: joining with
+    # another one would lock the workers out (InconsistentGroupProtocol).
+    name = "faust"
+
+
+async def commit_group_offsets(bootstrap: str, group: str, topic: str, offsets: dict[int, int]) -> None:
+    """Commit offsets for a consumer group as a member of it, as a worker's Faust would."""
+    from aiokafka.structs import OffsetAndMetadata
+
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+        partition_assignment_strategy=(_AsFaust,),
+    )
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(consumer.assignment()) < len(offsets):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not assigned {topic} in group {group}")
+            await consumer.getmany(timeout_ms=200, max_records=1)
+        await consumer.commit({TopicPartition(topic, p): OffsetAndMetadata(o, "") for p, o in offsets.items()})
+    finally:
+        await consumer.stop()
+
+
+async def committed_offsets(bootstrap: str, group: str, topic: str, partitions: Iterable[int]) -> dict[int, int | None]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return {p: await consumer.committed(TopicPartition(topic, p)) for p in partitions}
+    finally:
+        await consumer.stop()

@@ -1,0 +1,135 @@
+"""Analysis through `Sink.write`: the state machine, tenant isolation, and order independence."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from schemas.analysis import AnalysisEvent
+from schemas.deadletter import DeadLetter, Reason
+from sinks.analysis import AnalysisWriter
+from sinks.batch import Batch, Record
+from sinks.pool import open_pool
+from sinks.writer import Sink
+
+WRITER = AnalysisWriter()
+T0 = datetime(2024, 5, 1, 12, tzinfo=UTC)
+COLUMNS = "tenant_id, status, progress, result, error, kind, media_url, version, created_at, updated_at, deleted_at"
+
+
+class Letters(list):
+    async def __call__(self, dead: list[DeadLetter]) -> None:
+        self.extend(dead)
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[object]:
+    p = open_pool(database_url, stage_ddl=WRITER.stage_ddl, max_size=4)
+    await p.open(wait=True)
+    yield p
+    await p.close()
+
+
+def ev(tenant: uuid.UUID, aid: uuid.UUID, dedupe: str, status: str, seconds: float, **kw: object) -> AnalysisEvent:
+    # dedupe_id is per tenant: qualify it by the analysis so that analyses never share one.
+    fields = {
+        "tenant_id": tenant,
+        "dedupe_id": f"{aid}:{dedupe}",
+        "analysis_id": aid,
+        "status": status,
+        "occurred_at": T0 + timedelta(seconds=seconds),
+        "progress": None,
+        "result": None,
+        "error": None,
+        "media_url": None,
+        "kind": None,
+    }
+    return AnalysisEvent.model_construct(**{**fields, **kw})
+
+
+def life(tenant: uuid.UUID, aid: uuid.UUID) -> list[AnalysisEvent]:
+    return [
+        ev(tenant, aid, "p", "pending", 0, kind="summary", media_url="s3://m/1.mp4"),
+        ev(tenant, aid, "r1", "processing", 1, progress=20),
+        ev(tenant, aid, "r2", "processing", 2, progress=70),
+        ev(tenant, aid, "c", "completed", 3, result={"score": 0.5, "labels": ["a"]}),
+        ev(tenant, aid, "r3", "processing", 4, progress=90),  # a late report after completion
+        ev(tenant, aid, "d", "deleted", 5),
+    ]
+
+
+class Feed:
+    """Delivers events to a sink as a topic partition would: offsets in delivery order."""
+
+    def __init__(self, pool: object) -> None:
+        self.sink = Sink(pool, f"g-{uuid.uuid4().hex[:8]}", WRITER, Letters())  # type: ignore[arg-type]
+        self.topic = f"analysis-{uuid.uuid4().hex[:8]}"
+        self.next = 0
+
+    async def deliver(self, *events: AnalysisEvent):  # type: ignore[no-untyped-def]
+        records = [Record(self.next + i, e, str(e.tenant_id).encode(), b"{}") for i, e in enumerate(events)]
+        self.next += len(events)
+        return await self.sink.write(Batch(self.topic, 0, records[0].offset, records[-1].offset, records))
+
+
+def row(dsn: str, aid: uuid.UUID) -> tuple | None:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(f"SELECT {COLUMNS} FROM eventsink.analysis_requests WHERE id = %s", (aid,)).fetchone()
+
+
+async def test_status_never_goes_backwards_and_late_events_are_superseded(pool: object, database_url: str) -> None:
+    tenant, aid, feed = uuid.uuid4(), uuid.uuid4(), Feed(pool)
+    events = life(tenant, aid)
+    await feed.deliver(events[3])  # completed first
+    result = await feed.deliver(events[1], events[0])  # then older steps
+    assert result.superseded == 2
+    r = row(database_url, aid)
+    assert r[1:5] == ("completed", 100, {"score": 0.5, "labels": ["a"]}, None)  # type: ignore[index]
+    with psycopg.connect(database_url) as conn:
+        flags = dict(
+            conn.execute("SELECT dedupe_id, superseded FROM eventsink.analysis_events WHERE analysis_id = %s", (aid,))
+        )
+    assert flags == {f"{aid}:c": False, f"{aid}:r1": True, f"{aid}:p": True}
+
+
+async def test_a_soft_delete_keeps_the_row_and_nothing_revives_it(pool: object, database_url: str) -> None:
+    tenant, aid, feed = uuid.uuid4(), uuid.uuid4(), Feed(pool)
+    events = life(tenant, aid)
+    await feed.deliver(*events[:4])
+    await feed.deliver(events[5])
+    await feed.deliver(ev(tenant, aid, "again", "pending", 9), ev(tenant, aid, "more", "processing", 10, progress=1))
+    r = row(database_url, aid)
+    assert (r[1], r[10]) == ("deleted", T0 + timedelta(seconds=5))  # type: ignore[index]
+    assert r[3] == {"score": 0.5, "labels": ["a"]}  # type: ignore[index]
+
+
+async def test_an_analysis_of_another_tenant_is_refused(pool: object, database_url: str) -> None:
+    owner, other, aid, feed = uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), Feed(pool)
+    await feed.deliver(ev(owner, aid, "p", "pending", 0))
+    before = row(database_url, aid)
+    result = await feed.deliver(ev(other, aid, "x", "deleted", 1))
+    assert [(d.reason, d.offset) for d in result.dead_letters] == [(Reason.TENANT_MISMATCH, 1)]
+    assert row(database_url, aid) == before
+
+
+@pytest.mark.parametrize("seed", range(40))
+async def test_any_order_with_duplicates_ends_in_the_in_order_row(pool: object, database_url: str, seed: int) -> None:
+    rng = random.Random(seed)
+    tenant = uuid.uuid4()
+    in_order, shuffled = uuid.uuid4(), uuid.uuid4()
+    feed = Feed(pool)
+    for e in life(tenant, in_order):
+        await feed.deliver(e)
+    events = life(tenant, shuffled)
+    delivery = rng.sample(events, len(events)) + [rng.choice(events) for _ in range(rng.randint(0, 4))]
+    rng.shuffle(delivery)
+    while delivery:  # random batch boundaries
+        n = rng.randint(1, 3)
+        await feed.deliver(*delivery[:n])
+        delivery = delivery[n:]
+    assert row(database_url, shuffled) == row(database_url, in_order)

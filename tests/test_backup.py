@@ -1,0 +1,245 @@
+"""`eventsink backup` / `eventsink restore` against a real PostgreSQL, with a database a real worker filled."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from sinks.dsn import database_of, with_database
+from sinks.migrate import migrate
+from streams import embedded
+from streams.commands.backup import libpq_environment, manifest_path, pg_tool
+from tests.faults.traffic import oracle
+from tests.helpers import Scenario, WorkerProcess, wait_applied
+from tests.workload import Sent, apply_all_kinds, create_topics, publish
+
+PLANTED = "Pl4nted-backup-secret"
+LEDGER = "SELECT * FROM eventsink.offsets_ledger ORDER BY consumer_group, topic, partition"
+MIGRATIONS = "SELECT version, name, checksum FROM eventsink.schema_migrations ORDER BY version"
+SEQUENCES = "SELECT sequencename, last_value FROM pg_sequences WHERE schemaname = 'eventsink' ORDER BY 1"
+TABLES = "SELECT tablename FROM pg_tables WHERE schemaname = 'eventsink' ORDER BY 1"
+# What deploy/sql/roles.sql granted (owners differ: a restore makes its user the owner).
+GRANTS = """
+SELECT c.relname, r.rolname, a.privilege_type
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, aclexplode(c.relacl) a
+JOIN pg_roles r ON r.oid = a.grantee
+WHERE n.nspname = 'eventsink' AND r.rolname IN ('eventsink_writer', 'eventsink_retention') ORDER BY 1, 2, 3
+"""
+
+
+def with_secret(dsn: str) -> tuple[str, str]:
+    """The DSN with a password (the one it has, else a planted one: the test server trusts)."""
+    params = conninfo_to_dict(dsn)
+    params.setdefault("password", PLANTED)
+    return make_conninfo(**params), str(params["password"])
+
+
+def eventsink(*args: str, dsn: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DATABASE_URL": dsn, "EVENTSINK_LOG_FORMAT": "json"}
+    return subprocess.run(
+        [sys.executable, "-m", "streams.cli", *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def rows(dsn: str, query: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(query).fetchall()
+
+
+def table_counts(dsn: str) -> dict[str, int]:
+    with psycopg.connect(dsn) as conn:
+        tables = [r[0] for r in conn.execute(TABLES)]
+        return {t: conn.execute(f"SELECT count(*) FROM eventsink.{t}").fetchone()[0] for t in tables}  # type: ignore[index]
+
+
+@pytest.fixture
+def new_database(pg_admin_dsn: str) -> Iterator[Callable[[], str]]:
+    """Creates empty databases on the test server; drops them after the test."""
+    admin = with_database(pg_admin_dsn, database_of(pg_admin_dsn))
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"eventsink_restore_{uuid.uuid4().hex[:10]}"
+        made.append(name)
+        return embedded.ensure_database(admin, name)
+
+    yield make
+    for name in made:
+        embedded.drop_database(admin, name)
+
+
+def test_libpq_gets_the_password_from_the_environment_never_from_the_command_line() -> None:
+    env, conninfo = libpq_environment(
+        "postgresql://app:s3cr3t-pw@db.internal:6432/events?sslmode=verify-full&keepalives_idle=30", "eventsink test"
+    )
+    assert env["PGPASSWORD"] == "s3cr3t-pw"
+    assert (env["PGHOST"], env["PGPORT"], env["PGUSER"], env["PGDATABASE"]) == ("db.internal", "6432", "app", "events")
+    assert env["PGSSLMODE"] == "verify-full" and env["PGAPPNAME"] == "eventsink test"
+    # What has no PG* variable (keepalives_idle) and the dbname go on the command line; no secret does.
+    assert conninfo_to_dict(conninfo) == {"dbname": "events", "keepalives_idle": "30"}
+    with pytest.raises(click.ClickException, match="sslpassword"):
+        libpq_environment("host=db sslpassword=key-passphrase", "eventsink test")
+
+
+def test_pg_tools_older_than_the_server_are_refused_with_the_package_to_install() -> None:
+    env, _ = libpq_environment("host=127.0.0.1", "eventsink test")
+    tool, major = pg_tool("pg_dump", 12, env)
+    assert tool.name == "pg_dump" and major >= 12
+    with pytest.raises(click.ClickException, match="postgresql-client-99"):
+        pg_tool("pg_restore", 99, env)
+
+
+def test_backup_refuses_a_database_without_the_schema_and_an_existing_file(
+    database_url: str, new_database: Callable[[], str], tmp_path: Path
+) -> None:
+    done = eventsink("backup", str(tmp_path / "none.dump"), dsn=new_database())
+    assert done.returncode == 1 and "has no eventsink schema" in done.stderr, done.stderr
+    assert not list(tmp_path.iterdir()), "a failed backup leaves no file behind"
+    existing = tmp_path / "existing.dump"
+    existing.write_text("keep me")
+    done = eventsink("backup", str(existing), dsn=database_url)
+    assert done.returncode == 1 and "--force" in done.stderr
+    assert existing.read_text() == "keep me"
+
+
+def test_restore_refuses_a_backup_that_does_not_match_its_manifest(
+    database_url: str, new_database: Callable[[], str], tmp_path: Path
+) -> None:
+    dump = tmp_path / "eventsink.dump"
+    assert eventsink("backup", str(dump), dsn=database_url).returncode == 0
+    data = bytearray(dump.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    dump.write_bytes(bytes(data))
+    target = new_database()
+    done = eventsink("restore", str(dump), dsn=target)
+    assert done.returncode == 1 and "checksum" in done.stderr, done.stderr
+    assert rows(target, "SELECT to_regnamespace('eventsink')") == [(None,)], "nothing was restored"
+
+
+def test_restore_refuses_a_target_schema_newer_than_the_backup(
+    database_url: str, new_database: Callable[[], str], tmp_path: Path
+) -> None:
+    dump = tmp_path / "eventsink.dump"
+    assert eventsink("backup", str(dump), dsn=database_url).returncode == 0
+    target = new_database()
+    migrate(target)
+    with psycopg.connect(target) as conn:
+        conn.execute("CREATE TABLE eventsink.from_a_later_migration (id int)")
+    done = eventsink("restore", str(dump), dsn=target)
+    assert done.returncode == 1 and "from_a_later_migration" in done.stderr, done.stderr
+
+
+@pytest.mark.e2e
+def test_a_restored_backup_has_the_same_rows_ledger_and_sequences_and_passes_verify(
+    scenario: Scenario, new_database: Callable[[], str], tmp_path: Path
+) -> None:
+    s = scenario
+    sent = apply_all_kinds(s, duplicates=0.1, seed=31, out_of_order=0.5).metrics
+    source, secret = with_secret(s.dsn)
+    outputs = []
+
+    dump = tmp_path / "eventsink.dump"
+    made = eventsink("backup", str(dump), dsn=source)
+    outputs.append(made)
+    assert made.returncode == 0, made.stderr
+    manifest = orjson.loads(manifest_path(dump).read_bytes())
+    counts = table_counts(s.dsn)
+    assert manifest["tables"] == counts and manifest["bytes"] == dump.stat().st_size
+    assert counts["metrics_raw"] >= sent.unique and counts["chat_messages"] and counts["analysis_events"]
+
+    # Into an empty database: the schema is created, rows, ledger and identity sequences are the same.
+    restored = new_database()
+    target, target_secret = with_secret(restored)
+    done = eventsink("restore", str(dump), "--target-url", target, dsn=source)
+    outputs.append(done)
+    assert done.returncode == 0, done.stderr
+    assert table_counts(restored) == counts
+    mine = [r for r in rows(restored, LEDGER) if r[0] == s.group]
+    assert {r[1] for r in mine} == {s.topic, s.chat_topic, s.analysis_topic}
+    assert rows(s.dsn, GRANTS), "the test database has deploy/sql/roles.sql's grants"
+    for query in (LEDGER, MIGRATIONS, SEQUENCES, GRANTS):
+        assert rows(restored, query) == rows(s.dsn, query), query
+    assert f"{s.group}-dedupe-metric-changelog" in done.stderr, "the restore names the changelogs to delete"
+    oracle(dataclasses.replace(s, dsn=restored))
+
+    # Into a database whose schema holds rows: only with --yes, and the result is the same.
+    refused = eventsink("restore", str(dump), dsn=target)
+    outputs.append(refused)
+    assert refused.returncode == 1 and "--yes" in refused.stderr
+    with psycopg.connect(restored) as conn:
+        conn.execute("DELETE FROM eventsink.metrics_raw WHERE id IN (SELECT id FROM eventsink.metrics_raw LIMIT 10)")
+    replaced = eventsink("restore", str(dump), "--yes", dsn=target)
+    outputs.append(replaced)
+    assert replaced.returncode == 0, replaced.stderr
+    assert table_counts(restored) == counts
+
+    # A restore that fails half-way changes nothing: a view outside the schema blocks a DROP.
+    with psycopg.connect(restored) as conn:
+        conn.execute("CREATE VIEW public.blocks_restore AS SELECT id FROM eventsink.metrics_raw")
+        conn.execute(
+            "DELETE FROM eventsink.offsets_ledger WHERE consumer_group = %s AND topic = %s", (s.group, s.topic)
+        )
+    before = table_counts(restored)
+    failed = eventsink("restore", str(dump), "--yes", dsn=target)
+    outputs.append(failed)
+    assert failed.returncode == 1 and "blocks_restore" in failed.stderr and "Nothing was changed" in failed.stderr
+    assert table_counts(restored) == before
+
+    for result in outputs:
+        for secret_ in {secret, target_secret}:
+            assert secret_ not in result.stdout + result.stderr, f"a password leaked: {result.args[3:5]}"
+
+
+@pytest.mark.e2e
+def test_workers_refill_what_a_restore_to_an_earlier_point_took_away(scenario: Scenario, tmp_path: Path) -> None:
+    """The dedupe changelogs remember keys committed after the backup; restarting on the restored
+    database without deleting them must not drop those records as duplicates."""
+    s, sent = scenario, Sent()
+    create_topics(s)
+    w = WorkerProcess(s.env(), s.data_dir / "before.log").start()
+    try:
+        publish(s, sent, 800, seed=41)
+        wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
+        dump = tmp_path / "point.dump"
+        assert eventsink("backup", str(dump), dsn=s.dsn).returncode == 0
+        publish(s, sent, 800, seed=42)  # committed after the backup: their keys go to the changelog
+        wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
+    finally:
+        assert w.stop() == 0
+    restored = eventsink("restore", str(dump), "--yes", dsn=s.dsn)
+    assert restored.returncode == 0, restored.stderr
+    assert mine(s, sent) < sent.unique
+    after = WorkerProcess(s.env(), s.data_dir / "after.log").start()
+    try:
+        wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
+    finally:
+        after.stop()
+    assert "dedupe entries past the ledger dropped" in after.log_text()
+    assert mine(s, sent) == sent.unique
+    oracle(s)
+
+
+def mine(s: Scenario, sent: Sent) -> int:
+    """This test's metric rows (the database is shared by the run's tests)."""
+    with psycopg.connect(s.dsn) as conn:
+        (count,) = conn.execute(
+            "SELECT count(*) FROM eventsink.metrics_raw WHERE tenant_id = ANY(%s::uuid[])", (sent.tenants,)
+        ).fetchone()  # type: ignore[misc]
+    return int(count)

@@ -1,0 +1,149 @@
+"""Chat through `Sink.write`: sessions, exact counters, cascade, tenant isolation."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from schemas.chat import ChatEvent
+from schemas.deadletter import DeadLetter, Reason
+from sinks.batch import Batch, Record
+from sinks.chat import ChatWriter
+from sinks.pool import open_pool
+from sinks.writer import Sink
+
+WRITER = ChatWriter()
+T0 = datetime(2024, 5, 1, 12, tzinfo=UTC)
+
+
+class Letters(list):
+    async def __call__(self, dead: list[DeadLetter]) -> None:
+        self.extend(dead)
+
+
+@pytest.fixture
+async def sink(database_url: str) -> AsyncIterator[Sink]:
+    pool = open_pool(database_url, stage_ddl=WRITER.stage_ddl)
+    await pool.open(wait=True)
+    yield Sink(pool, f"g-{uuid.uuid4().hex[:8]}", WRITER, Letters())
+    await pool.close()
+
+
+def msg(
+    tenant: uuid.UUID, conv: uuid.UUID, dedupe: str, seconds: int, role: str = "assistant", **kw: object
+) -> ChatEvent:
+    fields = {
+        "tenant_id": tenant,
+        "dedupe_id": dedupe,
+        "conversation_id": conv,
+        "role": role,
+        "content": f"message {dedupe}",
+        "occurred_at": T0 + timedelta(seconds=seconds),
+        "user_id": None,
+        "model": None,
+        "prompt_tokens": None,
+        "completion_tokens": None,
+    }
+    return ChatEvent.model_construct(**{**fields, **kw})
+
+
+class Topic:
+    """Offsets for one (topic, partition), as Kafka would hand them out."""
+
+    def __init__(self) -> None:
+        self.name = f"chat-{uuid.uuid4().hex[:8]}"
+        self.next = 0
+
+    def batch(self, *events: ChatEvent) -> Batch[ChatEvent]:
+        records = [Record(self.next + i, e, str(e.tenant_id).encode(), b"{}") for i, e in enumerate(events)]
+        self.next += len(events)
+        return Batch(self.name, 0, records[0].offset, records[-1].offset, records)
+
+
+def session(dsn: str, conv: uuid.UUID) -> tuple | None:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(
+            "SELECT tenant_id, user_id, created_at, last_message_at, message_count, prompt_tokens, completion_tokens "
+            "FROM eventsink.chat_sessions WHERE id = %s",
+            (conv,),
+        ).fetchone()
+
+
+def messages(dsn: str, conv: uuid.UUID) -> int:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT count(*) FROM eventsink.chat_messages WHERE session_id = %s", (conv,)).fetchone()[0]  # type: ignore[index]
+
+
+async def test_the_first_message_creates_the_session_and_counters_are_exact(sink: Sink, database_url: str) -> None:
+    tenant, conv, t = uuid.uuid4(), uuid.uuid4(), Topic()
+    await sink.write(
+        t.batch(
+            msg(tenant, conv, "m1", 5, role="user", user_id="u-1"),
+            msg(tenant, conv, "m2", 9, prompt_tokens=100, completion_tokens=40, model="m"),
+        )
+    )
+    # Out of order: an earlier message arrives later; created_at follows it.
+    await sink.write(t.batch(msg(tenant, conv, "m0", 1, role="system"), msg(tenant, conv, "m3", 20, prompt_tokens=7)))
+    assert session(database_url, conv) == (
+        tenant,
+        "u-1",
+        T0 + timedelta(seconds=1),
+        T0 + timedelta(seconds=20),
+        4,
+        107,
+        40,
+    )
+    assert messages(database_url, conv) == 4
+
+
+async def test_replays_and_duplicate_storms_never_move_the_counters(sink: Sink, database_url: str) -> None:
+    tenant, conv, t = uuid.uuid4(), uuid.uuid4(), Topic()
+    first = t.batch(msg(tenant, conv, "a", 1, prompt_tokens=10), msg(tenant, conv, "b", 2, completion_tokens=5))
+    await sink.write(first)
+    await sink.write(first)  # the same offsets again: the ledger skips them
+    for _ in range(20):  # the same messages re-sent by a producer: new offsets, same keys
+        await sink.write(
+            t.batch(*[msg(tenant, conv, "a", 1, prompt_tokens=10)] * 10, msg(tenant, conv, "b", 2, completion_tokens=5))
+        )
+    assert session(database_url, conv)[4:] == (2, 10, 5)  # type: ignore[index]
+    assert messages(database_url, conv) == 2
+
+
+async def test_a_conversation_of_another_tenant_is_refused_and_untouched(sink: Sink, database_url: str) -> None:
+    owner, intruder, conv, t = uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), Topic()
+    await sink.write(t.batch(msg(owner, conv, "o1", 1, prompt_tokens=3)))
+    result = await sink.write(
+        t.batch(
+            msg(intruder, conv, "x1", 50, prompt_tokens=1000),
+            msg(owner, conv, "o2", 2, prompt_tokens=4),
+        )
+    )
+    assert [(d.reason, d.offset) for d in result.dead_letters] == [(Reason.TENANT_MISMATCH, 1)]
+    assert "belongs to another tenant" in result.dead_letters[0].detail
+    after = session(database_url, conv)
+    assert after[0] == owner and after[4:] == (2, 7, 0)  # type: ignore[index]
+    assert after[3] == T0 + timedelta(seconds=2)  # type: ignore[index]  # the intruder's later message moved nothing
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM eventsink.chat_messages WHERE tenant_id = %s", (intruder,)
+        ).fetchone() == (0,)
+
+
+async def test_two_tenants_claiming_a_new_conversation_in_one_batch(sink: Sink, database_url: str) -> None:
+    a, b, conv, t = uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), Topic()
+    result = await sink.write(t.batch(msg(a, conv, "a1", 1), msg(b, conv, "b1", 2), msg(a, conv, "a2", 3)))
+    assert [d.offset for d in result.dead_letters] == [1]
+    assert session(database_url, conv)[0] == a  # type: ignore[index]
+    assert messages(database_url, conv) == 2
+
+
+async def test_messages_cascade_with_their_session(sink: Sink, database_url: str) -> None:
+    tenant, conv, t = uuid.uuid4(), uuid.uuid4(), Topic()
+    await sink.write(t.batch(*[msg(tenant, conv, f"m{i}", i) for i in range(5)]))
+    with psycopg.connect(database_url) as conn:
+        conn.execute("DELETE FROM eventsink.chat_sessions WHERE id = %s", (conv,))
+    assert messages(database_url, conv) == 0

@@ -1,0 +1,166 @@
+"""The `eventsink` command as users run it."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import uuid
+
+import orjson
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from streams.embedded import free_port
+from tests.helpers import Scenario
+
+PASSWORD = "pw-" + uuid.uuid4().hex
+
+
+def eventsink(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streams.cli", *args],
+        env={**os.environ, "EVENTSINK_LOG_FORMAT": "json", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def with_password(dsn: str, port: int | None = None) -> str:
+    params = conninfo_to_dict(dsn)
+    params["password"] = PASSWORD
+    if port is not None:
+        params.update(host="127.0.0.1", port=str(port))
+    return make_conninfo(**params)
+
+
+def test_migrate_reports_without_showing_the_password(database_url: str) -> None:
+    done = eventsink("migrate", env={"DATABASE_URL": with_password(database_url)})
+    assert done.returncode == 0, done.stderr
+    assert "up to date" in done.stderr and "password=***" in done.stderr
+    assert PASSWORD not in done.stdout + done.stderr
+    status = eventsink("migrate", "--status", env={"DATABASE_URL": database_url})
+    assert "offsets_ledger" in status.stdout and "metrics_raw" in status.stdout
+
+
+def test_an_unreachable_database_is_a_clear_error_without_the_password(database_url: str) -> None:
+    done = eventsink("migrate", env={"DATABASE_URL": with_password(database_url, free_port())})
+    assert done.returncode == 1
+    assert "error:" in done.stderr and "Connection refused" in done.stderr.replace("\n", " ")
+    assert PASSWORD not in done.stdout + done.stderr
+
+
+def test_help_and_invalid_settings_never_show_the_password(database_url: str) -> None:
+    env = {"DATABASE_URL": with_password(database_url), "EVENTSINK_BATCH_SIZE": "zero"}
+    bad = eventsink("migrate", env=env)
+    assert bad.returncode == 1 and "batch_size" in bad.stderr
+    assert PASSWORD not in bad.stdout + bad.stderr
+    helped = eventsink("--help", env=env)
+    assert helped.returncode == 0 and "produce" in helped.stdout and PASSWORD not in helped.stdout
+
+
+def test_produce_reports_what_it_sent(scenario: Scenario) -> None:
+    env = {"KAFKA_BOOTSTRAP_SERVERS": scenario.bootstrap, "EVENTSINK_METRICS_TOPIC": scenario.topic}
+    done = eventsink(
+        "produce",
+        "metrics",
+        "--count",
+        "500",
+        "--tenants",
+        "3",
+        "--duplicates",
+        "0.2",
+        "--invalid",
+        "0.02",
+        "--seed",
+        "3",
+        "--json",
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    report = orjson.loads(done.stdout)
+    assert report["sent"] == 500 == report["unique"] + report["duplicates"] + report["invalid"]
+    assert len(report["unique_per_tenant"]) == 3 and report["invalid"] > 0
+
+
+@pytest.mark.e2e
+def test_run_starts_a_broker_runs_a_worker_and_stops_everything(scenario: Scenario) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+    env.update(DATABASE_URL=scenario.dsn, EVENTSINK_GROUP_ID=scenario.group, EVENTSINK_LOG_FORMAT="json")
+    done = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "run", "--count", "2000"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=scenario.data_dir,
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    assert "exactly once: every unique event applied once, every invalid one in its DLQ" in out
+    port = int(re.search(r"Tansu broker \(in memory\) on 127\.0\.0\.1:(\d+)", out).group(1))  # type: ignore[union-attr]
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    leftover = subprocess.run(["pgrep", "-f", f"{port}"], capture_output=True, text=True)
+    assert leftover.stdout.strip() == ""
+
+
+def test_chat_history_prints_the_last_messages_in_order_to_their_tenant_only(database_url: str) -> None:
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    from schemas.chat import ChatEvent
+    from sinks.batch import Batch, Record
+    from sinks.chat import ChatWriter
+    from sinks.pool import open_pool
+    from sinks.writer import Sink
+
+    tenant, conv = uuid.uuid4(), uuid.uuid4()
+    t0 = datetime(2024, 5, 1, 12, tzinfo=UTC)
+    events = [
+        ChatEvent.model_construct(
+            tenant_id=tenant,
+            dedupe_id=f"h{i}",
+            conversation_id=conv,
+            role="user" if i % 2 == 0 else "assistant",
+            content=f"turn {i}",
+            occurred_at=t0 + timedelta(minutes=i),
+            user_id="u",
+            model=None,
+            prompt_tokens=None,
+            completion_tokens=None,
+        )
+        for i in range(6)
+    ]
+
+    async def write() -> None:
+        pool = open_pool(database_url, stage_ddl=ChatWriter.stage_ddl)
+        await pool.open(wait=True)
+        try:
+            records = [Record(i, e, None, b"{}") for i, e in enumerate(events)]
+            await Sink(pool, "g-history", ChatWriter()).write(Batch(f"chat-{conv}", 0, 0, 5, records))
+        finally:
+            await pool.close()
+
+    asyncio.run(write())
+    env = {"DATABASE_URL": database_url}
+    shown = eventsink("chat", "history", str(conv), "--tenant", str(tenant), "--last", "3", "--json", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert [orjson.loads(line)["content"] for line in shown.stdout.splitlines()] == ["turn 3", "turn 4", "turn 5"]
+    table = eventsink("chat", "history", str(conv), "--tenant", str(tenant), env=env)
+    assert table.returncode == 0 and "6 messages" in table.stdout and "turn 0" in table.stdout
+    other = eventsink("chat", "history", str(conv), "--tenant", str(uuid.uuid4()), env=env)
+    assert other.returncode == 1 and "not found" in other.stderr and "turn" not in other.stdout
+
+
+def test_a_worker_whose_web_port_is_taken_says_so(database_url: str) -> None:
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = eventsink("worker", env={"DATABASE_URL": database_url, "EVENTSINK_WEB_PORT": str(port)}, timeout=60)
+    assert done.returncode == 2
+    assert "the web port is taken" in done.stdout + done.stderr and "EVENTSINK_WEB_PORT" in done.stdout + done.stderr

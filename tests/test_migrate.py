@@ -1,0 +1,86 @@
+"""Migrations: ordered, recorded, idempotent, concurrent-safe, atomic, reversible."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from sinks import migrate as m
+from sinks.dsn import database_of, with_database
+from sinks.errors import MigrationError
+from streams import embedded
+
+
+@pytest.fixture
+def empty_db(pg_admin_dsn: str) -> Iterator[str]:
+    admin = with_database(pg_admin_dsn, database_of(pg_admin_dsn))
+    name = f"eventsink_mig_{uuid.uuid4().hex[:8]}"
+    dsn = embedded.ensure_database(admin, name)
+    yield dsn
+    embedded.drop_database(admin, name)
+
+
+def tables(dsn: str) -> set[str]:
+    with psycopg.connect(dsn) as conn:
+        return {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'eventsink'")}
+
+
+def test_migrate_applies_in_order_once(empty_db: str) -> None:
+    first = m.migrate(empty_db)
+    assert [x.version for x in first] == sorted(x.version for x in m.available())
+    assert m.migrate(empty_db) == []
+    assert {"offsets_ledger", "metrics_raw", "schema_migrations"} <= tables(empty_db)
+    assert all(st.applied_at is not None for st in m.status(empty_db))
+
+
+def test_two_processes_migrating_at_once_both_succeed(empty_db: str) -> None:
+    code = f"from sinks.migrate import migrate; migrate({empty_db!r})"
+    procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE) for _ in range(3)]
+    results = [(p.wait(60), p.stderr.read().decode() if p.stderr else "") for p in procs]
+    assert all(rc == 0 for rc, _ in results), results
+    with psycopg.connect(empty_db) as conn:
+        versions = [r[0] for r in conn.execute("SELECT version FROM eventsink.schema_migrations")]
+    assert sorted(versions) == sorted(x.version for x in m.available())
+
+
+def test_an_edited_migration_is_refused(empty_db: str) -> None:
+    m.migrate(empty_db)
+    with psycopg.connect(empty_db) as conn:
+        conn.execute("UPDATE eventsink.schema_migrations SET checksum = 'x' WHERE version = 1")
+    with pytest.raises(MigrationError, match="edited after it was applied"):
+        m.migrate(empty_db)
+
+
+def test_a_failing_migration_leaves_the_schema_as_it_was(empty_db: str, tmp_path: Path) -> None:
+    (tmp_path / "0001_good.sql").write_text("CREATE TABLE eventsink.good (id int);")
+    (tmp_path / "0002_bad.sql").write_text(
+        "CREATE TABLE eventsink.half (id int);\nALTER TABLE eventsink.nope ADD COLUMN x int;"
+    )
+    with pytest.raises(MigrationError, match="0002_bad failed and was rolled back"):
+        m.migrate(empty_db, folder=tmp_path)
+    assert "good" in tables(empty_db)
+    assert "half" not in tables(empty_db)
+    assert [(s.version, s.applied_at is not None) for s in m.status(empty_db, tmp_path)] == [(1, True), (2, False)]
+
+
+def test_down_steps_undo_and_redo(empty_db: str) -> None:
+    m.migrate(empty_db)
+    undone = m.rollback(empty_db, 0)
+    assert [x.version for x in undone] == sorted((x.version for x in m.available()), reverse=True)
+    assert tables(empty_db) == {"schema_migrations"}
+    m.migrate(empty_db)
+    assert {"offsets_ledger", "metrics_raw"} <= tables(empty_db)
+
+
+def test_an_irreversible_migration_stops_a_rollback(empty_db: str, tmp_path: Path) -> None:
+    (tmp_path / "0001_keep.sql").write_text("CREATE TABLE eventsink.keep (id int);")
+    m.migrate(empty_db, folder=tmp_path)
+    with pytest.raises(MigrationError, match="irreversible"):
+        m.rollback(empty_db, 0, folder=tmp_path)
+    assert "keep" in tables(empty_db)

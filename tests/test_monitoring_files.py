@@ -1,0 +1,92 @@
+"""The alert rules and the dashboard refer to metrics a worker really exports."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from streams import telemetry
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+_NAME = re.compile(r"\b(eventsink_[a-z_]+)")
+
+
+def exported() -> set[str]:
+    names = set()
+    for family in telemetry.REGISTRY.collect():
+        names.add(family.name)
+        names.update(s.name for s in family.samples)
+        if family.type == "counter":
+            names.add(f"{family.name}_total")
+        if family.type == "histogram":
+            names.update(f"{family.name}_{suffix}" for suffix in ("bucket", "count", "sum"))
+    return names
+
+
+def rules() -> list[dict]:
+    doc = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    return [rule for group in doc["groups"] for rule in group["rules"]]
+
+
+def test_alert_rules_cover_the_issue_and_use_real_metrics() -> None:
+    by_name = {r["alert"]: r for r in rules()}
+    assert set(by_name) == {
+        "EventsinkLagHigh",
+        "EventsinkDeadLetters",
+        "EventsinkUpsertSlow",
+        "EventsinkWorkerDown",
+        "EventsinkNoCommit",
+    }
+    assert "> 10000" in by_name["EventsinkLagHigh"]["expr"] and by_name["EventsinkLagHigh"]["for"] == "5m"
+    assert "0.95" in by_name["EventsinkUpsertSlow"]["expr"] and "> 0.5" in by_name["EventsinkUpsertSlow"]["expr"]
+    assert "> 120" in by_name["EventsinkNoCommit"]["expr"]
+    known = exported()
+    for rule in rules():
+        assert rule["annotations"]["summary"]
+        for name in _NAME.findall(rule["expr"]):
+            assert name in known, f"{rule['alert']} uses {name}, which no worker exports"
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) is not installed")
+def test_promtool_accepts_the_rules() -> None:
+    done = subprocess.run(
+        ["promtool", "check", "rules", str(DEPLOY / "prometheus" / "alerts.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS: 5 rules found" in done.stdout
+
+
+def test_the_dashboard_plots_real_metrics() -> None:
+    dashboard = json.loads((DEPLOY / "grafana" / "eventsink.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    known = exported()
+    used = {name for e in exprs for name in _NAME.findall(e)}
+    assert used and used <= known, used - known
+    wanted = {
+        "eventsink_events_consumed_total",
+        "eventsink_ledger_lag",
+        "eventsink_consumer_lag",
+        "eventsink_dead_letters_total",
+        "eventsink_upsert_seconds_bucket",
+    }
+    assert wanted <= used
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+def test_compose_provisions_prometheus_and_grafana_with_these_files() -> None:
+    compose = yaml.safe_load((DEPLOY.parent / "docker-compose.yml").read_text())
+    mounts = [v.split(":")[0] for svc in ("prometheus", "grafana") for v in compose["services"][svc]["volumes"]]
+    for mount in mounts:
+        assert (DEPLOY.parent / mount).exists(), mount
+    scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    assert scrape["scrape_configs"][0]["job_name"] == "eventsink"  # the alerts' up{job="eventsink"}

@@ -1,0 +1,127 @@
+"""The metric wire contract: what is accepted, how it is normalised, why the rest is refused."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+
+from schemas import Decoded, MetricEvent, Reason, Rejected, decode, encode
+from schemas.codec import dedupe_digest
+
+TENANT = "3f2b8c1e-8d4a-4c3b-9f7e-2a1b0c9d8e7f"
+
+
+def payload(**change: object) -> dict[str, object]:
+    body: dict[str, object] = {
+        "tenant_id": TENANT,
+        "dedupe_id": "evt-1",
+        "name": "cpu.usage",
+        "value": 12.5,
+        "occurred_at": "2024-05-01T12:00:00.123456Z",
+        "tags": {"host": "a"},
+    }
+    body.update(change)
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def ok(raw: bytes, key: bytes | None = TENANT.encode()) -> MetricEvent:
+    result = decode(raw, MetricEvent, key)
+    assert isinstance(result, Decoded), result
+    return result.event
+
+
+def refused(raw: bytes | None, key: bytes | None = TENANT.encode()) -> Rejected:
+    result = decode(raw, MetricEvent, key)
+    assert isinstance(result, Rejected), result
+    return result
+
+
+def test_valid_event_is_normalised_to_utc_keeping_microseconds() -> None:
+    event = ok(orjson.dumps(payload(occurred_at="2024-05-01T14:00:00.654321+02:00", unit="%")))
+    assert event.tenant_id == uuid.UUID(TENANT)
+    assert event.occurred_at == datetime(2024, 5, 1, 12, 0, 0, 654321, tzinfo=UTC)
+    assert event.occurred_at.utcoffset().total_seconds() == 0  # type: ignore[union-attr]
+    assert event.unit == "%"
+
+
+def test_digits_beyond_microseconds_are_truncated_like_postgresql() -> None:
+    event = ok(orjson.dumps(payload(occurred_at="2024-05-01T12:00:00.123456789Z")))
+    assert event.occurred_at.microsecond == 123456
+
+
+def test_encode_round_trips() -> None:
+    event = ok(orjson.dumps(payload()))
+    assert ok(encode(event)) == event
+    assert orjson.loads(encode(event))["occurred_at"] == "2024-05-01T12:00:00.123456Z"
+
+
+def test_key_may_be_absent_or_any_spelling_of_the_tenant() -> None:
+    raw = orjson.dumps(payload())
+    ok(raw, key=None)
+    ok(raw, key=TENANT.upper().encode())
+
+
+def test_integers_are_numbers_but_booleans_and_strings_are_not() -> None:
+    assert ok(orjson.dumps(payload(value=3))).value == 3.0
+    assert refused(orjson.dumps(payload(value=True))).reason is Reason.INVALID_EVENT
+    assert "value" in refused(orjson.dumps(payload(value="1.5"))).detail
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason", "detail"),
+    [
+        (b"{not json", Reason.INVALID_JSON, "not JSON"),
+        (b"[1, 2]", Reason.NOT_AN_OBJECT, "list"),
+        (b'"a string"', Reason.NOT_AN_OBJECT, "str"),
+        (orjson.dumps(payload(name=None)), Reason.INVALID_EVENT, "name: Field required"),
+        (orjson.dumps(payload(tags=None)), Reason.INVALID_EVENT, "tags: Field required"),
+        (orjson.dumps(payload(tenant_id="tenant-42")), Reason.INVALID_EVENT, "tenant_id"),
+        (orjson.dumps(payload(tenant_id=42)), Reason.INVALID_EVENT, "tenant_id"),
+        (orjson.dumps(payload(dedupe_id="")), Reason.INVALID_EVENT, "dedupe_id"),
+        (orjson.dumps(payload(dedupe_id="x" * 129)), Reason.INVALID_EVENT, "dedupe_id"),
+        (orjson.dumps(payload()).replace(b"12.5", b"NaN"), Reason.INVALID_EVENT, "NaN"),
+        (orjson.dumps(payload()).replace(b"12.5", b"Infinity"), Reason.INVALID_EVENT, "Infinity"),
+        (orjson.dumps(payload()).replace(b"12.5", b"1e999"), Reason.INVALID_EVENT, "too large"),
+        (orjson.dumps(payload(occurred_at="yesterday")), Reason.INVALID_EVENT, "RFC 3339"),
+        (orjson.dumps(payload(occurred_at="1714564800")), Reason.INVALID_EVENT, "RFC 3339"),
+        (orjson.dumps(payload(occurred_at=1714564800)), Reason.INVALID_EVENT, "RFC 3339"),
+        (orjson.dumps(payload(occurred_at="2024-05-01T12:00:00")), Reason.INVALID_EVENT, "RFC 3339"),
+        (
+            orjson.dumps(payload(occurred_at="2024-02-30T12:00:00Z")),
+            Reason.INVALID_EVENT,
+            "occurred_at: Input should be a valid datetime",
+        ),
+        (b'{"tenant_id": "\xff\xfe"}', Reason.INVALID_UTF8, "UTF-8"),
+        (orjson.dumps(payload(name="cpu\u0000usage")), Reason.INVALID_EVENT, "NUL"),
+        (orjson.dumps(payload(tags={"host": "a\u0000"})), Reason.INVALID_EVENT, "NUL"),
+        (orjson.dumps(payload(tags={"host": 1})), Reason.INVALID_EVENT, "tags.host"),
+        (orjson.dumps(payload(tags={f"k{i}": "v" for i in range(65)})), Reason.INVALID_EVENT, "tags"),
+        (orjson.dumps(payload(extra_field=1)), Reason.INVALID_EVENT, "extra_field"),
+        (orjson.dumps(payload(name="")), Reason.INVALID_EVENT, "name"),
+    ],
+)
+def test_invalid_records_are_refused_with_a_reason(raw: bytes, reason: Reason, detail: str) -> None:
+    result = refused(raw)
+    assert result.reason is reason
+    assert detail in result.detail
+
+
+def test_a_record_keyed_for_another_tenant_is_refused() -> None:
+    other = str(uuid.uuid4())
+    result = refused(orjson.dumps(payload()), key=other.encode())
+    assert result.reason is Reason.KEY_MISMATCH
+    assert refused(orjson.dumps(payload()), key=b"\xff").reason is Reason.KEY_MISMATCH
+
+
+def test_a_tombstone_is_refused() -> None:
+    assert refused(None).reason is Reason.INVALID_JSON
+
+
+def test_the_dedupe_digest_is_per_tenant() -> None:
+    a, b = uuid.uuid4(), uuid.uuid4()
+    assert dedupe_digest(a, "same") != dedupe_digest(b, "same")
+    assert dedupe_digest(a, "same") == dedupe_digest(a, "same")
+    assert len(dedupe_digest(a, "x")) == 16

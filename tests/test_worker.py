@@ -1,0 +1,362 @@
+"""Real `eventsink worker` processes, a real broker, a real PostgreSQL: exactly-once end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import Counter
+from datetime import UTC, datetime
+
+import orjson
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from schemas.deadletter import Reason
+from tests.helpers import (
+    Scenario,
+    WorkerProcess,
+    commit_group_offsets,
+    count_by_tenant,
+    ledger_totals,
+    read_topic,
+    wait_applied,
+    wait_until,
+)
+from tests.proxy import TcpProxy
+from tests.workload import Sent, create_topics, metric_json, publish, send_raw
+
+pytestmark = pytest.mark.e2e
+
+
+def worker(s: Scenario, tag: str = "w", **env: str) -> WorkerProcess:
+    dsn = env.pop("DATABASE_URL", None)
+    return WorkerProcess(s.env(dsn, **env), s.data_dir / f"{tag}.log").start()
+
+
+def assert_exactly_once(s: Scenario, sent: Sent) -> None:
+    assert count_by_tenant(s.dsn, sent.tenants) == dict(sent.unique_per_tenant)
+    with psycopg.connect(s.dsn) as conn:
+        dupes = conn.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM eventsink.metrics_raw WHERE tenant_id = ANY(%s::uuid[]) "
+            "GROUP BY tenant_id, dedupe_id HAVING count(*) > 1) d",
+            (sent.tenants,),
+        ).fetchone()
+    assert dupes == (0,)
+    totals = ledger_totals(s.dsn, s.group, s.topic)
+    assert totals == {
+        "events": sent.sent,
+        "rows_applied": sent.unique,
+        "duplicates": sent.sent - sent.unique - sent.invalid,
+        "dead_letters": sent.invalid,
+    }
+
+
+def dlq_by_source(s: Scenario) -> Counter[tuple[int, int]]:
+    records = asyncio.run(read_topic(s.bootstrap, s.dlq_topic))
+    return Counter((r.info.source_partition, r.info.source_offset) for r in records)
+
+
+def proxied(dsn: str, proxy: TcpProxy, password: str | None = None) -> str:
+    """The same database, reached through the proxy (with a password planted, if given)."""
+    params = conninfo_to_dict(dsn)
+    params.update(host="127.0.0.1", port=str(proxy.port))
+    if password:
+        params["password"] = password
+    return make_conninfo(**params)
+
+
+def logged(w: WorkerProcess, event: str) -> bool:
+    return any(e.get("event") == event for e in w.logs())
+
+
+def drained(w: WorkerProcess, topic: str | None = None) -> dict[str, int]:
+    topic = topic or w.env["EVENTSINK_METRICS_TOPIC"]
+    entries = [e for e in w.logs() if e.get("event") == "drained" and e.get("topic") == topic]
+    assert entries, "the worker did not log its drain"
+    return entries[-1]
+
+
+def test_events_land_exactly_once_and_invalid_ones_reach_the_dlq(scenario: Scenario) -> None:
+    s, sent = scenario, Sent()
+    create_topics(s)
+    publish(s, sent, 3000, duplicates=0.1, invalid=0.05, seed=7)
+    # Two tenants using the same dedupe_id both persist.
+    a, b = sent.tenants[0], sent.tenants[1]
+    send_raw(
+        s, sent, [(a.encode(), metric_json(a, "shared")), (b.encode(), metric_json(b, "shared"))], unique={a: 1, b: 1}
+    )
+    w = worker(s)
+    try:
+        wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
+        assert_exactly_once(s, sent)
+    finally:
+        assert w.stop() == 0
+    source = {(r.partition, r.offset): r for r in asyncio.run(read_topic(s.bootstrap, s.topic))}
+    dead = asyncio.run(read_topic(s.bootstrap, s.dlq_topic))
+    assert len(dead) == sent.invalid
+    assert len({(d.info.source_partition, d.info.source_offset) for d in dead}) == sent.invalid
+    reasons = Counter(d.info.reason for d in dead)
+    assert set(reasons) <= {r.value for r in Reason} and len(reasons) >= 4, reasons
+    for d in dead:
+        original = source[(d.info.source_partition, d.info.source_offset)]
+        assert (d.key, d.value) == (original.key, original.value), "the DLQ keeps the original bytes"
+        assert d.info.source_topic == s.topic and d.info.detail and d.info.consumer_group == s.group
+        assert datetime.fromisoformat(d.info.failed_at).tzinfo is not None
+    # valid rows + duplicates + DLQ records == records produced
+    t = ledger_totals(s.dsn, s.group, s.topic)
+    assert t["rows_applied"] + t["duplicates"] + t["dead_letters"] == sent.sent
+
+
+_DROP = object()
+
+
+def body(tenant: str, **change: object) -> bytes:
+    fields = {"tenant_id": tenant, "dedupe_id": "d", "name": "n", "value": 1, "occurred_at": "2024-05-01T12:00:00Z"}
+    fields = {**fields, "tags": {}, **change}
+    return orjson.dumps({k: v for k, v in fields.items() if v is not _DROP})
+
+
+# kind -> (value for a tenant, expected reason, expected words in the detail)
+INVALID = {
+    "not_json": (lambda t: b"{oops", "invalid_json", "not JSON"),
+    "not_an_object": (lambda t: b'["a", 1]', "not_an_object", "list"),
+    "missing_field": (lambda t: body(t, name=_DROP), "invalid_event", "name: Field required"),
+    "bad_uuid": (lambda t: body("tenant-one"), "invalid_event", "tenant_id"),
+    "empty_dedupe_id": (lambda t: body(t, dedupe_id=""), "invalid_event", "dedupe_id"),
+    "long_dedupe_id": (lambda t: body(t, dedupe_id="x" * 129), "invalid_event", "dedupe_id"),
+    "nan": (lambda t: body(t, value=0.5).replace(b"0.5", b"NaN"), "invalid_event", "NaN"),
+    "bad_timestamp": (lambda t: body(t, occurred_at="01/05/2024 12:00"), "invalid_event", "occurred_at"),
+    "not_utf8": (lambda t: b'{"tenant_id": "\xff\xfe"}', "invalid_utf8", "UTF-8"),
+}
+
+
+def test_every_kind_of_invalid_record_reaches_the_dlq_with_its_reason(scenario: Scenario) -> None:
+    s, sent = scenario, Sent()
+    create_topics(s)
+    tenant = sent.tenants[0]
+    kinds = list(INVALID)
+    records = [(tenant.encode(), INVALID[k][0](tenant)) for k in kinds]
+    records.append((str(uuid.uuid4()).encode(), metric_json(tenant, "keyed-elsewhere")))  # key_mismatch
+    valid = [(tenant.encode(), metric_json(tenant, f"ok-{i}")) for i in range(5)]
+    placed = send_raw(s, sent, records + valid, partition=0, unique={tenant: len(valid)})
+    sent.invalid += len(records)
+    w = worker(s)
+    try:
+        wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
+    finally:
+        w.stop()
+    dead = {
+        (d.info.source_partition, d.info.source_offset): d for d in asyncio.run(read_topic(s.bootstrap, s.dlq_topic))
+    }
+    for kind, where in zip([*kinds, "key_mismatch"], placed, strict=False):
+        reason, detail = (INVALID[kind][1], INVALID[kind][2]) if kind in INVALID else ("key_mismatch", "tenant_id")
+        assert dead[where].info.reason == reason, kind
+        assert detail in dead[where].info.detail, (kind, dead[where].info.detail)
+    # valid rows + DLQ records == records produced
+    assert count_by_tenant(s.dsn, [tenant]) == {tenant: len(valid)}
+    assert len(valid) + len(dead) == sent.sent
+    assert_exactly_once(s, sent)
+
+
+def test_tenant_ids_and_microseconds_survive_the_pipeline(scenario: Scenario) -> None:
+    s, sent = scenario, Sent()
+    create_topics(s)
+    tenant = sent.tenants[0]
+    send_raw(
+        s,
+        sent,
+        [(tenant.encode(), metric_json(tenant, "precise", occurred_at="2024-02-29T23:59:59.999999-05:00"))],
+        unique={tenant: 1},
+    )
+    w = worker(s)
+    try:
+        wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
+    finally:
+        w.stop()
+    with psycopg.connect(s.dsn) as conn:
+        row = conn.execute(
+            "SELECT tenant_id, occurred_at, pg_typeof(tenant_id)::text FROM eventsink.metrics_raw WHERE tenant_id = %s",
+            (tenant,),
+        ).fetchone()
+    assert row == (uuid.UUID(tenant), datetime(2024, 3, 1, 4, 59, 59, 999999, tzinfo=UTC), "uuid")
+
+
+def test_duplicates_are_recognised_by_the_dedupe_table_across_restarts(scenario: Scenario) -> None:
+    s, sent = scenario, Sent()
+    create_topics(s)
+    tenant = sent.tenants[0]
+    records = [(tenant.encode(), metric_json(tenant, f"e{i}")) for i in range(200)]
+    send_raw(s, sent, records, unique={tenant: 200})
+    w = worker(s)
+    wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
+    send_raw(s, sent, records)  # a producer retrying everything, new offsets
+    wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
+    assert w.stop() == 0
+    assert drained(w)["duplicates_table"] == 200
+    # The table is restored from its changelog: a new process still knows these keys.
+    send_raw(s, sent, records)
+    w2 = worker(s, "w2")
+    wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
+    assert w2.stop() == 0
+    assert drained(w2)["duplicates_table"] == 200
+    assert_exactly_once(s, sent)
+
+
+def test_kill_9_in_the_middle_of_batches_loses_and_duplicates_nothing(scenario: Scenario) -> None:
+    s, sent = scenario, Sent()
+    create_topics(s)
+    publish(s, sent, 6000, duplicates=0.1, invalid=0.01, seed=1)
+    for round_ in range(3):
+        w = worker(s, f"w{round_}", EVENTSINK_BATCH_SIZE="200")
+        before = ledger_totals(s.dsn, s.group, s.topic)["events"]
+        wait_until(lambda b=before: ledger_totals(s.dsn, s.group, s.topic)["events"] > b, 60, 0.05, "a commit")
+        publish(s, sent, 2000, duplicates=0.2, invalid=0.01)
+        w.kill9()
+    w = worker(s, "final")
+    try:
+        wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
+        assert_exactly_once(s, sent)
+    finally:
+        w.stop()
+    # Dead letters are delivered before their batch commits: a kill can repeat one, never lose one.
+    dead = dlq_by_source(s)
+    assert len(dead) == sent.invalid
+
+
+def test_kafka_offsets_ahead_of_the_ledger_lose_nothing(scenario: Scenario) -> None:
+    """Faust committed offsets the database never applied (run-ahead); the ledger wins."""
+    s, sent = scenario, Sent()
+    create_topics(s)
+    publish(s, sent, 2000, invalid=0.02, seed=3)
+    asyncio.run(commit_group_offsets(s.bootstrap, s.group, s.topic, {p: o + 1 for p, o in sent.last_offsets.items()}))
+    w = worker(s)
+    try:
+        wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
+        assert_exactly_once(s, sent)
+    finally:
+        w.stop()
+
+
+def test_kafka_offsets_ahead_and_the_database_down_at_assignment(scenario: Scenario) -> None:
+    """The ledger cannot be read when partitions are assigned: the first batch finds the hole."""
+    s, sent = scenario, Sent()
+    create_topics(s)
+    publish(s, sent, 1000, seed=4)
+    asyncio.run(commit_group_offsets(s.bootstrap, s.group, s.topic, {p: o - 50 for p, o in sent.last_offsets.items()}))
+    with TcpProxy(*_pg_address(s.dsn)) as proxy:
+        proxy.cut()
+        w = worker(s, DATABASE_URL=proxied(s.worker_dsn, proxy))
+        try:
+            wait_until(
+                lambda: logged(w, "ledger unavailable at assignment; positions will be checked per batch"),
+                90,
+                what="an assignment while the database is down",
+            )
+            # A batch fetched from Kafka's (run-ahead) position is in flight before the database
+            # returns: a rebalance after the restore would position from the ledger instead and
+            # leave the per-batch check unexercised. An in-flight batch finishes even then.
+            wait_until(
+                lambda: any(
+                    e.get("event") == "batch not committed; retrying" and e.get("topic") == s.topic
+                    for e in w.logs()
+                ),
+                60,
+                what="a batch failing against the cut database",
+            )
+            proxy.restore()
+            wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
+            assert_exactly_once(s, sent)
+        finally:
+            w.stop()
+    assert logged(w, "batch would skip records; repositioning from the ledger")
+
+
+def test_redelivered_records_below_the_ledger_change_nothing(scenario: Scenario) -> None:
+    """Everything applied, then Kafka's offsets rewound and the ledger unreadable at start:
+    every record comes again and the ledger filter drops it: no row, no dead letter twice."""
+    s, sent = scenario, Sent()
+    create_topics(s)
+    publish(s, sent, 1500, duplicates=0.1, invalid=0.03, seed=5)
+    w = worker(s)
+    wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
+    assert w.stop() == 0
+    asyncio.run(commit_group_offsets(s.bootstrap, s.group, s.topic, dict.fromkeys(sent.last_offsets, 0)))
+    with TcpProxy(*_pg_address(s.dsn)) as proxy:
+        proxy.cut()
+        w = worker(s, "again", DATABASE_URL=proxied(s.worker_dsn, proxy))
+        try:
+            wait_until(
+                lambda: logged(w, "ledger unavailable at assignment; positions will be checked per batch"),
+                90,
+                what="an assignment while the database is down",
+            )
+            proxy.restore()
+            tenant = sent.tenants[0]
+            for p in sorted(sent.last_offsets):  # a fresh record behind the replay, per partition
+                send_raw(
+                    s, sent, [(tenant.encode(), metric_json(tenant, f"after-{p}"))], partition=p, unique={tenant: 1}
+                )
+            wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
+        finally:
+            assert w.stop() == 0
+    assert drained(w)["replayed"] >= 1500
+    assert_exactly_once(s, sent)
+    assert sum(dlq_by_source(s).values()) == sent.invalid
+
+
+def test_a_database_outage_mid_stream_loses_nothing(scenario: Scenario) -> None:
+    s, sent = scenario, Sent()
+    create_topics(s)
+    password = "pw-" + uuid.uuid4().hex
+    with TcpProxy(*_pg_address(s.dsn)) as proxy:
+        w = worker(s, DATABASE_URL=proxied(s.worker_dsn, proxy, password))
+        try:
+            publish(s, sent, 1500, invalid=0.02, seed=6)
+            wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
+            proxy.cut()
+            publish(s, sent, 1500, invalid=0.02)
+            time.sleep(6)  # several batch timeouts and retries
+            assert w.alive(), "the worker must not crash while the database is down"
+            assert ledger_totals(s.dsn, s.group, s.topic)["events"] < sent.sent
+            proxy.restore()
+            publish(s, sent, 500)
+            wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
+            assert_exactly_once(s, sent)
+        finally:
+            assert w.stop() == 0
+    assert len(dlq_by_source(s)) == sent.invalid
+    assert logged(w, "batch not committed; retrying")
+    assert password not in w.log_text()
+
+
+def test_sigterm_finishes_the_batch_in_flight_and_exits(scenario: Scenario) -> None:
+    s, sent = scenario, Sent()
+    create_topics(s)
+    w = worker(s)
+    publish(s, sent, 500, seed=8)
+    wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
+    publish(s, sent, 3000, rate=3000)
+    assert w.stop(timeout=45) == 0
+    done = drained(w)
+    assert (
+        done["consumed"]
+        == done["applied"]
+        + done["duplicates_table"]
+        + done["duplicates_db"]
+        + done["dead_letters"]
+        + done["replayed"]
+        + done["stale"]
+    )
+    w2 = worker(s, "w2")
+    try:
+        wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
+        assert_exactly_once(s, sent)
+    finally:
+        w2.stop()
+
+
+def _pg_address(dsn: str) -> tuple[str, int]:
+    params = conninfo_to_dict(dsn)
+    return str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432)
