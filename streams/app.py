@@ -248,12 +248,12 @@ class Runtime:
 
 
 class ChannelReader:
-    """Takes events from an agent's channel queue in chunks, skipping Faust's per-event Stream.
+    """Takes messages from an agent's channel queue in chunks, skipping Faust's per-event Stream.
 
     Faust's Stream iteration (sensors, processors, task-local current event, take buffer) costs
     more per event than decoding and writing it; reading the queue the conductor fills, in
-    chunks, keeps what matters of it: stale events of an earlier rebalance generation or of a
-    suspended flow are skipped, and a stop thrown into the channel ends the agent. Events are
+    chunks, keeps what matters of it: stale messages of an earlier rebalance generation or of a
+    suspended flow are skipped, and a stop thrown into the channel ends the agent. Messages are
     not acked: Kafka's offsets are committed from the ledger instead (`Runtime.commit_offsets`).
     """
 
@@ -276,12 +276,12 @@ class ChannelReader:
             generation = app.consumer_generation_id
             if not app.flow_control.is_active():
                 continue
-            fresh = [e for e in chunk if e.message.generation_id == generation]
+            fresh = [m for m in chunk if m.generation_id == generation]
             if fresh:
                 # What Faust's Stream would record: its livelock check reads it.
                 inbound = app.monitor.stream_inbound_time
                 now = time.monotonic()
-                for tp in {e.message.tp for e in fresh}:
+                for tp in {m.tp for m in fresh}:
                     inbound[tp] = now
                 return fresh
 

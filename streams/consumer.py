@@ -67,6 +67,8 @@ class LedgerConsumer(faust_aiokafka.Consumer):
         acks_enabled_for = self.app.topics.acks_enabled_for
         suspended = self.suspend_flow.is_set
         cannot_block = self._handover_cannot_block
+        conductor = self.app.topics
+        deliver_nowait = getattr(conductor, "deliver_nowait", lambda message: False)
         yield_every = 100
         num_since_yield = 0
         sleep = asyncio.sleep
@@ -90,7 +92,11 @@ class LedgerConsumer(faust_aiokafka.Consumer):
                             if commit_every is not None and self._n_acked >= commit_every:
                                 self._n_acked = 0
                                 await self.commit()
-                            if not suspended() and cannot_block(tp):
+                            if suspended():
+                                await self.wait_first(callback(message), self.suspend_flow.wait())
+                            elif deliver_nowait(message):
+                                pass
+                            elif cannot_block(tp):
                                 await callback(message)
                             else:
                                 await self.wait_first(callback(message), self.suspend_flow.wait())

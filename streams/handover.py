@@ -3,9 +3,11 @@
 Per record, Faust's conductor runs the serializer registry even for raw bytes, reads a setting
 through its registry to check the producer buffer, and loops over generic channel logic: about
 25 µs of a worker's ~80 µs per event (bench/RESULTS.md). eventsink's topics carry bytes that
-the pipeline decodes in bulk, so for channels with `RawSchema` the hand-over builds the event
-and queues it, keeping what matters: flow control (rebalances), the producer-buffer throttle,
-and the queue-pressure callbacks that pause fetching a partition whose agent falls behind.
+the pipeline decodes in bulk, so for channels with `RawSchema` the hand-over queues Faust's
+`Message` itself (no `Event`, no refcount: events are never acked, Kafka's offsets follow the
+ledger), keeping what matters: flow control (rebalances), the producer-buffer throttle, and the
+queue-pressure callbacks that pause fetching a partition whose agent falls behind. When none of
+those could make it wait, `deliver_nowait` does it without a coroutine, task or lock per record.
 Every other channel (Faust's own) keeps Faust's handler.
 """
 
@@ -32,8 +34,27 @@ class RawSchema(faust.Schema):
 
 
 class LeanConductor(Conductor):
+    def __init__(self, app: Any, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        # Per partition of a raw-bytes topic: hand a record over without awaiting, or say no.
+        self._nowait: dict[TP, Callable[[Message], bool]] = {}
+
+    def deliver_nowait(self, message: Message) -> bool:
+        """Hand the record to its agents' queues now if nothing could make that wait.
+
+        False when the callback map is being rebuilt (rebalance), flow is suspended, a queue is
+        full, the producer buffer is over its limit, or the topic is not raw bytes: then the
+        caller awaits `on_message`, which waits as Faust's does. No coroutine, task or lock per
+        record otherwise: Faust's `on_message` takes an asyncio.Lock for every record.
+        """
+        if self._tp_to_callback_lock.locked():
+            return False
+        deliver = self._nowait.get(message.tp)
+        return deliver is not None and deliver(message)
+
     def _build_handler(self, tp: TP, channels: MutableSet[Any]) -> Callable[[Message], Awaitable[None]]:
         if not channels or not all(isinstance(c.schema, RawSchema) for c in channels):
+            self._nowait.pop(tp, None)
             return super()._build_handler(tp, channels)
         app = self.app
         consumer = app.consumer
@@ -41,7 +62,6 @@ class LeanConductor(Conductor):
         producer_buffer = app.producer.buffer
         pending_produce = producer_buffer.pending.qsize
         max_pending = producer_buffer.max_messages
-        event_class = app.conf.Event  # read once: a settings lookup per record is measurable
         on_topic_buffer_full = app.sensors.on_topic_buffer_full
 
         def on_pressure_high() -> None:
@@ -51,20 +71,35 @@ class LeanConductor(Conductor):
         def on_pressure_drop() -> None:
             consumer.on_buffer_drop(tp)
 
+        flow_is_active = app.flow_control.is_active
+        targets = tuple(channels)
+
+        def deliver(message: Message) -> bool:
+            if not flow_is_active() or pending_produce() > max_pending:
+                return False
+            for channel in targets:
+                if channel.queue.full():
+                    return False
+            for channel in targets:
+                channel.queue.put_nowait_enhanced(
+                    message, on_pressure_high=on_pressure_high, on_pressure_drop=on_pressure_drop
+                )
+            return True
+
+        self._nowait[tp] = deliver
+
         async def on_message(message: Message) -> None:
             await acquire_flow_control()
             if pending_produce() > max_pending:
                 await producer_buffer.wait_until_ebb()
-            message.incref(len(channels))
-            event = event_class(app, message.key, message.value, message.headers, message)
             for channel in channels:
                 queue = channel.queue
                 if queue.full():
                     on_topic_buffer_full(tp)
-                    await channel.put(event)
+                    await channel.put(message)
                 else:
                     queue.put_nowait_enhanced(
-                        event, on_pressure_high=on_pressure_high, on_pressure_drop=on_pressure_drop
+                        message, on_pressure_high=on_pressure_high, on_pressure_drop=on_pressure_drop
                     )
 
         return on_message

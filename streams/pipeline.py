@@ -133,15 +133,14 @@ class Pipeline:
 
     # -- intake -----------------------------------------------------------------------------
 
-    async def ingest(self, events: Sequence[Any]) -> None:
-        """Decode a chunk of Faust events into their partitions' batches."""
+    async def ingest(self, messages: Sequence[Any]) -> None:
+        """Decode a chunk of Faust messages into their partitions' batches."""
         model, topic, owned, context = self.model, self.topic, self._owned, self.decode_context
         parts = self._parts
         now = time.monotonic()
-        self._m_consumed.inc(len(events))
-        self.totals["consumed"] += len(events)
-        for event in events:
-            msg = event.message
+        self._m_consumed.inc(len(messages))
+        self.totals["consumed"] += len(messages)
+        for msg in messages:
             p, offset = msg.partition, msg.offset
             if owned is not None and p not in owned:
                 self._stale(1)
