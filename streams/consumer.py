@@ -8,7 +8,8 @@ earlier is undone by that call, so the ledger seek runs right after it, inside i
 Drain loop: Faust hands every fetched record to the conductor through `Service.wait_first`,
 which creates several tasks per record so that a rebalance can interrupt a blocked hand-over.
 The hand-over can only block when flow is suspended or the stream's queue is full; when
-neither holds, awaiting the callback directly does the same work without the task churn. A
+neither holds, the conductor's `deliver_nowait` queues the record synchronously (or, for a
+topic it cannot, awaiting the callback directly does the same work without the task churn). A
 no-op agent over raw bytes went from ~7.5 k to ~14 k events/s on Tansu with this alone (uvloop,
 5,000 records per poll; measured while building it, see the closing note of the foundation).
 """
@@ -67,8 +68,7 @@ class LedgerConsumer(faust_aiokafka.Consumer):
         acks_enabled_for = self.app.topics.acks_enabled_for
         suspended = self.suspend_flow.is_set
         cannot_block = self._handover_cannot_block
-        conductor = self.app.topics
-        deliver_nowait = getattr(conductor, "deliver_nowait", lambda message: False)
+        deliver_nowait = cast(LeanConductor, self.app.topics).deliver_nowait
         yield_every = 100
         num_since_yield = 0
         sleep = asyncio.sleep
@@ -92,11 +92,10 @@ class LedgerConsumer(faust_aiokafka.Consumer):
                             if commit_every is not None and self._n_acked >= commit_every:
                                 self._n_acked = 0
                                 await self.commit()
-                            if suspended():
-                                await self.wait_first(callback(message), self.suspend_flow.wait())
-                            elif deliver_nowait(message):
+                            flowing = not suspended()
+                            if flowing and deliver_nowait(message):
                                 pass
-                            elif cannot_block(tp):
+                            elif flowing and cannot_block(tp):
                                 await callback(message)
                             else:
                                 await self.wait_first(callback(message), self.suspend_flow.wait())
