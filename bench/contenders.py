@@ -19,7 +19,7 @@ from bench import quixenv
 from bench.measure import LedgerProbe, Plan, TableProbe
 from bench.mixed import MixedWorkload
 from bench.workload import Workload
-from streams.topics import SOURCE_CONFIG, TopicSpec, ensure_topics
+from streams.tools.topics import SOURCE_CONFIG, TopicSpec, ensure_topics
 
 SESSION_TIMEOUT_MS = 6000
 # The variable naming each kind's topic (streams/settings.py).

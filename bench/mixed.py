@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 from bench.verify_mixed import MixedCheck, verify_mixed
 from bench.workload import Workload, WorkloadSpec, produce, source_specs
-from streams.loadgen_analysis import AnalysisLoad, AnalysisReport, produce_analysis
-from streams.loadgen_chat import ChatLoad, ChatReport, produce_chat
-from streams.publisher import Publisher
-from streams.topics import ensure_topics
+from streams.dev.loadgen.analysis import AnalysisLoad, AnalysisReport, produce_analysis
+from streams.dev.loadgen.chat import ChatLoad, ChatReport, produce_chat
+from streams.publish.publisher import Publisher
+from streams.tools.topics import ensure_topics
 
 CHAT_TURNS = (2, 8)  # turns of a conversation, uniform
 # pending + 1 to 3 processing + completed or failed + deleted for 10 % (AnalysisLoad's default).

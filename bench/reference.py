@@ -19,10 +19,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.structs import ConsumerRecord
 
 from schemas import DeadLetter, Decoded, MetricEvent, decode
-from sinks.batch import Batch, Record
-from sinks.metrics import MetricWriter
+from sinks.core.batch import Batch, Record
+from sinks.core.sink import Sink
 from sinks.pool import open_pool
-from sinks.writer import Sink
+from sinks.writers.metric import MetricWriter
 from streams.settings import Settings
 
 MAX_RECORDS = 20_000  # per getmany, across partitions

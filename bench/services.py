@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 
 from sinks.migrate import migrate
-from streams import embedded
+from streams.dev import embedded
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from bench.verify import Check, check_metrics
-from sinks.analysis import superseded
+from sinks.writers.lifecycle import superseded
 
 if TYPE_CHECKING:
     from bench.mixed import MixedWorkload

@@ -6,9 +6,9 @@ import asyncio
 from dataclasses import dataclass
 
 from bench.verify import Check, verify_metrics
-from streams.loadgen import MetricLoad, produce_metrics
-from streams.publisher import Publisher
-from streams.topics import DLQ_CONFIG, SOURCE_CONFIG, TopicSpec, ensure_topics
+from streams.dev.loadgen.metric import MetricLoad, produce_metrics
+from streams.publish.publisher import Publisher
+from streams.tools.topics import DLQ_CONFIG, SOURCE_CONFIG, TopicSpec, ensure_topics
 
 
 @dataclass(frozen=True)

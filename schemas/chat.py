@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
-from uuid import UUID
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from schemas.fields import DedupeId, NonNegativeInt, TenantId, UtcTimestamp, bounded_text
+from schemas.columns import NonNegativeInt4, PgType, Text, Uuid
+from schemas.fields import DedupeId, TenantId, UtcTimestamp
 
 # The hard ceiling of the model; a deployment sets a lower bound through the validation context.
 MAX_CONTENT_BYTES = 64 * 1024
-Role = Literal["user", "assistant", "system", "tool"]
+Role = Annotated[Literal["user", "assistant", "system", "tool"], PgType("text")]
 
 
 class ChatEvent(BaseModel):
@@ -24,14 +24,15 @@ class ChatEvent(BaseModel):
 
     tenant_id: TenantId
     dedupe_id: DedupeId
-    conversation_id: UUID
+    conversation_id: Uuid
     role: Role
-    content: bounded_text(10 * 1024 * 1024)  # type: ignore[valid-type]
+    content: Text(10 * 1024 * 1024)  # type: ignore[valid-type]
     occurred_at: UtcTimestamp
-    user_id: bounded_text(256, min_length=1) | None = None  # type: ignore[valid-type]
-    model: bounded_text(256, min_length=1) | None = None  # type: ignore[valid-type]
-    prompt_tokens: NonNegativeInt | None = None
-    completion_tokens: NonNegativeInt | None = None
+    user_id: Text(256, min_length=1) | None = None  # type: ignore[valid-type]
+    model: Text(256, min_length=1) | None = None  # type: ignore[valid-type]
+    # chat_messages stores them as integer: a count beyond it is refused, never truncated.
+    prompt_tokens: NonNegativeInt4 | None = None
+    completion_tokens: NonNegativeInt4 | None = None
 
     @field_validator("content")
     @classmethod

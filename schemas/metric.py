@@ -6,14 +6,15 @@ from typing import Annotated, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.fields import DedupeId, FiniteFloat, TenantId, UtcTimestamp, bounded_text
+from schemas.columns import Float8, PgType, Text
+from schemas.fields import DedupeId, TenantId, UtcTimestamp
 
 MAX_TAGS = 64
 MAX_TAG_KEY = 128
 MAX_TAG_VALUE = 1024
 
-TagKey = bounded_text(MAX_TAG_KEY, min_length=1)
-TagValue = bounded_text(MAX_TAG_VALUE)
+TagKey = Text(MAX_TAG_KEY, min_length=1)
+TagValue = Text(MAX_TAG_VALUE)
 
 
 class MetricEvent(BaseModel):
@@ -25,8 +26,8 @@ class MetricEvent(BaseModel):
 
     tenant_id: TenantId
     dedupe_id: DedupeId
-    name: bounded_text(256, min_length=1)  # type: ignore[valid-type]
-    value: FiniteFloat
+    name: Text(256, min_length=1)  # type: ignore[valid-type]
+    value: Float8
     occurred_at: UtcTimestamp
-    tags: Annotated[dict[TagKey, TagValue], Field(max_length=MAX_TAGS)]  # type: ignore[valid-type]
-    unit: bounded_text(64) | None = None  # type: ignore[valid-type]
+    tags: Annotated[dict[TagKey, TagValue], Field(max_length=MAX_TAGS), PgType("jsonb")]  # type: ignore[valid-type]
+    unit: Text(64) | None = None  # type: ignore[valid-type]

@@ -1,5 +1,10 @@
-"""Kafka side of eventsink: the Faust app, its agents, the dedupe tables and the CLI.
+"""Kafka side of eventsink, by audience.
 
-Importing this package does not import Faust: `streams.publisher` is usable by services that
-only publish events.
+- `streams.worker`: the Faust worker runtime (app, pipeline, positioning, dedupe fast path, dead
+  letters, web and telemetry); the only package that imports Faust.
+- `streams.tools`: what operators and analysts run against topics and the database (reader, tail,
+  verify, lag, topics, dlq, backup).
+- `streams.cli`: the `eventsink` command line.
+- `streams.dev`: developer tools (`eventsink run`, embedded services, load generation).
+- `streams.publish`: for services that publish events; importable without Faust.
 """

@@ -10,10 +10,10 @@ from pydantic import BaseModel
 from schemas.analysis import AnalysisEvent
 from schemas.chat import ChatEvent
 from schemas.metric import MetricEvent
-from sinks.analysis import AnalysisWriter
-from sinks.chat import ChatWriter
-from sinks.metrics import MetricWriter
-from sinks.writer import RowWriter
+from sinks.core.sink import RowWriter
+from sinks.writers.analysis import AnalysisWriter
+from sinks.writers.chat import ChatWriter
+from sinks.writers.metric import MetricWriter
 from streams.settings import Settings
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from sinks.dsn import database_of, with_database, with_user
 from sinks.migrate import migrate
-from streams import embedded
+from streams.dev import embedded
 from tests.helpers import Scenario, WorkerProcess
 
 USE_CONTAINERS = os.environ.get("EVENTSINK_TESTCONTAINERS") == "1"

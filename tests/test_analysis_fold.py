@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sinks.analysis import Step, fold, superseded
+from sinks.writers.lifecycle import Step, fold, superseded
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 

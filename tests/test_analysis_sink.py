@@ -12,10 +12,10 @@ import pytest
 
 from schemas.analysis import AnalysisEvent
 from schemas.deadletter import DeadLetter, Reason
-from sinks.analysis import AnalysisWriter
-from sinks.batch import Batch, Record
+from sinks.core.batch import Batch, Record
+from sinks.core.sink import Sink
 from sinks.pool import open_pool
-from sinks.writer import Sink
+from sinks.writers.analysis import AnalysisWriter
 
 WRITER = AnalysisWriter()
 T0 = datetime(2024, 5, 1, 12, tzinfo=UTC)

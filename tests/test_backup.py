@@ -19,8 +19,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from sinks.dsn import database_of, with_database
 from sinks.migrate import migrate
-from streams import embedded
-from streams.commands.backup import libpq_environment, manifest_path, pg_tool
+from streams.cli.backup import libpq_environment, manifest_path, pg_tool
+from streams.dev import embedded
 from tests.faults.traffic import oracle
 from tests.helpers import Scenario, WorkerProcess, wait_applied
 from tests.workload import Sent, apply_all_kinds, create_topics, publish

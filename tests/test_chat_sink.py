@@ -11,10 +11,10 @@ import pytest
 
 from schemas.chat import ChatEvent
 from schemas.deadletter import DeadLetter, Reason
-from sinks.batch import Batch, Record
-from sinks.chat import ChatWriter
+from sinks.core.batch import Batch, Record
+from sinks.core.sink import Sink
 from sinks.pool import open_pool
-from sinks.writer import Sink
+from sinks.writers.chat import ChatWriter
 
 WRITER = ChatWriter()
 T0 = datetime(2024, 5, 1, 12, tzinfo=UTC)

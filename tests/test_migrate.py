@@ -14,7 +14,7 @@ import pytest
 from sinks import migrate as m
 from sinks.dsn import database_of, with_database
 from sinks.errors import MigrationError
-from streams import embedded
+from streams.dev import embedded
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from streams import telemetry
+from streams.worker import telemetry
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 _NAME = re.compile(r"\b(eventsink_[a-z_]+)")

@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from schemas import MetricEvent
-from streams.publisher import Publisher
+from streams.publish.publisher import Publisher
 from tests.helpers import Scenario, read_topic
 from tests.workload import create_topics
 

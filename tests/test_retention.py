@@ -15,12 +15,12 @@ import pytest
 
 from schemas.analysis import AnalysisEvent
 from schemas.chat import ChatEvent
-from sinks.analysis import AnalysisWriter
-from sinks.batch import Batch, Record
-from sinks.chat import ChatWriter
+from sinks.core.batch import Batch, Record
+from sinks.core.sink import Sink
 from sinks.pool import open_pool
 from sinks.retention import archive_analyses, expire_chat
-from sinks.writer import Sink
+from sinks.writers.analysis import AnalysisWriter
+from sinks.writers.chat import ChatWriter
 
 NOW = datetime.now(UTC)
 

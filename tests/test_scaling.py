@@ -106,7 +106,7 @@ def test_a_changelog_left_behind_by_a_partition_change_is_refused_then_rebuilt(s
 
     from aiokafka.admin import AIOKafkaAdminClient
 
-    from streams.topics import CHANGELOG_CONFIG, TopicSpec, ensure_topics
+    from streams.tools.topics import CHANGELOG_CONFIG, TopicSpec, ensure_topics
 
     s, sent = scenario, Sent()
     create_topics(s, partitions=6)

@@ -13,12 +13,12 @@ import pytest
 
 from schemas.deadletter import DeadLetter, Reason
 from schemas.metric import MetricEvent
-from sinks.batch import Batch, Record
+from sinks.core.batch import Batch, Record
+from sinks.core.sink import Sink
 from sinks.errors import OffsetGap, TransientSinkError
-from sinks.metrics import MetricWriter
 from sinks.pool import open_pool
-from sinks.writer import Sink
-from streams.embedded import free_port
+from sinks.writers.metric import MetricWriter
+from streams.dev.embedded import free_port
 
 WRITER = MetricWriter()
 

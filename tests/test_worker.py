@@ -259,8 +259,7 @@ def test_kafka_offsets_ahead_and_the_database_down_at_assignment(scenario: Scena
             # leave the per-batch check unexercised. An in-flight batch finishes even then.
             wait_until(
                 lambda: any(
-                    e.get("event") == "batch not committed; retrying" and e.get("topic") == s.topic
-                    for e in w.logs()
+                    e.get("event") == "batch not committed; retrying" and e.get("topic") == s.topic for e in w.logs()
                 ),
                 60,
                 what="a batch failing against the cut database",

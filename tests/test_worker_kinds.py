@@ -10,9 +10,9 @@ import orjson
 import psycopg
 import pytest
 
-from sinks.analysis import SELECT_ROWS
-from streams.loadgen_analysis import AnalysisLoad
-from streams.loadgen_chat import ChatLoad
+from sinks.writers.analysis import SELECT_ROWS
+from streams.dev.loadgen.analysis import AnalysisLoad
+from streams.dev.loadgen.chat import ChatLoad
 from tests.helpers import Scenario, WorkerProcess, ledger_totals, read_topic, wait_applied
 from tests.workload import Sent, publish_analysis, publish_chat, send_raw
 

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from streams.loadgen import LoadReport, MetricLoad, produce_metrics
-from streams.loadgen_analysis import AnalysisLoad, AnalysisReport, produce_analysis
-from streams.loadgen_chat import ChatLoad, ChatReport, produce_chat
-from streams.publisher import Publisher
-from streams.topics import SOURCE_CONFIG, TopicSpec, ensure_topics
+from streams.dev.loadgen.analysis import AnalysisLoad, AnalysisReport, produce_analysis
+from streams.dev.loadgen.chat import ChatLoad, ChatReport, produce_chat
+from streams.dev.loadgen.metric import LoadReport, MetricLoad, produce_metrics
+from streams.publish.publisher import Publisher
+from streams.tools.topics import SOURCE_CONFIG, TopicSpec, ensure_topics
 from tests.helpers import Scenario
 
 

@@ -15,7 +15,7 @@ import time
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from streams.loadgen import poison_records
+from streams.dev.loadgen.metric import poison_records
 from tests.faults.traffic import Traffic, oracle, settled
 from tests.helpers import Scenario, WorkerProcess, ledger_totals, read_topic, wait_until
 from tests.proxy import TcpProxy

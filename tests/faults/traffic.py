@@ -6,13 +6,13 @@ import asyncio
 import threading
 from dataclasses import dataclass, field
 
+from streams.dev.loadgen.analysis import AnalysisLoad, AnalysisReport, produce_analysis
+from streams.dev.loadgen.chat import ChatLoad, ChatReport, produce_chat
+from streams.dev.loadgen.metric import LoadReport, MetricLoad, produce_metrics
 from streams.kinds import all_kinds
-from streams.loadgen import LoadReport, MetricLoad, produce_metrics
-from streams.loadgen_analysis import AnalysisLoad, AnalysisReport, produce_analysis
-from streams.loadgen_chat import ChatLoad, ChatReport, produce_chat
-from streams.publisher import Publisher
+from streams.publish.publisher import Publisher
 from streams.settings import Settings
-from streams.verify import VerifyReport, verify
+from streams.tools.verify import VerifyReport, verify
 from tests.helpers import Scenario, wait_applied
 
 

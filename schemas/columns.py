@@ -1,0 +1,187 @@
+"""PostgreSQL column types as pydantic field types: one declaration per column.
+
+A model field annotated with one of these types gets the checks for what PostgreSQL can store in
+that type (integer ranges, finite floats, text without NUL, timestamps Python and PostgreSQL can
+both hold, JSON of bounded depth and size), run by pydantic-core when a record is decoded, and
+carries the type's name (`PgType`). The sinks generate their staging table, their COPY types and
+the row tuple of each record from a model's fields (`columns_of`), so the wire contract and what
+the database stages can no longer disagree: a value that passes decoding fits its column.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+import orjson
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, Field, StringConstraints
+
+NO_NUL = r"^[^\x00]*$"
+NUL_MESSAGE = "must not contain NUL (\\u0000) characters"
+RFC3339_MESSAGE = "must be an RFC 3339 timestamp with a time zone, e.g. 2024-05-01T12:00:00.123456Z"
+
+INT2_MAX = 2**15 - 1
+INT4_MAX = 2**31 - 1
+INT8_MAX = 2**63 - 1
+# Nesting a JSON value may have where it is stored as jsonb. PostgreSQL's own limit is its stack
+# depth; this one keeps every layer (pydantic, orjson, psycopg) far from theirs.
+MAX_JSON_DEPTH = 64
+
+
+@dataclass(frozen=True, slots=True)
+class PgType:
+    """The PostgreSQL type a field is staged and stored as (the name COPY's `set_types` takes)."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    pg_type: str
+
+
+def columns_of(model: type[BaseModel]) -> tuple[Column, ...]:
+    """The model's fields with their PostgreSQL types, in declaration order.
+
+    Raises TypeError for a field without a `PgType`: every field of an event is stored.
+    """
+    found = []
+    for name, info in model.model_fields.items():
+        pg = _pg_type(info.metadata) or _pg_type_of(info.annotation)
+        if pg is None:
+            raise TypeError(f"{model.__name__}.{name} has no PostgreSQL type (annotate it with a schemas.columns type)")
+        found.append(Column(name, pg.name))
+    return tuple(found)
+
+
+def _pg_type(metadata: Any) -> PgType | None:
+    return next((m for m in metadata if isinstance(m, PgType)), None)
+
+
+def _pg_type_of(annotation: Any) -> PgType | None:
+    if typing.get_origin(annotation) is Annotated:
+        return _pg_type(annotation.__metadata__)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            if arg is not type(None):
+                return _pg_type_of(arg)
+    return None
+
+
+# -- scalars ------------------------------------------------------------------------------------
+
+
+def Text(max_length: int, min_length: int = 0) -> Any:
+    """`text` of at most `max_length` characters, without NUL (PostgreSQL text cannot hold it)."""
+    return Annotated[
+        str, StringConstraints(min_length=min_length, max_length=max_length, pattern=NO_NUL), PgType("text")
+    ]
+
+
+def Integer(pg_type: str, ge: int, le: int) -> Any:
+    """A strict integer (no bool, no numeric string) within `ge..le`, which must fit `pg_type`."""
+    limit = {"int2": INT2_MAX, "int4": INT4_MAX, "int8": INT8_MAX}[pg_type]
+    if not (-limit - 1 <= ge <= le <= limit):
+        raise ValueError(f"{ge}..{le} does not fit {pg_type}")
+    return Annotated[int, Field(strict=True, ge=ge, le=le), PgType(pg_type)]
+
+
+Uuid = Annotated[UUID, PgType("uuid")]
+
+# Strict: an int or a float; not a bool, not a numeric string; finite.
+Float8 = Annotated[float, Field(strict=True, allow_inf_nan=False), PgType("float8")]
+
+Int4 = Integer("int4", -INT4_MAX - 1, INT4_MAX)
+NonNegativeInt4 = Integer("int4", 0, INT4_MAX)
+Int8 = Integer("int8", -INT8_MAX - 1, INT8_MAX)
+
+
+# -- timestamps ---------------------------------------------------------------------------------
+
+
+def _rfc3339_shape(value: Any) -> Any:
+    # pydantic parses the text (in Rust); this only refuses what it would read as something
+    # else: epoch numbers, numeric strings, dates without a time.
+    if isinstance(value, datetime):
+        return value
+    if (
+        isinstance(value, str)
+        and len(value) >= 20
+        and value[4] == "-"
+        and value[7] == "-"
+        and value[10] in "Tt "
+        and value[13] == ":"
+        and value[16] == ":"
+    ):
+        return value
+    raise ValueError(RFC3339_MESSAGE)
+
+
+def _to_utc(value: datetime) -> datetime:
+    # Digits beyond microseconds were truncated by the parser, as PostgreSQL's timestamptz would.
+    if value.tzinfo is UTC:
+        return value
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        # 0001-01-01T00:30:00+01:00 is in year 0 once in UTC, 9999-12-31T23:30:00-01:00 in 10000.
+        raise ValueError(f"{value.isoformat()} is outside years 1 to 9999 once converted to UTC") from None
+
+
+Timestamptz = Annotated[AwareDatetime, BeforeValidator(_rfc3339_shape), AfterValidator(_to_utc), PgType("timestamptz")]
+
+
+# -- JSON ---------------------------------------------------------------------------------------
+
+
+def _json_depth(value: Any, limit: int) -> int:
+    """Nesting depth of a decoded JSON value (a scalar is 0), counted without recursion and
+    without going further than `limit` + 1."""
+    deepest = 0
+    stack = [(value, 1)] if isinstance(value, dict | list) else []
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth > limit:
+            return depth
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return deepest
+
+
+def _has_nul(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            if "\x00" in node:
+                return True
+        elif isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
+
+
+def JsonObject(max_bytes: int, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """A JSON object stored as `jsonb`: at most `max_depth` levels deep and `max_bytes` once
+    serialised, with no NUL in any key or string (jsonb refuses \\u0000)."""
+
+    def storable(value: Any) -> Any:
+        if isinstance(value, dict):
+            if _json_depth(value, max_depth) > max_depth:
+                raise ValueError(f"is nested more than {max_depth} levels deep")
+            if _has_nul(value):
+                raise ValueError(NUL_MESSAGE)
+            size = len(orjson.dumps(value))
+            if size > max_bytes:
+                raise ValueError(f"is {size} bytes once serialised, more than the {max_bytes} allowed")
+        return value
+
+    return Annotated[dict[str, Any], BeforeValidator(storable), PgType("jsonb")]

@@ -1,0 +1,140 @@
+"""`eventsink produce metrics|chat|analysis`: load generation with a progress bar."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import click
+import orjson
+
+from streams.cli.console import err, progress_bar, settings
+from streams.publish.publisher import Publisher
+
+COMMON = [
+    click.option("--tenants", "-t", type=click.IntRange(min=1), default=5, show_default=True),
+    click.option(
+        "--duplicates",
+        type=click.FloatRange(0, 0.9),
+        default=0.1,
+        show_default=True,
+        help="Fraction of records that re-send an earlier event.",
+    ),
+    click.option(
+        "--rate",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        help="Records per second (default: as fast as possible).",
+    ),
+    click.option("--seed", type=int, default=None, help="Make the workload reproducible."),
+    click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout."),
+]
+
+
+def invalid_option(help_text: str) -> Callable[..., Any]:
+    return click.option("--invalid", type=click.FloatRange(0, 1), default=0.0, show_default=True, help=help_text)
+
+
+def common(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(COMMON):
+        fn = option(fn)
+    return fn
+
+
+def _run(
+    topic: str,
+    total: int | None,
+    make: Callable[[Publisher, str, Callable[[int], None]], Awaitable[Any]],
+    as_json: bool,
+    what: str,
+) -> None:
+    s = settings()
+
+    async def go() -> Any:
+        with progress_bar() as bar:
+            task = bar.add_task(topic, total=total)
+            async with Publisher(s.bootstrap_list, **s.kafka_security()) as pub:
+                return await make(pub, topic, lambda n: bar.update(task, completed=n))
+
+    report = asyncio.run(go())
+    if as_json:
+        click.echo(orjson.dumps(report.as_dict()).decode())
+        return
+    err.print(
+        f"sent {report.sent} records to {topic} in {report.seconds:.1f}s: {report.unique} unique {what}, "
+        f"{report.duplicates} duplicates, {report.invalid} invalid "
+        f"({report.sent / max(report.seconds, 1e-9):,.0f} records/s)"
+    )
+
+
+@click.group()
+def produce() -> None:
+    """Generate load: realistic events with duplicates and invalid records mixed in."""
+
+
+@produce.command("metrics")
+@click.option(
+    "--count", "-n", type=click.IntRange(min=1), default=10_000, show_default=True, help="Records to send in all."
+)
+@invalid_option("Fraction of records that are invalid.")
+@common
+def metrics(
+    count: int, invalid: float, tenants: int, duplicates: float, rate: float | None, seed: int | None, as_json: bool
+) -> None:
+    """Publish metric events."""
+    from streams.dev.loadgen.metric import MetricLoad, produce_metrics
+
+    load = MetricLoad(count, tenants, duplicates, invalid, rate, seed)
+    _run(settings().metrics_topic, count, lambda p, t, cb: produce_metrics(p, t, load, cb), as_json, "events")
+
+
+@produce.command("chat")
+@click.option("--conversations", "-c", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--turns", type=(int, int), default=(2, 8), show_default=True, help="Messages per conversation.")
+@invalid_option("Fraction of records that are invalid (too large, bad role, ...).")
+@common
+def chat(
+    conversations: int,
+    turns: tuple[int, int],
+    invalid: float,
+    tenants: int,
+    duplicates: float,
+    rate: float | None,
+    seed: int | None,
+    as_json: bool,
+) -> None:
+    """Publish conversations: several turns each, interleaved as live traffic would be."""
+    from streams.dev.loadgen.chat import ChatLoad, produce_chat
+
+    s = settings()
+    load = ChatLoad(
+        conversations, tenants, turns[0], turns[1], duplicates, invalid, s.chat_max_content_bytes, rate, seed
+    )
+    _run(s.chat_topic, None, lambda p, t, cb: produce_chat(p, t, load, cb), as_json, "messages")
+
+
+@produce.command("analysis")
+@click.option("--analyses", "-a", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option(
+    "--out-of-order",
+    type=click.FloatRange(0, 1),
+    default=0.3,
+    show_default=True,
+    help="Fraction of analyses whose events are published shuffled.",
+)
+@common
+def analysis(
+    analyses: int,
+    out_of_order: float,
+    tenants: int,
+    duplicates: float,
+    rate: float | None,
+    seed: int | None,
+    as_json: bool,
+) -> None:
+    """Publish analyses walking through their states (pending, processing, completed|failed, deleted)."""
+    from streams.dev.loadgen.analysis import AnalysisLoad, produce_analysis
+
+    load = AnalysisLoad(analyses, tenants, duplicates, out_of_order, rate=rate, seed=seed)
+    _run(settings().analysis_topic, None, lambda p, t, cb: produce_analysis(p, t, load, cb), as_json, "events")

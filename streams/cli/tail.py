@@ -1,0 +1,126 @@
+"""`eventsink tail`: follow a topic, decoded and filtered, without joining the workers' group."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import click
+from rich.markup import escape
+
+from schemas.codec import Decoded
+from streams.cli.console import out, settings
+from streams.kinds import Kind, all_kinds
+from streams.settings import Settings
+from streams.tools.tail import Filters, Start, TailRow, json_line, parse_since, tail
+
+
+def _kind_of(s: Settings, topic: str, type_: str | None) -> Kind:
+    for kind in all_kinds(s):
+        if (type_ and kind.name == type_) or (not type_ and topic in (kind.topic, kind.dlq_topic)):
+            return kind
+    if type_ is None:
+        raise click.UsageError(f"cannot tell what {topic!r} carries: give --type metric|chat|analysis")
+    raise click.UsageError(f"unknown --type {type_!r}")
+
+
+def _summary(event: Any) -> str:
+    kind = type(event).event_kind
+    if kind == "metric":
+        tags = " ".join(f"{k}={v}" for k, v in event.tags.items())
+        return f"[bold]{escape(event.name)}[/]={event.value:g}{escape(event.unit or '')} {escape(tags)}"
+    if kind == "chat":
+        tokens = f" ({event.prompt_tokens or 0}+{event.completion_tokens or 0} tokens)" if event.model else ""
+        content = event.content if len(event.content) <= 120 else event.content[:117] + "..."
+        return f"conv={event.conversation_id} [bold]{event.role}[/]: {escape(content)!r}{tokens}"
+    progress = f" {event.progress}%" if event.progress is not None else ""
+    return f"analysis={event.analysis_id} [bold]{event.status}[/]{progress}"
+
+
+def pretty(row: TailRow) -> str:
+    head = f"[dim]{row.timestamp:%Y-%m-%d %H:%M:%S.%f}[/] [cyan]{row.topic}[{row.partition}]@{row.offset}[/]"
+    if row.dlq is not None:
+        head += (
+            f" [yellow]DLQ {escape(row.dlq.reason)} from {row.dlq.source_topic}[{row.dlq.source_partition}]"
+            f"@{row.dlq.source_offset}: {escape(row.dlq.detail)}[/]"
+        )
+    if isinstance(row.result, Decoded):
+        return f"{head} tenant={row.tenant} {_summary(row.result.event)}"
+    raw = (row.value or b"").decode("utf-8", "replace")
+    raw = raw if len(raw) <= 160 else raw[:157] + "..."
+    return f"{head} [red]INVALID {row.result.reason.value}: {escape(row.result.detail)}[/] [dim]{escape(raw)}[/]"
+
+
+@click.command("tail")
+@click.argument("topic")
+@click.option("--tenant", default=None, help="Only this tenant's records.")
+@click.option(
+    "--type",
+    "type_",
+    type=click.Choice(["metric", "chat", "analysis"]),
+    default=None,
+    help="What the topic carries (guessed for eventsink's own topics and their DLQs).",
+)
+@click.option("--from-beginning", is_flag=True, help="Start at the beginning of each partition.")
+@click.option("--since", default=None, help="Start at a time: 10m, 2h, 1d, or a timestamp.")
+@click.option(
+    "--last", type=click.IntRange(min=0), default=None, help="Start N records before each partition's end (default 10)."
+)
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new records.")
+@click.option("--format", "fmt", type=click.Choice(["pretty", "json"]), default="pretty", show_default=True)
+@click.option("--grep", default=None, help="Only records whose raw value (or DLQ detail) contains TEXT.")
+@click.option("--partition", "partitions", type=int, multiple=True, help="Only these partitions.")
+def tail_command(
+    topic: str,
+    tenant: str | None,
+    type_: str | None,
+    from_beginning: bool,
+    since: str | None,
+    last: int | None,
+    follow: bool,
+    fmt: str,
+    grep: str | None,
+    partitions: tuple[int, ...],
+) -> None:
+    """Print a topic's records decoded and validated; invalid ones marked with their error.
+
+    Never joins a consumer group and never commits offsets: the workers are not disturbed.
+    """
+    if sum(bool(x) for x in (from_beginning, since, last is not None)) > 1:
+        raise click.UsageError("use one of --from-beginning, --since and --last")
+    s = settings()
+    kind = _kind_of(s, topic, type_)
+    try:
+        start = Start(
+            from_beginning=from_beginning,
+            since=parse_since(since) if since else None,
+            last=last if last is not None else 10,
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+
+    def emit(row: TailRow) -> None:
+        if fmt == "json":
+            click.echo(json_line(row))
+        else:
+            out.print(pretty(row), highlight=False, soft_wrap=True)
+
+    try:
+        asyncio.run(
+            tail(
+                s.bootstrap_list,
+                topic,
+                kind.model,
+                emit,
+                start=start,
+                follow=follow,
+                partitions=partitions or None,
+                filters=Filters(tenant, grep),
+                context=kind.context,
+                security=s.kafka_security(),
+            )
+        )
+    except LookupError as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        pass

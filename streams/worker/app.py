@@ -1,0 +1,283 @@
+"""The Faust app: one agent and one dedupe table per event kind, wired to the sinks."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from faust.types import TP
+
+from sinks.core.sink import Sink
+from sinks.pool import open_pool
+from streams import logs
+from streams.kinds import Kind, kinds
+from streams.settings import Settings
+from streams.tools import topics
+from streams.worker import telemetry, web
+from streams.worker.deadletters import DeadLetterPublisher
+from streams.worker.dedupe import DedupeIndex
+from streams.worker.faust_internals import (
+    ChannelReader,
+    EventsinkApp,
+    LedgerConsumer,
+    RawSchema,
+    commit_offsets,
+    consumer_state,
+)
+from streams.worker.pipeline import Pipeline
+
+log = logs.get(__name__)
+
+
+def faust_config(settings: Settings) -> dict[str, Any]:
+    session_s = settings.session_timeout_ms / 1000.0
+    data_dir = Path(settings.data_dir).resolve() / settings.group_id
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return dict(
+        broker=";".join(f"kafka://{s}" for s in settings.bootstrap_list),
+        store=settings.table_store,
+        datadir=str(data_dir),
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.topic_replication,
+        topic_allow_declare=True,
+        key_serializer="raw",
+        value_serializer="raw",
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=session_s,
+        broker_heartbeat_interval=max(0.5, session_s / 5),
+        broker_max_poll_records=settings.max_poll_records,
+        stream_buffer_maxsize=settings.stream_buffer_maxsize,
+        # Acks only drive Kafka's committed offsets, which are for monitoring: a rebalance
+        # must not wait for them.
+        stream_wait_empty=False,
+        table_standby_replicas=0,
+        recovery_consistency_check=False,
+        producer_acks=-1,
+        producer_linger=0.005,
+        broker_credentials=settings.faust_credentials(),
+        web_enabled=settings.web_enabled,
+        web_port=settings.web_port,
+        web_bind="0.0.0.0",
+        autodiscover=False,
+    )
+
+
+class Runtime:
+    """What the agents share: the pool, one sink and pipeline per kind, the ledger positioning."""
+
+    def __init__(self, settings: Settings, app: EventsinkApp, partitions: dict[str, int]) -> None:
+        self.settings = settings
+        self.app = app
+        self.kinds = kinds(settings)
+        self.pool = open_pool(
+            settings.dsn,
+            stage_ddl=[ddl for k in self.kinds for ddl in k.writer.stage_ddl],
+            min_size=settings.pool_min_size,
+            max_size=settings.pool_max_size,
+            statement_timeout_ms=settings.statement_timeout_ms,
+            name=f"eventsink-{settings.group_id}",
+        )
+        self._opened = False
+        self._users = 0
+        # Next offset per partition as of the last batch committed, for Kafka's committed offsets.
+        self.kafka_offsets: dict[TP, int] = {}
+        self.kafka_committed: dict[TP, int] = {}
+        # Partitions whose lag gauges this worker exports, per topic.
+        self.exported: dict[str, set[int]] = {}
+        self._committer: asyncio.Task[None] | None = None
+        self.sinks: dict[str, Sink] = {}
+        self.pipelines: dict[str, Pipeline] = {}
+        for kind in self.kinds:
+            self._register(kind, partitions[kind.topic])
+        app.ledger_positioner = self.position_from_ledger
+        app.on_partitions_revoked.connect(self._on_revoked)
+        app.on_partitions_assigned.connect(self._on_assigned)
+        if settings.web_enabled:
+            web.register(self)
+
+    async def open(self) -> None:
+        """Called by each agent as it starts: the pool lives as long as one agent does."""
+        self._users += 1
+        await self._ensure_open()
+        if self._committer is None:
+            self._committer = asyncio.create_task(self._commit_offsets_periodically())
+
+    async def release(self) -> None:
+        self._users -= 1
+        if self._users <= 0 and self._opened:
+            self._opened = False
+            if self._committer is not None:
+                self._committer.cancel()
+                self._committer = None
+            await self.commit_offsets()
+            await self.pool.close()
+
+    async def commit_offsets(self) -> None:
+        """Commit to Kafka, for the partitions still assigned, what the ledger has applied."""
+        if not self.kafka_offsets:
+            return
+        offsets, self.kafka_offsets = self.kafka_offsets, {}
+        if await commit_offsets(self.app, offsets):
+            self.kafka_committed.update(offsets)
+
+    async def _commit_offsets_periodically(self) -> None:
+        interval = float(self.app.conf.broker_commit_interval)
+        while True:
+            await asyncio.sleep(interval)
+            await self.commit_offsets()
+            if log.isEnabledFor(10):  # logging.DEBUG
+                log.debug("consumer state", **consumer_state(self.app))
+
+    async def _ensure_open(self) -> None:
+        if not self._opened:
+            self._opened = True
+            await self.pool.open(wait=False)
+
+    def _register(self, kind: Kind, partitions: int) -> None:
+        s = self.settings
+        app = self.app
+        topic = app.topic(kind.topic, partitions=partitions, schema=RawSchema())
+        table = app.Table(
+            f"dedupe-{kind.name}",
+            partitions=partitions,
+            key_type=bytes,
+            value_type=bytes,  # bytes key and value: the "raw" codec
+            help=f"committed (tenant_id, dedupe_id) digests of {kind.topic}, per batch",
+        )
+        sink = Sink(
+            self.pool,
+            s.group_id,
+            kind.writer,
+            on_dead_letters=DeadLetterPublisher(app, kind.dlq_topic, kind.topic, s.group_id),
+            connection_timeout=s.db_connect_timeout_s,
+        )
+        pipeline = Pipeline(
+            topic=kind.topic,
+            model=kind.model,
+            sink=sink,
+            dedupe=DedupeIndex(table, kind.topic, s.dedupe_window_s, s.dedupe_max_keys),
+            reposition=lambda p, offset, t=kind.topic: self.reposition(t, p, offset),
+            first_offset_from=lambda p, offset, t=kind.topic: topics.first_offset_from(
+                s.bootstrap_list, t, p, offset, security=s.kafka_security()
+            ),
+            batch_size=s.batch_size,
+            max_wait_s=s.batch_max_wait_s,
+            max_inflight=s.pool_max_size,
+            retry_initial_s=s.retry_initial_s,
+            retry_max_s=s.retry_max_s,
+            drain_timeout_s=s.drain_timeout_s,
+            progress_log_s=s.progress_log_s,
+            decode_context=kind.context,
+            labelled_tenants=s.metrics_tenant_set,
+        )
+        self.sinks[kind.topic] = sink
+        self.pipelines[kind.topic] = pipeline
+        runtime = self
+
+        async def consume(stream: Any) -> None:
+            await runtime.open()
+            reader = ChannelReader(app, stream, s.batch_size)
+            pipeline.on_commit = lambda p, offset: runtime.kafka_offsets.__setitem__(TP(kind.topic, p), offset)
+            ticker = asyncio.create_task(_tick(pipeline, s.batch_max_wait_s))
+            try:
+                while True:
+                    await pipeline.ingest(await reader.next_chunk())
+            except StopAsyncIteration:
+                pass  # Faust stops an agent by throwing this into its channel
+            finally:
+                ticker.cancel()
+                try:
+                    await asyncio.shield(pipeline.drain())
+                finally:
+                    await runtime.release()
+
+        consume.__name__ = f"{kind.name}_sink"
+        app.agent(topic, name=f"eventsink.{kind.name}")(consume)
+
+    async def position_from_ledger(self, consumer: LedgerConsumer) -> dict[TP, int]:
+        """Next offset per assigned partition: the ledger's last applied offset + 1."""
+        assignment = consumer.assignment()
+        await self._ensure_open()
+        wanted = {
+            topic: sorted((tp for tp in assignment if tp.topic == topic), key=lambda tp: tp.partition)
+            for topic in self.sinks
+        }
+        wanted = {topic: tps for topic, tps in wanted.items() if tps}
+        # All topics at once: with the database down, assignment waits one timeout, not one per topic.
+        ledgers = await asyncio.gather(
+            *(asyncio.wait_for(self.sinks[t].positions(t), self.settings.db_connect_timeout_s) for t in wanted),
+            return_exceptions=True,
+        )
+        targets: dict[TP, int] = {}
+        for (topic, tps), ledger in zip(wanted.items(), ledgers, strict=True):
+            if isinstance(ledger, BaseException):
+                # Then each partition's first batch meets the sink's gap check instead.
+                log.warning(
+                    "ledger unavailable at assignment; positions will be checked per batch",
+                    topic=topic,
+                    error=str(ledger) or type(ledger).__name__,
+                )
+                continue
+            for tp in tps:
+                targets[tp] = ledger.get(tp.partition, -1) + 1
+            log.info("positioned from ledger", topic=topic, next_offsets={tp.partition: targets[tp] for tp in tps})
+        return targets
+
+    async def reposition(self, topic: str, partition: int, offset: int) -> None:
+        consumer = self.app.consumer
+        await consumer.seek_to_ledger(TP(topic, partition), offset)  # type: ignore[attr-defined]
+
+    async def _on_revoked(self, sender: Any, revoked: set[TP], **_: Any) -> None:
+        for topic, pipeline in self.pipelines.items():
+            pipeline.on_revoked({tp.partition for tp in revoked if tp.topic == topic})
+
+    async def _on_assigned(self, sender: Any, assigned: set[TP], **_: Any) -> None:
+        telemetry.REBALANCES.inc()
+        self.kafka_committed = {tp: o for tp, o in self.kafka_committed.items() if tp in assigned}
+        for topic, pipeline in self.pipelines.items():
+            mine = {tp.partition for tp in assigned if tp.topic == topic}
+            pipeline.on_assigned(mine)
+            log.info("partitions assigned", topic=topic, partitions=sorted(mine))
+
+
+async def _tick(pipeline: Pipeline, max_wait_s: float) -> None:
+    interval = max(0.01, max_wait_s / 4)
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await pipeline.tick()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("batch timer failed")
+
+
+def source_and_dlq_specs(settings: Settings, partitions: int | None = None) -> list[topics.TopicSpec]:
+    n, r = partitions or settings.topic_partitions, settings.topic_replication
+    specs = []
+    for kind in kinds(settings):
+        specs.append(topics.TopicSpec(kind.topic, n, r, topics.SOURCE_CONFIG))
+        specs.append(topics.TopicSpec(kind.dlq_topic, n, r, topics.DLQ_CONFIG))
+    return specs
+
+
+def changelog_topic(settings: Settings, kind: Kind) -> str:
+    """The name Faust gives the dedupe table's changelog of a kind."""
+    return f"{settings.group_id}-dedupe-{kind.name}-changelog"
+
+
+def changelog_specs(settings: Settings, partitions: dict[str, int]) -> list[topics.TopicSpec]:
+    """Changelogs must have as many partitions as their source topic (Faust co-partitions them)."""
+    return [
+        topics.TopicSpec(
+            changelog_topic(settings, k), partitions[k.topic], settings.topic_replication, topics.CHANGELOG_CONFIG
+        )
+        for k in kinds(settings)
+    ]
+
+
+def build(settings: Settings, partitions: dict[str, int]) -> tuple[EventsinkApp, Runtime]:
+    app = EventsinkApp(settings.group_id, **faust_config(settings))
+    runtime = Runtime(settings, app, partitions)
+    return app, runtime

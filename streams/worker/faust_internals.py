@@ -1,0 +1,401 @@
+"""Everything eventsink does with faust-streaming's and mode's private API, and nothing else.
+
+Written against faust-streaming 0.15.3 (mode-streaming 0.7, aiokafka 0.14): `check_version`
+refuses any other faust-streaming at start, and `tests/unit/test_faust_internals.py` has one small
+test per private name used here, so an upgrade fails a test instead of a production worker.
+
+What is reached, and why:
+
+- **The app's transport** (`App._new_transport`): so the app gets our consumer and conductor.
+- **Positioning** (`Consumer.perform_seek`, `_committed_offset`): Faust seeks every assigned
+  partition to Kafka's committed offset after each rebalance (table recovery calls it, and so
+  does the fetcher when it finds the flow stopped); those offsets can run ahead of what
+  PostgreSQL applied, and a seek made anywhere earlier is undone by that call. So the ledger
+  is read first and its seek runs right after Faust's, inside it.
+- **The drain loop** (`Consumer._drain_messages`, `_read_offset`, `diag`, `_stopped`): Faust
+  hands every fetched record to the conductor through `Service.wait_first`, several tasks per
+  record. The hand-over can only block when flow is suspended or a stream's queue is full; when
+  neither holds, `LeanConductor.deliver_nowait` queues the record synchronously. A no-op agent
+  over raw bytes went from ~7.5 k to ~14 k events/s on Tansu with this alone.
+- **The conductor** (`Conductor._build_handler`, `_tp_to_callback_lock`, `App.topics._tp_index`):
+  for raw-bytes channels, Faust's `Message` is queued as it is (no `Event`, no refcount: events
+  are never acked, Kafka's offsets follow the ledger); flow control, the producer-buffer
+  throttle and the queue-pressure callbacks are kept.
+- **The channel queue** (`ChannelReader`): the agents read their channel's queue in chunks
+  instead of Faust's per-event `Stream`.
+- **The current event** (`faust.streams._current_event`): a table write derives its changelog
+  partition from it; batches have none, so `table_partition` sets it.
+- **Kafka offset commits** (`ConsumerThread.call_thread`, `_ensure_consumer`): Faust's own
+  `_commit` crashes the consumer on some commit errors; the offsets committed here serve
+  monitoring only, so a failure is logged and the next round tries again.
+- **Diagnostics** (`_active_partitions`, `_paused_partitions`, `_buffered_partitions`,
+  `App.topics._topics`, `Producer._producer`): read-only, for logs and `/readyz`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableSet
+from contextlib import contextmanager
+from importlib import metadata
+from types import SimpleNamespace
+from typing import Any, cast
+
+import faust
+from aiokafka.structs import OffsetAndMetadata
+from aiokafka.structs import TopicPartition as KafkaTopicPartition
+from faust.streams import _current_event
+from faust.transport.conductor import Conductor
+from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP, Message
+from mode import Service
+
+from streams import logs
+
+log = logs.get(__name__)
+
+FAUST_VERSION = "0.15.3"
+
+
+class UnsupportedFaust(RuntimeError):
+    """The installed faust-streaming is not the one this module was written against."""
+
+
+def check_version() -> None:
+    """Refuse to run on a faust-streaming whose internals were not read and tested."""
+    installed = metadata.version("faust-streaming")
+    if installed != FAUST_VERSION:
+        raise UnsupportedFaust(
+            f"eventsink reaches into faust-streaming's private API as of {FAUST_VERSION}, and "
+            f"faust-streaming {installed} is installed: install faust-streaming=={FAUST_VERSION}, or "
+            "port streams/worker/faust_internals.py and run its tests (tests/unit/test_faust_internals.py)"
+        )
+
+
+# Given the consumer, the next offset to read for each assigned partition the ledger knows.
+Positioner = Callable[["LedgerConsumer"], Awaitable[dict[TP, int]]]
+
+
+# -- the hand-over of fetched records -------------------------------------------------------
+
+
+class RawSchema(faust.Schema):
+    """Key and value stay the record's bytes: no codec, no model."""
+
+    def compile(self, app: Any, **_: Any) -> Callable[..., Awaitable[Any]]:
+        event = app.conf.Event  # read once: a settings lookup per record is measurable
+
+        async def decode(message: Message, *, propagate: bool = False) -> Any:
+            return event(app, message.key, message.value, message.headers, message)
+
+        return decode
+
+
+class LeanConductor(Conductor):
+    """Faust's conductor, with a synchronous hand-over for raw-bytes channels.
+
+    Per record, Faust's conductor runs the serializer registry even for raw bytes, reads a
+    setting through its registry and loops over generic channel logic; eventsink's topics carry
+    bytes that the pipeline decodes in bulk.
+    """
+
+    def __init__(self, app: Any, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        # Per partition of a raw-bytes topic: hand a record over without awaiting, or say no.
+        self._nowait: dict[TP, Callable[[Message], bool]] = {}
+
+    def deliver_nowait(self, message: Message) -> bool:
+        """Hand the record to its agents' queues now if nothing could make that wait.
+
+        False when the callback map is being rebuilt (rebalance), flow is suspended, a queue is
+        full, the producer buffer is over its limit, or the topic is not raw bytes: then the
+        caller awaits `on_message`, which waits as Faust's does. No coroutine, task or lock per
+        record otherwise: Faust's `on_message` takes an asyncio.Lock for every record.
+        """
+        if self._tp_to_callback_lock.locked():
+            return False
+        deliver = self._nowait.get(message.tp)
+        return deliver is not None and deliver(message)
+
+    def _build_handler(self, tp: TP, channels: MutableSet[Any]) -> Callable[[Message], Awaitable[None]]:
+        if not channels or not all(isinstance(c.schema, RawSchema) for c in channels):
+            self._nowait.pop(tp, None)
+            return super()._build_handler(tp, channels)
+        app = self.app
+        consumer = app.consumer
+        acquire_flow_control = app.flow_control.acquire
+        producer_buffer = app.producer.buffer
+        pending_produce = producer_buffer.pending.qsize
+        max_pending = producer_buffer.max_messages
+        on_topic_buffer_full = app.sensors.on_topic_buffer_full
+
+        def on_pressure_high() -> None:
+            on_topic_buffer_full(tp)
+            consumer.on_buffer_full(tp)
+
+        def on_pressure_drop() -> None:
+            consumer.on_buffer_drop(tp)
+
+        flow_is_active = app.flow_control.is_active
+        targets = tuple(channels)
+
+        def deliver(message: Message) -> bool:
+            if not flow_is_active() or pending_produce() > max_pending:
+                return False
+            for channel in targets:
+                if channel.queue.full():
+                    return False
+            for channel in targets:
+                channel.queue.put_nowait_enhanced(
+                    message, on_pressure_high=on_pressure_high, on_pressure_drop=on_pressure_drop
+                )
+            return True
+
+        self._nowait[tp] = deliver
+
+        async def on_message(message: Message) -> None:
+            await acquire_flow_control()
+            if pending_produce() > max_pending:
+                await producer_buffer.wait_until_ebb()
+            for channel in channels:
+                queue = channel.queue
+                if queue.full():
+                    on_topic_buffer_full(tp)
+                    await channel.put(message)
+                else:
+                    queue.put_nowait_enhanced(
+                        message, on_pressure_high=on_pressure_high, on_pressure_drop=on_pressure_drop
+                    )
+
+        return on_message
+
+
+# -- the consumer ---------------------------------------------------------------------------
+
+
+class LedgerConsumer(faust_aiokafka.Consumer):
+    """Faust's aiokafka consumer, positioned from the offsets ledger, with a cheaper drain loop."""
+
+    async def perform_seek(self) -> None:
+        # The ledger is read first: records fetched from Kafka's position while the database
+        # answers would otherwise reach the agents before the ledger seek lands.
+        positioner: Positioner | None = getattr(self.app, "ledger_positioner", None)
+        targets = await positioner(self) if positioner is not None else {}
+        await super().perform_seek()
+        for tp, offset in targets.items():
+            await self.seek_to_ledger(tp, offset)
+
+    async def seek_to_ledger(self, tp: TP, offset: int) -> None:
+        """Seek one partition so that `offset` is the next record delivered."""
+        await self.seek(tp, offset)
+        # Kafka's committed offset then follows what is really replayed (monitoring only).
+        self._committed_offset[tp] = offset or None
+
+    def _handover_cannot_block(self, tp: TP) -> bool:
+        if not self.app.flow_control.is_active():
+            return False
+        for channel in self.app.topics._tp_index.get(tp, ()):
+            if channel.queue.full():
+                return False
+        return True
+
+    async def _drain_messages(self, fetcher: Service) -> None:  # pragma: no cover - hot loop
+        # Same as faust.transport.consumer.Consumer._drain_messages, but for the hand-over.
+        callback = self.callback
+        getmany = self.getmany
+        consumer_should_stop = cast(Service, self)._stopped.is_set
+        fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
+        get_read_offset = self._read_offset.__getitem__
+        set_read_offset = self._read_offset.__setitem__
+        set_flag = self.diag.set_flag
+        unset_flag = self.diag.unset_flag
+        commit_every = self._commit_every
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        suspended = self.suspend_flow.is_set
+        cannot_block = self._handover_cannot_block
+        deliver_nowait = cast(LeanConductor, self.app.topics).deliver_nowait
+        yield_every = 100
+        num_since_yield = 0
+        sleep = asyncio.sleep
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                set_flag(CONSUMER_FETCHING)
+                ait = getmany(timeout=1.0)
+                await self.sleep(0)
+                if not self.should_stop:
+                    async for tp, message in ait:
+                        num_since_yield += 1
+                        if num_since_yield > yield_every:
+                            await sleep(0)
+                            num_since_yield = 0
+                        offset = message.offset
+                        r_offset = get_read_offset(tp)
+                        if r_offset is None or offset >= r_offset:
+                            gap = offset - (r_offset or 0)
+                            if gap > 1 and r_offset and acks_enabled_for(message.topic):
+                                await self._add_gap(tp, r_offset + 1, offset)
+                            if commit_every is not None and self._n_acked >= commit_every:
+                                self._n_acked = 0
+                                await self.commit()
+                            flowing = not suspended()
+                            if flowing and deliver_nowait(message):
+                                pass
+                            elif flowing and cannot_block(tp):
+                                await callback(message)
+                            else:
+                                await self.wait_first(callback(message), self.suspend_flow.wait())
+                            set_read_offset(tp, offset)
+                    unset_flag(CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                self.log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                self.log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            unset_flag(CONSUMER_FETCHING)
+
+
+class LedgerTransport(faust_aiokafka.Transport):
+    Consumer = LedgerConsumer
+    Conductor = LeanConductor
+
+
+class EventsinkApp(faust.App):
+    """A Faust app whose consumer resumes from the PostgreSQL offsets ledger."""
+
+    ledger_positioner: Positioner | None = None
+
+    def _new_transport(self) -> LedgerTransport:
+        return LedgerTransport(self.conf.broker_consumer, self)
+
+
+async def commit_offsets(app: faust.App, offsets: Mapping[TP, int]) -> bool:
+    """Commit Kafka offsets for the group (monitoring only); False when the broker refused.
+
+    Through the aiokafka consumer on Faust's consumer thread, not Faust's `_commit`, which
+    crashes the consumer on some commit errors (a rebalance in progress, an unknown member).
+    """
+    thread = app.consumer._thread  # type: ignore[attr-defined]
+
+    async def commit() -> None:
+        consumer = thread._ensure_consumer()
+        assigned = consumer.assignment()
+        todo = {
+            KafkaTopicPartition(tp.topic, tp.partition): OffsetAndMetadata(offset, "")
+            for tp, offset in offsets.items()
+            if KafkaTopicPartition(tp.topic, tp.partition) in assigned
+        }
+        if todo:
+            await consumer.commit(todo)
+
+    try:
+        await thread.call_thread(commit)
+    except Exception as exc:
+        log.debug("kafka offset commit failed", error=f"{type(exc).__name__}: {exc}")
+        return False
+    return True
+
+
+# -- the agents' side -----------------------------------------------------------------------
+
+
+class ChannelReader:
+    """Takes messages from an agent's channel queue in chunks, skipping Faust's per-event Stream.
+
+    Faust's Stream iteration (sensors, processors, task-local current event, take buffer) costs
+    more per event than decoding and writing it; reading the queue the conductor fills, in
+    chunks, keeps what matters of it: stale messages of an earlier rebalance generation or of a
+    suspended flow are skipped, and a stop thrown into the channel ends the agent. Messages are
+    not acked: Kafka's offsets are committed from the ledger instead.
+    """
+
+    def __init__(self, app: faust.App, stream: Any, max_chunk: int) -> None:
+        self.app = app
+        self.queue = stream.channel.queue
+        self.max_chunk = max_chunk
+
+    async def next_chunk(self) -> list[Message]:
+        queue = self.queue
+        while True:
+            chunk = [await queue.get()]
+            get = queue.get_nowait
+            try:
+                while len(chunk) < self.max_chunk:
+                    chunk.append(get())
+            except asyncio.QueueEmpty:
+                pass
+            app = self.app
+            generation = app.consumer_generation_id
+            if not app.flow_control.is_active():
+                continue
+            fresh = [m for m in chunk if m.generation_id == generation]
+            if fresh:
+                # What Faust's Stream would record: its livelock check reads it.
+                inbound = app.monitor.stream_inbound_time
+                now = time.monotonic()
+                for tp in {m.tp for m in fresh}:
+                    inbound[tp] = now
+                return fresh
+
+
+class _PartitionEvent:
+    """Stands in for the event Faust's Table reads the changelog partition from."""
+
+    __slots__ = ("__weakref__", "message")
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.message = SimpleNamespace(topic=topic, partition=partition)
+
+
+@contextmanager
+def table_partition(topic: str, partition: int) -> Iterator[None]:
+    """Let table writes outside per-event iteration land in `partition`'s changelog partition.
+
+    Faust derives a table key's partition from the task-local current event
+    (`Table.partition_for_key`), which batch processing does not have.
+    """
+    event = _PartitionEvent(topic, partition)
+    token = _current_event.set(weakref.ref(event))  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+# -- diagnostics ----------------------------------------------------------------------------
+
+
+def consumer_state(app: faust.App) -> dict[str, Any]:
+    """What Faust's consumer fetches and why not (for debugging stalls)."""
+    consumer = app.consumer
+
+    def names(tps: Any) -> list[str]:
+        return sorted(f"{tp.topic}[{tp.partition}]" for tp in (tps or ()))
+
+    return {
+        "flow_active": consumer.flow_active,
+        "flow_control_active": app.flow_control.is_active(),
+        "rebalancing": app.rebalancing,
+        "assigned": len(consumer.assignment()),
+        "active": names(consumer._active_partitions),  # type: ignore[attr-defined]
+        "paused": names(consumer._paused_partitions),  # type: ignore[attr-defined]
+        "buffered": names(consumer._buffered_partitions),  # type: ignore[attr-defined]
+        "queues": {ch.get_topic_name(): ch.queue.qsize() for ch in app.topics._topics if hasattr(ch, "queue")},  # type: ignore[attr-defined]
+    }
+
+
+async def broker_metadata(app: faust.App) -> None:
+    """Ask the broker for its metadata through the app's producer connection (readiness)."""
+    client = app.producer._producer.client  # type: ignore[attr-defined]
+    await client.fetch_all_metadata()

@@ -1,0 +1,121 @@
+"""A worker's HTTP endpoints, on Faust's web server: /metrics, /healthz, /readyz.
+
+/healthz answers while the process and its event loop live. /readyz says whether the worker
+can do its job: the broker and PostgreSQL answer, and it holds partitions (a worker without any,
+in a group with more workers than partitions, is idle and reports so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from streams.worker import telemetry
+from streams.worker.faust_internals import broker_metadata
+
+if TYPE_CHECKING:
+    from streams.worker.app import Runtime
+
+CHECK_TIMEOUT_S = 2.0
+# aiohttp refuses a charset in content_type (it adds it); the exposition format is UTF-8.
+CONTENT_TYPE = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")
+
+
+async def _database(runtime: Runtime) -> str | None:
+    try:
+        async with runtime.pool.connection(timeout=CHECK_TIMEOUT_S) as conn:
+            await asyncio.wait_for(conn.execute("SELECT 1"), CHECK_TIMEOUT_S)
+        return None
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"[:300]
+
+
+async def _broker(runtime: Runtime) -> str | None:
+    try:
+        await asyncio.wait_for(broker_metadata(runtime.app), CHECK_TIMEOUT_S)
+        return None
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"[:300] or "unreachable"
+
+
+async def readiness(runtime: Runtime) -> dict[str, Any]:
+    app = runtime.app
+    db_error, broker_error = await asyncio.gather(_database(runtime), _broker(runtime))
+    assigned: dict[str, list[int]] = {topic: [] for topic in runtime.pipelines}
+    try:
+        for tp in app.consumer.assignment():
+            if tp.topic in assigned:
+                assigned[tp.topic].append(tp.partition)
+    except Exception:  # the consumer is not started yet
+        pass
+    if app.rebalancing:
+        partitions = "rebalancing"
+    else:
+        partitions = "ok" if any(assigned.values()) else "none assigned"
+    checks = {"database": db_error or "ok", "broker": broker_error or "ok", "partitions": partitions}
+    return {
+        "ready": all(v == "ok" for v in checks.values()),
+        "checks": checks,
+        "assigned": {t: sorted(p) for t, p in assigned.items()},
+        "group": runtime.settings.group_id,
+        "pid": os.getpid(),
+    }
+
+
+def refresh_gauges(runtime: Runtime) -> None:
+    """Lag and pool gauges are computed when scraped, from what the worker already knows."""
+    consumer = runtime.app.consumer
+    try:
+        assignment = consumer.assignment()
+    except Exception:
+        assignment = set()
+    for topic, pipeline in runtime.pipelines.items():
+        mine = {tp.partition: tp for tp in assignment if tp.topic == topic}
+        telemetry.ASSIGNED_PARTITIONS.labels(topic).set(len(mine))
+        for partition, tp in mine.items():
+            labels = (topic, str(partition))
+            end = consumer.highwater(tp)
+            if end is None:
+                continue
+            telemetry.END_OFFSET.labels(*labels).set(end)
+            applied = pipeline.applied.get(partition)
+            if applied is not None:
+                telemetry.LEDGER_LAG.labels(*labels).set(max(0, end - applied))
+            committed = runtime.kafka_committed.get(tp)
+            if committed is not None:
+                telemetry.CONSUMER_LAG.labels(*labels).set(max(0, end - committed))
+        for partition in runtime.exported.get(topic, set()) - set(mine):  # moved to another worker
+            for gauge in (telemetry.END_OFFSET, telemetry.LEDGER_LAG, telemetry.CONSUMER_LAG, telemetry.LEDGER_OFFSET):
+                try:
+                    gauge.remove(topic, str(partition))
+                except KeyError:
+                    pass
+        runtime.exported[topic] = set(mine)
+    stats = runtime.pool.get_stats()
+    size, idle = stats.get("pool_size", 0), stats.get("pool_available", 0)
+    telemetry.POOL_CONNECTIONS.labels("in_use").set(size - idle)
+    telemetry.POOL_CONNECTIONS.labels("idle").set(idle)
+    telemetry.POOL_WAITING.set(stats.get("requests_waiting", 0))
+
+
+def register(runtime: Runtime) -> None:
+    app = runtime.app
+    started = time.time()
+
+    @app.page("/metrics")
+    async def metrics(self: Any, request: Any) -> Any:
+        refresh_gauges(runtime)
+        return self.bytes(generate_latest(telemetry.REGISTRY), content_type=CONTENT_TYPE)
+
+    @app.page("/healthz")
+    async def healthz(self: Any, request: Any) -> Any:
+        return self.json({"status": "ok", "pid": os.getpid(), "uptime_s": round(time.time() - started, 1)})
+
+    @app.page("/readyz")
+    async def readyz(self: Any, request: Any) -> Any:
+        report = await readiness(runtime)
+        return self.json(report, status=200 if report["ready"] else 503)
