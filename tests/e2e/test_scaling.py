@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from tests.helpers import Scenario, WorkerProcess, wait_applied, wait_until
-from tests.test_worker import assert_exactly_once
+from tests.e2e.test_worker import assert_exactly_once
 from tests.workload import Sent, create_topics, publish
 
 pytestmark = pytest.mark.e2e

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import Scenario, WorkerProcess, wait_applied, wait_until
 from tests.proxy import TcpProxy
-from tests.test_worker import _pg_address, proxied
+from tests.e2e.test_worker import _pg_address, proxied
 from tests.workload import Sent, create_topics, publish
 
 pytestmark = pytest.mark.e2e

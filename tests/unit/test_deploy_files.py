@@ -26,7 +26,7 @@ from streams import settings as settings_module
 from streams.cli import cli
 from streams.settings import Settings, SettingsError, load
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"
 # Variables our containers may set that are not eventsink settings.

@@ -13,7 +13,7 @@ import yaml
 
 from streams.worker import telemetry
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 _NAME = re.compile(r"\b(eventsink_[a-z_]+)")
 
 
