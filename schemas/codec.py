@@ -1,13 +1,14 @@
 """orjson codecs, and the one decode path every consumer of the topics uses.
 
-`decode` never raises on bad input: it returns `Rejected` with a stable reason and a readable
-detail, so a worker can route the record to its dead-letter topic and a tail can show why.
+`decode` is total: for any bytes it returns `Decoded` or `Rejected` with a stable reason and a
+truthful detail, so a worker can route the record to its dead-letter topic and a tail can show why.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from uuid import UUID
@@ -15,7 +16,7 @@ from uuid import UUID
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from schemas.deadletter import Reason
+from schemas.deadletter import MAX_DETAIL, Reason
 from schemas.fields import NO_NUL, NUL_MESSAGE
 
 M = TypeVar("M", bound=BaseModel)
@@ -54,16 +55,35 @@ def _describe(exc: ValidationError) -> str:
 
 
 def _json_failure(raw: bytes, exc: orjson.JSONDecodeError) -> Rejected:
+    """Why orjson refused the value, in words that are true of this value."""
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as uexc:
         return Rejected(Reason.INVALID_UTF8, f"value is not valid UTF-8 ({uexc.reason} at byte {uexc.start})")
-    # Python's json accepts NaN/Infinity, which orjson (rightly) refuses: say so precisely.
+    if exc.msg.startswith("number is infinity"):
+        return Rejected(
+            Reason.INVALID_EVENT, f"a number is too large for a double (it would be Infinity) at char {exc.pos}"
+        )
+    constants: list[str] = []
     try:
-        json.loads(raw)
+        json.loads(raw, parse_constant=lambda name: constants.append(name) or 0.0)
     except (ValueError, RecursionError):
-        return Rejected(Reason.INVALID_JSON, f"value is not JSON: {exc}")
-    return Rejected(Reason.INVALID_EVENT, "value contains NaN, Infinity or a number too large for a double: not finite")
+        pass
+    if constants:
+        # Python's json reads NaN and Infinity, which JSON does not have.
+        return Rejected(Reason.INVALID_EVENT, f"value contains {constants[0]}: numbers must be finite")
+    return Rejected(Reason.INVALID_JSON, f"value is not JSON: {exc.msg} at char {exc.pos}")
+
+
+# Integer literals of 19 digits or more may be beyond 64 bits, which orjson reads as a float
+# (silently rounding them); such values are parsed again, exactly.
+_LONG_INTEGER = re.compile(rb"\d{19}")
+
+
+def _exact(raw: bytes, obj: Any) -> Any:
+    if _LONG_INTEGER.search(raw) is None:
+        return obj
+    return json.loads(raw)
 
 
 def decode(
@@ -71,8 +91,18 @@ def decode(
 ) -> Decoded[M] | Rejected:
     """Decode and validate one record value; check that the record key names the same tenant.
 
-    `context` carries deployment limits to the model's validators (chat's max_content_bytes).
+    Total: returns `Decoded` or `Rejected` for any bytes and never raises. `context` carries
+    deployment limits to the model's validators (chat's max_content_bytes).
     """
+    try:
+        return _decode(raw, model, key, context)
+    except Exception as exc:  # a bug or a library limit must cost one dead letter, not a partition
+        return Rejected(Reason.INVALID_EVENT, f"value could not be decoded: {type(exc).__name__}: {exc}"[:MAX_DETAIL])
+
+
+def _decode(
+    raw: bytes | None, model: type[M], key: bytes | None, context: dict[str, Any] | None
+) -> Decoded[M] | Rejected:
     if raw is None:
         return Rejected(Reason.INVALID_JSON, "value is empty (a tombstone)")
     try:
@@ -81,6 +111,10 @@ def decode(
         return _json_failure(raw, exc)
     if not isinstance(obj, dict):
         return Rejected(Reason.NOT_AN_OBJECT, f"value is JSON {type(obj).__name__}, not an object")
+    try:
+        obj = _exact(raw, obj)
+    except (ValueError, RecursionError) as exc:
+        return Rejected(Reason.INVALID_JSON, f"value is not JSON this decoder can read exactly: {exc}")
     try:
         event = model.model_validate(obj, context=context)
     except ValidationError as exc:

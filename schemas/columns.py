@@ -179,7 +179,10 @@ def JsonObject(max_bytes: int, max_depth: int = MAX_JSON_DEPTH) -> Any:
                 raise ValueError(f"is nested more than {max_depth} levels deep")
             if _has_nul(value):
                 raise ValueError(NUL_MESSAGE)
-            size = len(orjson.dumps(value))
+            try:
+                size = len(orjson.dumps(value))
+            except orjson.JSONEncodeError as exc:  # an integer beyond 64 bits
+                raise ValueError(f"cannot be stored: {exc}") from None
             if size > max_bytes:
                 raise ValueError(f"is {size} bytes once serialised, more than the {max_bytes} allowed")
         return value

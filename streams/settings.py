@@ -17,6 +17,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from sinks.dsn import redact_dsn, register_dsn, register_secret
 
 SECURE_SSLMODES = ("require", "verify-ca", "verify-full")
+# Old environment variable names that still work, and the names that replace them.
+DEPRECATED_NAMES = {"EVENTSINK_METRICS_TENANTS": "EVENTSINK_TELEMETRY_TENANTS"}
 SECURE_KAFKA = ("SSL", "SASL_SSL")
 # Settings that may come from a file: X_FILE=/path (Docker and Kubernetes secrets).
 FILE_SECRETS = {
@@ -117,8 +119,10 @@ class Settings(BaseSettings):
     table_store: str = "memory://"
     web_enabled: bool = True
     web_port: int = Field(6066, ge=1, le=65535)
-    # Tenants that get their own metric label (cardinality: never all of them).
-    metrics_tenants: str = ""
+    # Tenants that get their own telemetry label (cardinality: never all of them).
+    telemetry_tenants: str = Field(
+        "", validation_alias=AliasChoices("EVENTSINK_TELEMETRY_TENANTS", "EVENTSINK_METRICS_TENANTS")
+    )
     use_uvloop: bool = True
 
     log_level: str = "INFO"
@@ -191,8 +195,8 @@ class Settings(BaseSettings):
         return self
 
     @property
-    def metrics_tenant_set(self) -> frozenset[UUID]:
-        return frozenset(UUID(t.strip()) for t in self.metrics_tenants.split(",") if t.strip())
+    def telemetry_tenant_set(self) -> frozenset[UUID]:
+        return frozenset(UUID(t.strip()) for t in self.telemetry_tenants.split(",") if t.strip())
 
     @property
     def kind_names(self) -> list[str]:
@@ -252,6 +256,12 @@ class Settings(BaseSettings):
     @property
     def batch_max_wait_s(self) -> float:
         return self.batch_max_wait_ms / 1000.0
+
+
+def deprecated_names(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The deprecated variables set in the environment, with the name to use instead."""
+    env = os.environ if environ is None else environ
+    return {old: new for old, new in DEPRECATED_NAMES.items() if old in env}
 
 
 class SettingsError(ValueError):

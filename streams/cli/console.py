@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from sinks.dsn import scrub
 from streams import logs
-from streams.settings import Settings, SettingsError, load
+from streams.settings import Settings, SettingsError, deprecated_names, load
 
 # Wide when not a terminal, so that tables piped or captured are not folded at 80 columns.
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
@@ -23,6 +23,8 @@ def settings() -> Settings:
     except SettingsError as exc:
         raise click.ClickException(f"invalid settings: {scrub(str(exc))}") from None
     logs.configure(loaded.log_level, loaded.log_format)
+    for old, new in deprecated_names().items():
+        logs.get(__name__).warning("deprecated setting name", name=old, use=new)
     return loaded
 
 

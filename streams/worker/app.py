@@ -169,7 +169,7 @@ class Runtime:
             drain_timeout_s=s.drain_timeout_s,
             progress_log_s=s.progress_log_s,
             decode_context=kind.context,
-            labelled_tenants=s.metrics_tenant_set,
+            labelled_tenants=s.telemetry_tenant_set,
         )
         self.sinks[kind.topic] = sink
         self.pipelines[kind.topic] = pipeline

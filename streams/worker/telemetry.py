@@ -92,7 +92,7 @@ ASSIGNED_PARTITIONS = Gauge(
 )
 TENANT_ROWS = Counter(
     "eventsink_tenant_rows_applied",
-    "Rows applied per tenant, only for the tenants in EVENTSINK_METRICS_TENANTS",
+    "Rows applied per tenant, only for the tenants in EVENTSINK_TELEMETRY_TENANTS",
     ["topic", "tenant"],
     registry=REGISTRY,
 )

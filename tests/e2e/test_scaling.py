@@ -13,8 +13,8 @@ import urllib.request
 import orjson
 import pytest
 
-from tests.helpers import Scenario, WorkerProcess, wait_applied, wait_until
 from tests.e2e.test_worker import assert_exactly_once
+from tests.helpers import Scenario, WorkerProcess, wait_applied, wait_until
 from tests.workload import Sent, create_topics, publish
 
 pytestmark = pytest.mark.e2e

@@ -16,9 +16,9 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from sinks.dsn import with_user
 from streams.settings import SettingsError, load
+from tests.e2e.test_worker import _pg_address, proxied
 from tests.helpers import Scenario, WorkerProcess, wait_applied, wait_until
 from tests.proxy import TcpProxy
-from tests.e2e.test_worker import _pg_address, proxied
 from tests.workload import Sent, create_topics, publish
 
 PASSWORD = "planted-" + uuid.uuid4().hex

@@ -9,9 +9,9 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.e2e.test_worker import _pg_address, proxied
 from tests.helpers import Scenario, WorkerProcess, wait_applied, wait_until
 from tests.proxy import TcpProxy
-from tests.e2e.test_worker import _pg_address, proxied
 from tests.workload import Sent, create_topics, publish
 
 pytestmark = pytest.mark.e2e
@@ -45,7 +45,7 @@ def test_metrics_count_a_known_workload(scenario: Scenario) -> None:
     s, sent = scenario, Sent()
     create_topics(s)
     watched = sent.tenants[0]
-    w = WorkerProcess(s.env(EVENTSINK_METRICS_TENANTS=watched), s.data_dir / "w.log").start()
+    w = WorkerProcess(s.env(EVENTSINK_TELEMETRY_TENANTS=watched), s.data_dir / "w.log").start()
     try:
         wait_until(lambda: get(f"{w.web}/healthz")[0] == 200, 60, what="/healthz")
         publish(s, sent, 2000, duplicates=0.2, invalid=0.05, seed=21)

@@ -16,10 +16,10 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from streams.dev.loadgen.metric import poison_records
+from tests.e2e.test_worker import _pg_address, proxied
 from tests.faults.traffic import Traffic, oracle, settled
 from tests.helpers import Scenario, WorkerProcess, ledger_totals, read_topic, wait_until
 from tests.proxy import TcpProxy
-from tests.e2e.test_worker import _pg_address, proxied
 from tests.workload import create_topics
 
 pytestmark = pytest.mark.e2e
