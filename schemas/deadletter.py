@@ -18,6 +18,13 @@ H_SOURCE_PARTITION = "eventsink.source.partition"
 H_SOURCE_OFFSET = "eventsink.source.offset"
 H_FAILED_AT = "eventsink.failed_at"
 H_CONSUMER_GROUP = "eventsink.consumer_group"
+# Set when the record on the DLQ topic is not the whole original (too large for the topic, or
+# neither key nor value): the original is in PostgreSQL (`sinks.core.deadletters`), found by
+# consumer group, source topic, partition and offset. Value: "postgres".
+H_STORED = "eventsink.stored"
+H_ORIGINAL_SIZE = "eventsink.original.size"  # bytes of the original value
+H_ORIGINAL_SHA256 = "eventsink.original.sha256"  # hex digest of the original value
+STORED_IN_POSTGRES = b"postgres"
 
 MAX_DETAIL = 2000
 
@@ -46,10 +53,10 @@ class DeadLetter:
     offset: int
     key: bytes | None
     value: bytes | None
-    headers: tuple[tuple[str, bytes], ...] = ()
+    headers: tuple[tuple[str, bytes | None], ...] = ()
     failed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
-    def dlq_headers(self, consumer_group: str) -> list[tuple[str, bytes]]:
+    def dlq_headers(self, consumer_group: str) -> list[tuple[str, bytes | None]]:
         """Original headers first (minus any earlier eventsink ones), then ours."""
         kept = [(k, v) for k, v in self.headers if not k.startswith(HEADER_PREFIX)]
         return [
@@ -77,14 +84,24 @@ class DeadLetterInfo:
     consumer_group: str
 
     @classmethod
-    def from_headers(cls, headers: list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...]) -> DeadLetterInfo:
-        h = {k: v.decode("utf-8", "replace") for k, v in headers if k.startswith(HEADER_PREFIX)}
+    def from_headers(
+        cls, headers: list[tuple[str, bytes | None]] | tuple[tuple[str, bytes | None], ...]
+    ) -> DeadLetterInfo:
+        h = {k: (v or b"").decode("utf-8", "replace") for k, v in headers if k.startswith(HEADER_PREFIX)}
         return cls(
             reason=h.get(H_REASON, ""),
             detail=h.get(H_DETAIL, ""),
             source_topic=h.get(H_SOURCE_TOPIC, ""),
-            source_partition=int(h.get(H_SOURCE_PARTITION, "-1")),
-            source_offset=int(h.get(H_SOURCE_OFFSET, "-1")),
+            source_partition=_int(h.get(H_SOURCE_PARTITION)),
+            source_offset=_int(h.get(H_SOURCE_OFFSET)),
             failed_at=h.get(H_FAILED_AT, ""),
             consumer_group=h.get(H_CONSUMER_GROUP, ""),
         )
+
+
+def _int(text: str | None) -> int:
+    """A header's integer, or -1 when it is missing or not one (headers are anyone's to write)."""
+    try:
+        return int(text) if text is not None else -1
+    except ValueError:
+        return -1

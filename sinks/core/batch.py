@@ -18,7 +18,7 @@ class Record(Generic[E]):
     event: E
     key: bytes | None
     value: bytes | None
-    headers: tuple[tuple[str, bytes], ...] = ()
+    headers: tuple[tuple[str, bytes | None], ...] = ()
 
     def dead_letter(self, topic: str, partition: int, reason: Reason, detail: str) -> DeadLetter:
         return DeadLetter(reason, detail, topic, partition, self.offset, self.key, self.value, self.headers)
