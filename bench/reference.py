@@ -36,7 +36,7 @@ class DeadLetterProducer:
         self.topic = topic
         self.group = group
 
-    async def __call__(self, dead: list[DeadLetter]) -> None:
+    async def __call__(self, dead: list[DeadLetter], conn: object = None) -> None:
         sent = [await self.producer.send(self.topic, d.value, d.key, headers=d.dlq_headers(self.group)) for d in dead]
         await asyncio.gather(*sent)
 
@@ -55,7 +55,8 @@ class FromLedger(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         ledger = await self.sink.positions(self.topic)
         for tp in assigned:
-            self.consumer.seek(tp, ledger.get(tp.partition, -1) + 1)
+            position = ledger.get(tp.partition)
+            self.consumer.seek(tp, (position.last_offset if position else -1) + 1)
 
 
 def to_batch(tp: TopicPartition, records: Sequence[ConsumerRecord]) -> Batch[MetricEvent]:

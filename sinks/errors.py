@@ -11,7 +11,8 @@ class SinkError(Exception):
 
 
 class TransientSinkError(SinkError):
-    """The database could not take the batch now (down, timeout, conflict): retry it later."""
+    """The batch cannot be applied now (database down, timeout, conflict, broker refusing a dead
+    letter): retry the same batch later."""
 
 
 class OffsetGap(SinkError):
@@ -25,29 +26,59 @@ class OffsetGap(SinkError):
         self.first = first
 
 
+class LogChanged(SinkError):
+    """The partition's log is not the one the ledger counted (the topic was deleted and created
+    again, or the cluster was replaced): applying would skip or mix records. An operator decides
+    (`eventsink ledger reset`)."""
+
+    def __init__(self, topic: str, partition: int, what: str, ledger: object, now: object) -> None:
+        super().__init__(
+            f"{topic}[{partition}]: the ledger counted {what} {ledger}, the broker now serves {what} {now}; "
+            f"nothing is applied until an operator runs `eventsink ledger reset --topic {topic}`"
+        )
+        self.topic = topic
+        self.partition = partition
+        self.what = what
+
+
 class MigrationError(SinkError):
     """A migration could not be applied, or the applied ones were edited."""
 
 
-# SQLSTATE classes where one record's content is at fault (data exception, integrity
-# constraint, program limit such as an index row too large): isolate and dead-letter it.
-_RECORD_CLASSES = ("22", "23", "54")
-
-
-def is_record_error(exc: BaseException) -> bool:
-    """True when the error is caused by the content of a row, not by the database's state."""
-    sqlstate = getattr(exc, "sqlstate", None)
-    return bool(sqlstate) and sqlstate[:2] in _RECORD_CLASSES
+# SQLSTATE classes that mean "not now", whatever the records: connection (08), transaction
+# rollback such as serialization failures and deadlocks (40), insufficient resources (53),
+# object in use or lock timeout (55), operator intervention such as a statement timeout or an
+# administrator's shutdown (57), system errors (58), and a transaction the server ended (25).
+_TRANSIENT_CLASSES = frozenset({"08", "25", "40", "53", "55", "57", "58"})
+# And what an operator must fix before anything can be written, which waiting loses nothing
+# to: a missing table or column (migrations not applied yet), a missing privilege, a wrong
+# password or database name.
+_TRANSIENT_STATES = frozenset({"42P01", "42703", "42883", "42501", "28000", "28P01", "3D000", "3F000"})
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Everything from the database that is not a record's fault is retried, never dead-lettered.
+    """True when the same batch may succeed later: retry it, never dead-letter it.
 
-    That includes a missing table (migrations not applied yet): retrying until an operator
-    runs `eventsink migrate` loses nothing, dead-lettering the stream would.
+    Everything else raised while applying a record (a constraint, a value the database or the
+    driver cannot take, a programming error) is the record's or the code's fault: the batch is
+    redone record by record and what still fails becomes a dead letter.
     """
-    if isinstance(exc, psycopg_pool.PoolTimeout | psycopg.OperationalError | TimeoutError | OSError):
+    if isinstance(exc, TransientSinkError | psycopg_pool.PoolTimeout | TimeoutError | OSError):
         return True
     if isinstance(exc, psycopg.Error):
-        return not is_record_error(exc)
+        sqlstate = exc.sqlstate
+        if not sqlstate:
+            # No SQLSTATE: the client lost the connection (OperationalError, InterfaceError), or
+            # it could not adapt a value (DataError, ProgrammingError), which is the record's.
+            return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+        return sqlstate[:2] in _TRANSIENT_CLASSES or sqlstate in _TRANSIENT_STATES
     return False
+
+
+def describe(exc: BaseException) -> str:
+    """One line saying what refused a record, for its dead letter."""
+    text = str(exc).strip()
+    first_line = text.splitlines()[0] if text else type(exc).__name__
+    if isinstance(exc, psycopg.Error) and exc.sqlstate:
+        return f"database refused the record ({exc.sqlstate}): {first_line}"
+    return f"the record could not be written: {type(exc).__name__}: {first_line}"

@@ -23,12 +23,17 @@ def open_pool(
     min_size: int = 1,
     max_size: int = 4,
     statement_timeout_ms: int = 60_000,
+    lock_timeout_ms: int = 30_000,
+    idle_in_transaction_timeout_ms: int = 60_000,
     name: str = "eventsink",
 ) -> AsyncConnectionPool:
     """Create (but do not open) a pool whose connections have the staging tables ready.
 
     TCP keepalives make a connection that a network fault left half-open fail within seconds
-    instead of hanging a batch until the kernel gives up.
+    instead of hanging a batch until the kernel gives up. A lock timeout makes a writer that waits
+    on another's row lock give up (and retry) instead of waiting without end, and the idle-in-
+    transaction timeout lets the server end the session of a frozen writer that holds a
+    partition's ledger lock; its late commit then fails, and the ledger makes the retry harmless.
     """
     register_dsn(dsn)
     ddl = tuple(stage_ddl)
@@ -36,6 +41,8 @@ def open_pool(
     async def configure(conn: psycopg.AsyncConnection) -> None:
         set_json_dumps(_dumps, context=conn)
         await conn.execute(f"SET statement_timeout = {int(statement_timeout_ms)}")
+        await conn.execute(f"SET lock_timeout = {int(lock_timeout_ms)}")
+        await conn.execute(f"SET idle_in_transaction_session_timeout = {int(idle_in_transaction_timeout_ms)}")
         for statement in ddl:
             await conn.execute(statement)
         await conn.commit()

@@ -100,7 +100,13 @@ class Settings(BaseSettings):
     max_poll_records: int = Field(5000, ge=1)
     stream_buffer_maxsize: int = Field(20_000, ge=100)
 
-    # Dedupe fast path (the database is the real dedupe; this only saves it work).
+    # How often a worker checks that each topic is still the log its ledger counted (topic ids).
+    log_check_s: float = Field(10.0, gt=0)
+    # Offsets deleted by the broker (retention) before they were applied: stop the partition until
+    # an operator decides (`eventsink ledger skip`), or skip them and record the loss.
+    on_data_loss: Literal["stop", "skip"] = "stop"
+
+    # Dedupe cache (the database is the real dedupe; this only saves it work).
     dedupe_window_s: float = Field(900.0, gt=0)
     dedupe_max_keys: int = Field(500_000, ge=0)
 
@@ -108,6 +114,12 @@ class Settings(BaseSettings):
     pool_min_size: int = Field(1, ge=0)
     pool_max_size: int = Field(4, ge=1)
     statement_timeout_ms: int = Field(60_000, ge=100)
+    # A writer waiting longer than this for a row lock gives up and retries its batch (transient).
+    lock_timeout_ms: int = Field(30_000, ge=100)
+    # The server ends a session idle inside a transaction this long (a frozen worker holding a
+    # partition's ledger lock): its late commit then fails, harmlessly. Above the dead-letter
+    # delivery timeout (30 s), during which a batch's transaction waits for the broker.
+    idle_in_transaction_timeout_ms: int = Field(60_000, ge=31_000)
     db_connect_timeout_s: float = Field(10.0, gt=0)
     retry_initial_s: float = Field(0.2, gt=0)
     retry_max_s: float = Field(30.0, gt=0)

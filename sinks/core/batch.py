@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
+from uuid import UUID
 
 from schemas.deadletter import DeadLetter, Reason
 
@@ -25,11 +26,31 @@ class Record(Generic[E]):
 
 
 @dataclass(slots=True)
+class Cached(Generic[E]):
+    """A record the dedupe cache believes is a duplicate: its key was committed by the batch that
+    ended at `committed_at`. The sink trusts that only if the ledger, read in the batch's own
+    transaction, is at or past `committed_at`; otherwise the record is applied like any other."""
+
+    record: Record[E]
+    committed_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class LogIdentity:
+    """Which log the records come from: Kafka's topic id (None where the broker reports none) and
+    the cluster id (None where unknown)."""
+
+    topic_id: UUID | None = None
+    cluster_id: str | None = None
+
+
+@dataclass(slots=True)
 class Batch(Generic[E]):
     """Consecutive records of one partition, from `first_offset` to `last_offset` inclusive.
 
-    Every offset of the range is accounted for exactly once: a valid record, a rejected one,
-    or one the dedupe fast path already knows is in the database.
+    Every record of the range is accounted for exactly once: a valid record, a rejected one, or
+    a cached duplicate. Offsets of the range without a record are holes in the broker's log
+    (transaction markers, aborted or compacted records), which the stream side verified.
     """
 
     topic: str
@@ -38,13 +59,17 @@ class Batch(Generic[E]):
     last_offset: int
     records: list[Record[E]] = field(default_factory=list)
     rejected: list[DeadLetter] = field(default_factory=list)
-    known_duplicates: list[int] = field(default_factory=list)
+    cached: list[Cached[E]] = field(default_factory=list)
     # Set once the broker confirmed that nothing exists between the ledger and first_offset
     # (compacted topics, transaction markers).
     gap_verified: bool = False
+    # Offsets between the ledger and first_offset that were due but the broker no longer has
+    # (retention deleted them first): recorded as lost in the same transaction.
+    lost: tuple[int, int] | None = None
+    identity: LogIdentity = field(default_factory=LogIdentity)
 
     def __len__(self) -> int:
-        return len(self.records) + len(self.rejected) + len(self.known_duplicates)
+        return len(self.records) + len(self.rejected) + len(self.cached)
 
 
 @dataclass(slots=True)
@@ -63,16 +88,21 @@ class WriteResult(Generic[E]):
     partition: int
     ledger_before: int
     ledger_after: int
-    replayed: int = 0
+    # Records at or below the ledger: an earlier transaction applied them.
+    redelivered: int = 0
     applied: list[Record[E]] = field(default_factory=list)
+    # Duplicates the database found (ON CONFLICT), and the ones the dedupe cache did.
     duplicates: list[Record[E]] = field(default_factory=list)
-    known_duplicates: int = 0
+    cached_duplicates: int = 0
+    # Cached duplicates the ledger did not confirm (the database went back in time): applied.
+    cache_misses: int = 0
     dead_letters: list[DeadLetter] = field(default_factory=list)
     superseded: int = 0
+    lost: int = 0
 
     @property
     def events(self) -> int:
-        return len(self.applied) + len(self.duplicates) + self.known_duplicates + len(self.dead_letters)
+        return len(self.applied) + len(self.duplicates) + self.cached_duplicates + len(self.dead_letters)
 
     @property
     def in_database(self) -> list[Record[E]]:

@@ -1,14 +1,20 @@
-"""The offsets ledger: named statements and the few functions around them."""
+"""The offsets ledger: named statements and the few functions around them.
+
+One row per (consumer group, topic, partition): the last offset whose effects are committed in
+this database, exact outcome counters, and which log it counted (Kafka's topic id and the
+cluster id, once known). It moves only inside `Sink.write`'s transaction, with the rows.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from uuid import UUID
 
 import psycopg
 
 LOCK = """
-SELECT last_offset FROM eventsink.offsets_ledger
+SELECT last_offset, topic_id, cluster_id FROM eventsink.offsets_ledger
 WHERE consumer_group = %s AND topic = %s AND partition = %s
 FOR UPDATE
 """
@@ -16,6 +22,11 @@ CREATE = """
 INSERT INTO eventsink.offsets_ledger (consumer_group, topic, partition)
 VALUES (%s, %s, %s)
 ON CONFLICT DO NOTHING
+"""
+IDENTIFY = """
+UPDATE eventsink.offsets_ledger
+SET topic_id = coalesce(topic_id, %s), cluster_id = coalesce(cluster_id, %s)
+WHERE consumer_group = %s AND topic = %s AND partition = %s
 """
 ADVANCE = """
 UPDATE eventsink.offsets_ledger
@@ -25,23 +36,47 @@ SET last_offset = %s,
     duplicates = duplicates + %s,
     dead_letters = dead_letters + %s,
     superseded = superseded + %s,
+    lost = lost + %s,
     updated_at = now()
 WHERE consumer_group = %s AND topic = %s AND partition = %s
 """
+RECORD_LOST = """
+INSERT INTO eventsink.lost_ranges (consumer_group, topic, partition, first_offset, last_offset, reason)
+VALUES (%s, %s, %s, %s, %s, %s)
+ON CONFLICT DO NOTHING
+"""
 POSITIONS = """
-SELECT partition, last_offset FROM eventsink.offsets_ledger
+SELECT partition, last_offset, topic_id, cluster_id FROM eventsink.offsets_ledger
 WHERE consumer_group = %s AND topic = %s
 """
 ROWS = """
 SELECT consumer_group, topic, partition, last_offset, events, rows_applied, duplicates,
-       dead_letters, superseded, updated_at
+       dead_letters, superseded, lost, topic_id, cluster_id, updated_at
 FROM eventsink.offsets_ledger
 WHERE (%(group)s::text IS NULL OR consumer_group = %(group)s)
   AND (%(topic)s::text IS NULL OR topic = %(topic)s)
 ORDER BY consumer_group, topic, partition
 """
+# What `eventsink ledger reset` does: the partition starts its (new) log from `to` + 1, and the
+# ledger forgets which log it counted until the next batch tells it.
+RESET = """
+UPDATE eventsink.offsets_ledger
+SET last_offset = %(to)s, topic_id = NULL, cluster_id = NULL, updated_at = now()
+WHERE consumer_group = %(group)s AND topic = %(topic)s
+  AND (%(partition)s::int IS NULL OR partition = %(partition)s)
+RETURNING partition, last_offset
+"""
 
 NOTHING_APPLIED = -1
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """A partition's ledger row as a writer sees it under its lock."""
+
+    last_offset: int
+    topic_id: UUID | None
+    cluster_id: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,11 +90,14 @@ class LedgerRow:
     duplicates: int
     dead_letters: int
     superseded: int
+    lost: int
+    topic_id: UUID | None
+    cluster_id: str | None
     updated_at: datetime
 
 
-async def lock(conn: psycopg.AsyncConnection, group: str, topic: str, partition: int) -> int:
-    """Lock the partition's ledger row for this transaction; return its last applied offset.
+async def lock(conn: psycopg.AsyncConnection, group: str, topic: str, partition: int) -> Position:
+    """Lock the partition's ledger row for this transaction; return it (created if new).
 
     The row lock is what makes a late writer (a worker fenced out by a rebalance) harmless:
     it waits for the current owner's commit and then sees the offsets it must skip.
@@ -70,7 +108,14 @@ async def lock(conn: psycopg.AsyncConnection, group: str, topic: str, partition:
         await conn.execute(CREATE, key)
         row = await (await conn.execute(LOCK, key)).fetchone()
     assert row is not None
-    return int(row[0])
+    return Position(int(row[0]), row[1], row[2])
+
+
+async def identify(
+    conn: psycopg.AsyncConnection, group: str, topic: str, partition: int, topic_id: UUID | None, cluster: str | None
+) -> None:
+    """Record which log the row counts, where it did not know yet (never overwrites)."""
+    await conn.execute(IDENTIFY, (topic_id, cluster, group, topic, partition))
 
 
 async def advance(
@@ -85,19 +130,35 @@ async def advance(
     duplicates: int,
     dead_letters: int,
     superseded: int = 0,
+    lost: int = 0,
 ) -> None:
     await conn.execute(
         ADVANCE,
-        (last_offset, events, rows_applied, duplicates, dead_letters, superseded, group, topic, partition),
+        (last_offset, events, rows_applied, duplicates, dead_letters, superseded, lost, group, topic, partition),
     )
 
 
-async def positions(conn: psycopg.AsyncConnection, group: str, topic: str) -> dict[int, int]:
-    """Last applied offset per partition of a topic, for the partitions the ledger knows."""
+async def record_lost(
+    conn: psycopg.AsyncConnection, group: str, topic: str, partition: int, first: int, last: int, reason: str
+) -> None:
+    """Remember offsets `first..last` as lost (the broker deleted them before they were applied)."""
+    await conn.execute(RECORD_LOST, (group, topic, partition, first, last, reason))
+
+
+async def positions(conn: psycopg.AsyncConnection, group: str, topic: str) -> dict[int, Position]:
+    """The ledger row of each partition of a topic that the ledger knows."""
     cur = await conn.execute(POSITIONS, (group, topic))
-    return {int(p): int(o) for p, o in await cur.fetchall()}
+    return {int(p): Position(int(o), tid, cid) for p, o, tid, cid in await cur.fetchall()}
 
 
 async def rows(conn: psycopg.AsyncConnection, group: str | None = None, topic: str | None = None) -> list[LedgerRow]:
     cur = await conn.execute(ROWS, {"group": group, "topic": topic})
     return [LedgerRow(*r) for r in await cur.fetchall()]
+
+
+def reset(
+    conn: psycopg.Connection, group: str, topic: str, partition: int | None = None, to: int = NOTHING_APPLIED
+) -> list[tuple[int, int]]:
+    """Start the partitions' logs again after `to` (the caller commits); (partition, offset) reset."""
+    cur = conn.execute(RESET, {"group": group, "topic": topic, "partition": partition, "to": to})
+    return [(int(p), int(o)) for p, o in cur.fetchall()]

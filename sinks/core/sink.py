@@ -1,16 +1,23 @@
 """`Sink.write(batch)`: the exactly-once protocol, one transaction per (topic, partition) batch.
 
-1. lock the partition's ledger row (late writers of the same partition queue behind it);
-2. refuse a batch that would leave a hole after the ledger (`OffsetGap`);
+1. lock the partition's ledger row (late writers of the same partition queue behind it), and
+   refuse a batch from another log than the one the ledger counted (`LogChanged`);
+2. refuse a batch that would leave a hole after the ledger (`OffsetGap`), unless the stream side
+   verified the hole (nothing there, or offsets the broker deleted: recorded as lost);
 3. skip records at or below the ledger: they were applied by an earlier transaction;
-4. upsert the rest through the kind's writer, sorted by key;
-5. hand the dead letters to the caller, who must have them delivered before we commit;
-6. advance the ledger and its counters; commit.
+4. trust the dedupe cache only where the ledger confirms it: a cached duplicate committed past
+   the ledger (the database went back in time) is applied like any other record;
+5. upsert the rest through the kind's writer, sorted by key;
+6. hand the dead letters to the caller, who must have them delivered (or stored, with the same
+   connection) before we commit;
+7. advance the ledger and its counters; commit.
 
-A record whose content the database refuses (a data or constraint error) fails the bulk
-statement; the batch is then redone row by row in savepoints, so that record alone becomes a
-dead letter and the rest still commits. Any other database error means "not now": it is raised
-as `TransientSinkError` and the caller retries the whole batch.
+Failures are typed by what to do about them (`sinks.errors.is_transient`). A transient one
+(connection lost, timeout, conflict, a missing table) is raised as `TransientSinkError` and the
+caller retries the whole batch. Anything else raised while applying records fails the bulk
+statement; the batch is then redone record by record in savepoints, and each record that still
+fails, whatever it raised, becomes a dead letter alone while the rest commits. So a batch ends,
+within two attempts, either committed or as a transient error: never in an endless retry.
 """
 
 from __future__ import annotations
@@ -22,11 +29,12 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from schemas.deadletter import DeadLetter, Reason
-from sinks.core import ledger as offsets
+from sinks.core import ledger
 from sinks.core.batch import Batch, Outcome, Record, WriteResult
-from sinks.errors import OffsetGap, TransientSinkError, is_record_error, is_transient
+from sinks.errors import LogChanged, OffsetGap, SinkError, TransientSinkError, describe, is_transient
 
-DeadLetterHandler = Callable[[list[DeadLetter]], Awaitable[None]]
+# Given a batch's dead letters and the batch's connection (inside its transaction): deliver them.
+DeadLetterHandler = Callable[[list[DeadLetter], psycopg.AsyncConnection], Awaitable[None]]
 
 
 class RowWriter(Protocol):
@@ -42,7 +50,7 @@ class RowWriter(Protocol):
     ) -> Outcome: ...
 
 
-async def _no_dead_letters(dead: list[DeadLetter]) -> None:
+async def _no_dead_letters(dead: list[DeadLetter], conn: psycopg.AsyncConnection) -> None:
     if dead:
         raise RuntimeError("dead letters produced but no handler configured")
 
@@ -65,41 +73,58 @@ class Sink:
         self.connection_timeout = connection_timeout
 
     async def write(self, batch: Batch[Any]) -> WriteResult[Any]:
+        """Apply the batch in one transaction; see the module's docstring.
+
+        Raises `TransientSinkError` (retry the batch later), `OffsetGap` (the batch does not
+        follow the ledger) or `LogChanged` (another log than the ledger's); nothing else for
+        what a record causes.
+        """
         try:
             try:
                 return await self._write(batch, isolate=False)
-            except psycopg.Error as exc:
-                if not is_record_error(exc):
+            except Exception as exc:
+                if is_transient(exc) or isinstance(exc, SinkError):
                     raise
                 return await self._write(batch, isolate=True)
-        except OffsetGap:
+        except (OffsetGap, LogChanged, TransientSinkError):
             raise
         except Exception as exc:
             if is_transient(exc):
                 raise TransientSinkError(f"{type(exc).__name__}: {exc}") from exc
             raise
 
-    async def positions(self, topic: str) -> dict[int, int]:
+    async def positions(self, topic: str) -> dict[int, ledger.Position]:
         async with self.pool.connection(timeout=self.connection_timeout) as conn:
-            return await offsets.positions(conn, self.group, topic)
+            return await ledger.positions(conn, self.group, topic)
 
     async def _write(self, batch: Batch[Any], *, isolate: bool) -> WriteResult[Any]:
         topic, partition = batch.topic, batch.partition
         async with self.pool.connection(timeout=self.connection_timeout) as conn:
             async with conn.transaction():
-                last = await offsets.lock(conn, self.group, topic, partition)
-                if batch.first_offset > last + 1 and not batch.gap_verified:
-                    raise OffsetGap(topic, partition, last + 1, batch.first_offset)
+                position = await ledger.lock(conn, self.group, topic, partition)
+                await self._check_log(conn, batch, position)
+                last = position.last_offset
+                lost = self._check_follows(batch, last)
                 result: WriteResult[Any] = WriteResult(topic, partition, last, max(last, batch.last_offset))
                 if batch.last_offset <= last:
-                    result.replayed = len(batch)
+                    result.redelivered = len(batch)
                     return result
 
                 fresh = [r for r in batch.records if r.offset > last]
                 dead = [d for d in batch.rejected if d.offset > last]
-                known = sum(1 for o in batch.known_duplicates if o > last)
-                result.replayed = len(batch) - len(fresh) - len(dead) - known
-                result.known_duplicates = known
+                cached = [c for c in batch.cached if c.record.offset > last]
+                result.redelivered = len(batch) - len(fresh) - len(dead) - len(cached)
+                confirmed = sum(1 for c in cached if c.committed_at <= last)
+                if confirmed < len(cached):
+                    # The cache saw these keys committed past today's ledger: that transaction is
+                    # no longer in the database, so neither may be their rows.
+                    fresh.extend(c.record for c in cached if c.committed_at > last)
+                    fresh.sort(key=lambda r: r.offset)
+                    result.cache_misses = len(cached) - confirmed
+                result.cached_duplicates = confirmed
+                result.redelivered = (
+                    len(batch) - len(dead) - len(cached) - sum(1 for r in batch.records if r.offset > last)
+                )
 
                 if isolate:
                     outcome = await self._one_by_one(conn, topic, partition, fresh)
@@ -119,8 +144,11 @@ class Sink:
                 result.superseded = len(outcome.superseded)
 
                 if dead:
-                    await self.on_dead_letters(dead)
-                await offsets.advance(
+                    await self.on_dead_letters(dead, conn)
+                if lost is not None:
+                    await ledger.record_lost(conn, self.group, topic, partition, *lost, "retention")
+                    result.lost = lost[1] - lost[0] + 1
+                await ledger.advance(
                     conn,
                     self.group,
                     topic,
@@ -128,11 +156,36 @@ class Sink:
                     batch.last_offset,
                     events=result.events,
                     rows_applied=len(result.applied),
-                    duplicates=len(result.duplicates) + known,
+                    duplicates=len(result.duplicates) + confirmed,
                     dead_letters=len(dead),
                     superseded=result.superseded,
+                    lost=result.lost,
                 )
         return result
+
+    async def _check_log(self, conn: psycopg.AsyncConnection, batch: Batch[Any], position: ledger.Position) -> None:
+        """Refuse another log than the ledger's; teach the ledger which log it counts."""
+        now, topic, partition = batch.identity, batch.topic, batch.partition
+        if now.topic_id is not None and position.topic_id is not None and now.topic_id != position.topic_id:
+            raise LogChanged(topic, partition, "topic id", position.topic_id, now.topic_id)
+        if now.cluster_id is not None and position.cluster_id is not None and now.cluster_id != position.cluster_id:
+            raise LogChanged(topic, partition, "cluster", position.cluster_id, now.cluster_id)
+        if (now.topic_id is not None and position.topic_id is None) or (
+            now.cluster_id is not None and position.cluster_id is None
+        ):
+            await ledger.identify(conn, self.group, topic, partition, now.topic_id, now.cluster_id)
+
+    @staticmethod
+    def _check_follows(batch: Batch[Any], last: int) -> tuple[int, int] | None:
+        """The lost range to record, if any; raises `OffsetGap` for an unverified hole."""
+        expected = last + 1
+        if batch.first_offset <= expected:
+            return None
+        if batch.lost is not None and batch.lost[0] == expected and batch.lost[1] < batch.first_offset:
+            return batch.lost
+        if batch.gap_verified and batch.lost is None:
+            return None
+        raise OffsetGap(batch.topic, batch.partition, expected, batch.first_offset)
 
     async def _one_by_one(
         self, conn: psycopg.AsyncConnection, topic: str, partition: int, records: Sequence[Record[Any]]
@@ -142,10 +195,10 @@ class Sink:
             try:
                 async with conn.transaction():
                     one = await self.writer.upsert_one(conn, topic, partition, record)
-            except psycopg.Error as exc:
-                if not is_record_error(exc):
+            except Exception as exc:
+                if is_transient(exc):
                     raise
-                outcome.rejected[record.offset] = (Reason.DB_REJECTED, _describe(exc))
+                outcome.rejected[record.offset] = (Reason.DB_REJECTED, describe(exc))
                 continue
             outcome.applied |= one.applied
             outcome.rejected.update(one.rejected)
@@ -156,8 +209,3 @@ class Sink:
 def _sort_key(record: Record[Any]) -> tuple:
     event = record.event
     return (str(getattr(event, "tenant_id", "")), str(getattr(event, "dedupe_id", "")), record.offset)
-
-
-def _describe(exc: psycopg.Error) -> str:
-    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return f"database refused the record ({exc.sqlstate}): {first_line}"

@@ -8,6 +8,7 @@ from typing import Any
 
 from faust.types import TP
 
+from sinks.core.batch import LogIdentity
 from sinks.core.sink import Sink
 from sinks.pool import open_pool
 from streams import logs
@@ -16,7 +17,7 @@ from streams.settings import Settings
 from streams.tools import topics
 from streams.worker import telemetry, web
 from streams.worker.deadletters import DeadLetterPublisher
-from streams.worker.dedupe import DedupeIndex
+from streams.worker.dedupe_cache import DedupeCache
 from streams.worker.faust_internals import (
     ChannelReader,
     EventsinkApp,
@@ -25,7 +26,8 @@ from streams.worker.faust_internals import (
     commit_offsets,
     consumer_state,
 )
-from streams.worker.pipeline import Pipeline
+from streams.worker.pipeline import Pipeline, PipelineConfig
+from streams.worker.positioning import Positioning
 
 log = logs.get(__name__)
 
@@ -63,6 +65,36 @@ def faust_config(settings: Settings) -> dict[str, Any]:
     )
 
 
+class TopicControl:
+    """The pipeline's handle on the consumer and the broker for one topic (`PartitionControl`)."""
+
+    def __init__(self, runtime: Runtime, topic: str) -> None:
+        self.runtime = runtime
+        self.topic = topic
+
+    @property
+    def _consumer(self) -> LedgerConsumer:
+        return self.runtime.app.consumer  # type: ignore[return-value]
+
+    def hold(self, partition: int) -> None:
+        self._consumer.hold(TP(self.topic, partition))
+
+    def release(self, partition: int) -> None:
+        self._consumer.release(TP(self.topic, partition))
+
+    async def seek(self, partition: int, offset: int) -> None:
+        await self._consumer.seek_to_ledger(TP(self.topic, partition), offset)
+
+    def log_gap(self, partition: int, previous: int, offset: int) -> bool:
+        return self._consumer.log_gaps.verified(TP(self.topic, partition), previous, offset)
+
+    def identity(self) -> LogIdentity:
+        return self.runtime.positioning.identity(self.topic)
+
+    async def first_offset_from(self, partition: int, offset: int) -> tuple[int, int]:
+        return await self.runtime.positioning.first_offset_from(self.topic, partition, offset)
+
+
 class Runtime:
     """What the agents share: the pool, one sink and pipeline per kind, the ledger positioning."""
 
@@ -76,8 +108,11 @@ class Runtime:
             min_size=settings.pool_min_size,
             max_size=settings.pool_max_size,
             statement_timeout_ms=settings.statement_timeout_ms,
+            lock_timeout_ms=settings.lock_timeout_ms,
+            idle_in_transaction_timeout_ms=settings.idle_in_transaction_timeout_ms,
             name=f"eventsink-{settings.group_id}",
         )
+        self.positioning = Positioning(self, settings.bootstrap_list, settings.kafka_security(), settings.log_check_s)
         self._opened = False
         self._users = 0
         # Next offset per partition as of the last batch committed, for Kafka's committed offsets.
@@ -88,9 +123,11 @@ class Runtime:
         self._committer: asyncio.Task[None] | None = None
         self.sinks: dict[str, Sink] = {}
         self.pipelines: dict[str, Pipeline] = {}
+        # What ended a pipeline unexpectedly; the worker is exiting because of it.
+        self.crashed: BaseException | None = None
         for kind in self.kinds:
             self._register(kind, partitions[kind.topic])
-        app.ledger_positioner = self.position_from_ledger
+        app.ledger_positioner = self.positioning.targets
         app.on_partitions_revoked.connect(self._on_revoked)
         app.on_partitions_assigned.connect(self._on_assigned)
         if settings.web_enabled:
@@ -99,9 +136,10 @@ class Runtime:
     async def open(self) -> None:
         """Called by each agent as it starts: the pool lives as long as one agent does."""
         self._users += 1
-        await self._ensure_open()
+        await self.ensure_open()
         if self._committer is None:
             self._committer = asyncio.create_task(self._commit_offsets_periodically())
+        self.positioning.start()
 
     async def release(self) -> None:
         self._users -= 1
@@ -110,8 +148,17 @@ class Runtime:
             if self._committer is not None:
                 self._committer.cancel()
                 self._committer = None
+            await self.positioning.stop()
             await self.commit_offsets()
             await self.pool.close()
+
+    async def crash(self, exc: BaseException) -> None:
+        """Something escaped a pipeline: /healthz says so, and the worker exits non-zero so that
+        its supervisor starts it again, from the ledger."""
+        if self.crashed is None:
+            self.crashed = exc
+            log.critical("a pipeline crashed; the worker exits so that it restarts from the ledger", exc_info=exc)
+            await self.app.crash(exc)
 
     async def commit_offsets(self) -> None:
         """Commit to Kafka, for the partitions still assigned, what the ledger has applied."""
@@ -129,7 +176,7 @@ class Runtime:
             if log.isEnabledFor(10):  # logging.DEBUG
                 log.debug("consumer state", **consumer_state(self.app))
 
-    async def _ensure_open(self) -> None:
+    async def ensure_open(self) -> None:
         if not self._opened:
             self._opened = True
             await self.pool.open(wait=False)
@@ -149,27 +196,31 @@ class Runtime:
             self.pool,
             s.group_id,
             kind.writer,
-            on_dead_letters=DeadLetterPublisher(app, kind.dlq_topic, kind.topic, s.group_id),
+            on_dead_letters=DeadLetterPublisher(
+                app, kind.dlq_topic, kind.topic, s.group_id, max_record_bytes=int(app.conf.producer_max_request_size)
+            ),
             connection_timeout=s.db_connect_timeout_s,
         )
         pipeline = Pipeline(
             topic=kind.topic,
             model=kind.model,
             sink=sink,
-            dedupe=DedupeIndex(table, kind.topic, s.dedupe_window_s, s.dedupe_max_keys),
-            reposition=lambda p, offset, t=kind.topic: self.reposition(t, p, offset),
-            first_offset_from=lambda p, offset, t=kind.topic: topics.first_offset_from(
-                s.bootstrap_list, t, p, offset, security=s.kafka_security()
+            cache=DedupeCache(table, kind.topic, s.dedupe_window_s, s.dedupe_max_keys),
+            control=TopicControl(self, kind.topic),
+            config=PipelineConfig(
+                batch_size=s.batch_size,
+                max_wait_s=s.batch_max_wait_s,
+                max_inflight=s.pool_max_size,
+                retry_initial_s=s.retry_initial_s,
+                retry_max_s=s.retry_max_s,
+                drain_timeout_s=s.drain_timeout_s,
+                hold_records=max(2 * s.batch_size, 100),
+                on_data_loss=s.on_data_loss,
+                progress_log_s=s.progress_log_s,
+                labelled_tenants=s.telemetry_tenant_set,
             ),
-            batch_size=s.batch_size,
-            max_wait_s=s.batch_max_wait_s,
-            max_inflight=s.pool_max_size,
-            retry_initial_s=s.retry_initial_s,
-            retry_max_s=s.retry_max_s,
-            drain_timeout_s=s.drain_timeout_s,
-            progress_log_s=s.progress_log_s,
             decode_context=kind.context,
-            labelled_tenants=s.telemetry_tenant_set,
+            on_crash=self.crash,
         )
         self.sinks[kind.topic] = sink
         self.pipelines[kind.topic] = pipeline
@@ -179,12 +230,14 @@ class Runtime:
             await runtime.open()
             reader = ChannelReader(app, stream, s.batch_size)
             pipeline.on_commit = lambda p, offset: runtime.kafka_offsets.__setitem__(TP(kind.topic, p), offset)
-            ticker = asyncio.create_task(_tick(pipeline, s.batch_max_wait_s))
+            ticker = asyncio.create_task(_tick(pipeline, s.progress_log_s))
             try:
                 while True:
-                    await pipeline.ingest(await reader.next_chunk())
+                    pipeline.ingest(await reader.next_chunk())
             except StopAsyncIteration:
                 pass  # Faust stops an agent by throwing this into its channel
+            except Exception as exc:
+                await runtime.crash(exc)
             finally:
                 ticker.cancel()
                 try:
@@ -195,42 +248,10 @@ class Runtime:
         consume.__name__ = f"{kind.name}_sink"
         app.agent(topic, name=f"eventsink.{kind.name}")(consume)
 
-    async def position_from_ledger(self, consumer: LedgerConsumer) -> dict[TP, int]:
-        """Next offset per assigned partition: the ledger's last applied offset + 1."""
-        assignment = consumer.assignment()
-        await self._ensure_open()
-        wanted = {
-            topic: sorted((tp for tp in assignment if tp.topic == topic), key=lambda tp: tp.partition)
-            for topic in self.sinks
-        }
-        wanted = {topic: tps for topic, tps in wanted.items() if tps}
-        # All topics at once: with the database down, assignment waits one timeout, not one per topic.
-        ledgers = await asyncio.gather(
-            *(asyncio.wait_for(self.sinks[t].positions(t), self.settings.db_connect_timeout_s) for t in wanted),
-            return_exceptions=True,
-        )
-        targets: dict[TP, int] = {}
-        for (topic, tps), ledger in zip(wanted.items(), ledgers, strict=True):
-            if isinstance(ledger, BaseException):
-                # Then each partition's first batch meets the sink's gap check instead.
-                log.warning(
-                    "ledger unavailable at assignment; positions will be checked per batch",
-                    topic=topic,
-                    error=str(ledger) or type(ledger).__name__,
-                )
-                continue
-            for tp in tps:
-                targets[tp] = ledger.get(tp.partition, -1) + 1
-            log.info("positioned from ledger", topic=topic, next_offsets={tp.partition: targets[tp] for tp in tps})
-        return targets
-
-    async def reposition(self, topic: str, partition: int, offset: int) -> None:
-        consumer = self.app.consumer
-        await consumer.seek_to_ledger(TP(topic, partition), offset)  # type: ignore[attr-defined]
-
     async def _on_revoked(self, sender: Any, revoked: set[TP], **_: Any) -> None:
         for topic, pipeline in self.pipelines.items():
             pipeline.on_revoked({tp.partition for tp in revoked if tp.topic == topic})
+        self.app.consumer.log_gaps.forget(revoked)  # type: ignore[attr-defined]
 
     async def _on_assigned(self, sender: Any, assigned: set[TP], **_: Any) -> None:
         telemetry.REBALANCES.inc()
@@ -241,16 +262,15 @@ class Runtime:
             log.info("partitions assigned", topic=topic, partitions=sorted(mine))
 
 
-async def _tick(pipeline: Pipeline, max_wait_s: float) -> None:
-    interval = max(0.01, max_wait_s / 4)
+async def _tick(pipeline: Pipeline, interval_s: float) -> None:
     while True:
-        await asyncio.sleep(interval)
+        await asyncio.sleep(min(interval_s, 5.0))
         try:
-            await pipeline.tick()
+            pipeline.tick()
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("batch timer failed")
+            log.exception("progress log failed")
 
 
 def source_and_dlq_specs(settings: Settings, partitions: int | None = None) -> list[topics.TopicSpec]:

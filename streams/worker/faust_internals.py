@@ -28,6 +28,18 @@ What is reached, and why:
 - **Kafka offset commits** (`ConsumerThread.call_thread`, `_ensure_consumer`): Faust's own
   `_commit` crashes the consumer on some commit errors; the offsets committed here serve
   monitoring only, so a failure is logged and the next round tries again.
+- **read_committed** (`AIOKafkaConsumerThread._create_worker_consumer`, aiokafka's
+  `AIOKafkaConsumer._isolation_level`): Faust reads committed records only in its own
+  exactly-once mode, which does nothing for PostgreSQL; records of aborted transactions must
+  never be applied.
+- **Holes in the log** (`AIOKafkaConsumerThread._fetch_records`, aiokafka's
+  `_subscription.subscription.assignment.state_value(tp)` and `TopicPartitionState.seek`,
+  `reset_to`, `await_reset`): a hole between two records the fetcher returned without any seek
+  in between is a hole in the broker's log (transaction markers, aborted or compacted records),
+  so the pipeline may let a batch span it without asking the broker (`LogGaps`).
+- **Holding a partition** (`Consumer.pause_partitions`, `resume_partitions`, `on_buffer_drop`,
+  `_buffered_partitions`): Kafka's per-partition pause for a partition whose batch is being
+  retried, which Faust's own queue-pressure callbacks must not undo.
 - **Diagnostics** (`_active_partitions`, `_paused_partitions`, `_buffered_partitions`,
   `App.topics._topics`, `Producer._producer`): read-only, for logs and `/readyz`.
 """
@@ -37,13 +49,14 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableSet
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableSet
 from contextlib import contextmanager
 from importlib import metadata
 from types import SimpleNamespace
 from typing import Any, cast
 
 import faust
+from aiokafka.consumer.subscription_state import TopicPartitionState
 from aiokafka.structs import OffsetAndMetadata
 from aiokafka.structs import TopicPartition as KafkaTopicPartition
 from faust.streams import _current_event
@@ -54,6 +67,7 @@ from faust.types import TP, Message
 from mode import Service
 
 from streams import logs
+from streams.worker import telemetry
 
 log = logs.get(__name__)
 
@@ -176,8 +190,157 @@ class LeanConductor(Conductor):
 # -- the consumer ---------------------------------------------------------------------------
 
 
+# -- the consumer thread: read_committed, and holes in the log ----------------------------------
+
+
+def _count_jumps() -> None:
+    """Count, per aiokafka partition state, every move of the fetch position that is not
+    consumption: a seek, a reset, a reset awaited. Installed once per process."""
+    if getattr(TopicPartitionState, "_eventsink_jumps_counted", False):
+        return
+    for name in ("seek", "reset_to", "await_reset"):
+        original = getattr(TopicPartitionState, name)
+
+        def counted(self: Any, *args: Any, __original: Any = original) -> Any:
+            self._eventsink_jumps = getattr(self, "_eventsink_jumps", 0) + 1
+            return __original(self, *args)
+
+        setattr(TopicPartitionState, name, counted)
+    TopicPartitionState._eventsink_jumps_counted = True  # type: ignore[attr-defined]
+
+
+class LogGaps:
+    """Holes between consecutive records of a partition that are holes in the broker's log.
+
+    Filled on the consumer thread as records are fetched, read by the pipeline on the event loop
+    as they are delivered (dict operations are atomic). An entry `offset -> previous` says: the
+    record at `offset` followed the record at `previous` in the same log read, with no seek or
+    reset in between. Entries are consumed when read; a partition's entries go with it.
+    """
+
+    MAX_PER_PARTITION = 10_000
+
+    def __init__(self) -> None:
+        self._gaps: dict[TP, dict[int, int]] = {}
+        # Per partition: (aiokafka state object, its jump count, last offset returned).
+        self._last: dict[Any, tuple[Any, int, int]] = {}
+
+    def observe(self, states: Mapping[Any, Any], jumps_before: Mapping[Any, int], records: Mapping[Any, Any]) -> None:
+        for tp, batch in records.items():
+            if not batch:
+                continue
+            state = states.get(tp)
+            previous = self._last.get(tp)
+            same_read = (
+                previous is not None
+                and previous[0] is state
+                and previous[1] == getattr(state, "_eventsink_jumps", 0)
+                and jumps_before.get(tp) == previous[1]
+            )
+            last = previous[2] if previous is not None else None
+            gaps = self._gaps.setdefault(TP(tp.topic, tp.partition), {})
+            for record in batch:
+                if same_read and last is not None and record.offset > last + 1:
+                    if len(gaps) >= self.MAX_PER_PARTITION:
+                        gaps.clear()  # unread entries of a partition nobody consumes: forget them
+                    gaps[record.offset] = last
+                last = record.offset
+                same_read = True
+            self._last[tp] = (state, getattr(state, "_eventsink_jumps", 0), last)
+
+    def verified(self, tp: TP, previous: int, offset: int) -> bool:
+        """Whether the hole between `previous` and `offset` is one in the broker's log."""
+        gaps = self._gaps.get(tp)
+        return gaps is not None and gaps.pop(offset, None) == previous
+
+    def forget(self, tps: Iterable[TP]) -> None:
+        for tp in tps:
+            self._gaps.pop(tp, None)
+
+
+def _states(consumer: Any) -> dict[Any, Any]:
+    subscription = consumer._subscription.subscription
+    assignment = subscription.assignment if subscription is not None else None
+    if assignment is None:
+        return {}
+    return {tp: assignment.state_value(tp) for tp in assignment.tps}
+
+
+class LedgerConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's consumer thread, reading committed records only and noting holes in the log."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        # Read by AIOKafkaConsumer.start() when it builds its fetcher.
+        consumer._isolation_level = "read_committed"
+        return consumer
+
+    async def _fetch_records(
+        self, consumer: Any, active_partitions: Any, timeout: float | None = None, max_records: int | None = None
+    ) -> Any:
+        states = _states(consumer)
+        jumps = {tp: getattr(state, "_eventsink_jumps", 0) for tp, state in states.items()}
+        records = await super()._fetch_records(consumer, active_partitions, timeout=timeout, max_records=max_records)
+        if records:
+            cast(LedgerConsumer, self.consumer).log_gaps.observe(_states(consumer), jumps, records)
+        return records
+
+
 class LedgerConsumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer, positioned from the offsets ledger, with a cheaper drain loop."""
+
+    log_gaps: LogGaps
+    # Partitions the pipeline holds (its batch is being retried, or the partition is stopped).
+    held: set[TP]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        _count_jumps()
+        self.log_gaps = LogGaps()
+        self.held = set()
+        super().__init__(*args, **kwargs)
+
+    def _new_consumer_thread(self) -> LedgerConsumerThread:
+        return LedgerConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def hold(self, tp: TP) -> None:
+        """Stop fetching one partition (Kafka's pause) until `release`."""
+        self.held.add(tp)
+        self.pause_partitions({tp})
+
+    def release(self, tp: TP) -> None:
+        if tp in self.held:
+            self.held.discard(tp)
+            if tp in self.assignment():
+                self.resume_partitions({tp})
+
+    fetch_errors: int = 0  # consecutive fetches that raised
+
+    async def _survive_fetch_error(self, exc: Exception) -> None:
+        """A fetch raised (a client bug, a record the client cannot parse): the worker must not die
+        of it, nor trust where it stands. aiokafka drops what other partitions had fetched in
+        that call while moving their positions on, so every partition is sought to the ledger
+        again. Repeated errors back off, are counted and make /healthz report the fetch failing.
+        """
+        self.fetch_errors += 1
+        telemetry.FETCH_ERRORS.inc()
+        log.error(
+            "fetching records failed; seeking every partition to the ledger",
+            error=f"{type(exc).__name__}: {exc}",
+            consecutive=self.fetch_errors,
+            exc_info=exc,
+        )
+        await asyncio.sleep(min(30.0, 0.5 * 2 ** min(self.fetch_errors, 6)))
+        try:
+            await self.perform_seek()
+        except Exception as seek_exc:
+            log.warning("seeking after a fetch error failed", error=f"{type(seek_exc).__name__}: {seek_exc}")
+
+    def on_buffer_drop(self, tp: TP) -> None:
+        # Faust resumes a partition whose queue drained; not one the pipeline holds.
+        if tp in self.held:
+            self._buffered_partitions.discard(tp)
+            return
+        super().on_buffer_drop(tp)
 
     async def perform_seek(self) -> None:
         # The ledger is read first: records fetched from Kafka's position while the database
@@ -225,7 +388,9 @@ class LedgerConsumer(faust_aiokafka.Consumer):
                 set_flag(CONSUMER_FETCHING)
                 ait = getmany(timeout=1.0)
                 await self.sleep(0)
-                if not self.should_stop:
+                if self.should_stop:
+                    continue
+                try:
                     async for tp, message in ait:
                         num_since_yield += 1
                         if num_since_yield > yield_every:
@@ -248,6 +413,14 @@ class LedgerConsumer(faust_aiokafka.Consumer):
                             else:
                                 await self.wait_first(callback(message), self.suspend_flow.wait())
                             set_read_offset(tp, offset)
+                    self.fetch_errors = 0
+                except self.consumer_stopped_errors:
+                    raise
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    await self._survive_fetch_error(exc)
+                finally:
                     unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:

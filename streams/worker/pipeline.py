@@ -1,15 +1,29 @@
-"""From Faust's stream to one sink transaction per (topic, partition) batch.
+"""From the agent's chunks of records to one sink transaction per (topic, partition) batch.
 
-The agent hands over chunks of events; each partition accumulates its own batch, flushed when
-it reaches `batch_size` or its oldest record waited `max_wait_s`. A partition has at most one
-batch in flight, so its transactions commit in offset order; different partitions write
-concurrently (up to the pool size). Nothing raised by the database escapes: a batch is retried
-with capped exponential backoff until it commits, and while it is retried the partition's next
-batch waits, the agent stops pulling, and Faust stops fetching once its buffer is full.
+Each partition has its own buffer and its own writer task. The agent decodes every record into
+its partition's buffer and never waits for a database; a partition's task takes a batch when
+`batch_size` records are buffered or its oldest waited `max_wait_s`, and applies it with
+`Sink.write`. A partition has one batch in flight at a time, so its transactions commit in
+offset order; partitions write concurrently, up to `max_inflight`.
 
-Faust's acks are not used: the offsets ledger decides where a partition resumes (see
-`streams.worker.faust_internals`), events buffered when a worker dies are simply delivered again, and
-Kafka's committed offsets are set from the ledger after each commit (for monitoring).
+What can go wrong stays with the partition it happens to:
+- a transient failure (database down, timeout, broker refusing a dead letter) retries the same
+  batch with capped exponential backoff, for as long as it takes; meanwhile the partition's
+  buffer fills, and past `hold_records` the partition alone is paused in Kafka (the others go
+  on) until its batch commits. Its `stalled` seconds grow, exported and alerted on;
+- a batch that would skip records (`OffsetGap`) asks the broker what lies in between: nothing
+  (markers, compaction) and it is applied; records, and the partition is sought back to the
+  ledger; offsets the broker no longer has (retention) are data loss: by default the partition
+  stops (`blocked`, alerted on), or with `on_data_loss="skip"` the loss is recorded in the
+  ledger and the partition goes on;
+- a batch of another log than the ledger's (`LogChanged`: the topic was recreated) stops the
+  partition until an operator decides (`eventsink ledger reset`);
+- anything unexpected that ends a partition's task is a bug: `on_crash` is told, and the worker
+  exits non-zero so that its supervisor restarts it from the ledger.
+
+Faust's acks are not used: the ledger decides where a partition resumes (`positioning`), records
+buffered when a worker dies are simply delivered again, and Kafka's committed offsets are set
+from the ledger after each commit (`on_commit`, for monitoring).
 """
 
 from __future__ import annotations
@@ -18,22 +32,58 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, Protocol
 from uuid import UUID
 
 from pydantic import BaseModel
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
 from schemas.codec import Decoded, decode, dedupe_digest
 from schemas.deadletter import DeadLetter
-from sinks.core.batch import Batch, Record, WriteResult
+from sinks.core.batch import Batch, Cached, LogIdentity, Record, WriteResult
 from sinks.core.sink import Sink
-from sinks.errors import OffsetGap, TransientSinkError
+from sinks.errors import LogChanged, OffsetGap, TransientSinkError
 from streams import logs
 from streams.worker import telemetry
-from streams.worker.dedupe import DedupeIndex
+from streams.worker.dedupe_cache import DedupeCache
 
 log = logs.get(__name__)
+
+
+class PartitionControl(Protocol):
+    """What a pipeline needs of the consumer and the broker, for the partitions of its topic."""
+
+    def hold(self, partition: int) -> None:
+        """Stop fetching the partition (Kafka's pause) until `release`."""
+
+    def release(self, partition: int) -> None: ...
+
+    async def seek(self, partition: int, offset: int) -> None:
+        """Make `offset` the next record delivered."""
+
+    def log_gap(self, partition: int, previous: int, offset: int) -> bool:
+        """Whether the hole between two delivered records is a hole in the broker's log."""
+
+    def identity(self) -> LogIdentity:
+        """Which log the topic's records come from now (ids None when unknown)."""
+
+    async def first_offset_from(self, partition: int, offset: int) -> tuple[int, int]:
+        """(offset of the first record at or after `offset`, the partition's log start offset)."""
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    batch_size: int
+    max_wait_s: float
+    max_inflight: int
+    retry_initial_s: float
+    retry_max_s: float
+    drain_timeout_s: float
+    # Buffered records above which a partition's fetching is paused (its batch is slow or retried).
+    hold_records: int
+    on_data_loss: Literal["stop", "skip"] = "stop"
+    progress_log_s: float = 30.0
+    labelled_tenants: frozenset[UUID] = frozenset()
 
 
 @dataclass(slots=True)
@@ -41,23 +91,37 @@ class _Entry:
     offset: int
     item: Record[Any] | DeadLetter
     digest: bytes | None
+    # A hole precedes this record: one the consumer saw in the broker's log (a batch may span
+    # it), or one nothing verified (a batch must start here, where the sink checks it).
+    log_gap: bool = False
+    unverified_gap: bool = False
 
 
-@dataclass
+@dataclass(eq=False)
 class _Partition:
+    number: int
     buffer: list[_Entry] = field(default_factory=list)
-    first_at: float | None = None
-    inflight: asyncio.Task[None] | None = None
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    # After a repositioning seek: records above this offset are stale deliveries.
+    first_at: float | None = None  # when the oldest buffered record arrived
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    writing: bool = False
+    previous: int | None = None  # offset of the last record delivered
+    # After a seek: the offset expected next; records above it are stale deliveries.
     expect: int | None = None
     expect_since: float = 0.0
+    held: bool = False
+    # The buffer holds a hole nothing verified: what precedes it is written without waiting.
+    cut: bool = False
+    revoked: bool = False
+    blocked: str | None = None
+    # When the ledger last advanced, or records started waiting after an idle spell.
+    progress_at: float = field(default_factory=time.monotonic)
 
-    def busy(self) -> bool:
-        return self.lock.locked() or (self.inflight is not None and not self.inflight.done())
+    def waiting(self) -> bool:
+        return bool(self.buffer) or self.writing
 
 
-def _headers(raw: Any) -> tuple[tuple[str, bytes], ...]:
+def _headers(raw: Any) -> tuple[tuple[str, bytes | None], ...]:
     if not raw:
         return ()
     if isinstance(raw, dict):
@@ -72,71 +136,62 @@ class Pipeline:
         topic: str,
         model: type[BaseModel],
         sink: Sink,
-        dedupe: DedupeIndex,
-        reposition: Callable[[int, int], Awaitable[None]],
-        first_offset_from: Callable[[int, int], Awaitable[int]],
-        batch_size: int,
-        max_wait_s: float,
-        max_inflight: int,
-        retry_initial_s: float,
-        retry_max_s: float,
-        drain_timeout_s: float,
-        progress_log_s: float = 30.0,
+        cache: DedupeCache,
+        control: PartitionControl,
+        config: PipelineConfig,
         decode_context: dict[str, Any] | None = None,
-        labelled_tenants: frozenset[UUID] = frozenset(),
+        on_crash: Callable[[BaseException], Awaitable[None]] | None = None,
     ) -> None:
         self.topic = topic
         self.model = model
         self.sink = sink
-        self.dedupe = dedupe
-        self.reposition = reposition
-        self.first_offset_from = first_offset_from
-        self.batch_size = batch_size
-        self.max_wait_s = max_wait_s
-        self.retry_initial_s = retry_initial_s
-        self.retry_max_s = retry_max_s
-        self.drain_timeout_s = drain_timeout_s
-        self.progress_log_s = progress_log_s
+        self.cache = cache
+        self.control = control
+        self.config = config
         self.decode_context = decode_context or None
-        self.labelled_tenants = labelled_tenants
+        self.on_crash = on_crash
+        # Told (partition, next offset) after each commit: Kafka's offsets follow the ledger.
+        self.on_commit: Callable[[int, int], None] | None = None
         # Next offset to apply per partition, as of this worker's last commit (for lag gauges).
         self.applied: dict[int, int] = {}
-        self._progress_at = time.monotonic()
-        self._progress_last: dict[str, int] = {}
-        self._slots = asyncio.Semaphore(max_inflight)
+        self.crashed: BaseException | None = None
+        self._slots = asyncio.Semaphore(config.max_inflight)
         self._parts: dict[int, _Partition] = {}
         self._owned: set[int] | None = None
         self._stopping = False
         self._deadline = float("inf")
+        self._progress_at = time.monotonic()
+        self._progress_last: dict[str, int] = {}
         self._m_consumed = telemetry.EVENTS_CONSUMED.labels(topic)
         self._m_applied = telemetry.ROWS_APPLIED.labels(topic)
-        self._m_dup_table = telemetry.DUPLICATES.labels(topic, "table")
+        self._m_dup_cache = telemetry.DUPLICATES.labels(topic, "cache")
         self._m_dup_db = telemetry.DUPLICATES.labels(topic, "database")
-        self._m_replayed = telemetry.REPLAYED.labels(topic)
+        self._m_redelivered = telemetry.REDELIVERED.labels(topic)
         self._m_stale = telemetry.STALE_DROPPED.labels(topic)
         self._m_batch = telemetry.BATCH_SIZE.labels(topic)
         self._m_upsert = telemetry.UPSERT_SECONDS.labels(topic)
         self._m_last_commit = telemetry.LAST_COMMIT.labels(topic)
         self._m_keys = telemetry.DEDUPE_KEYS.labels(topic)
         self._m_superseded = telemetry.SUPERSEDED.labels(topic)
-        # Told (partition, next offset) after each commit: Kafka's offsets follow the ledger.
-        self.on_commit: Callable[[int, int], None] | None = None
+        self._m_log_gaps = telemetry.LOG_GAPS.labels(topic)
         self.totals = {
             "consumed": 0,
             "applied": 0,
-            "duplicates_table": 0,
+            "duplicates_cache": 0,
             "duplicates_db": 0,
             "dead_letters": 0,
-            "replayed": 0,
+            "redelivered": 0,
             "stale": 0,
             "superseded": 0,
+            "lost": 0,
         }
 
-    # -- intake -----------------------------------------------------------------------------
+    # -- intake -------------------------------------------------------------------------------
 
-    async def ingest(self, messages: Sequence[Any]) -> None:
-        """Decode a chunk of Faust messages into their partitions' batches."""
+    def ingest(self, messages: Sequence[Any]) -> None:
+        """Decode a chunk of Faust messages into their partitions' buffers (never waits)."""
         model, topic, owned, context = self.model, self.topic, self._owned, self.decode_context
+        batch_size, hold_records = self.config.batch_size, self.config.hold_records
         parts = self._parts
         now = time.monotonic()
         self._m_consumed.inc(len(messages))
@@ -148,39 +203,62 @@ class Pipeline:
                 continue
             st = parts.get(p)
             if st is None:
-                st = parts[p] = _Partition()
+                st = self._open(p)
+            if st.blocked is not None:
+                self._stale(1)
+                continue
             if st.expect is not None:
                 if offset > st.expect:
                     self._stale(1)
                     continue
                 st.expect = None
-            buffer = st.buffer
-            if buffer and offset != buffer[-1].offset + 1:
-                log.debug(
-                    "non-contiguous delivery", topic=topic, partition=p, previous=buffer[-1].offset, offset=offset
-                )
-                if offset <= buffer[-1].offset:
+            entry_gap = unverified = False
+            previous = st.previous
+            if previous is not None and offset != previous + 1:
+                if offset <= previous:
                     # The partition was sought back: everything from here on comes again.
-                    buffer[:] = [e for e in buffer if e.offset < offset]
+                    st.buffer[:] = [e for e in st.buffer if e.offset < offset]
+                elif self.control.log_gap(p, previous, offset):
+                    entry_gap = True
+                    self._m_log_gaps.inc()
                 else:
-                    # A hole: records in between were not delivered. A batch never spans one:
-                    # ending it here makes the next batch start past the ledger, where the sink
-                    # refuses it unless the broker confirms nothing exists in between.
-                    await self._flush(p)
-                    buffer = st.buffer
-            key, value = msg.key, msg.value
+                    unverified = True
+                    log.debug("hole in delivery", topic=topic, partition=p, previous=previous, offset=offset)
+            st.previous = offset
+            key, value, headers = msg.key, msg.value, _headers(msg.headers)
             decoded = decode(value, model, key, context)
             if isinstance(decoded, Decoded):
                 ev = decoded.event
-                record = Record(offset, ev, key, value, _headers(msg.headers))
-                buffer.append(_Entry(offset, record, dedupe_digest(ev.tenant_id, ev.dedupe_id)))  # type: ignore[attr-defined]
+                entry = _Entry(
+                    offset,
+                    Record(offset, ev, key, value, headers),
+                    dedupe_digest(ev.tenant_id, ev.dedupe_id),  # type: ignore[attr-defined]
+                    entry_gap,
+                    unverified,
+                )
             else:
-                dead = DeadLetter(decoded.reason, decoded.detail, topic, p, offset, key, value, _headers(msg.headers))
-                buffer.append(_Entry(offset, dead, None))
-            if st.first_at is None:
+                dead = DeadLetter(decoded.reason, decoded.detail, topic, p, offset, key, value, headers)
+                entry = _Entry(offset, dead, None, entry_gap, unverified)
+            buffer = st.buffer
+            if unverified and buffer:
+                st.cut = True
+            if not buffer:
                 st.first_at = now
-            if len(buffer) >= self.batch_size:
-                await self._flush(p)
+                if not st.writing:
+                    st.progress_at = now
+                st.wake.set()
+            buffer.append(entry)
+            n = len(buffer)
+            if n == batch_size or unverified:
+                st.wake.set()
+            if n >= hold_records and not st.held:
+                st.held = True
+                self.control.hold(p)
+
+    def _open(self, p: int) -> _Partition:
+        st = self._parts[p] = _Partition(p)
+        st.task = asyncio.get_running_loop().create_task(self._run(st), name=f"partition {self.topic}[{p}]")
+        return st
 
     def _stale(self, n: int) -> None:
         self._m_stale.inc(n)
@@ -192,127 +270,196 @@ class Pipeline:
     def on_revoked(self, partitions: set[int]) -> None:
         """Forget what is buffered for partitions this worker no longer owns.
 
-        A batch already in flight is left to finish: the ledger row lock and offset filter make
-        a late commit harmless to the partition's new owner.
+        A batch already in flight is left to finish (its retries stop): the ledger row lock and
+        offset filter make a late commit harmless to the partition's new owner.
         """
         if self._owned is not None:
             self._owned -= partitions
         for p in partitions:
-            st = self._parts.get(p)
+            st = self._parts.pop(p, None)
             if st is not None:
                 self._stale(len(st.buffer))
                 st.buffer.clear()
-                st.first_at = None
-                st.expect = None
-        self.dedupe.forget(partitions)
+                st.revoked = True
+                st.wake.set()
+                self._clear_block(st)
+        self.cache.forget(partitions)
 
-    # -- flushing ---------------------------------------------------------------------------
-
-    async def _flush(self, p: int) -> None:
-        st = self._parts[p]
-        async with st.lock:
-            if st.inflight is not None and not st.inflight.done():
-                # asyncio.wait, not await: cancelling this caller must not cancel the batch.
-                await asyncio.wait({st.inflight})
-            if not st.buffer:
-                return
-            entries, st.buffer, st.first_at = st.buffer, [], None
-            st.inflight = asyncio.create_task(self._write(p, entries), name=f"flush {self.topic}[{p}]")
-            st.inflight.add_done_callback(self._report_crash)
-
-    def _report_crash(self, task: asyncio.Task[None]) -> None:
-        # A flush task must never die silently: its partition would stall without a word.
-        if not task.cancelled() and task.exception() is not None:
-            log.error("batch task crashed", task=task.get_name(), exc_info=task.exception())
-
-    async def tick(self) -> None:
-        """Flush batches that waited long enough; called periodically by the agent."""
-        now = time.monotonic()
-        if now - self._progress_at >= self.progress_log_s and self.totals != self._progress_last:
-            self._progress_at, self._progress_last = now, dict(self.totals)
-            log.info("progress", topic=self.topic, buffered=self.buffered, **self.totals)
-        for p, st in list(self._parts.items()):
-            if st.buffer and st.first_at is not None and now - st.first_at >= self.max_wait_s and not st.busy():
-                await self._flush(p)
-            elif st.expect is not None and now - st.expect_since > 15.0 and not st.busy():
-                # The repositioning seek did not bring the expected record: ask again.
-                log.warning("repositioning again", topic=self.topic, partition=p, offset=st.expect)
-                st.expect_since = now
-                await self._reposition_from_ledger(p)
-
-    async def drain(self) -> None:
-        """Flush everything buffered and wait for it to commit, for at most the drain timeout."""
-        self._stopping = True
-        self._deadline = time.monotonic() + self.drain_timeout_s
-        for p in list(self._parts):
-            await self._flush(p)
-        pending = {st.inflight for st in self._parts.values() if st.inflight and not st.inflight.done()}
-        if pending:
-            _, late = await asyncio.wait(pending, timeout=max(0.0, self._deadline - time.monotonic()) + 1.0)
-            for task in late:
-                task.cancel()
-        log.info("drained", topic=self.topic, **self.totals)
+    # -- what operators see -------------------------------------------------------------------
 
     @property
     def buffered(self) -> int:
         return sum(len(st.buffer) for st in self._parts.values())
 
-    # -- one batch --------------------------------------------------------------------------
+    def stalled(self) -> dict[int, float]:
+        """Seconds each partition has had records waiting without its ledger advancing."""
+        now = time.monotonic()
+        return {p: (now - st.progress_at if st.waiting() else 0.0) for p, st in self._parts.items()}
 
-    async def _write(self, p: int, entries: list[_Entry]) -> None:
-        async with self._slots:
-            if self.dedupe.enabled and not self.dedupe.loaded(p):
-                await self._load_dedupe(p)
-            batch, digests = self._build(p, entries)
-            started = time.perf_counter()
-            result = await self._apply(batch)
-            if result is not None:
-                self._committed(batch, result, digests, time.perf_counter() - started)
-                if self.on_commit is not None:
-                    self.on_commit(p, result.ledger_after + 1)
+    def blocked(self) -> dict[int, str]:
+        """Partitions stopped until an operator acts, with the reason."""
+        return {p: st.blocked for p, st in self._parts.items() if st.blocked is not None}
 
-    async def _load_dedupe(self, p: int) -> None:
-        """Load the fast path of a partition as of the ledger. Without the database, go without
+    def block(self, p: int, reason: str, detail: str) -> None:
+        """Stop a partition: nothing of it is applied or skipped until `unblock`."""
+        st = self._parts.get(p) or self._open(p)
+        if st.blocked == reason:
+            return
+        if st.blocked is not None:
+            telemetry.PARTITION_BLOCKED.labels(self.topic, str(p), st.blocked).set(0)
+        st.blocked = reason
+        self._stale(len(st.buffer))
+        st.buffer.clear()
+        st.first_at = None
+        st.cut = False
+        if not st.held:
+            st.held = True
+            self.control.hold(p)
+        telemetry.PARTITION_BLOCKED.labels(self.topic, str(p), reason).set(1)
+        log.error("partition stopped", topic=self.topic, partition=p, reason=reason, detail=detail)
+
+    async def unblock(self, p: int, next_offset: int) -> None:
+        """Resume a stopped partition from `next_offset` (the ledger's, after an operator's reset)."""
+        st = self._parts.get(p)
+        if st is None or st.blocked is None:
+            return
+        log.warning("partition resumed", topic=self.topic, partition=p, reason=st.blocked, offset=next_offset)
+        self._clear_block(st)
+        st.previous = None
+        st.expect, st.expect_since = next_offset, time.monotonic()
+        await self.control.seek(p, next_offset)
+        st.held = False
+        self.control.release(p)
+
+    def _clear_block(self, st: _Partition) -> None:
+        if st.blocked is not None:
+            telemetry.PARTITION_BLOCKED.labels(self.topic, str(st.number), st.blocked).set(0)
+            st.blocked = None
+
+    # -- each partition's writer ----------------------------------------------------------------
+
+    async def _run(self, st: _Partition) -> None:
+        try:
+            while not st.revoked:
+                await self._ready(st)
+                if st.revoked or not st.buffer:
+                    if self._stopping:
+                        return
+                    continue
+                entries = self._take(st)
+                st.writing = True
+                try:
+                    await self._write(st, entries)
+                finally:
+                    st.writing = False
+                if st.held and st.blocked is None and len(st.buffer) < self.config.hold_records // 2:
+                    st.held = False
+                    self.control.release(st.number)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.crashed = exc
+            telemetry.PIPELINE_CRASHES.labels(self.topic).inc()
+            log.error("partition pipeline crashed", topic=self.topic, partition=st.number, exc_info=exc)
+            if self.on_crash is not None:
+                await self.on_crash(exc)
+
+    async def _ready(self, st: _Partition) -> None:
+        """Until the partition has a batch to write (full, waited long enough, or stopping)."""
+        max_wait = self.config.max_wait_s
+        while not st.revoked:
+            if st.buffer and (
+                self._stopping
+                or len(st.buffer) >= self.config.batch_size
+                or st.cut
+                or (st.first_at is not None and time.monotonic() - st.first_at >= max_wait)
+            ):
+                return
+            if self._stopping:
+                return
+            if st.expect is not None and time.monotonic() - st.expect_since > 15.0:
+                # The seek did not bring the expected record: ask again.
+                log.warning("seeking to the ledger again", topic=self.topic, partition=st.number, offset=st.expect)
+                st.expect_since = time.monotonic()
+                await self._seek_to_ledger(st)
+            st.wake.clear()
+            timeout = max_wait if st.first_at is None else max(0.0, st.first_at + max_wait - time.monotonic())
+            try:
+                await asyncio.wait_for(st.wake.wait(), timeout if st.buffer else 5.0)
+            except TimeoutError:
+                pass
+
+    def _take(self, st: _Partition) -> list[_Entry]:
+        """The next batch: up to batch_size records, never across a hole nothing verified."""
+        buffer, limit = st.buffer, self.config.batch_size
+        n = 1
+        while n < len(buffer) and n < limit and not buffer[n].unverified_gap:
+            n += 1
+        entries = buffer[:n]
+        del buffer[:n]
+        st.first_at = time.monotonic() if buffer else None
+        st.cut = any(e.unverified_gap for e in buffer[1:])
+        return entries
+
+    async def _write(self, st: _Partition, entries: list[_Entry]) -> None:
+        p = st.number
+        if self.cache.enabled and not self.cache.loaded(p):
+            await self._load_cache(p)
+        batch, digests = self._build(p, entries)
+        started = time.perf_counter()
+        result = await self._apply(st, batch)
+        if result is not None:
+            self._committed(st, batch, result, digests, time.perf_counter() - started)
+            if self.on_commit is not None:
+                self.on_commit(p, result.ledger_after + 1)
+
+    async def _load_cache(self, p: int) -> None:
+        """Load a partition's dedupe cache as of the ledger. Without the database, go without
         it for this batch: the database dedupes anyway, and the next batch tries again."""
         try:
             ledger = await self.sink.positions(self.topic)
         except Exception as exc:
-            log.debug("dedupe index not loaded yet", topic=self.topic, partition=p, error=str(exc))
+            log.debug("dedupe cache not loaded yet", topic=self.topic, partition=p, error=str(exc))
             return
-        self.dedupe.load(p, ledger.get(p, -1))
+        position = ledger.get(p)
+        self.cache.load(p, position.last_offset if position else -1)
 
     def _build(self, p: int, entries: list[_Entry]) -> tuple[Batch[Any], dict[int, bytes]]:
         batch: Batch[Any] = Batch(self.topic, p, entries[0].offset, entries[-1].offset)
+        batch.gap_verified = entries[0].log_gap
+        batch.identity = self.control.identity()
         digests: dict[int, bytes] = {}
-        contains = self.dedupe.contains if self.dedupe.enabled else None
+        committed_at = self.cache.committed_at if self.cache.enabled else None
         for e in entries:
             item = e.item
             if isinstance(item, DeadLetter):
                 batch.rejected.append(item)
-            elif contains is not None and contains(p, e.digest):  # type: ignore[arg-type]
-                batch.known_duplicates.append(e.offset)
+                continue
+            at = committed_at(p, e.digest) if committed_at is not None else None  # type: ignore[arg-type]
+            if at is not None:
+                batch.cached.append(Cached(item, at))
             else:
                 batch.records.append(item)
-                digests[e.offset] = e.digest  # type: ignore[assignment]
+            digests[e.offset] = e.digest  # type: ignore[assignment]
         return batch, digests
 
-    async def _apply(self, batch: Batch[Any]) -> WriteResult[Any] | None:
+    async def _apply(self, st: _Partition, batch: Batch[Any]) -> WriteResult[Any] | None:
         retrying = AsyncRetrying(
-            retry=retry_if_exception(lambda exc: isinstance(exc, Exception)),
+            retry=retry_if_exception_type(Exception),
             wait=wait_exponential_jitter(
-                initial=self.retry_initial_s, max=self.retry_max_s, jitter=self.retry_initial_s
+                initial=self.config.retry_initial_s, max=self.config.retry_max_s, jitter=self.config.retry_initial_s
             ),
-            stop=self._give_up,
+            stop=lambda state: st.revoked or (self._stopping and time.monotonic() >= self._deadline),
             before_sleep=self._log_retry(batch),
             reraise=True,
         )
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._attempt(batch)
+                    return await self._attempt(st, batch)
         except Exception as exc:
             log.error(
-                "batch abandoned at shutdown; the ledger will have it delivered again",
+                "batch abandoned (revoked or shutting down); the ledger will have it delivered again",
                 topic=self.topic,
                 partition=batch.partition,
                 first_offset=batch.first_offset,
@@ -321,17 +468,17 @@ class Pipeline:
             )
         return None
 
-    async def _attempt(self, batch: Batch[Any]) -> WriteResult[Any] | None:
-        try:
-            return await self.sink.write(batch)
-        except OffsetGap as gap:
-            if await self._gap_is_legitimate(batch, gap):
-                batch.gap_verified = True
-                return await self.sink.write(batch)
-            return None
-
-    def _give_up(self, state: RetryCallState) -> bool:
-        return self._stopping and time.monotonic() >= self._deadline
+    async def _attempt(self, st: _Partition, batch: Batch[Any]) -> WriteResult[Any] | None:
+        while True:
+            try:
+                async with self._slots:
+                    return await self.sink.write(batch)
+            except OffsetGap as gap:
+                if not await self._resolve_gap(st, batch, gap):
+                    return None
+            except LogChanged as exc:
+                self.block(st.number, "log_changed", str(exc))
+                return None
 
     def _log_retry(self, batch: Batch[Any]) -> Callable[[RetryCallState], None]:
         def before_sleep(state: RetryCallState) -> None:
@@ -354,15 +501,44 @@ class Pipeline:
 
         return before_sleep
 
-    async def _gap_is_legitimate(self, batch: Batch[Any], gap: OffsetGap) -> bool:
-        """Ask the broker whether anything exists between the ledger and the batch.
+    # -- holes ----------------------------------------------------------------------------------
 
-        Nothing (compaction, transaction markers, retention): the batch may be applied. Some
-        records: this worker was positioned past them; seek back to the ledger and drop what
-        was fetched from the wrong position.
-        """
+    async def _resolve_gap(self, st: _Partition, batch: Batch[Any], gap: OffsetGap) -> bool:
+        """Ask the broker what lies between the ledger and the batch. True: the batch may be
+        written again as it now is (the hole is verified, or its loss is to be recorded)."""
         p = batch.partition
-        first = await self.first_offset_from(p, gap.expected)
+        if gap.expected < self.applied.get(p, gap.expected):
+            # The ledger is behind what this worker committed: the database went back in time.
+            log.warning(
+                "ledger behind this worker's commits: was the database restored?",
+                topic=self.topic,
+                partition=p,
+                ledger_next=gap.expected,
+                committed_next=self.applied[p],
+            )
+            self.cache.forget([p])
+            self.applied[p] = gap.expected
+        first, log_start = await self.control.first_offset_from(p, gap.expected)
+        if log_start > gap.expected:
+            lost = (gap.expected, log_start - 1)
+            telemetry.OFFSET_GAPS.labels(self.topic, "lost").inc()
+            if self.config.on_data_loss == "stop":
+                telemetry.RECORDS_LOST.labels(self.topic, str(p)).inc(lost[1] - lost[0] + 1)
+                self.block(
+                    p,
+                    "data_lost",
+                    f"offsets {lost[0]}..{lost[1]} were deleted by the broker (retention) before they were applied; "
+                    f"to go on without them: eventsink ledger skip --topic {self.topic} --partition {p} "
+                    f"--to {lost[1]}",
+                )
+                return False
+            log.error("records lost to retention; recorded, going on", topic=self.topic, partition=p, offsets=lost)
+            batch.lost = lost
+            if first >= batch.first_offset:
+                return True
+            self._seek_back(st, batch, first)
+            await self.control.seek(p, first)
+            return False
         if first >= batch.first_offset:
             telemetry.OFFSET_GAPS.labels(self.topic, "verified").inc()
             log.warning(
@@ -372,70 +548,114 @@ class Pipeline:
                 expected=gap.expected,
                 first_offset=batch.first_offset,
             )
+            batch.gap_verified = True
             return True
         telemetry.OFFSET_GAPS.labels(self.topic, "repositioned").inc()
         log.error(
-            "batch would skip records; repositioning from the ledger",
+            "batch would skip records; seeking to the ledger",
             topic=self.topic,
             partition=p,
             expected=gap.expected,
             first_offset=batch.first_offset,
             next_available=first,
         )
-        st = self._parts[p]
+        self._seek_back(st, batch, first)
+        await self.control.seek(p, gap.expected)
+        return False
+
+    def _seek_back(self, st: _Partition, batch: Batch[Any], first: int) -> None:
+        """Drop what was fetched from the wrong position: it comes again after the seek."""
         self._stale(len(st.buffer) + len(batch))
         st.buffer.clear()
         st.first_at = None
+        st.cut = False
+        st.previous = None
         st.expect, st.expect_since = first, time.monotonic()
-        await self.reposition(p, gap.expected)
-        return False
 
-    async def _reposition_from_ledger(self, p: int) -> None:
+    async def _seek_to_ledger(self, st: _Partition) -> None:
         try:
             ledger = await self.sink.positions(self.topic)
-            await self.reposition(p, ledger.get(p, -1) + 1)
+            position = ledger.get(st.number)
+            await self.control.seek(st.number, (position.last_offset if position else -1) + 1)
         except Exception as exc:
-            log.warning("could not reposition", topic=self.topic, partition=p, error=str(exc))
+            log.warning("could not seek to the ledger", topic=self.topic, partition=st.number, error=str(exc))
+
+    # -- after a commit -------------------------------------------------------------------------
 
     def _committed(
-        self, batch: Batch[Any], result: WriteResult[Any], digests: dict[int, bytes], seconds: float
+        self, st: _Partition, batch: Batch[Any], result: WriteResult[Any], digests: dict[int, bytes], seconds: float
     ) -> None:
-        if self.dedupe.enabled:
+        p = batch.partition
+        st.progress_at = time.monotonic()
+        if result.cache_misses:
+            log.warning(
+                "cached keys not in the database (it went back in time): applied again; cache reloaded",
+                topic=self.topic,
+                partition=p,
+                records=result.cache_misses,
+            )
+            self.cache.forget([p])
+        if self.cache.enabled:
             keys = [digests[r.offset] for r in result.in_database if r.offset in digests]
-            self.dedupe.remember(batch.partition, batch.first_offset, batch.last_offset, keys)
-            self._m_keys.set(len(self.dedupe))
+            self.cache.remember(p, batch.first_offset, batch.last_offset, keys)
+            self._m_keys.set(len(self.cache))
         applied, db_dups = len(result.applied), len(result.duplicates)
         self._m_applied.inc(applied)
         self._m_dup_db.inc(db_dups)
-        self._m_dup_table.inc(result.known_duplicates)
-        self._m_replayed.inc(result.replayed)
+        self._m_dup_cache.inc(result.cached_duplicates)
+        self._m_redelivered.inc(result.redelivered)
         self._m_batch.observe(len(batch))
         self._m_upsert.observe(seconds)
         self._m_last_commit.set_to_current_time()
-        telemetry.LEDGER_OFFSET.labels(self.topic, str(batch.partition)).set(result.ledger_after)
-        self.applied[batch.partition] = result.ledger_after + 1
-        if self.labelled_tenants:
+        self._m_superseded.inc(result.superseded)
+        telemetry.LEDGER_OFFSET.labels(self.topic, str(p)).set(result.ledger_after)
+        self.applied[p] = result.ledger_after + 1
+        if self.config.labelled_tenants:
             for record in result.applied:
                 tenant = record.event.tenant_id
-                if tenant in self.labelled_tenants:
+                if tenant in self.config.labelled_tenants:
                     telemetry.TENANT_ROWS.labels(self.topic, str(tenant)).inc()
         t = self.totals
         t["applied"] += applied
         t["duplicates_db"] += db_dups
-        t["duplicates_table"] += result.known_duplicates
+        t["duplicates_cache"] += result.cached_duplicates
         t["dead_letters"] += len(result.dead_letters)
-        t["replayed"] += result.replayed
+        t["redelivered"] += result.redelivered
         t["superseded"] += result.superseded
-        self._m_superseded.inc(result.superseded)
+        t["lost"] += result.lost
+        if result.lost:
+            telemetry.RECORDS_LOST.labels(self.topic, str(p)).inc(result.lost)
         log.debug(
             "batch committed",
             topic=self.topic,
-            partition=batch.partition,
+            partition=p,
             first_offset=batch.first_offset,
             last_offset=batch.last_offset,
             applied=applied,
-            duplicates=db_dups + result.known_duplicates,
+            duplicates=db_dups + result.cached_duplicates,
             dead_letters=len(result.dead_letters),
-            replayed=result.replayed,
+            redelivered=result.redelivered,
             seconds=round(seconds, 4),
         )
+
+    # -- periodic and shutdown ------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Log progress now and then (called periodically by the agent)."""
+        now = time.monotonic()
+        if now - self._progress_at >= self.config.progress_log_s and self.totals != self._progress_last:
+            self._progress_at, self._progress_last = now, dict(self.totals)
+            log.info("progress", topic=self.topic, buffered=self.buffered, **self.totals)
+
+    async def drain(self) -> None:
+        """Write everything buffered and wait for it to commit, for at most the drain timeout."""
+        self._stopping = True
+        self._deadline = time.monotonic() + self.config.drain_timeout_s
+        tasks = [st.task for st in self._parts.values() if st.task is not None and not st.task.done()]
+        for st in self._parts.values():
+            st.wake.set()
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=self.config.drain_timeout_s + 1.0)
+            for task in late:
+                task.cancel()
+        log.info("drained", topic=self.topic, **self.totals)

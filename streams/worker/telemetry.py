@@ -12,12 +12,12 @@ ROWS_APPLIED = Counter(
 )
 DUPLICATES = Counter(
     "eventsink_duplicates_dropped",
-    "Duplicate events dropped, by where they were recognised (table, database)",
+    "Duplicate events dropped, by where they were recognised (cache, database)",
     ["topic", "where"],
     registry=REGISTRY,
 )
-REPLAYED = Counter(
-    "eventsink_replayed_skipped",
+REDELIVERED = Counter(
+    "eventsink_redelivered_skipped",
     "Redelivered records at or below the ledger, skipped",
     ["topic"],
     registry=REGISTRY,
@@ -35,7 +35,47 @@ BATCH_RETRIES = Counter(
     "eventsink_batch_retries", "Batch attempts that failed and were retried", ["topic", "error"], registry=REGISTRY
 )
 OFFSET_GAPS = Counter(
-    "eventsink_offset_gaps", "Batches that did not follow the ledger", ["topic", "outcome"], registry=REGISTRY
+    "eventsink_offset_gaps",
+    "Batches that did not follow the ledger, by what the broker said was in between "
+    "(verified: nothing; repositioned: records, sought back; lost: deleted by retention)",
+    ["topic", "outcome"],
+    registry=REGISTRY,
+)
+LOG_GAPS = Counter(
+    "eventsink_log_gaps",
+    "Holes in the broker's log (transaction markers, aborted or compacted records) a batch spanned "
+    "without asking the broker",
+    ["topic"],
+    registry=REGISTRY,
+)
+RECORDS_LOST = Counter(
+    "eventsink_records_lost",
+    "Offsets that were due but the broker no longer had (retention deleted them before they were applied)",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+PARTITION_BLOCKED = Gauge(
+    "eventsink_partition_blocked",
+    "1 while a partition is stopped and waits for an operator (reason: log_changed, data_lost)",
+    ["topic", "partition", "reason"],
+    registry=REGISTRY,
+)
+PARTITION_STALLED = Gauge(
+    "eventsink_partition_stalled_seconds",
+    "Seconds a partition has had records waiting while its ledger did not advance (0 when idle or flowing)",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+FETCH_ERRORS = Counter(
+    "eventsink_fetch_errors",
+    "Fetches from the broker that raised (each followed by a seek to the ledger)",
+    registry=REGISTRY,
+)
+PIPELINE_CRASHES = Counter(
+    "eventsink_pipeline_crashes",
+    "Unexpected errors that ended a partition's pipeline (the worker then exits)",
+    ["topic"],
+    registry=REGISTRY,
 )
 STALE_DROPPED = Counter(
     "eventsink_stale_records_dropped",

@@ -1,8 +1,11 @@
 """A worker's HTTP endpoints, on Faust's web server: /metrics, /healthz, /readyz.
 
-/healthz answers while the process and its event loop live. /readyz says whether the worker
-can do its job: the broker and PostgreSQL answer, and it holds partitions (a worker without any,
-in a group with more workers than partitions, is idle and reports so).
+/healthz says whether the process should be left running: 503 once a pipeline crashed (the
+worker is exiting to restart from the ledger) or while fetching from the broker keeps failing;
+its body lists the partitions that are stalled (records waiting, ledger not advancing) or
+stopped for an operator, which a restart would not cure and so do not fail it. /readyz says
+whether the worker can do its job: the broker and PostgreSQL answer, and it holds partitions (a
+worker without any, in a group with more workers than partitions, is idle and reports so).
 """
 
 from __future__ import annotations
@@ -66,6 +69,35 @@ async def readiness(runtime: Runtime) -> dict[str, Any]:
     }
 
 
+# Consecutive failed fetches after which /healthz reports the worker unhealthy.
+FETCH_ERRORS_UNHEALTHY = 5
+# Seconds of records waiting without the ledger advancing after which a partition is "stalled".
+STALLED_AFTER_S = 60.0
+
+
+def health(runtime: Runtime) -> dict[str, Any]:
+    stalled, blocked = {}, {}
+    for topic, pipeline in runtime.pipelines.items():
+        for p, seconds in pipeline.stalled().items():
+            if seconds >= STALLED_AFTER_S:
+                stalled[f"{topic}[{p}]"] = round(seconds, 1)
+        for p, reason in pipeline.blocked().items():
+            blocked[f"{topic}[{p}]"] = reason
+    fetch_errors = int(getattr(runtime.app.consumer, "fetch_errors", 0))
+    problems = []
+    if runtime.crashed is not None:
+        problems.append(f"a pipeline crashed: {type(runtime.crashed).__name__}: {runtime.crashed}"[:300])
+    if fetch_errors >= FETCH_ERRORS_UNHEALTHY:
+        problems.append(f"fetching from the broker failed {fetch_errors} times in a row")
+    return {
+        "status": "failing" if problems else ("degraded" if stalled or blocked else "ok"),
+        "problems": problems,
+        "stalled_partitions": stalled,
+        "stopped_partitions": blocked,
+        "pid": os.getpid(),
+    }
+
+
 def refresh_gauges(runtime: Runtime) -> None:
     """Lag and pool gauges are computed when scraped, from what the worker already knows."""
     consumer = runtime.app.consumer
@@ -76,6 +108,9 @@ def refresh_gauges(runtime: Runtime) -> None:
     for topic, pipeline in runtime.pipelines.items():
         mine = {tp.partition: tp for tp in assignment if tp.topic == topic}
         telemetry.ASSIGNED_PARTITIONS.labels(topic).set(len(mine))
+        stalled = pipeline.stalled()
+        for partition in mine:
+            telemetry.PARTITION_STALLED.labels(topic, str(partition)).set(stalled.get(partition, 0.0))
         for partition, tp in mine.items():
             labels = (topic, str(partition))
             end = consumer.highwater(tp)
@@ -89,7 +124,13 @@ def refresh_gauges(runtime: Runtime) -> None:
             if committed is not None:
                 telemetry.CONSUMER_LAG.labels(*labels).set(max(0, end - committed))
         for partition in runtime.exported.get(topic, set()) - set(mine):  # moved to another worker
-            for gauge in (telemetry.END_OFFSET, telemetry.LEDGER_LAG, telemetry.CONSUMER_LAG, telemetry.LEDGER_OFFSET):
+            for gauge in (
+                telemetry.END_OFFSET,
+                telemetry.LEDGER_LAG,
+                telemetry.CONSUMER_LAG,
+                telemetry.LEDGER_OFFSET,
+                telemetry.PARTITION_STALLED,
+            ):
                 try:
                     gauge.remove(topic, str(partition))
                 except KeyError:
@@ -113,7 +154,8 @@ def register(runtime: Runtime) -> None:
 
     @app.page("/healthz")
     async def healthz(self: Any, request: Any) -> Any:
-        return self.json({"status": "ok", "pid": os.getpid(), "uptime_s": round(time.time() - started, 1)})
+        report = {**health(runtime), "uptime_s": round(time.time() - started, 1)}
+        return self.json(report, status=503 if report["problems"] else 200)
 
     @app.page("/readyz")
     async def readyz(self: Any, request: Any) -> Any:

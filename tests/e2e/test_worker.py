@@ -194,13 +194,13 @@ def test_duplicates_are_recognised_by_the_dedupe_table_across_restarts(scenario:
     send_raw(s, sent, records)  # a producer retrying everything, new offsets
     wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
     assert w.stop() == 0
-    assert drained(w)["duplicates_table"] == 200
+    assert drained(w)["duplicates_cache"] == 200
     # The table is restored from its changelog: a new process still knows these keys.
     send_raw(s, sent, records)
     w2 = worker(s, "w2")
     wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
     assert w2.stop() == 0
-    assert drained(w2)["duplicates_table"] == 200
+    assert drained(w2)["duplicates_cache"] == 200
     assert_exactly_once(s, sent)
 
 
@@ -269,7 +269,7 @@ def test_kafka_offsets_ahead_and_the_database_down_at_assignment(scenario: Scena
             assert_exactly_once(s, sent)
         finally:
             w.stop()
-    assert logged(w, "batch would skip records; repositioning from the ledger")
+    assert logged(w, "batch would skip records; seeking to the ledger")
 
 
 def test_redelivered_records_below_the_ledger_change_nothing(scenario: Scenario) -> None:
@@ -300,7 +300,7 @@ def test_redelivered_records_below_the_ledger_change_nothing(scenario: Scenario)
             wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
         finally:
             assert w.stop() == 0
-    assert drained(w)["replayed"] >= 1500
+    assert drained(w)["redelivered"] >= 1500
     assert_exactly_once(s, sent)
     assert sum(dlq_by_source(s).values()) == sent.invalid
 
@@ -342,10 +342,10 @@ def test_sigterm_finishes_the_batch_in_flight_and_exits(scenario: Scenario) -> N
     assert (
         done["consumed"]
         == done["applied"]
-        + done["duplicates_table"]
+        + done["duplicates_cache"]
         + done["duplicates_db"]
         + done["dead_letters"]
-        + done["replayed"]
+        + done["redelivered"]
         + done["stale"]
     )
     w2 = worker(s, "w2")

@@ -23,7 +23,7 @@ COLUMNS = "tenant_id, status, progress, result, error, kind, media_url, version,
 
 
 class Letters(list):
-    async def __call__(self, dead: list[DeadLetter]) -> None:
+    async def __call__(self, dead: list[DeadLetter], conn: object = None) -> None:
         self.extend(dead)
 
 

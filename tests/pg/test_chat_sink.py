@@ -21,7 +21,7 @@ T0 = datetime(2024, 5, 1, 12, tzinfo=UTC)
 
 
 class Letters(list):
-    async def __call__(self, dead: list[DeadLetter]) -> None:
+    async def __call__(self, dead: list[DeadLetter], conn: object = None) -> None:
         self.extend(dead)
 
 

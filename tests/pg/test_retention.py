@@ -25,7 +25,7 @@ from sinks.writers.chat import ChatWriter
 NOW = datetime.now(UTC)
 
 
-async def _no_dead(dead: list) -> None:
+async def _no_dead(dead: list, conn: object = None) -> None:
     assert not dead, dead
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from schemas.deadletter import DeadLetter, Reason
 from schemas.metric import MetricEvent
-from sinks.core.batch import Batch, Record
+from sinks.core.batch import Batch, Cached, Record
 from sinks.core.sink import Sink
 from sinks.errors import OffsetGap, TransientSinkError
 from sinks.pool import open_pool
@@ -30,7 +30,7 @@ class DeadLetters:
         self.received: list[DeadLetter] = []
         self.fail = False
 
-    async def __call__(self, dead: list[DeadLetter]) -> None:
+    async def __call__(self, dead: list[DeadLetter], conn: object = None) -> None:
         if self.fail:
             raise ConnectionError("broker unreachable")
         self.received.extend(dead)
@@ -69,9 +69,16 @@ def metric(tenant: uuid.UUID, dedupe_id: str, value: float = 1.0, at: datetime |
 def batch(topic: str, partition: int, records: list[tuple[int, MetricEvent]], **kw: object) -> Batch[MetricEvent]:
     recs = [Record(o, e, str(e.tenant_id).encode(), b"{}") for o, e in records]
     offsets = (
-        [o for o, _ in records] + [d.offset for d in kw.get("rejected", [])] + list(kw.get("known_duplicates", []))
-    )  # type: ignore[call-overload]
+        [o for o, _ in records]
+        + [d.offset for d in kw.get("rejected", [])]  # type: ignore[attr-defined]
+        + [c.record.offset for c in kw.get("cached", [])]  # type: ignore[attr-defined]
+    )
     return Batch(topic, partition, min(offsets), max(offsets), recs, **kw)  # type: ignore[arg-type]
+
+
+def cached(offset: int, event: MetricEvent, committed_at: int) -> Cached[MetricEvent]:
+    """A record the dedupe cache saw committed by the batch that ended at `committed_at`."""
+    return Cached(Record(offset, event, str(event.tenant_id).encode(), b"{}"), committed_at)
 
 
 def rows(dsn: str, tenant: uuid.UUID) -> list[tuple]:
@@ -116,17 +123,17 @@ async def test_redelivery_after_commit_adds_nothing(sink: Sink, database_url: st
     first = await sink.write(b)
     again = await sink.write(b)
     assert len(first.applied) == 10
-    assert (again.replayed, len(again.applied), again.ledger_after) == (10, 0, 9)
+    assert (again.redelivered, len(again.applied), again.ledger_after) == (10, 0, 9)
     assert len(rows(database_url, a)) == 10
     # A redelivery that overlaps new records applies only the new part.
     overlap = await sink.write(batch(t, 0, [(i, metric(a, f"e{i}")) for i in range(5, 15)]))
-    assert (overlap.replayed, len(overlap.applied), overlap.ledger_after) == (5, 5, 14)
+    assert (overlap.redelivered, len(overlap.applied), overlap.ledger_after) == (5, 5, 14)
 
 
 async def test_ledger_counts_every_outcome(sink: Sink, database_url: str) -> None:
     a, t = uuid.uuid4(), topic()
     bad = DeadLetter(Reason.INVALID_JSON, "nope", t, 0, 2, None, b"x")
-    await sink.write(batch(t, 0, [(0, metric(a, "x")), (1, metric(a, "x"))], rejected=[bad], known_duplicates=[3]))
+    await sink.write(batch(t, 0, [(0, metric(a, "x")), (1, metric(a, "x"))], rejected=[bad], cached=[cached(3, metric(a, "x"), committed_at=-1)]))
     with psycopg.connect(database_url) as conn:
         row = conn.execute(
             "SELECT last_offset, events, rows_applied, duplicates, dead_letters FROM eventsink.offsets_ledger "

@@ -1,7 +1,11 @@
-"""The dedupe fast path: keys known to be in PostgreSQL, per partition, kept in a Faust table.
+"""The dedupe cache: keys known to be in PostgreSQL, per partition, kept in a Faust table.
 
-Only keys whose rows are committed are remembered (the database's answer, after the commit),
-so a record of a batch that failed can never look like a duplicate when it comes back. The
+A cache only saves the database work; the database decides. Only keys whose rows are committed
+are remembered (the database's answer, after the commit), each with the offset of the batch that
+committed it, and a hit counts as a duplicate only if the ledger, read in the batch's own
+transaction, is at or past that offset (`sinks.core.sink`): after the database went back in time
+(a restore, a failover to a replica that missed commits) the cached keys it no longer holds are
+applied again, and the partition's cache is rebuilt as of the ledger. The
 table holds one entry per committed batch (its 16-byte key digests), not one per key: a
 changelog write per key was measured to cap a worker near 3 k events/s. Entries older than the
 window, or beyond the key budget, are deleted (a tombstone on the compacted changelog). The
@@ -47,11 +51,11 @@ def _last_offset(key: bytes) -> int:
 
 @dataclass
 class _Partition:
-    seen: dict[bytes, bytes] = field(default_factory=dict)  # digest -> entry key
+    keys: dict[bytes, bytes] = field(default_factory=dict)  # digest -> entry key
     entries: deque[tuple[bytes, float, list[bytes]]] = field(default_factory=deque)
 
 
-class DedupeIndex:
+class DedupeCache:
     """Digests of (tenant_id, dedupe_id) known to be committed, for the partitions assigned here."""
 
     def __init__(self, table: Any, source_topic: str, window_s: float, max_keys: int) -> None:
@@ -66,15 +70,19 @@ class DedupeIndex:
         return self.max_keys > 0
 
     def __len__(self) -> int:
-        return sum(len(p.seen) for p in self._parts.values())
+        return sum(len(p.keys) for p in self._parts.values())
 
     def loaded(self, partition: int) -> bool:
         return partition in self._parts
 
-    def contains(self, partition: int, digest: bytes) -> bool:
-        """Whether the key is known to be in the database; always False before `load`."""
+    def committed_at(self, partition: int, digest: bytes) -> int | None:
+        """The last offset of the batch that committed the key, or None if it is not cached
+        (always None before `load`)."""
         part = self._parts.get(partition)
-        return part is not None and digest in part.seen
+        if part is None:
+            return None
+        key = part.keys.get(digest)
+        return None if key is None else _last_offset(key)
 
     def load(self, partition: int, ledger_offset: int) -> None:
         """Rebuild a partition's index from the table, trusting only what the database still has.
@@ -112,7 +120,8 @@ class DedupeIndex:
             self._expire(part, time.time(), self._budget())
 
     def forget(self, partitions: Iterable[int]) -> None:
-        """Drop the in-memory index of partitions no longer assigned (the table keeps them)."""
+        """Drop the in-memory cache of partitions (no longer assigned, or found ahead of the
+        ledger); the next batch of one reloads it from the table as of the ledger."""
         for p in partitions:
             self._parts.pop(p, None)
 
@@ -138,17 +147,17 @@ class DedupeIndex:
     @staticmethod
     def _add(part: _Partition, key: bytes, created_at: float, digests: list[bytes]) -> None:
         part.entries.append((key, created_at, digests))
-        seen = part.seen
+        keys = part.keys
         for d in digests:
-            seen[d] = key
+            keys[d] = key
 
     def _expire(self, part: _Partition, now: float, budget: int) -> None:
         horizon = now - self.window_s
-        while part.entries and (part.entries[0][1] < horizon or len(part.seen) > budget):
+        while part.entries and (part.entries[0][1] < horizon or len(part.keys) > budget):
             key, _, digests = part.entries.popleft()
-            seen = part.seen
+            keys = part.keys
             for d in digests:
-                if seen.get(d) == key:
-                    del seen[d]
+                if keys.get(d) == key:
+                    del keys[d]
             if key in self.table:
                 del self.table[key]

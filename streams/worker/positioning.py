@@ -1,0 +1,246 @@
+"""Where each assigned partition resumes, and whether its log is still the one the ledger counted.
+
+- At assignment, every assigned partition is sought to its ledger offset + 1 (Faust would seek
+  to Kafka's committed offsets, which can run ahead of what PostgreSQL applied); the ledgers of
+  all topics are read at once, so with the database down assignment waits one timeout.
+- Before that, and every `check_s` seconds while the worker runs, each topic's identity (Kafka's
+  topic id, the cluster id) is compared with what the ledger recorded. A partition of another
+  log (the topic was deleted and created again) is stopped, never skipped: an operator decides
+  with `eventsink ledger reset`, after which the check resumes it from the ledger. Where the
+  broker reports no topic id, a partition whose log ends below the ledger is taken for a new log.
+- The pipeline asks here what lies in a hole after the ledger (`first_offset_from`), through one
+  group-less consumer kept open, not a connection per question.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from aiokafka import AIOKafkaClient, AIOKafkaConsumer, TopicPartition
+from faust.types import TP
+
+from sinks.core.batch import LogIdentity
+from sinks.core.ledger import Position
+from streams import logs
+from streams.tools.identity import TopicIdentity, identities
+
+if TYPE_CHECKING:
+    from streams.worker.app import Runtime
+    from streams.worker.faust_internals import LedgerConsumer
+
+log = logs.get(__name__)
+
+
+class Positioning:
+    """The ledger's view of where partitions are, for one worker."""
+
+    def __init__(self, runtime: Runtime, bootstrap: list[str], security: Mapping[str, Any], check_s: float) -> None:
+        self.runtime = runtime
+        self.bootstrap = bootstrap
+        self.security = dict(security)
+        self.check_s = check_s
+        self._identities: dict[str, TopicIdentity] = {}
+        self._client: AIOKafkaClient | None = None
+        self._probe: AIOKafkaConsumer | None = None
+        self._probe_lock = asyncio.Lock()
+        self._checker: asyncio.Task[None] | None = None
+
+    # -- identity -------------------------------------------------------------------------------
+
+    def identity(self, topic: str) -> LogIdentity:
+        known = self._identities.get(topic)
+        return LogIdentity(known.topic_id, known.cluster_id) if known else LogIdentity()
+
+    async def refresh_identities(self, topics: Iterable[str]) -> None:
+        try:
+            if self._client is None:
+                self._client = AIOKafkaClient(bootstrap_servers=self.bootstrap, **self.security)
+                await self._client.bootstrap()
+            self._identities.update(await identities(self._client, topics))
+        except Exception as exc:  # keep what was known; the ledger check falls back on offsets
+            log.warning("topic ids unavailable", error=f"{type(exc).__name__}: {exc}")
+
+    # -- at assignment --------------------------------------------------------------------------
+
+    async def targets(self, consumer: LedgerConsumer) -> dict[TP, int]:
+        """Next offset per assigned partition: the ledger's last applied offset + 1. Partitions of
+        another log than the ledger's are stopped and left out."""
+        runtime = self.runtime
+        assignment = consumer.assignment()
+        await runtime.ensure_open()
+        wanted = {
+            topic: sorted((tp for tp in assignment if tp.topic == topic), key=lambda tp: tp.partition)
+            for topic in runtime.sinks
+        }
+        wanted = {topic: tps for topic, tps in wanted.items() if tps}
+        await self.refresh_identities(wanted)
+        ledgers = await self._ledgers(wanted)
+        targets: dict[TP, int] = {}
+        for topic, tps in wanted.items():
+            ledger = ledgers.get(topic)
+            if ledger is None:
+                continue
+            changed = await self._changed(topic, [tp.partition for tp in tps], ledger)
+            pipeline = runtime.pipelines[topic]
+            for tp in tps:
+                if tp.partition in changed:
+                    pipeline.block(tp.partition, "log_changed", changed[tp.partition])
+                    continue
+                position = ledger.get(tp.partition)
+                targets[tp] = (position.last_offset if position else -1) + 1
+            log.info("sought to the ledger", topic=topic, next_offsets={tp.partition: targets.get(tp) for tp in tps})
+        return targets
+
+    async def _ledgers(self, wanted: Mapping[str, Any]) -> dict[str, dict[int, Position]]:
+        runtime = self.runtime
+        timeout = runtime.settings.db_connect_timeout_s
+        # All topics at once: with the database down, assignment waits one timeout, not one per topic.
+        found = await asyncio.gather(
+            *(asyncio.wait_for(runtime.sinks[t].positions(t), timeout) for t in wanted), return_exceptions=True
+        )
+        ledgers = {}
+        for topic, ledger in zip(wanted, found, strict=True):
+            if isinstance(ledger, BaseException):
+                # Then each partition's first batch meets the sink's checks instead.
+                log.warning(
+                    "ledger unavailable at assignment; positions will be checked per batch",
+                    topic=topic,
+                    error=str(ledger) or type(ledger).__name__,
+                )
+                continue
+            ledgers[topic] = ledger
+        return ledgers
+
+    async def _changed(self, topic: str, partitions: list[int], ledger: Mapping[int, Position]) -> dict[int, str]:
+        """Partitions whose log is not the one their ledger row counted, with why."""
+        now = self._identities.get(topic)
+        changed = {}
+        for p in partitions:
+            position = ledger.get(p)
+            if position is None or position.last_offset < 0:
+                continue
+            if now is not None and now.topic_id is not None and position.topic_id not in (None, now.topic_id):
+                changed[p] = f"topic id is {now.topic_id}, the ledger counted {position.topic_id} (recreated topic)"
+            elif now is not None and now.cluster_id is not None and position.cluster_id not in (None, now.cluster_id):
+                changed[p] = f"cluster is {now.cluster_id}, the ledger counted {position.cluster_id}"
+        unknown = [p for p in partitions if p not in changed and ledger.get(p) is not None]
+        if unknown and (now is None or now.topic_id is None):
+            ends = await self._end_offsets(topic, unknown)
+            for p in unknown:
+                last = ledger[p].last_offset
+                if p in ends and ends[p] < last + 1:
+                    changed[p] = f"the log ends at {ends[p]}, below the ledger's {last + 1} (recreated topic?)"
+        return changed
+
+    # -- while running --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._checker is None:
+            self._checker = asyncio.create_task(self._check_periodically(), name="log identity check")
+
+    async def stop(self) -> None:
+        if self._checker is not None:
+            self._checker.cancel()
+            self._checker = None
+        for closing in (self._probe, self._client):
+            if closing is not None:
+                try:
+                    await (closing.stop() if isinstance(closing, AIOKafkaConsumer) else closing.close())
+                except Exception as exc:
+                    log.debug("closing a broker connection failed", error=str(exc))
+        self._probe = self._client = None
+
+    async def _check_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.check_s)
+            try:
+                await self.check()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("log identity check failed", error=f"{type(exc).__name__}: {exc}")
+
+    async def check(self) -> None:
+        """Stop partitions whose log changed under the worker; resume stopped ones an operator
+        reset (their ledger forgot the old log)."""
+        runtime = self.runtime
+        consumer = runtime.app.consumer
+        owned: dict[str, list[int]] = {}
+        for tp in consumer.assignment():
+            if tp.topic in runtime.pipelines:
+                owned.setdefault(tp.topic, []).append(tp.partition)
+        if not owned:
+            return
+        await self.refresh_identities(owned)
+        ledgers = await self._ledgers(owned)
+        for topic, partitions in owned.items():
+            ledger = ledgers.get(topic)
+            if ledger is None:
+                continue
+            pipeline = runtime.pipelines[topic]
+            blocked = pipeline.blocked()
+            changed = await self._changed(topic, partitions, ledger)
+            for p in partitions:
+                if p in changed and blocked.get(p) != "log_changed":
+                    pipeline.block(p, "log_changed", changed[p])
+                elif p not in changed and blocked.get(p) == "log_changed":
+                    position = ledger.get(p)
+                    await pipeline.unblock(p, (position.last_offset if position else -1) + 1)
+                elif blocked.get(p) == "data_lost":
+                    position = ledger.get(p)
+                    start = (await self._probe_offsets(topic, [p]))[0].get(p, 0)
+                    if position is not None and position.last_offset + 1 >= start:
+                        # An operator recorded the loss (`eventsink ledger skip`).
+                        await pipeline.unblock(p, position.last_offset + 1)
+
+    # -- asking the broker ----------------------------------------------------------------------
+
+    async def first_offset_from(
+        self, topic: str, partition: int, offset: int, timeout: float = 10.0
+    ) -> tuple[int, int]:
+        """(first record at or after `offset`, log start offset) of a partition.
+
+        Raises TimeoutError when no record arrives in time.
+        """
+        tp = TopicPartition(topic, partition)
+        async with self._probe_lock:
+            probe = await self._consumer()
+            start = (await probe.beginning_offsets([tp]))[tp]
+            probe.assign([tp])
+            # End offsets are not consulted: some brokers under-report them while being written.
+            probe.seek(tp, max(offset, start))
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                batch = await probe.getmany(tp, timeout_ms=500, max_records=1)
+                records = batch.get(tp)
+                if records:
+                    return records[0].offset, start
+            raise TimeoutError(f"no record of {topic}[{partition}] at or after {offset} within {timeout}s")
+
+    async def _end_offsets(self, topic: str, partitions: list[int]) -> dict[int, int]:
+        return (await self._probe_offsets(topic, partitions))[1]
+
+    async def _probe_offsets(self, topic: str, partitions: list[int]) -> tuple[dict[int, int], dict[int, int]]:
+        tps = [TopicPartition(topic, p) for p in partitions]
+        async with self._probe_lock:
+            probe = await self._consumer()
+            begins = await probe.beginning_offsets(tps)
+            ends = await probe.end_offsets(tps)
+        return {tp.partition: o for tp, o in begins.items()}, {tp.partition: o for tp, o in ends.items()}
+
+    async def _consumer(self) -> AIOKafkaConsumer:
+        if self._probe is None:
+            probe = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                isolation_level="read_committed",
+                **self.security,
+            )
+            await probe.start()
+            await asyncio.sleep(0)  # aiokafka 0.14: stop() right after start() raises otherwise
+            self._probe = probe
+        return self._probe
