@@ -8,6 +8,7 @@ flagged, counted, and changes no lifecycle field.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 from uuid import UUID
 
 import psycopg
@@ -15,21 +16,13 @@ from psycopg.types.json import Jsonb
 
 from schemas.analysis import AnalysisEvent
 from sinks.core.batch import Outcome, Record
-from sinks.writers.lifecycle import ROW_COLUMNS, State, Step, fold, step_of, superseded
-from sinks.writers.owners import claim_owners, mismatches
+from sinks.writers import owners
+from sinks.writers.lifecycle import ROW_COLUMNS, Step, fold, step_of, superseded
 from sinks.writers.staging import Staging, restage_one
 
 STAGING = Staging.of(AnalysisEvent, "analysis_stage")
 SELECT_ROWS = f"SELECT id, {', '.join(ROW_COLUMNS)} FROM eventsink.analysis_requests WHERE id = ANY(%s)"
 ARCHIVED = "SELECT id FROM eventsink.analysis_requests_archive WHERE id = ANY(%s)"
-CREATE_ROWS = """
-INSERT INTO eventsink.analysis_requests (id, tenant_id, status, version, created_at, updated_at)
-SELECT DISTINCT ON (analysis_id) analysis_id, tenant_id, 'pending', 0, occurred_at, occurred_at
-FROM analysis_stage
-WHERE analysis_id = ANY(%s)
-ORDER BY analysis_id, kafka_offset
-ON CONFLICT (id) DO NOTHING
-"""
 LOCK_ROWS = """
 SELECT id, tenant_id FROM eventsink.analysis_requests
 WHERE id = ANY(%s)
@@ -43,7 +36,8 @@ INSERT INTO eventsink.analysis_events
 SELECT s.tenant_id, s.dedupe_id, s.analysis_id, s.status, s.occurred_at, s.progress, s.result,
        s.error, s.kind, s.media_url, %(topic)s, %(partition)s, s.kafka_offset
 FROM analysis_stage s
-JOIN eventsink.analysis_requests r ON r.id = s.analysis_id AND r.tenant_id = s.tenant_id
+JOIN unnest(%(ids)s::uuid[], %(tenants)s::uuid[]) AS o(id, tenant_id)
+  ON o.id = s.analysis_id AND o.tenant_id = s.tenant_id
 ORDER BY s.tenant_id, s.dedupe_id, s.kafka_offset
 ON CONFLICT (tenant_id, dedupe_id) DO NOTHING
 RETURNING kafka_offset, dedupe_id
@@ -58,14 +52,23 @@ UPDATE eventsink.analysis_events e SET superseded = true
 FROM unnest(%s::uuid[], %s::text[]) AS u(tenant_id, dedupe_id)
 WHERE e.tenant_id = u.tenant_id AND e.dedupe_id = u.dedupe_id
 """
-UPDATE_ROWS = """
+ROW_VALUES = """
+unnest(%s::uuid[], %s::uuid[], %s::text[], %s::int2[], %s::jsonb[], %s::text[], %s::text[], %s::text[],
+       %s::int4[], %s::timestamptz[], %s::timestamptz[], %s::timestamptz[])
+  AS u(id, tenant_id, status, progress, result, error, kind, media_url, version, created_at, updated_at, deleted_at)
+"""
+# Rows are created from the events inserted, never ahead of them.
+INSERT_ROWS = f"""
+INSERT INTO eventsink.analysis_requests
+    (id, tenant_id, status, progress, result, error, kind, media_url, version, created_at, updated_at, deleted_at)
+SELECT * FROM {ROW_VALUES}
+"""
+UPDATE_ROWS = f"""
 UPDATE eventsink.analysis_requests r
 SET status = u.status, progress = u.progress, result = u.result, error = u.error, kind = u.kind,
     media_url = u.media_url, version = u.version, created_at = u.created_at,
     updated_at = u.updated_at, deleted_at = u.deleted_at
-FROM unnest(%s::uuid[], %s::text[], %s::int2[], %s::jsonb[], %s::text[], %s::text[], %s::text[],
-            %s::int4[], %s::timestamptz[], %s::timestamptz[], %s::timestamptz[])
-     AS u(id, status, progress, result, error, kind, media_url, version, created_at, updated_at, deleted_at)
+FROM {ROW_VALUES}
 WHERE r.id = u.id
 """
 
@@ -80,22 +83,28 @@ class AnalysisWriter:
         if not records:
             return Outcome()
         cur = await STAGING.stage(conn, records)
-        ids = sorted({r.event.analysis_id for r in records})
-        archived = {row[0] for row in await (await cur.execute(ARCHIVED, (ids,))).fetchall()}
-        live = [i for i in ids if i not in archived]
+
+        async def archived_of(missing: list[UUID]) -> set[UUID]:
+            # Read under the row and claim locks: an analysis retention is archiving right now is
+            # either locked by us (retention skips it) or, once retention committed, found here.
+            return {row[0] for row in await (await cur.execute(ARCHIVED, (missing,))).fetchall()}
+
+        claims = await owners.claim(conn, records, "analysis_id", LOCK_ROWS, owners.ANALYSES, not_creatable=archived_of)
+        archived = claims.excluded
         outcome = Outcome()
         # An archived analysis was deleted long ago: a late event of it changes nothing.
         late = {r.offset for r in records if r.event.analysis_id in archived}
         outcome.applied |= late
         outcome.superseded |= late
+        live = [r for r in records if r.event.analysis_id not in archived]
         if not live:
             return outcome
-        owners = await claim_owners(conn, live, CREATE_ROWS, LOCK_ROWS)
-        outcome.rejected = mismatches([r for r in records if r.event.analysis_id in owners], owners, "analysis_id")
-        await cur.execute(INSERT_EVENTS, {"topic": topic, "partition": partition})
+        outcome.rejected = owners.mismatches(live, claims.owners, "analysis_id")
+        ids, tenants = claims.pairs()
+        await cur.execute(INSERT_EVENTS, {"ids": ids, "tenants": tenants, "topic": topic, "partition": partition})
         inserted = {int(off): dedupe for off, dedupe in await cur.fetchall()}
         if inserted:
-            await self._refold(cur, records, inserted, outcome)
+            await self._refold(cur, records, inserted, claims, outcome)
         outcome.applied |= set(inserted)
         return outcome
 
@@ -104,6 +113,7 @@ class AnalysisWriter:
         cur: psycopg.AsyncCursor,
         records: Sequence[Record[AnalysisEvent]],
         inserted: dict[int, str],
+        claims: owners.Claims,
         outcome: Outcome,
     ) -> None:
         arriving = sorted((r for r in records if r.offset in inserted), key=lambda r: r.offset)
@@ -112,10 +122,12 @@ class AnalysisWriter:
         for aid, *fields in await (await cur.execute(EVENTS_OF, (changed,))).fetchall():
             history[aid].append(Step(*fields))
         stale_tenants, stale_ids = [], []
-        rows: list[tuple[UUID, State]] = []
         by_analysis: dict[UUID, list[Record[AnalysisEvent]]] = {aid: [] for aid in changed}
         for r in arriving:  # still in delivery order
             by_analysis[r.event.analysis_id].append(r)
+        created: list[list[Any]] = []
+        updated: list[list[Any]] = []
+        result = ROW_COLUMNS.index("result")
         for aid, new in by_analysis.items():
             new_ids = {r.event.dedupe_id for r in new}
             before = [s for s in history[aid] if s.dedupe_id not in new_ids]
@@ -125,15 +137,14 @@ class AnalysisWriter:
                     outcome.superseded.add(r.offset)
                     stale_tenants.append(r.event.tenant_id)
                     stale_ids.append(r.event.dedupe_id)
-            rows.append((aid, fold(history[aid])))
+            values = [aid, claims.owners[aid], *fold(history[aid]).row()]
+            values[result + 2] = Jsonb(values[result + 2]) if values[result + 2] is not None else None
+            (created if aid in claims.new else updated).append(values)
         if stale_ids:
             await cur.execute(MARK_SUPERSEDED, (stale_tenants, stale_ids))
-        result = ROW_COLUMNS.index("result")
-        values = [[aid, *st.row()] for aid, st in rows]
-        for v in values:  # jsonb travels wrapped
-            v[result + 1] = Jsonb(v[result + 1]) if v[result + 1] is not None else None
-        columns = list(zip(*values, strict=True))
-        await cur.execute(UPDATE_ROWS, [list(c) for c in columns])
+        for statement, rows in ((INSERT_ROWS, created), (UPDATE_ROWS, updated)):
+            if rows:
+                await cur.execute(statement, [list(c) for c in zip(*rows, strict=True)])
 
     async def upsert_one(
         self, conn: psycopg.AsyncConnection, topic: str, partition: int, record: Record[AnalysisEvent]

@@ -1,46 +1,110 @@
 """Who owns a chat session or an analysis: the tenant of the first event that created it.
 
-Both writers claim their rows the same way, so a tenant can never write into another tenant's
-conversation or analysis: an event naming a row owned by another tenant is refused
-(`tenant_mismatch`) and the other tenant's row is only read, under a row lock.
+Both writers claim their rows the same way, so that a tenant never writes into another tenant's
+conversation or analysis, no row exists that no event created, and retention and writers never
+interleave on the same row:
+
+1. the rows that exist are locked (`FOR UPDATE`, in id order, so concurrent writers cannot
+   deadlock); retention skips locked rows (`SKIP LOCKED`), and a writer that finds a row retention
+   holds waits for it, then sees it gone;
+2. for the ids without a row, a transaction-level advisory lock per id (in key order) serializes
+   the writers that would create it; rows another writer committed meanwhile are then locked too;
+3. what is still missing belongs to the tenant of the batch's first record naming it (by offset),
+   and the writer creates the row only from the events it actually inserted (the same statement),
+   never ahead of them: a duplicate re-sent under another id creates nothing.
+
+An event naming a row owned by another tenant is refused (`tenant_mismatch`); the other
+tenant's row is only read, under its lock.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from uuid import UUID
 
 import psycopg
 
 from schemas.deadletter import Reason
 from sinks.core.batch import Record
-from sinks.errors import TransientSinkError
+
+# Advisory lock namespaces (the first key of pg_advisory_xact_lock(int4, int4)).
+CHAT_SESSIONS = 0x6368  # "ch"
+ANALYSES = 0x616E  # "an"
+
+ADVISORY_LOCKS = """
+SELECT pg_advisory_xact_lock(%s, k) FROM (SELECT DISTINCT unnest(%s::int4[]) AS k ORDER BY k) AS keys
+"""
 
 
-async def claim_owners(conn: psycopg.AsyncConnection, ids: list[UUID], create: str, lock: str) -> dict[UUID, UUID]:
-    """Create the rows that do not exist (first claimer wins), lock all, return their tenants.
+@dataclass(slots=True)
+class Claims:
+    """Owners of the ids a batch names: the tenants of existing rows (now locked), and the ids
+    this transaction may create, with the tenant that claims each."""
 
-    Locks are taken in id order, so concurrent transactions cannot deadlock. A row deleted by
-    retention between the insert and the lock is created again.
+    existing: dict[UUID, UUID] = field(default_factory=dict)
+    new: dict[UUID, UUID] = field(default_factory=dict)
+    # Ids without a row that must not get one (archived analyses).
+    excluded: set[UUID] = field(default_factory=set)
+
+    @property
+    def owners(self) -> dict[UUID, UUID]:
+        return {**self.existing, **self.new}
+
+    def pairs(self) -> tuple[list[UUID], list[UUID]]:
+        """(ids, tenants) of every row the batch may write into, for `unnest` in a statement."""
+        owners = self.owners
+        ids = sorted(owners)
+        return ids, [owners[i] for i in ids]
+
+
+def _lock_key(row_id: UUID) -> int:
+    # 32 bits of the id: a collision only makes two unrelated claims wait for each other.
+    return int.from_bytes(row_id.bytes[:4], "big", signed=True)
+
+
+async def claim(
+    conn: psycopg.AsyncConnection,
+    records: Sequence[Record],
+    key: str,
+    lock_rows: str,
+    namespace: int,
+    *,
+    not_creatable: Callable[[list[UUID]], Awaitable[set[UUID]]] | None = None,
+) -> Claims:
+    """Lock the rows the records name (by their `key` attribute) and decide who owns each.
+
+    `lock_rows` selects `(id, tenant_id)` of existing rows `WHERE id = ANY(%s) ORDER BY id FOR
+    UPDATE`. `not_creatable`, when given, is asked (under the locks) which missing ids must not
+    be created; they are left out of the owners and listed in `excluded`.
     """
-    owners: dict[UUID, UUID] = {}
-    missing = ids
-    for _ in range(3):
-        await conn.execute(create, (missing,))
-        cur = await conn.execute(lock, (ids,))
-        owners = {row[0]: row[1] for row in await cur.fetchall()}
-        missing = [i for i in ids if i not in owners]
-        if not missing:
-            return owners
-    raise TransientSinkError(f"rows {missing[:3]} kept disappearing while being claimed")
+    ids = sorted({getattr(r.event, key) for r in records})
+    claims = Claims()
+    cur = await conn.execute(lock_rows, (ids,))
+    claims.existing = {row[0]: row[1] for row in await cur.fetchall()}
+    missing = [i for i in ids if i not in claims.existing]
+    if missing:
+        await conn.execute(ADVISORY_LOCKS, (namespace, [_lock_key(i) for i in missing]))
+        cur = await conn.execute(lock_rows, (missing,))
+        claims.existing.update({row[0]: row[1] for row in await cur.fetchall()})
+        missing = [i for i in missing if i not in claims.existing]
+        if missing and not_creatable is not None:
+            claims.excluded = await not_creatable(missing)
+        first_claimer: dict[UUID, UUID] = {}
+        for r in sorted(records, key=lambda r: r.offset):
+            row_id = getattr(r.event, key)
+            if row_id not in claims.existing and row_id not in first_claimer:
+                first_claimer[row_id] = r.event.tenant_id
+        claims.new = {i: tenant for i, tenant in first_claimer.items() if i not in claims.excluded}
+    return claims
 
 
 def mismatches(records: Sequence[Record], owners: dict[UUID, UUID], key: str) -> dict[int, tuple[Reason, str]]:
+    """Records naming a row of another tenant, as dead letters' (reason, detail) by offset."""
     rejected = {}
     for r in records:
-        if owners[getattr(r.event, key)] != r.event.tenant_id:
-            rejected[r.offset] = (
-                Reason.TENANT_MISMATCH,
-                f"{key} {getattr(r.event, key)} belongs to another tenant",
-            )
+        row_id = getattr(r.event, key)
+        owner = owners.get(row_id)
+        if owner is not None and owner != r.event.tenant_id:
+            rejected[r.offset] = (Reason.TENANT_MISMATCH, f"{key} {row_id} belongs to another tenant")
     return rejected
