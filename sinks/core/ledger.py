@@ -67,6 +67,18 @@ WHERE consumer_group = %(group)s AND topic = %(topic)s
 RETURNING partition, last_offset
 """
 
+# What `eventsink ledger skip` does: offsets after the ledger up to `to` are accepted as lost.
+SKIP = """
+UPDATE eventsink.offsets_ledger
+SET lost = lost + (%(to)s - last_offset), last_offset = %(to)s, updated_at = now()
+WHERE consumer_group = %(group)s AND topic = %(topic)s AND partition = %(partition)s AND last_offset < %(to)s
+"""
+LAST_OFFSET = """
+SELECT last_offset FROM eventsink.offsets_ledger
+WHERE consumer_group = %s AND topic = %s AND partition = %s
+FOR UPDATE
+"""
+
 NOTHING_APPLIED = -1
 
 
@@ -154,6 +166,21 @@ async def positions(conn: psycopg.AsyncConnection, group: str, topic: str) -> di
 async def rows(conn: psycopg.AsyncConnection, group: str | None = None, topic: str | None = None) -> list[LedgerRow]:
     cur = await conn.execute(ROWS, {"group": group, "topic": topic})
     return [LedgerRow(*r) for r in await cur.fetchall()]
+
+
+def skip(conn: psycopg.Connection, group: str, topic: str, partition: int, to: int, reason: str) -> int | None:
+    """Accept the offsets after the ledger up to `to` as lost: recorded, and the partition resumes
+    after `to` (the caller commits). Returns how many offsets, or None if the ledger is at or
+    past `to` already."""
+    row = conn.execute(LAST_OFFSET, (group, topic, partition)).fetchone()
+    last = int(row[0]) if row else NOTHING_APPLIED
+    if last >= to:
+        return None
+    if row is None:
+        conn.execute(CREATE, (group, topic, partition))
+    conn.execute(RECORD_LOST, (group, topic, partition, last + 1, to, reason))
+    conn.execute(SKIP, {"group": group, "topic": topic, "partition": partition, "to": to})
+    return to - last
 
 
 def reset(

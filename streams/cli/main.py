@@ -14,6 +14,7 @@ from streams.cli.chat import chat
 from streams.cli.console import err, out, settings
 from streams.cli.dlq import dlq
 from streams.cli.lag import lag
+from streams.cli.ledger import ledger_command
 from streams.cli.produce import produce
 from streams.cli.retention import retention
 from streams.cli.tail import tail_command
@@ -96,7 +97,7 @@ def run(count: int, tenants: int, keep_running: bool) -> None:
     demo.main(count=count, tenants=tenants, keep_running=keep_running)
 
 
-for command in (produce, chat, retention, tail_command, lag, topics, dlq, verify, backup, restore):
+for command in (produce, chat, retention, tail_command, lag, ledger_command, topics, dlq, verify, backup, restore):
     cli.add_command(command)
 
 

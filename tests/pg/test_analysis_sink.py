@@ -133,3 +133,16 @@ async def test_any_order_with_duplicates_ends_in_the_in_order_row(pool: object, 
         await feed.deliver(*delivery[:n])
         delivery = delivery[n:]
     assert row(database_url, shuffled) == row(database_url, in_order)
+
+
+async def test_a_duplicate_resent_under_another_analysis_creates_no_row(pool: object, database_url: str) -> None:
+    """The same event (same dedupe_id) re-sent naming another analysis_id is a duplicate: no pending,
+    version-0 row appears for an analysis no event created."""
+    tenant, aid, other, feed = uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), Feed(pool)
+    first = ev(tenant, aid, "p", "pending", 0)
+    await feed.deliver(first)
+    again = first.model_copy(update={"analysis_id": other})
+    result = await feed.deliver(again)
+    assert (len(result.applied), len(result.duplicates)) == (0, 1)
+    assert row(database_url, other) is None
+    assert row(database_url, aid)[1] == "pending"  # type: ignore[index]

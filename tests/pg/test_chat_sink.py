@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -147,3 +148,35 @@ async def test_messages_cascade_with_their_session(sink: Sink, database_url: str
     with psycopg.connect(database_url) as conn:
         conn.execute("DELETE FROM eventsink.chat_sessions WHERE id = %s", (conv,))
     assert messages(database_url, conv) == 0
+
+
+async def test_a_duplicate_resent_under_another_conversation_creates_no_session(sink: Sink, database_url: str) -> None:
+    """A producer re-sends a message (same dedupe_id) but names another conversation: the message
+    is a duplicate, and the other conversation must not appear as an empty session."""
+    tenant, conv, other, t = uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), Topic()
+    await sink.write(t.batch(msg(tenant, conv, "m1", 1, prompt_tokens=5)))
+    result = await sink.write(t.batch(msg(tenant, other, "m1", 2, prompt_tokens=5)))
+    assert (len(result.applied), len(result.duplicates)) == (0, 1)
+    assert session(database_url, other) is None
+    assert session(database_url, conv)[4:] == (1, 5, 0)  # type: ignore[index]
+    # In one batch too: the second conversation's only message is a duplicate of the first's.
+    third, fourth = uuid.uuid4(), uuid.uuid4()
+    await sink.write(t.batch(msg(tenant, third, "m9", 3), msg(tenant, fourth, "m9", 4)))
+    assert session(database_url, third) is not None and session(database_url, fourth) is None
+
+
+async def test_concurrent_batches_claiming_one_new_conversation_agree_on_its_owner(
+    sink: Sink, database_url: str
+) -> None:
+    """Two partitions' batches name the same new conversation for two tenants at once: one claims
+    it, the other's messages are refused; never two sessions, never mixed messages."""
+    a, b, conv = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    ta, tb = Topic(), Topic()
+    results = await asyncio.gather(
+        sink.write(ta.batch(*(msg(a, conv, f"a{i}", i) for i in range(20)))),
+        sink.write(tb.batch(*(msg(b, conv, f"b{i}", i) for i in range(20)))),
+    )
+    owner = session(database_url, conv)[0]  # type: ignore[index]
+    loser = results[1] if owner == a else results[0]
+    assert len(loser.dead_letters) == 20 and {d.reason for d in loser.dead_letters} == {Reason.TENANT_MISMATCH}
+    assert session(database_url, conv)[4] == messages(database_url, conv) == 20  # type: ignore[index]

@@ -168,3 +168,86 @@ def test_the_command_reports_counts(database_url: str) -> None:
     assert chat_only.returncode == 0 and "analyses" not in chat_only.stderr
     nothing = subprocess.run(run[:4], env=env, capture_output=True, text=True, timeout=60)
     assert nothing.returncode == 2 and "give --chat-days" in nothing.stderr
+
+
+def _retention_in_flight(dsn: str, statement: str) -> psycopg.Connection:
+    """A retention transaction that has picked and changed its rows but not committed yet."""
+    conn = psycopg.connect(dsn)
+    rows = conn.execute(statement, {"age": timedelta(days=7), "batch": 100}).fetchall()
+    assert rows, "retention found nothing to do"
+    return conn
+
+
+async def _until_waiting_on_a_lock(dsn: str, application_name: str) -> None:
+    """Until a backend of the pool waits on a lock: the interleaving is then the one we want."""
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        with psycopg.connect(dsn) as conn:
+            (waiting,) = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND wait_event_type = 'Lock'",
+                (application_name,),
+            ).fetchone()  # type: ignore[misc]
+        if waiting:
+            return
+        assert asyncio.get_running_loop().time() < deadline, "the writer never waited on retention's lock"
+        await asyncio.sleep(0.05)
+
+
+async def test_an_analysis_retention_is_archiving_is_never_recreated_by_a_late_event(database_url: str) -> None:
+    """Retention has moved an analysis to the archive but not committed; a late event for it (of
+    another tenant, even) arrives meanwhile. The writer waits for the row, then finds it archived."""
+    from sinks.retention import ARCHIVE_DELETED_ANALYSES
+
+    name = f"race-{uuid.uuid4().hex[:8]}"
+    p = open_pool(database_url, stage_ddl=AnalysisWriter.stage_ddl, name=name)
+    await p.open(wait=True)
+    try:
+        w, tenant, aid = Writer(p, AnalysisWriter()), uuid.uuid4(), uuid.uuid4()
+        await w.write(
+            analysis(tenant, aid, "pending", NOW - timedelta(days=20)),
+            analysis(tenant, aid, "deleted", NOW - timedelta(days=10)),
+        )
+        retention = _retention_in_flight(database_url, ARCHIVE_DELETED_ANALYSES)
+        late = asyncio.create_task(w.write(analysis(uuid.uuid4(), aid, "processing", NOW)))
+        await _until_waiting_on_a_lock(database_url, name)
+        retention.commit()
+        retention.close()
+        result = await late
+        assert result.superseded == 1 and not result.dead_letters
+        assert existing(database_url, "analysis_requests", [aid]) == set()
+        assert existing(database_url, "analysis_requests_archive", [aid]) == {aid}
+        # And the next retention run has nothing left to trip on.
+        assert archive_analyses(database_url, 7).analyses >= 0
+    finally:
+        await p.close()
+
+
+async def test_a_session_retention_is_deleting_never_comes_back_half_filled(database_url: str) -> None:
+    """Retention deletes an idle session (its messages cascade) but has not committed; a new message
+    of that conversation arrives meanwhile. The writer waits, then starts the conversation afresh:
+    its session holds exactly the messages that exist, and its counters say so."""
+    from sinks.retention import DELETE_IDLE_SESSIONS
+
+    name = f"race-{uuid.uuid4().hex[:8]}"
+    p = open_pool(database_url, stage_ddl=ChatWriter.stage_ddl, name=name)
+    await p.open(wait=True)
+    try:
+        w, tenant, conv = Writer(p, ChatWriter()), uuid.uuid4(), uuid.uuid4()
+        await w.write(*(chat(tenant, conv, NOW - timedelta(days=40 - i)) for i in range(3)))
+        retention = _retention_in_flight(database_url, DELETE_IDLE_SESSIONS)
+        late = asyncio.create_task(w.write(chat(tenant, conv, NOW)))
+        await _until_waiting_on_a_lock(database_url, name)
+        retention.commit()
+        retention.close()
+        assert len((await late).applied) == 1
+        with psycopg.connect(database_url) as conn:
+            row = conn.execute(
+                "SELECT message_count, prompt_tokens, created_at FROM eventsink.chat_sessions WHERE id = %s", (conv,)
+            ).fetchone()
+            (messages,) = conn.execute(
+                "SELECT count(*) FROM eventsink.chat_messages WHERE session_id = %s", (conv,)
+            ).fetchone()  # type: ignore[misc]
+        assert row is not None and messages == 1
+        assert row[:2] == (1, 1) and abs((row[2] - NOW).total_seconds()) < 1
+    finally:
+        await p.close()

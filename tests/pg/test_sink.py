@@ -133,7 +133,15 @@ async def test_redelivery_after_commit_adds_nothing(sink: Sink, database_url: st
 async def test_ledger_counts_every_outcome(sink: Sink, database_url: str) -> None:
     a, t = uuid.uuid4(), topic()
     bad = DeadLetter(Reason.INVALID_JSON, "nope", t, 0, 2, None, b"x")
-    await sink.write(batch(t, 0, [(0, metric(a, "x")), (1, metric(a, "x"))], rejected=[bad], cached=[cached(3, metric(a, "x"), committed_at=-1)]))
+    await sink.write(
+        batch(
+            t,
+            0,
+            [(0, metric(a, "x")), (1, metric(a, "x"))],
+            rejected=[bad],
+            cached=[cached(3, metric(a, "x"), committed_at=-1)],
+        )
+    )
     with psycopg.connect(database_url) as conn:
         row = conn.execute(
             "SELECT last_offset, events, rows_applied, duplicates, dead_letters FROM eventsink.offsets_ledger "

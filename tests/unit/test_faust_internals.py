@@ -1,0 +1,160 @@
+"""One small test per private name of faust-streaming, mode and aiokafka that
+`streams/worker/faust_internals.py` relies on: an upgrade fails here, not in a production worker.
+
+The app is built but never started: nothing here needs a broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hashlib
+import inspect
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import faust
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.consumer.subscription_state import TopicPartitionState
+from faust.transport.conductor import Conductor
+from faust.transport.consumer import Consumer
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+from streams.worker import faust_internals as fi
+
+
+@pytest.fixture(scope="module")
+def app() -> Iterator[fi.EventsinkApp]:
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    yield fi.EventsinkApp(
+        "internals-test", broker="kafka://127.0.0.1:9", autodiscover=False, web_enabled=False, store="memory://"
+    )
+    loop.close()
+
+
+def test_the_installed_faust_is_the_one_the_module_was_written_against(monkeypatch: pytest.MonkeyPatch) -> None:
+    fi.check_version()
+    monkeypatch.setattr(fi.metadata, "version", lambda name: "0.16.0")
+    with pytest.raises(fi.UnsupportedFaust, match=r"faust-streaming==0\.15\.3"):
+        fi.check_version()
+
+
+def test_the_app_builds_its_transport_through_new_transport(app: fi.EventsinkApp) -> None:
+    assert "_new_transport" in vars(faust.App)
+    assert isinstance(app.consumer, fi.LedgerConsumer)
+    assert isinstance(app.topics, fi.LeanConductor)
+
+
+def test_faust_drain_loop_is_the_one_our_copy_follows() -> None:
+    # LedgerConsumer._drain_messages is Faust's loop with another hand-over: if Faust's changes,
+    # read the new one and port the change (then update this digest).
+    source = inspect.getsource(Consumer._drain_messages)
+    assert hashlib.sha256(source.encode()).hexdigest() == (
+        "44a2500309e83c630493f6828af50166ec8d96a0b3e4fb2bab735f704ae93417"
+    )
+
+
+def test_the_consumer_state_the_drain_loop_and_positioning_use(app: fi.EventsinkApp) -> None:
+    consumer = app.consumer
+    for name in ("_read_offset", "_committed_offset", "_commit_every", "_n_acked", "diag", "suspend_flow"):
+        assert hasattr(consumer, name), name
+    for name in ("_add_gap", "wait_first", "perform_seek", "seek", "callback", "getmany"):
+        assert callable(getattr(consumer, name)), name
+    assert isinstance(consumer._thread, fi.LedgerConsumerThread)
+
+
+def test_pausing_is_faust_active_partition_sets(app: fi.EventsinkApp) -> None:
+    consumer = app.consumer
+    for name in ("_active_partitions", "_paused_partitions", "_buffered_partitions"):
+        assert hasattr(consumer, name), name
+    assert inspect.signature(Consumer.pause_partitions).parameters.keys() == {"self", "tps"}
+    assert inspect.signature(Consumer.resume_partitions).parameters.keys() == {"self", "tps"}
+    # Faust's own resume when a queue drains must leave a held partition alone.
+    tp = TP("t", 0)
+    consumer._active_partitions = set()
+    consumer.held.add(tp)
+    consumer._buffered_partitions.add(tp)
+    consumer.on_buffer_drop(tp)
+    assert tp not in consumer._active_partitions
+    consumer.held.discard(tp)
+
+
+def test_the_conductor_internals_the_hand_over_uses(app: fi.EventsinkApp) -> None:
+    conductor = app.topics
+    assert isinstance(conductor._tp_to_callback_lock, asyncio.Lock)
+    assert isinstance(conductor._tp_index, dict)
+    assert hasattr(conductor, "_topics")
+    assert list(inspect.signature(Conductor._build_handler).parameters) == ["self", "tp", "channels"]
+    buffer = app.producer.buffer
+    assert callable(buffer.pending.qsize) and isinstance(buffer.max_messages, int)
+    assert callable(buffer.wait_until_ebb)
+
+
+def test_the_agents_read_what_faust_stream_would_maintain(app: fi.EventsinkApp) -> None:
+    assert isinstance(app.monitor.stream_inbound_time, dict)
+    assert callable(app.flow_control.is_active)
+    assert hasattr(app, "consumer_generation_id")
+
+
+def test_the_current_event_is_a_context_variable_of_weak_references() -> None:
+    from faust.streams import _current_event
+
+    assert isinstance(_current_event, contextvars.ContextVar)
+    with fi.table_partition("topic", 3):
+        event = _current_event.get()()  # type: ignore[misc]
+        assert (event.message.topic, event.message.partition) == ("topic", 3)
+    assert _current_event.get(None) is None
+
+
+def test_the_consumer_thread_methods_we_extend_and_call() -> None:
+    thread = faust_aiokafka.AIOKafkaConsumerThread
+    assert list(inspect.signature(thread._create_worker_consumer).parameters) == ["self", "transport"]
+    assert list(inspect.signature(thread._fetch_records).parameters) == [
+        "self",
+        "consumer",
+        "active_partitions",
+        "timeout",
+        "max_records",
+    ]
+    assert callable(thread.call_thread) and callable(thread._ensure_consumer)
+    # isolation_level is read from this attribute when the consumer starts its fetcher.
+    assert "self._isolation_level" in inspect.getsource(AIOKafkaConsumer.start)
+    assert "in_transaction" in inspect.getsource(thread._create_worker_consumer)
+
+
+def test_aiokafka_moves_a_fetch_position_only_through_these_methods() -> None:
+    fi._count_jumps()
+    for name in ("seek", "reset_to", "await_reset"):
+        assert callable(getattr(TopicPartitionState, name))
+    moves = [line.strip() for line in inspect.getsource(TopicPartitionState).splitlines() if "_position =" in line]
+    # The constructor, await_reset, consumed_to (consumption), reset_to and seek; nothing else.
+    assert len(moves) == 5, moves
+
+
+def test_readiness_asks_the_producers_client() -> None:
+    assert "_producer" in faust_aiokafka.Producer.__annotations__
+    assert "self._producer" in inspect.getsource(faust_aiokafka.Producer._ensure_producer)
+
+
+def test_faust_worker_keeps_its_spinner_in_an_attribute() -> None:
+    assert "self.spinner = " in inspect.getsource(faust.Worker.__init__)
+
+
+def test_log_gaps_trust_only_holes_inside_one_log_read() -> None:
+    gaps = fi.LogGaps()
+    state = SimpleNamespace(_eventsink_jumps=0)
+    tp = TopicPartition("t", 0)
+    records = {tp: [SimpleNamespace(offset=o) for o in (5, 7, 8)]}  # a marker at 6
+    gaps.observe({tp: state}, {tp: 0}, records)
+    assert gaps.verified(TP("t", 0), 5, 7)
+    assert not gaps.verified(TP("t", 0), 5, 7)  # consumed once
+    # The next read continues the same log: a hole at its start is the log's too...
+    gaps.observe({tp: state}, {tp: 0}, {tp: [SimpleNamespace(offset=10)]})
+    assert gaps.verified(TP("t", 0), 8, 10)
+    # ...unless the position was moved (a seek) in between.
+    state._eventsink_jumps = 1
+    gaps.observe({tp: state}, {tp: 0}, {tp: [SimpleNamespace(offset=20)]})
+    assert not gaps.verified(TP("t", 0), 10, 20)
