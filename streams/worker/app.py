@@ -94,6 +94,12 @@ class TopicControl:
     async def first_offset_from(self, partition: int, offset: int) -> tuple[int, int]:
         return await self.runtime.positioning.first_offset_from(self.topic, partition, offset)
 
+    def end_offset(self, partition: int) -> int | None:
+        try:
+            return self._consumer.highwater(TP(self.topic, partition))
+        except Exception:  # not assigned (anymore), or no fetch yet
+            return None
+
 
 class Runtime:
     """What the agents share: the pool, one sink and pipeline per kind, the ledger positioning."""
@@ -252,6 +258,7 @@ class Runtime:
         for topic, pipeline in self.pipelines.items():
             pipeline.on_revoked({tp.partition for tp in revoked if tp.topic == topic})
         self.app.consumer.log_gaps.forget(revoked)  # type: ignore[attr-defined]
+        self.app.consumer.forget_held(revoked)  # type: ignore[attr-defined]
 
     async def _on_assigned(self, sender: Any, assigned: set[TP], **_: Any) -> None:
         telemetry.REBALANCES.inc()

@@ -37,9 +37,9 @@ What is reached, and why:
   `reset_to`, `await_reset`): a hole between two records the fetcher returned without any seek
   in between is a hole in the broker's log (transaction markers, aborted or compacted records),
   so the pipeline may let a batch span it without asking the broker (`LogGaps`).
-- **Holding a partition** (`Consumer.pause_partitions`, `resume_partitions`, `on_buffer_drop`,
-  `_buffered_partitions`): Kafka's per-partition pause for a partition whose batch is being
-  retried, which Faust's own queue-pressure callbacks must not undo.
+- **Holding a partition** (`ConsumerThread.call_thread`, aiokafka's `pause` / `resume`): Kafka's
+  per-partition pause for a partition whose batch is slow or retried, done in the aiokafka
+  consumer on Faust's consumer thread (Faust's own `pause_partitions` loses records, see `hold`).
 - **Diagnostics** (`_active_partitions`, `_paused_partitions`, `_buffered_partitions`,
   `App.topics._topics`, `Producer._producer`): read-only, for logs and `/readyz`.
 """
@@ -297,21 +297,45 @@ class LedgerConsumer(faust_aiokafka.Consumer):
         _count_jumps()
         self.log_gaps = LogGaps()
         self.held = set()
+        self._pending_actions: set[asyncio.Future[Any]] = set()
         super().__init__(*args, **kwargs)
 
     def _new_consumer_thread(self) -> LedgerConsumerThread:
         return LedgerConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     def hold(self, tp: TP) -> None:
-        """Stop fetching one partition (Kafka's pause) until `release`."""
+        """Stop fetching one partition until `release`: Kafka's pause, in the aiokafka consumer.
+
+        Not Faust's `pause_partitions`: Faust drops the records of a partition taken out of its
+        active set while they are being handed over, after aiokafka moved the partition's
+        position past them, and nothing would deliver them again. aiokafka's pause discards
+        what it buffered for the partition without moving its position.
+        """
         self.held.add(tp)
-        self.pause_partitions({tp})
+        self._on_thread(lambda consumer: consumer.pause(KafkaTopicPartition(tp.topic, tp.partition)))
 
     def release(self, tp: TP) -> None:
         if tp in self.held:
             self.held.discard(tp)
-            if tp in self.assignment():
-                self.resume_partitions({tp})
+            self._on_thread(lambda consumer: consumer.resume(KafkaTopicPartition(tp.topic, tp.partition)))
+
+    def forget_held(self, tps: Iterable[TP]) -> None:
+        """Partitions revoked: a new assignment starts unpaused."""
+        self.held.difference_update(tps)
+
+    def _on_thread(self, action: Callable[[Any], None]) -> None:
+        """Run `action(aiokafka consumer)` on Faust's consumer thread, where that consumer lives."""
+        thread = self._thread
+
+        async def call() -> None:
+            try:
+                action(thread._ensure_consumer())
+            except Exception as exc:  # e.g. the partition was revoked meanwhile
+                log.debug("consumer thread action failed", error=f"{type(exc).__name__}: {exc}")
+
+        task = asyncio.ensure_future(thread.call_thread(call))
+        self._pending_actions.add(task)
+        task.add_done_callback(self._pending_actions.discard)
 
     fetch_errors: int = 0  # consecutive fetches that raised
 
@@ -334,13 +358,6 @@ class LedgerConsumer(faust_aiokafka.Consumer):
             await self.perform_seek()
         except Exception as seek_exc:
             log.warning("seeking after a fetch error failed", error=f"{type(seek_exc).__name__}: {seek_exc}")
-
-    def on_buffer_drop(self, tp: TP) -> None:
-        # Faust resumes a partition whose queue drained; not one the pipeline holds.
-        if tp in self.held:
-            self._buffered_partitions.discard(tp)
-            return
-        super().on_buffer_drop(tp)
 
     async def perform_seek(self) -> None:
         # The ledger is read first: records fetched from Kafka's position while the database

@@ -70,6 +70,9 @@ class PartitionControl(Protocol):
     async def first_offset_from(self, partition: int, offset: int) -> tuple[int, int]:
         """(offset of the first record at or after `offset`, the partition's log start offset)."""
 
+    def end_offset(self, partition: int) -> int | None:
+        """The partition's end offset as last fetched (None when unknown)."""
+
 
 @dataclass(frozen=True)
 class PipelineConfig:
@@ -116,6 +119,8 @@ class _Partition:
     blocked: str | None = None
     # When the ledger last advanced, or records started waiting after an idle spell.
     progress_at: float = field(default_factory=time.monotonic)
+    delivered_at: float = field(default_factory=time.monotonic)  # when a record last arrived
+    starved_end: int | None = None  # the end offset when the last starvation seek was made
 
     def waiting(self) -> bool:
         return bool(self.buffer) or self.writing
@@ -225,6 +230,7 @@ class Pipeline:
                     unverified = True
                     log.debug("hole in delivery", topic=topic, partition=p, previous=previous, offset=offset)
             st.previous = offset
+            st.delivered_at = now
             key, value, headers = msg.key, msg.value, _headers(msg.headers)
             decoded = decode(value, model, key, context)
             if isinstance(decoded, Decoded):
@@ -382,12 +388,37 @@ class Pipeline:
                 log.warning("seeking to the ledger again", topic=self.topic, partition=st.number, offset=st.expect)
                 st.expect_since = time.monotonic()
                 await self._seek_to_ledger(st)
+            elif self._starved(st):
+                # Records exist past what was applied, yet none arrives: whatever lost them on
+                # the way (a client or framework bug), the ledger knows where to resume.
+                log.warning(
+                    "no record arrives though the ledger is behind the partition's end; seeking to the ledger",
+                    topic=self.topic,
+                    partition=st.number,
+                    end_offset=self.control.end_offset(st.number),
+                    applied=self.applied.get(st.number),
+                )
+                st.delivered_at = time.monotonic()
+                st.starved_end = self.control.end_offset(st.number)
+                st.previous = None
+                await self._seek_to_ledger(st)
             st.wake.clear()
             timeout = max_wait if st.first_at is None else max(0.0, st.first_at + max_wait - time.monotonic())
             try:
                 await asyncio.wait_for(st.wake.wait(), timeout if st.buffer else 5.0)
             except TimeoutError:
                 pass
+
+    STARVED_AFTER_S = 30.0
+
+    def _starved(self, st: _Partition) -> bool:
+        if st.buffer or st.writing or st.held or st.blocked is not None or st.expect is not None:
+            return False
+        if time.monotonic() - st.delivered_at < self.STARVED_AFTER_S:
+            return False
+        end, applied = self.control.end_offset(st.number), self.applied.get(st.number)
+        # Once per end offset: a log ending in transaction markers stays "behind" after a seek.
+        return end is not None and applied is not None and end > applied and end != st.starved_end
 
     def _take(self, st: _Partition) -> list[_Entry]:
         """The next batch: up to batch_size records, never across a hole nothing verified."""
