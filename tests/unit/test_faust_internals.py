@@ -154,3 +154,15 @@ def test_log_gaps_trust_only_holes_inside_one_log_read() -> None:
     state._eventsink_jumps = 1
     gaps.observe({tp: state}, {tp: 0}, {tp: [SimpleNamespace(offset=20)]})
     assert not gaps.verified(TP("t", 0), 10, 20)
+
+
+def test_the_worker_consumer_reads_committed_records_only(app: fi.EventsinkApp) -> None:
+    """Aborted transactions are never applied. The embedded broker cannot show it (Tansu serves
+    aborted records even to read_committed consumers), so this checks the consumer the worker
+    builds: aiokafka's fetcher filters by this setting."""
+
+    async def build() -> object:  # aiokafka objects are made inside a running loop
+        return app.consumer._thread._create_worker_consumer(app.consumer.transport)
+
+    consumer = asyncio.get_event_loop().run_until_complete(build())
+    assert consumer._isolation_level == "read_committed"  # type: ignore[attr-defined]

@@ -1,0 +1,160 @@
+"""The pipeline meets offsets the broker deleted (retention) before they were applied.
+
+The embedded broker (Tansu) cannot move a partition's log start (no DeleteRecords, no
+retention on its in-memory store), so this is tested one level below the broker: a real
+`Pipeline`, a real `Sink` on the real PostgreSQL, and a broker stand-in that reports the log
+start a retention would leave. (The worker-level behaviour of the same code paths, a hole the
+broker reports as records, is tested end to end in tests/e2e.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from typing import Literal
+
+import orjson
+import psycopg
+import pytest
+
+from schemas.deadletter import DeadLetter
+from schemas.metric import MetricEvent
+from sinks.core.batch import LogIdentity
+from sinks.core.sink import Sink
+from sinks.pool import open_pool
+from sinks.writers.metric import MetricWriter
+from streams.worker.dedupe_cache import DedupeCache
+from streams.worker.pipeline import Pipeline, PipelineConfig
+
+WRITER = MetricWriter()
+
+
+class Letters(list):
+    async def __call__(self, dead: list[DeadLetter], conn: object = None) -> None:
+        self.extend(dead)
+
+
+class RetainedLog:
+    """A partition whose first `start` offsets retention deleted: what a broker would answer."""
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+        self.held: set[int] = set()
+        self.seeks: list[tuple[int, int]] = []
+
+    def hold(self, partition: int) -> None:
+        self.held.add(partition)
+
+    def release(self, partition: int) -> None:
+        self.held.discard(partition)
+
+    async def seek(self, partition: int, offset: int) -> None:
+        self.seeks.append((partition, offset))
+
+    def log_gap(self, partition: int, previous: int, offset: int) -> bool:
+        return False
+
+    def identity(self) -> LogIdentity:
+        return LogIdentity()
+
+    async def first_offset_from(self, partition: int, offset: int) -> tuple[int, int]:
+        return max(offset, self.start), self.start
+
+    def end_offset(self, partition: int) -> int | None:
+        return None
+
+
+@pytest.fixture
+async def sink(database_url: str) -> AsyncIterator[Sink]:
+    pool = open_pool(database_url, stage_ddl=WRITER.stage_ddl)
+    await pool.open(wait=True)
+    yield Sink(pool, f"g-{uuid.uuid4().hex[:8]}", WRITER, Letters())
+    await pool.close()
+
+
+def pipeline(sink: Sink, control: RetainedLog, topic: str, on_data_loss: Literal["stop", "skip"]) -> Pipeline:
+    config = PipelineConfig(
+        batch_size=50,
+        max_wait_s=0.05,
+        max_inflight=2,
+        retry_initial_s=0.05,
+        retry_max_s=0.2,
+        drain_timeout_s=5,
+        hold_records=100,
+        on_data_loss=on_data_loss,
+    )
+    cache = DedupeCache({}, topic, window_s=900, max_keys=1000)
+    return Pipeline(topic=topic, model=MetricEvent, sink=sink, cache=cache, control=control, config=config)
+
+
+def messages(tenant: str, offsets: range) -> list[SimpleNamespace]:
+    return [
+        SimpleNamespace(
+            partition=0,
+            offset=o,
+            key=tenant.encode(),
+            value=orjson.dumps(
+                {
+                    "tenant_id": tenant,
+                    "dedupe_id": f"e{o}",
+                    "name": "cpu",
+                    "value": 1.0,
+                    "occurred_at": "2024-05-01T12:00:00Z",
+                    "tags": {},
+                }
+            ),
+            headers=(),
+        )
+        for o in offsets
+    ]
+
+
+def ledger(dsn: str, group: str, topic: str) -> tuple[int, int] | None:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(
+            "SELECT last_offset, lost FROM eventsink.offsets_ledger WHERE consumer_group = %s AND topic = %s",
+            (group, topic),
+        ).fetchone()  # type: ignore[return-value]
+
+
+async def until(predicate: object, timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.02)
+
+
+async def test_by_default_a_partition_that_lost_records_to_retention_stops(sink: Sink, database_url: str) -> None:
+    topic, tenant, log = f"m-{uuid.uuid4().hex[:8]}", str(uuid.uuid4()), RetainedLog(start=100)
+    p = pipeline(sink, log, topic, "stop")
+    p.on_assigned({0})
+    p.ingest(messages(tenant, range(100, 130)))  # the ledger expects 0: 0..99 are gone
+    await until(lambda: p.blocked() == {0: "data_lost"})
+    assert 0 in log.held
+    assert ledger(database_url, sink.group, topic) in (None, (-1, 0))  # nothing applied, nothing skipped
+    p.ingest(messages(tenant, range(130, 140)))  # what arrives meanwhile waits for the operator
+    await p.drain()
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM eventsink.metrics_raw WHERE tenant_id = %s", (tenant,)
+        ).fetchone() == (0,)
+
+
+async def test_with_skip_the_loss_is_recorded_and_the_partition_goes_on(sink: Sink, database_url: str) -> None:
+    topic, tenant, log = f"m-{uuid.uuid4().hex[:8]}", str(uuid.uuid4()), RetainedLog(start=100)
+    p = pipeline(sink, log, topic, "skip")
+    p.on_assigned({0})
+    p.ingest(messages(tenant, range(100, 130)))
+    await until(lambda: (ledger(database_url, sink.group, topic) or (-1, 0))[0] == 129)
+    await p.drain()
+    assert ledger(database_url, sink.group, topic) == (129, 100)
+    assert p.totals["lost"] == 100 and p.blocked() == {}
+    with psycopg.connect(database_url) as conn:
+        ranges = conn.execute(
+            "SELECT first_offset, last_offset, reason FROM eventsink.lost_ranges WHERE consumer_group = %s",
+            (sink.group,),
+        ).fetchall()
+        rows = conn.execute("SELECT count(*) FROM eventsink.metrics_raw WHERE tenant_id = %s", (tenant,)).fetchone()
+    assert ranges == [(0, 99, "retention")] and rows == (30,)
