@@ -134,6 +134,7 @@ class Runtime:
         for kind in self.kinds:
             self._register(kind, partitions[kind.topic])
         app.ledger_positioner = self.positioning.targets
+        app.on_unreadable = self._on_unreadable
         app.on_partitions_revoked.connect(self._on_revoked)
         app.on_partitions_assigned.connect(self._on_assigned)
         if settings.web_enabled:
@@ -253,6 +254,19 @@ class Runtime:
 
         consume.__name__ = f"{kind.name}_sink"
         app.agent(topic, name=f"eventsink.{kind.name}")(consume)
+
+    def _on_unreadable(self, tp: TP, offset: int, detail: str) -> None:
+        pipeline = self.pipelines.get(tp.topic)
+        if pipeline is not None:
+            pipeline.block(
+                tp.partition,
+                "unreadable",
+                f"the Kafka client cannot read the record batch at offset {offset} ({detail}); after looking at it "
+                f"(eventsink tail cannot read it either), go on without it: eventsink ledger skip --topic {tp.topic} "
+                f"--partition {tp.partition} --to <its last offset>",
+                until=offset,
+                keep_before=offset,
+            )
 
     async def _on_revoked(self, sender: Any, revoked: set[TP], **_: Any) -> None:
         for topic, pipeline in self.pipelines.items():

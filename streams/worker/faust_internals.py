@@ -32,6 +32,10 @@ What is reached, and why:
   `AIOKafkaConsumer._isolation_level`): Faust reads committed records only in its own
   exactly-once mode, which does nothing for PostgreSQL; records of aborted transactions must
   never be applied.
+- **Records the client cannot read** (aiokafka's `FetchResult.getall`, `check_assignment`,
+  `has_more`, `_update_position`, `_partition_records.next_fetch_offset`, `consumer.pause`):
+  the records before the unreadable one are delivered, and the exception names its partition
+  and offset, so that partition alone is stopped, at that record.
 - **Holes in the log** (`AIOKafkaConsumerThread._fetch_records`, aiokafka's
   `_subscription.subscription.assignment.state_value(tp)` and `TopicPartitionState.seek`,
   `reset_to`, `await_reset`): a hole between two records the fetcher returned without any seek
@@ -56,7 +60,9 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import faust
+from aiokafka.consumer.fetcher import FetchResult
 from aiokafka.consumer.subscription_state import TopicPartitionState
+from aiokafka.errors import ConsumerStoppedError
 from aiokafka.structs import OffsetAndMetadata
 from aiokafka.structs import TopicPartition as KafkaTopicPartition
 from faust.streams import _current_event
@@ -193,11 +199,44 @@ class LeanConductor(Conductor):
 # -- the consumer thread: read_committed, and holes in the log ----------------------------------
 
 
-def _count_jumps() -> None:
-    """Count, per aiokafka partition state, every move of the fetch position that is not
-    consumption: a seek, a reset, a reset awaited. Installed once per process."""
+def _instrument_aiokafka() -> None:
+    """Installed once per process, on aiokafka's classes:
+
+    - count, per partition state, every move of the fetch position that is not consumption (a
+      seek, a reset, a reset awaited), for `LogGaps`;
+    - name the partition on an exception raised while reading its fetched records, so that the
+      consumer can stop that partition alone (`LedgerConsumerThread._fetch_records`).
+    """
     if getattr(TopicPartitionState, "_eventsink_jumps_counted", False):
         return
+
+    def getall(self: Any, max_records: int | None = None) -> Any:
+        # aiokafka's FetchResult.getall, except when reading a record raises: the records read
+        # before it are returned (the position moves to the unreadable one), and the exception
+        # names its partition and offset when that is where the next read fails.
+        tp = self._topic_partition
+        if not self.check_assignment(tp) or not self.has_more():
+            return []
+        records = []
+        try:
+            for record in self._partition_records:
+                records.append(record)
+                if max_records is not None and len(records) >= max_records:
+                    self._update_position()
+                    break
+            else:
+                self._update_position()
+                self._partition_records = None
+        except Exception as exc:
+            exc._eventsink_partition = tp  # type: ignore[attr-defined]
+            exc._eventsink_offset = self._partition_records.next_fetch_offset  # type: ignore[attr-defined]
+            if not records:
+                raise
+            self._update_position()
+            self._partition_records = None
+        return records
+
+    FetchResult.getall = getall  # type: ignore[method-assign]
     for name in ("seek", "reset_to", "await_reset"):
         original = getattr(TopicPartitionState, name)
 
@@ -280,10 +319,33 @@ class LedgerConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     ) -> Any:
         states = _states(consumer)
         jumps = {tp: getattr(state, "_eventsink_jumps", 0) for tp, state in states.items()}
-        records = await super()._fetch_records(consumer, active_partitions, timeout=timeout, max_records=max_records)
+        try:
+            records = await super()._fetch_records(
+                consumer, active_partitions, timeout=timeout, max_records=max_records
+            )
+        except (asyncio.CancelledError, ConsumerStoppedError):
+            raise
+        except Exception as exc:
+            await self._isolate_unreadable(consumer, active_partitions, exc)
+            raise
         if records:
             cast(LedgerConsumer, self.consumer).log_gaps.observe(_states(consumer), jumps, records)
         return records
+
+    async def _isolate_unreadable(self, consumer: Any, active_partitions: Any, exc: Exception) -> None:
+        """A partition whose fetched records the client cannot read (a corrupt batch, a header
+        key that is not UTF-8) raises for the whole fetch, every time: pause it, and tell the
+        consumer which it is (the pipeline stops it, loudly)."""
+        tp = getattr(exc, "_eventsink_partition", None)
+        if tp is None:
+            log.warning("a fetch failed and no partition is named", error=f"{type(exc).__name__}: {exc}")
+            return
+        position = getattr(exc, "_eventsink_offset", None)
+        if position is None:
+            position = consumer._subscription.subscription.assignment.state_value(tp).position
+        consumer.pause(tp)
+        unreadable = cast(LedgerConsumer, self.consumer).unreadable
+        unreadable[TP(tp.topic, tp.partition)] = (position, f"{type(exc).__name__}: {exc}")
 
 
 class LedgerConsumer(faust_aiokafka.Consumer):
@@ -294,9 +356,11 @@ class LedgerConsumer(faust_aiokafka.Consumer):
     held: set[TP]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        _count_jumps()
+        _instrument_aiokafka()
         self.log_gaps = LogGaps()
         self.held = set()
+        # Partitions whose records the client cannot read: the offset where it stands, and why.
+        self.unreadable: dict[TP, tuple[int, str]] = {}
         self._pending_actions: set[asyncio.Future[Any]] = set()
         super().__init__(*args, **kwargs)
 
@@ -353,6 +417,12 @@ class LedgerConsumer(faust_aiokafka.Consumer):
             consecutive=self.fetch_errors,
             exc_info=exc,
         )
+        reported = getattr(self.app, "on_unreadable", None)
+        while self.unreadable:
+            tp, (offset, detail) = self.unreadable.popitem()
+            self.held.add(tp)
+            if reported is not None:
+                reported(tp, offset, detail)
         await asyncio.sleep(min(30.0, 0.5 * 2 ** min(self.fetch_errors, 6)))
         try:
             await self.perform_seek()
@@ -465,6 +535,8 @@ class EventsinkApp(faust.App):
     """A Faust app whose consumer resumes from the PostgreSQL offsets ledger."""
 
     ledger_positioner: Positioner | None = None
+    # Told (partition, offset, why) when the client cannot read a partition's records there.
+    on_unreadable: Callable[[TP, int, str], None] | None = None
 
     def _new_transport(self) -> LedgerTransport:
         return LedgerTransport(self.conf.broker_consumer, self)

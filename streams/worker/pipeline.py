@@ -117,6 +117,7 @@ class _Partition:
     cut: bool = False
     revoked: bool = False
     blocked: str | None = None
+    blocked_until: int | None = None
     # When the ledger last advanced, or records started waiting after an idle spell.
     progress_at: float = field(default_factory=time.monotonic)
     delivered_at: float = field(default_factory=time.monotonic)  # when a record last arrived
@@ -306,18 +307,29 @@ class Pipeline:
         """Partitions stopped until an operator acts, with the reason."""
         return {p: st.blocked for p, st in self._parts.items() if st.blocked is not None}
 
-    def block(self, p: int, reason: str, detail: str) -> None:
-        """Stop a partition: nothing of it is applied or skipped until `unblock`."""
+    def blocked_until(self, p: int) -> int | None:
+        """The ledger offset at which a stopped partition may resume (None: a reset decides)."""
+        st = self._parts.get(p)
+        return st.blocked_until if st is not None else None
+
+    def block(self, p: int, reason: str, detail: str, until: int | None = None, keep_before: int | None = None) -> None:
+        """Stop a partition: nothing of it is applied or skipped until `unblock`. `until`: the
+        offset the ledger must reach (an operator's `eventsink ledger skip`) to resume it.
+        `keep_before`: buffered records below this offset are still applied (they precede what
+        stopped the partition); the others are dropped, to come again after the operator."""
         st = self._parts.get(p) or self._open(p)
+        st.blocked_until = until
         if st.blocked == reason:
             return
         if st.blocked is not None:
             telemetry.PARTITION_BLOCKED.labels(self.topic, str(p), st.blocked).set(0)
         st.blocked = reason
-        self._stale(len(st.buffer))
-        st.buffer.clear()
-        st.first_at = None
-        st.cut = False
+        kept = [e for e in st.buffer if keep_before is not None and e.offset < keep_before]
+        self._stale(len(st.buffer) - len(kept))
+        st.buffer[:] = kept
+        if not kept:
+            st.first_at = None
+        st.cut = any(e.unverified_gap for e in kept[1:])
         if not st.held:
             st.held = True
             self.control.hold(p)
@@ -561,6 +573,7 @@ class Pipeline:
                     f"offsets {lost[0]}..{lost[1]} were deleted by the broker (retention) before they were applied; "
                     f"to go on without them: eventsink ledger skip --topic {self.topic} --partition {p} "
                     f"--to {lost[1]}",
+                    until=lost[1],
                 )
                 return False
             log.error("records lost to retention; recorded, going on", topic=self.topic, partition=p, offsets=lost)

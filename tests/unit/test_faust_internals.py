@@ -122,7 +122,7 @@ def test_the_consumer_thread_methods_we_extend_and_call() -> None:
 
 
 def test_aiokafka_moves_a_fetch_position_only_through_these_methods() -> None:
-    fi._count_jumps()
+    fi._instrument_aiokafka()
     for name in ("seek", "reset_to", "await_reset"):
         assert callable(getattr(TopicPartitionState, name))
     moves = [line.strip() for line in inspect.getsource(TopicPartitionState).splitlines() if "_position =" in line]
@@ -166,3 +166,13 @@ def test_the_worker_consumer_reads_committed_records_only(app: fi.EventsinkApp) 
 
     consumer = asyncio.get_event_loop().run_until_complete(build())
     assert consumer._isolation_level == "read_committed"  # type: ignore[attr-defined]
+
+
+def test_aiokafka_reads_fetched_records_as_our_getall_copy_expects() -> None:
+    from aiokafka.consumer.fetcher import FetchResult, PartitionRecords
+
+    fi._instrument_aiokafka()
+    for name in ("check_assignment", "has_more", "_update_position"):
+        assert callable(getattr(FetchResult, name)), name
+    assert "self.next_fetch_offset" in inspect.getsource(PartitionRecords)
+    assert "_eventsink_partition" in inspect.getsource(FetchResult.getall)

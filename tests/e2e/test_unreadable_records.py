@@ -1,0 +1,109 @@
+"""A record batch the Kafka client itself cannot read stops its partition alone, loudly.
+
+No producer library writes such a batch (a header key that is not UTF-8: aiokafka wants str
+keys, librdkafka turns bytes into their repr), so the test writes it through the Kafka protocol
+by hand. aiokafka then raises for the whole fetch, every time, and drops what the other
+partitions had fetched in that call: without isolation every partition of the worker stalls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import subprocess
+import sys
+
+import orjson
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.client import AIOKafkaClient
+from aiokafka.protocol.produce import ProduceRequest
+from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy as Builder
+from aiokafka.record.util import calc_crc32c
+
+from tests.e2e.test_web import get, samples, total
+from tests.helpers import Scenario, WorkerProcess, count_by_tenant, ledger, wait_applied, wait_until
+from tests.workload import Sent, create_topics, metric_json, publish, send_raw
+
+pytestmark = pytest.mark.e2e
+
+
+def _unreadable_batch(value: bytes) -> bytes:
+    """A valid record batch (CRC included) whose one header key is the bytes FF FE."""
+    builder = Builder(
+        magic=2,
+        compression_type=0,
+        is_transactional=0,
+        producer_id=-1,
+        producer_epoch=-1,
+        base_sequence=-1,
+        batch_size=1 << 20,
+    )
+    builder.append(0, timestamp=None, key=None, value=value, headers=[("QQ", b"x")])
+    buf = bytearray(builder.build())
+    at = buf.index(b"QQ")
+    buf[at : at + 2] = b"\xff\xfe"  # same length: lengths and varints stay valid
+    struct.pack_into(">I", buf, 17, calc_crc32c(bytes(buf[21:])))  # CRC-32C covers attributes..end
+    return bytes(buf)
+
+
+async def _produce_raw(bootstrap: str, topic: str, partition: int, batch: bytes) -> None:
+    client = AIOKafkaClient(bootstrap_servers=bootstrap)
+    await client.bootstrap()
+    try:
+        await client._wait_on_metadata(topic)
+        node = client.cluster.leader_for_partition(TopicPartition(topic, partition))
+        response = await client.send(node, ProduceRequest(None, -1, 10000, [(topic, [(partition, batch)])]))
+        assert response.topics[0][1][0][1] == 0, response
+    finally:
+        await client.close()
+
+
+def test_a_batch_the_client_cannot_read_stops_only_its_partition_until_skipped(scenario: Scenario) -> None:
+    s, sent = scenario, Sent()
+    create_topics(s)
+    publish(s, sent, 1200, duplicates=0.0, seed=401)
+    assert len(sent.last_offsets) >= 2
+    bad = min(sent.last_offsets)
+    tenant = next(t for t in sent.tenants if t)  # any tenant: the record is never decoded
+    asyncio.run(_produce_raw(s.bootstrap, s.topic, bad, _unreadable_batch(metric_json(tenant, "unreadable"))))
+    bad_offset = sent.last_offsets[bad] + 1
+    # Valid records after it, in the same partition: they wait behind it, never skipped silently.
+    after = send_raw(
+        s,
+        sent,
+        [(tenant.encode(), metric_json(tenant, f"after-{i}")) for i in range(5)],
+        partition=bad,
+        unique={tenant: 5},
+    )
+    assert after[0] == (bad, bad_offset + 1)
+    w = WorkerProcess(s.env(EVENTSINK_LOG_CHECK_S="1"), s.data_dir / "w.log").start()
+    try:
+        others = {p: o for p, o in sent.last_offsets.items() if p != bad}
+        wait_applied(s.dsn, s.group, s.topic, others)
+        wait_until(
+            lambda: total(samples(w), "eventsink_partition_blocked", partition=str(bad), reason="unreadable") == 1,
+            60,
+            what="the partition with the unreadable batch stopped",
+        )
+        # Everything before the unreadable record is applied; nothing after it, until the operator.
+        wait_applied(s.dsn, s.group, s.topic, {bad: bad_offset - 1})
+        assert ledger(s.dsn, s.group, s.topic)[bad]["last_offset"] == bad_offset - 1
+        status, body = get(f"{w.web}/healthz")
+        assert status == 200 and orjson.loads(body)["stopped_partitions"] == {f"{s.topic}[{bad}]": "unreadable"}
+        assert total(samples(w), "eventsink_fetch_errors_total") >= 1
+        skip = ["ledger", "skip", "--topic", s.topic, "--partition", str(bad), "--to", str(bad_offset)]
+        skipped = subprocess.run(
+            [sys.executable, "-m", "streams.cli", *skip],
+            env=s.env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert skipped.returncode == 0, skipped.stderr
+        wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
+    finally:
+        assert w.stop() == 0
+    assert count_by_tenant(s.dsn, sent.tenants) == dict(sent.unique_per_tenant)
+    assert ledger(s.dsn, s.group, s.topic)[bad]["last_offset"] == sent.last_offsets[bad]
+    assert not any("\x1b" in line for line in w.log_text().splitlines())
