@@ -38,9 +38,10 @@ INSERT_MESSAGES = """
 WITH inserted AS (
     INSERT INTO eventsink.chat_messages
         (tenant_id, dedupe_id, session_id, role, content, model, prompt_tokens, completion_tokens,
-         occurred_at, kafka_topic, kafka_partition, kafka_offset)
+         occurred_at, schema_version, attributes, kafka_topic, kafka_partition, kafka_offset)
     SELECT s.tenant_id, s.dedupe_id, s.conversation_id, s.role, s.content, s.model,
-           s.prompt_tokens, s.completion_tokens, s.occurred_at, %(topic)s, %(partition)s, s.kafka_offset
+           s.prompt_tokens, s.completion_tokens, s.occurred_at, s.schema_version, s.attributes,
+           %(topic)s, %(partition)s, s.kafka_offset
     FROM chat_stage s
     JOIN eventsink.chat_sessions c ON c.id = s.conversation_id AND c.tenant_id = s.tenant_id
     ORDER BY s.tenant_id, s.dedupe_id, s.kafka_offset

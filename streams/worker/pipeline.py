@@ -169,7 +169,7 @@ class Pipeline:
                     await self._flush(p)
                     buffer = st.buffer
             key, value = msg.key, msg.value
-            decoded = decode(value, model, key, context)
+            decoded = telemetry.count_unknown_fields(topic, decode(value, model, key, context))
             if isinstance(decoded, Decoded):
                 ev = decoded.event
                 record = Record(offset, ev, key, value, _headers(msg.headers))
