@@ -33,7 +33,6 @@ M = TypeVar("M", bound=BaseModel)
 # What decoding does with a top-level field the model does not know (validation context key).
 UnknownFields = Literal["keep", "ignore", "reject"]
 UNKNOWN_FIELDS = "unknown_fields"
-UNKNOWN_FIELD_POLICIES: tuple[UnknownFields, ...] = ("keep", "ignore", "reject")
 SCHEMA_VERSION = "schema_version"
 
 

@@ -9,7 +9,7 @@ literally named "attributes" sends an unknown field like any other.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
@@ -21,7 +21,7 @@ MAX_ATTRIBUTES_BYTES = 64 * 1024
 ATTRIBUTES = "attributes"
 
 
-def SchemaVersion(known: int) -> object:
+def SchemaVersion(known: int) -> Any:
     """The optional `schema_version` of a kind whose newest major version is `known`."""
     return Integer("int2", 1, known)
 
