@@ -2,6 +2,13 @@
 
 `decode` is total: for any bytes it returns `Decoded` or `Rejected` with a stable reason and a
 truthful detail, so a worker can route the record to its dead-letter topic and a tail can show why.
+
+Forward compatible (the tolerant reader): a top-level field the model does not know is kept in
+the event's `attributes` (policy `keep`, the default), dropped (`ignore`) or refused as
+`unknown_field` (`reject`); either way its name is reported. Everything else stays strict: types,
+ranges, required fields. An event whose `schema_version` is newer than the model's
+`SCHEMA_VERSION` is refused as `unsupported_version` before anything else is checked, since a
+newer major version may have changed what its fields mean.
 """
 
 from __future__ import annotations
@@ -10,42 +17,58 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from functools import cache
+from typing import Any, Generic, Literal, TypeVar
 from uuid import UUID
 
 import orjson
 from pydantic import BaseModel, ValidationError
 
 from schemas.deadletter import MAX_DETAIL, Reason
+from schemas.envelope import ATTRIBUTES
 from schemas.fields import NO_NUL, NUL_MESSAGE
 
 M = TypeVar("M", bound=BaseModel)
+
+# What decoding does with a top-level field the model does not know (validation context key).
+UnknownFields = Literal["keep", "ignore", "reject"]
+UNKNOWN_FIELDS = "unknown_fields"
+SCHEMA_VERSION = "schema_version"
 
 
 @dataclass(frozen=True, slots=True)
 class Decoded(Generic[M]):
     event: M
+    # Top-level fields the model does not know (kept in event.attributes, or ignored), sorted.
+    unknown: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
     reason: Reason
     detail: str
+    # Top-level fields the model does not know, when they are known to be there.
+    unknown: tuple[str, ...] = ()
 
 
 def encode(event: BaseModel) -> bytes:
-    """Serialise an event to its wire form (UTF-8 JSON, timestamps in RFC 3339)."""
-    return orjson.dumps(event.model_dump(mode="json", exclude_none=True))
+    """Serialise an event to its wire form (UTF-8 JSON, timestamps in RFC 3339); kept unknown
+    fields (`attributes`) go back to the top level, where they came from."""
+    body = event.model_dump(mode="json", exclude_none=True)
+    kept = getattr(event, ATTRIBUTES, None)
+    return orjson.dumps({**kept, **body} if kept else body)
 
 
 def encode_key(tenant_id: UUID) -> bytes:
     return str(tenant_id).encode()
 
 
-def _describe(exc: ValidationError) -> str:
+def _describe(exc: ValidationError, unknown: tuple[str, ...] = ()) -> str:
     parts = []
     for err in exc.errors(include_url=False, include_input=False):
         loc = ".".join(str(p) for p in err["loc"]) or "(event)"
+        if unknown and err["loc"][:1] == (ATTRIBUTES,):
+            loc = f"unknown fields {_names(unknown)} (kept as attributes)"
         if err["type"] == "string_pattern_mismatch" and err.get("ctx", {}).get("pattern") == NO_NUL:
             msg = NUL_MESSAGE
         else:
@@ -86,13 +109,25 @@ def _exact(raw: bytes, obj: Any) -> Any:
     return json.loads(raw)
 
 
+def _names(fields: tuple[str, ...], limit: int = 10) -> str:
+    shown = ", ".join(repr(f[:100]) for f in fields[:limit])
+    return shown + (f" and {len(fields) - limit} more" if len(fields) > limit else "")
+
+
+@cache
+def wire_fields(model: type[BaseModel]) -> frozenset[str]:
+    """The top-level fields of the model's wire contract (every field but `attributes`)."""
+    return frozenset(model.model_fields) - {ATTRIBUTES}
+
+
 def decode(
     raw: bytes | None, model: type[M], key: bytes | None = None, context: dict[str, Any] | None = None
 ) -> Decoded[M] | Rejected:
     """Decode and validate one record value; check that the record key names the same tenant.
 
     Total: returns `Decoded` or `Rejected` for any bytes and never raises. `context` carries
-    deployment limits to the model's validators (chat's max_content_bytes).
+    deployment settings to decoding and to the model's validators: `unknown_fields` (keep,
+    ignore or reject; keep when absent) and chat's `max_content_bytes`.
     """
     try:
         return _decode(raw, model, key, context)
@@ -115,15 +150,37 @@ def _decode(
         obj = _exact(raw, obj)
     except (ValueError, RecursionError) as exc:
         return Rejected(Reason.INVALID_JSON, f"value is not JSON this decoder can read exactly: {exc}")
+    version = obj.get(SCHEMA_VERSION)
+    known = getattr(model, "SCHEMA_VERSION", None)
+    if type(version) is int and known is not None and version > known:
+        return Rejected(
+            Reason.UNSUPPORTED_VERSION,
+            f"schema_version {version} is newer than {known}, the newest version of {model.__name__} this reader knows",
+        )
+    wire = wire_fields(model)
+    unknown: tuple[str, ...] = ()
+    if not wire.issuperset(obj):
+        unknown = tuple(sorted(k for k in obj if k not in wire))
+        policy = (context or {}).get(UNKNOWN_FIELDS, "keep")
+        if policy == "reject":
+            plural = "s" if len(unknown) > 1 else ""
+            detail = f"unknown field{plural} {_names(unknown)}: this kind refuses fields it does not know"
+            return Rejected(Reason.UNKNOWN_FIELD, detail, unknown)
+        known_part = {k: v for k, v in obj.items() if k in wire}
+        if policy == "keep":
+            known_part[ATTRIBUTES] = {k: obj[k] for k in unknown}
+        obj = known_part
     try:
         event = model.model_validate(obj, context=context)
     except ValidationError as exc:
         too_large = any(e["type"] == "too_large" for e in exc.errors(include_url=False, include_input=False))
-        return Rejected(Reason.TOO_LARGE if too_large else Reason.INVALID_EVENT, _describe(exc))
+        return Rejected(Reason.TOO_LARGE if too_large else Reason.INVALID_EVENT, _describe(exc, unknown), unknown)
     tenant_id: UUID = event.tenant_id  # type: ignore[attr-defined]
     if key is not None and not _same_tenant(key, obj.get("tenant_id"), tenant_id):
-        return Rejected(Reason.KEY_MISMATCH, f"record key {key[:64]!r} is not the event's tenant_id {tenant_id}")
-    return Decoded(event)
+        return Rejected(
+            Reason.KEY_MISMATCH, f"record key {key[:64]!r} is not the event's tenant_id {tenant_id}", unknown
+        )
+    return Decoded(event, unknown)
 
 
 def _same_tenant(key: bytes, text: object, tenant_id: UUID) -> bool:

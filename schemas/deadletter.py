@@ -40,6 +40,10 @@ class Reason(StrEnum):
     TOO_LARGE = "too_large"
     TENANT_MISMATCH = "tenant_mismatch"
     DB_REJECTED = "db_rejected"
+    # A top-level field the contract does not know, with the kind's policy `reject`.
+    UNKNOWN_FIELD = "unknown_field"
+    # schema_version newer than the worker knows: replayable once workers that know it run.
+    UNSUPPORTED_VERSION = "unsupported_version"
 
 
 @dataclass(frozen=True, slots=True)

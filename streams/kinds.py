@@ -9,6 +9,7 @@ from pydantic import BaseModel
 
 from schemas.analysis import AnalysisEvent
 from schemas.chat import ChatEvent
+from schemas.codec import UNKNOWN_FIELDS
 from schemas.metric import MetricEvent
 from sinks.core.sink import RowWriter
 from sinks.writers.analysis import AnalysisWriter
@@ -24,23 +25,37 @@ class Kind:
     dlq_topic: str
     model: type[BaseModel]
     writer: RowWriter
-    # Deployment limits handed to the model's validators.
+    # Deployment settings handed to decoding and the model's validators (`schemas.codec.decode`).
     context: dict[str, Any] = field(default_factory=dict)
 
 
 def all_kinds(settings: Settings) -> list[Kind]:
     s = settings
     return [
-        Kind("metric", s.metrics_topic, s.metrics_dlq_topic or "", MetricEvent, MetricWriter()),
+        Kind(
+            "metric",
+            s.metrics_topic,
+            s.metrics_dlq_topic or "",
+            MetricEvent,
+            MetricWriter(),
+            {UNKNOWN_FIELDS: s.metric_unknown_fields},
+        ),
         Kind(
             "chat",
             s.chat_topic,
             s.chat_dlq_topic or "",
             ChatEvent,
             ChatWriter(),
-            {"max_content_bytes": s.chat_max_content_bytes},
+            {"max_content_bytes": s.chat_max_content_bytes, UNKNOWN_FIELDS: s.chat_unknown_fields},
         ),
-        Kind("analysis", s.analysis_topic, s.analysis_dlq_topic or "", AnalysisEvent, AnalysisWriter()),
+        Kind(
+            "analysis",
+            s.analysis_topic,
+            s.analysis_dlq_topic or "",
+            AnalysisEvent,
+            AnalysisWriter(),
+            {UNKNOWN_FIELDS: s.analysis_unknown_fields},
+        ),
     ]
 
 

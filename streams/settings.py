@@ -14,6 +14,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from schemas.codec import UnknownFields
 from sinks.dsn import redact_dsn, register_dsn, register_secret
 
 SECURE_SSLMODES = ("require", "verify-ca", "verify-full")
@@ -89,6 +90,11 @@ class Settings(BaseSettings):
     # The kinds a worker consumes (comma-separated): metric, chat, analysis.
     kinds: str = "metric,chat,analysis"
     chat_max_content_bytes: int = Field(64 * 1024, ge=1, le=10 * 1024 * 1024)
+    # Top-level fields a kind's contract does not know: keep them (attributes column), ignore
+    # them, or reject the record (DLQ, unknown_field). Per kind, so one can stay strict.
+    metric_unknown_fields: UnknownFields = "keep"
+    chat_unknown_fields: UnknownFields = "keep"
+    analysis_unknown_fields: UnknownFields = "keep"
     topic_partitions: int = Field(8, ge=1, description="partitions of topics eventsink creates")
     topic_replication: int = Field(1, ge=1)
 

@@ -4,8 +4,9 @@
 --   eventsink_migrator  owns the schema; runs `eventsink migrate` (DDL), `backup`, `restore`
 --   eventsink_writer    the workers: read, insert and update eventsink's tables and the ledger;
 --                       temporary staging tables; no DDL, no DELETE
---   eventsink_retention `eventsink retention`: delete idle chat sessions (their messages
---                       cascade) and move old soft-deleted analyses to the archive
+--   eventsink_retention `eventsink retention`: delete old metric rows and idle chat sessions
+--                       (their messages cascade), move old soft-deleted analyses to the
+--                       archive, record how far it pruned
 --
 -- The roles are created without a password (NOLOGIN until you set one):
 --   ALTER ROLE eventsink_writer LOGIN PASSWORD '...';
@@ -62,6 +63,12 @@ BEGIN
         GRANT SELECT, UPDATE, DELETE ON eventsink.chat_sessions, eventsink.analysis_requests,
             eventsink.analysis_events TO eventsink_retention;
         GRANT SELECT, INSERT ON eventsink.analysis_requests_archive TO eventsink_retention;
+    END IF;
+    IF to_regclass('eventsink.retention_horizons') IS NOT NULL THEN
+        GRANT SELECT, UPDATE, DELETE ON eventsink.metrics_raw TO eventsink_retention;
+        GRANT SELECT, INSERT, UPDATE ON eventsink.retention_horizons TO eventsink_retention;
+        -- Workers never say how far retention went; they (and verify) may read it.
+        REVOKE INSERT, UPDATE ON eventsink.retention_horizons FROM eventsink_writer;
     END IF;
 END
 $$;

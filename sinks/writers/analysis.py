@@ -32,9 +32,9 @@ FOR UPDATE
 INSERT_EVENTS = """
 INSERT INTO eventsink.analysis_events
     (tenant_id, dedupe_id, analysis_id, status, occurred_at, progress, result, error, kind,
-     media_url, kafka_topic, kafka_partition, kafka_offset)
+     media_url, schema_version, attributes, kafka_topic, kafka_partition, kafka_offset)
 SELECT s.tenant_id, s.dedupe_id, s.analysis_id, s.status, s.occurred_at, s.progress, s.result,
-       s.error, s.kind, s.media_url, %(topic)s, %(partition)s, s.kafka_offset
+       s.error, s.kind, s.media_url, s.schema_version, s.attributes, %(topic)s, %(partition)s, s.kafka_offset
 FROM analysis_stage s
 JOIN unnest(%(ids)s::uuid[], %(tenants)s::uuid[]) AS o(id, tenant_id)
   ON o.id = s.analysis_id AND o.tenant_id = s.tenant_id

@@ -40,9 +40,10 @@ WITH allowed AS (
 ), inserted AS (
     INSERT INTO eventsink.chat_messages
         (tenant_id, dedupe_id, session_id, role, content, model, prompt_tokens, completion_tokens,
-         occurred_at, kafka_topic, kafka_partition, kafka_offset)
+         occurred_at, schema_version, attributes, kafka_topic, kafka_partition, kafka_offset)
     SELECT a.tenant_id, a.dedupe_id, a.conversation_id, a.role, a.content, a.model,
-           a.prompt_tokens, a.completion_tokens, a.occurred_at, %(topic)s, %(partition)s, a.kafka_offset
+           a.prompt_tokens, a.completion_tokens, a.occurred_at, a.schema_version, a.attributes,
+           %(topic)s, %(partition)s, a.kafka_offset
     FROM allowed a
     ORDER BY a.tenant_id, a.dedupe_id, a.kafka_offset
     ON CONFLICT (tenant_id, dedupe_id) DO NOTHING

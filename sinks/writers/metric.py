@@ -16,9 +16,9 @@ STAGING = Staging.of(MetricEvent, "metric_stage")
 # offset breaks ties so the earliest of two same-key records in one batch is the one kept.
 UPSERT = """
 INSERT INTO eventsink.metrics_raw
-    (tenant_id, dedupe_id, name, value, unit, occurred_at, tags,
+    (tenant_id, dedupe_id, name, value, unit, occurred_at, tags, schema_version, attributes,
      kafka_topic, kafka_partition, kafka_offset)
-SELECT tenant_id, dedupe_id, name, value, unit, occurred_at, tags, %s, %s, kafka_offset
+SELECT tenant_id, dedupe_id, name, value, unit, occurred_at, tags, schema_version, attributes, %s, %s, kafka_offset
 FROM metric_stage
 ORDER BY tenant_id, dedupe_id, kafka_offset
 ON CONFLICT (tenant_id, dedupe_id) DO NOTHING

@@ -17,6 +17,7 @@ from streams.cli.lag import lag
 from streams.cli.ledger import ledger_command
 from streams.cli.produce import produce
 from streams.cli.retention import retention
+from streams.cli.schema import schema
 from streams.cli.tail import tail_command
 from streams.cli.topics import topics
 from streams.cli.verify import verify
@@ -97,7 +98,20 @@ def run(count: int, tenants: int, keep_running: bool) -> None:
     demo.main(count=count, tenants=tenants, keep_running=keep_running)
 
 
-for command in (produce, chat, retention, tail_command, lag, ledger_command, topics, dlq, verify, backup, restore):
+for command in (
+    produce,
+    chat,
+    retention,
+    schema,
+    tail_command,
+    lag,
+    ledger_command,
+    topics,
+    dlq,
+    verify,
+    backup,
+    restore,
+):
     cli.add_command(command)
 
 

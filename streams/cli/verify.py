@@ -55,7 +55,7 @@ def verify(topic: str, tenant: str | None, since: str | None, group: str | None,
         click.echo(orjson.dumps(report.as_dict()).decode())
     else:
         table = Table(title=f"{kind.topic} against PostgreSQL (group {report.group})", title_justify="left")
-        columns = ("tenant", "seen", "unique", "applied", "in DLQ", "pending", "missing", "duplicated")
+        columns = ("tenant", "seen", "unique", "applied", "in DLQ", "pending", "pruned", "missing", "duplicated")
         for col in columns:
             table.add_column(col, justify="left" if col == "tenant" else "right")
         rows = sorted(report.tenants.values(), key=lambda t: t.tenant)
@@ -65,7 +65,7 @@ def verify(topic: str, tenant: str | None, since: str | None, group: str | None,
                 t.tenant,
                 *(
                     str(getattr(t, f))
-                    for f in ("seen", "unique", "applied", "in_dlq", "pending", "missing", "duplicated")
+                    for f in ("seen", "unique", "applied", "in_dlq", "pending", "pruned", "missing", "duplicated")
                 ),
                 style=style,
             )

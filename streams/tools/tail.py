@@ -74,7 +74,7 @@ class TailRow:
             "timestamp": self.timestamp.isoformat().replace("+00:00", "Z"),
             "key": self.key.decode("utf-8", "replace") if self.key is not None else None,
             "valid": ok,
-            "event": self.result.event.model_dump(mode="json") if ok else None,  # type: ignore[union-attr]
+            "event": _as_stored(self.result.event) if ok else None,  # type: ignore[union-attr]
             "error": None if ok else {"reason": self.result.reason.value, "detail": self.result.detail},  # type: ignore[union-attr]
         }
         if not ok:
@@ -89,6 +89,15 @@ class TailRow:
                 "failed_at": self.dlq.failed_at,
             }
         return out
+
+
+def _as_stored(event: BaseModel) -> dict[str, Any]:
+    """The event's fields, with the unknown fields it keeps under `attributes` (as in its row)."""
+    out = event.model_dump(mode="json")
+    kept = getattr(event, "attributes", None)
+    if kept:
+        out["attributes"] = kept
+    return out
 
 
 def to_row(record: Any, model: type[BaseModel], context: dict[str, Any] | None) -> TailRow:

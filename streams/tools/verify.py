@@ -1,7 +1,9 @@
 """`eventsink verify`: a topic, read from the start, reconciled against the database.
 
 For each tenant: records seen, distinct valid events, events applied, records dead-lettered,
-events missing (valid, at or below the group's ledger, neither in the database nor in the DLQ)
+metric events pruned by retention (absent, and older than the horizon `eventsink retention`
+recorded), events missing (valid, at or below the group's ledger, neither in the database nor in
+the DLQ nor pruned)
 and rows duplicated or wrong (a key stored twice; a chat session whose counters disagree with
 its messages or the topic; an analysis row that differs from the in-order fold of its events).
 Records past the ledger are `pending`, not missing. It joins no consumer group.
@@ -21,6 +23,7 @@ import psycopg
 
 from schemas.codec import Decoded, decode
 from schemas.deadletter import DeadLetterInfo
+from sinks.retention import METRICS, horizon_of
 from sinks.writers.analysis import SELECT_ROWS
 from sinks.writers.lifecycle import fold, step_of
 from streams.kinds import Kind
@@ -37,6 +40,7 @@ class TenantReport:
     applied: int = 0
     in_dlq: int = 0
     pending: int = 0
+    pruned: int = 0
     missing: int = 0
     duplicated: int = 0
 
@@ -65,7 +69,7 @@ class VerifyReport:
     def totals(self) -> TenantReport:
         total = TenantReport("total")
         for t in self.tenants.values():
-            for name in ("seen", "unique", "applied", "in_dlq", "pending", "missing", "duplicated"):
+            for name in ("seen", "unique", "applied", "in_dlq", "pending", "pruned", "missing", "duplicated"):
                 setattr(total, name, getattr(total, name) + getattr(t, name))
         return total
 
@@ -146,6 +150,9 @@ def verify(
         stored = {(t, d): n for t, d, n in conn.execute(KEYS[kind.name], (tenants,))}
         if kind.name == "analysis":
             stored.update(_archived(conn, events))
+        # Metric rows older than this may have been deleted by retention. Read after the keys:
+        # a run that starts in between then counts as pruned, not missing.
+        horizon = horizon_of(conn, METRICS) if kind.name == "metric" else None
         for key, sources in events.items():
             row = report.tenant(str(key[0]))
             row.unique += 1
@@ -159,6 +166,8 @@ def verify(
                 row.in_dlq += 1
             elif any(s.offset > ledger.get(s.partition, -1) for s in sources):
                 row.pending += 1
+            elif horizon is not None and _first(sources).occurred_at < horizon:
+                row.pruned += 1
             else:
                 row.missing += 1
                 report.problems.append(f"{key} ({kind.topic}[{sources[0].partition}]@{sources[0].offset}) is missing")

@@ -233,7 +233,7 @@ class Pipeline:
             st.previous = offset
             st.delivered_at = now
             key, value, headers = msg.key, msg.value, _headers(msg.headers)
-            decoded = decode(value, model, key, context)
+            decoded = telemetry.count_unknown_fields(topic, decode(value, model, key, context))
             if isinstance(decoded, Decoded):
                 ev = decoded.event
                 entry = _Entry(

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from schemas.codec import Decoded, Rejected
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -136,3 +140,33 @@ TENANT_ROWS = Counter(
     ["topic", "tenant"],
     registry=REGISTRY,
 )
+UNKNOWN_FIELDS = Counter(
+    "eventsink_unknown_fields",
+    "Records carrying a top-level field their contract does not know, by field name: kept, ignored or "
+    "dead-lettered as the kind's policy says (at most 100 names per topic, later ones counted as (other))",
+    ["topic", "field"],
+    registry=REGISTRY,
+)
+# Field names come from producers: a topic gets at most this many `field` label values (each at
+# most MAX_FIELD_LABEL characters), so a producer sending random keys cannot grow the series.
+MAX_UNKNOWN_FIELD_NAMES = 100
+MAX_FIELD_LABEL = 100
+OTHER_FIELDS = "(other)"
+_unknown_names: dict[str, set[str]] = {}
+
+D = TypeVar("D", Decoded, Rejected)
+
+
+def count_unknown_fields(topic: str, decoded: D) -> D:
+    """Count the unknown top-level fields a decoded record carried; return it unchanged."""
+    if decoded.unknown:
+        names = _unknown_names.setdefault(topic, set())
+        for name in decoded.unknown:
+            label = name[:MAX_FIELD_LABEL]
+            if label not in names:
+                if len(names) >= MAX_UNKNOWN_FIELD_NAMES:
+                    label = OTHER_FIELDS
+                else:
+                    names.add(label)
+            UNKNOWN_FIELDS.labels(topic, label).inc()
+    return decoded

@@ -123,6 +123,8 @@ def test_retention_runs_as_its_own_role(database_url: str, writer_url: str) -> N
         pytest.skip("the roles are not available on this server")
     done = cli(
         "retention",
+        "--metrics-days",
+        "36500",
         "--chat-days",
         "1",
         "--analysis-deleted-days",
@@ -131,8 +133,17 @@ def test_retention_runs_as_its_own_role(database_url: str, writer_url: str) -> N
     )
     assert done.returncode == 0, done.stderr
     with psycopg.connect(with_user(database_url, "eventsink_retention"), autocommit=True) as conn:
+        for statement in (
+            "DELETE FROM eventsink.chat_messages",
+            "DELETE FROM eventsink.offsets_ledger",
+            "INSERT INTO eventsink.metrics_raw (tenant_id, dedupe_id, name, value, occurred_at, kafka_topic, "
+            "kafka_partition, kafka_offset) VALUES (gen_random_uuid(), 'x', 'x', 1, now(), 't', 0, 0)",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+    with psycopg.connect(writer_url, autocommit=True) as conn:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            conn.execute("DELETE FROM eventsink.metrics_raw")
+            conn.execute("UPDATE eventsink.retention_horizons SET horizon = now()")
 
 
 @pytest.mark.e2e

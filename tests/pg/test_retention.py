@@ -15,17 +15,19 @@ import pytest
 
 from schemas.analysis import AnalysisEvent
 from schemas.chat import ChatEvent
+from schemas.metric import MetricEvent
 from sinks.core.batch import Batch, Record
 from sinks.core.sink import Sink
 from sinks.pool import open_pool
-from sinks.retention import archive_analyses, expire_chat
+from sinks.retention import METRICS, archive_analyses, expire_chat, expire_metrics, horizon_of
 from sinks.writers.analysis import AnalysisWriter
 from sinks.writers.chat import ChatWriter
+from sinks.writers.metric import MetricWriter
 
 NOW = datetime.now(UTC)
 
 
-async def _no_dead(dead: list, conn: object = None) -> None:
+async def _no_dead(dead: list) -> None:
     assert not dead, dead
 
 
@@ -42,7 +44,8 @@ class Writer:
 
 @pytest.fixture
 async def pool(database_url: str) -> AsyncIterator[object]:
-    p = open_pool(database_url, stage_ddl=(*ChatWriter.stage_ddl, *AnalysisWriter.stage_ddl), max_size=6)
+    ddl = (*ChatWriter.stage_ddl, *AnalysisWriter.stage_ddl, *MetricWriter.stage_ddl)
+    p = open_pool(database_url, stage_ddl=ddl, max_size=6)
     await p.open(wait=True)
     yield p
     await p.close()
@@ -76,6 +79,18 @@ def analysis(tenant: uuid.UUID, aid: uuid.UUID, status: str, at: datetime) -> An
         media_url=None,
         kind=None,
     )
+
+
+def metric(tenant: uuid.UUID, at: datetime, dedupe_id: str | None = None) -> MetricEvent:
+    return MetricEvent.model_construct(
+        tenant_id=tenant, dedupe_id=dedupe_id or uuid.uuid4().hex, name="m", value=1.0, occurred_at=at, tags={}
+    )
+
+
+def metric_times(dsn: str, tenant: uuid.UUID) -> dict[str, datetime]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT dedupe_id, occurred_at FROM eventsink.metrics_raw WHERE tenant_id = %s", (tenant,))
+        return dict(rows.fetchall())
 
 
 def existing(dsn: str, table: str, ids: list[uuid.UUID]) -> set[uuid.UUID]:
@@ -156,6 +171,57 @@ async def test_old_soft_deleted_analyses_are_archived_and_never_revived(pool: ob
     assert late.superseded == 1 and existing(database_url, "analysis_requests", [old]) == set()
 
 
+async def test_metric_rows_older_than_the_cut_go_in_batches_and_the_rest_stay(pool: object, database_url: str) -> None:
+    w, tenants = Writer(pool, MetricWriter()), [uuid.uuid4(), uuid.uuid4()]
+    start = datetime.now(UTC)
+    edge = start - timedelta(days=30)  # the cut of a 30-day run starting now, or a little later
+    old = [metric(t, edge - timedelta(seconds=60 + i)) for t in tenants for i in range(25)]
+    young = [metric(t, edge + timedelta(seconds=60 + i)) for t in tenants for i in range(10)]
+    await w.write(*old, *young)
+    preview = expire_metrics(database_url, 30, dry_run=True)
+    assert preview.metrics >= 50
+    assert sum(len(metric_times(database_url, t)) for t in tenants) == 70, "a dry run deletes nothing"
+    batches: list[int] = []
+    done = expire_metrics(database_url, 30, batch=7, progress=lambda table, n: batches.append(n))
+    assert done.metrics_cut is not None and edge <= done.metrics_cut <= datetime.now(UTC) - timedelta(days=30)
+    assert done.metrics == sum(batches) >= 50 and max(batches) <= 7 and len(batches) >= 8  # 25 per tenant, by 7
+    left = {d for t in tenants for d in metric_times(database_url, t)}
+    assert left == {e.dedupe_id for e in young}, "exactly the rows older than the cut are gone"
+    with psycopg.connect(database_url) as conn:
+        assert horizon_of(conn, METRICS) >= done.metrics_cut  # type: ignore[operator]
+
+
+async def test_a_duplicate_of_a_pruned_event_is_stored_again(pool: object, database_url: str) -> None:
+    w, tenant = Writer(pool, MetricWriter()), uuid.uuid4()
+    event = metric(tenant, NOW - timedelta(days=90), "late-duplicate")
+    assert (await w.write(event)).applied
+    expire_metrics(database_url, 60)
+    assert metric_times(database_url, tenant) == {}
+    again = await w.write(event)  # the dedupe is the table: what retention removed is new again
+    assert len(again.applied) == 1 and metric_times(database_url, tenant).keys() == {"late-duplicate"}
+
+
+async def test_metric_retention_next_to_a_live_writer(pool: object, database_url: str) -> None:
+    """A writer inserting young and old rows while retention runs loses no young row."""
+    w, tenant = Writer(pool, MetricWriter()), uuid.uuid4()
+    await w.write(*(metric(tenant, NOW - timedelta(days=50, seconds=i)) for i in range(300)))
+    written: list[MetricEvent] = []
+
+    async def keep_writing() -> None:
+        for r in range(40):
+            batch = [metric(tenant, NOW - timedelta(days=50 if i % 2 else 0, seconds=i)) for i in range(10)]
+            written.extend(batch)
+            result = await w.write(*batch)
+            assert len(result.applied) == 10, r
+
+    _, done = await asyncio.gather(keep_writing(), asyncio.to_thread(expire_metrics, database_url, 30, batch=5))
+    left = metric_times(database_url, tenant)
+    young = {e.dedupe_id for e in written if e.occurred_at > NOW - timedelta(days=1)}
+    assert young <= left.keys() and len(young) == 200, "a young row was lost"
+    assert all(at < done.metrics_cut for d, at in left.items() if d not in young)  # type: ignore[operator]
+    assert done.metrics >= 300  # every old row there before the run, and old rows written during it
+
+
 def test_the_command_reports_counts(database_url: str) -> None:
     env = {**os.environ, "DATABASE_URL": database_url, "EVENTSINK_LOG_FORMAT": "json"}
     run = [sys.executable, "-m", "streams.cli", "retention", "--chat-days", "3650", "--analysis-deleted-days", "3650"]
@@ -167,7 +233,12 @@ def test_the_command_reports_counts(database_url: str) -> None:
     chat_only = subprocess.run(run[:6], env=env, capture_output=True, text=True, timeout=60)
     assert chat_only.returncode == 0 and "analyses" not in chat_only.stderr
     nothing = subprocess.run(run[:4], env=env, capture_output=True, text=True, timeout=60)
-    assert nothing.returncode == 2 and "give --chat-days" in nothing.stderr
+    assert nothing.returncode == 2 and "give --metrics-days" in nothing.stderr
+    metrics = [*run[:4], "--metrics-days", "36500", "--batch", "10"]
+    dry = subprocess.run([*metrics, "--dry-run"], env=env, capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0 and "would remove 0 metric rows older than 36500 days" in dry.stderr, dry.stderr
+    real = subprocess.run(metrics, env=env, capture_output=True, text=True, timeout=60)
+    assert real.returncode == 0 and "removed 0 metric rows" in real.stderr and "chat" not in real.stderr
 
 
 def _retention_in_flight(dsn: str, statement: str) -> psycopg.Connection:

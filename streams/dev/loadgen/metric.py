@@ -60,7 +60,7 @@ def poison_records(rng: random.Random, tenant: str, n: int) -> list[tuple[str, b
         ("naive_timestamp", lambda i: (key, variant(i, occurred_at="2024-05-01T12:00:00"))),
         ("not_utf8", lambda i: (key, b'{"tenant_id": "\xff\xfe", "n": ' + str(i).encode() + b"}")),
         ("wrong_type", lambda i: (key, variant(i, value="forty-two"))),
-        ("unknown_field", lambda i: (key, variant(i, extra={"nested": True}))),
+        ("unsupported_version", lambda i: (key, variant(i, schema_version=99))),
         ("nul_character", lambda i: (key, variant(i, name="cpu\u0000usage"))),
         ("sql_injection", lambda i: (key, variant(i, tenant_id="'); DROP TABLE metrics_raw; --"))),
         ("oversized", lambda i: (key, variant(i, tags={f"t{n}": "x" * 250 for n in range(80)}))),
