@@ -93,9 +93,9 @@ def settings() -> Settings:
     for name in loaded.short_secrets():
         log.warning(
             "a secret too short to be masked wherever it appears",
-            secret=name,
+            setting=name,
             minimum=MIN_LENGTH,
-            why="it is masked where it is labelled as one (password=..., a URL's user info) but not elsewhere",
+            why="it is masked where it is labelled as a secret (a password parameter, a URL user info) only",
         )
     return loaded
 
