@@ -9,7 +9,7 @@ import psycopg
 from psycopg.types.json import set_json_dumps
 from psycopg_pool import AsyncConnectionPool
 
-from sinks.dsn import register_dsn
+from sinks.secrets import register_dsn
 
 
 def _dumps(obj: object) -> str:

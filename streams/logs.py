@@ -1,28 +1,62 @@
 """Structured logs: JSON lines (or key=value on a terminal), secrets scrubbed on the way out.
 
 Faust's, aiokafka's and psycopg's stdlib loggers go through the same formatter, so a log
-pipeline sees one format from the whole worker.
+pipeline sees one format from the whole worker. Secrets (`sinks.secrets`) are removed twice:
+from every value of the event at any depth, then from the rendered line (which catches an object
+whose `str()` or `repr()` the renderer calls, and the escaped forms JSON gives a secret).
+Warnings and uncaught exceptions (in any thread) go through the same path.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
 from typing import Any, TextIO
 
 import orjson
 import structlog
 
-from sinks.dsn import scrub
+from sinks.secrets import scrub, scrub_data
 
 _QUIET = {"aiokafka": logging.WARNING, "kafka": logging.WARNING, "psycopg.pool": logging.WARNING}
 
 
 def _scrub(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
-    for key, value in event.items():
-        if isinstance(value, str):
-            event[key] = scrub(value)
-    return event
+    scrubbed: dict[str, Any] = scrub_data(event)
+    return scrubbed
+
+
+class _ScrubRendered:
+    """A renderer whose output is scrubbed as a whole."""
+
+    def __init__(self, renderer: Any) -> None:
+        self.renderer = renderer
+
+    def __call__(self, logger: Any, name: str, event: dict[str, Any]) -> str:
+        return scrub(str(self.renderer(logger, name, event)))
+
+
+def _log_uncaught(log: logging.Logger) -> None:
+    """Uncaught exceptions, of the main thread or any other, logged (scrubbed) rather than printed."""
+
+    def main_hook(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
+        if issubclass(kind, KeyboardInterrupt):
+            sys.__excepthook__(kind, exc, tb)
+            return
+        log.critical("uncaught exception", exc_info=(kind, exc, tb))
+
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit:
+            return
+        log.error(
+            "uncaught exception in thread %s",
+            getattr(args.thread, "name", "?"),
+            exc_info=(args.exc_type, args.exc_value, args.exc_traceback),  # type: ignore[arg-type]
+        )
+
+    sys.excepthook = main_hook
+    threading.excepthook = thread_hook
 
 
 def _dumps(obj: Any, **_: Any) -> str:
@@ -56,7 +90,7 @@ def configure(level: str = "INFO", fmt: str = "auto", stream: TextIO | None = No
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
             _scrub,
-            renderer,
+            _ScrubRendered(renderer),
         ],
     )
     handler = logging.StreamHandler(stream)
@@ -66,6 +100,8 @@ def configure(level: str = "INFO", fmt: str = "auto", stream: TextIO | None = No
     root.setLevel(level.upper())
     for name, quiet in _QUIET.items():
         logging.getLogger(name).setLevel(max(quiet, root.level))
+    logging.captureWarnings(True)
+    _log_uncaught(logging.getLogger("eventsink"))
 
 
 def get(name: str) -> structlog.stdlib.BoundLogger:

@@ -15,16 +15,19 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from schemas.codec import UnknownFields
-from sinks.dsn import redact_dsn, register_dsn, register_secret
+from sinks import secrets
+from sinks.dsn import redact_dsn
 
 SECURE_SSLMODES = ("require", "verify-ca", "verify-full")
 # Old environment variable names that still work, and the names that replace them.
 DEPRECATED_NAMES = {"EVENTSINK_METRICS_TENANTS": "EVENTSINK_TELEMETRY_TENANTS"}
 SECURE_KAFKA = ("SSL", "SASL_SSL")
-# Settings that may come from a file: X_FILE=/path (Docker and Kubernetes secrets).
+# Settings that may come from a file: X_FILE=/path (Docker and Kubernetes secrets). Each one is a
+# secret: its content is masked wherever it would appear (`sinks.secrets`).
 FILE_SECRETS = {
     "database_url": ("DATABASE_URL", "EVENTSINK_DATABASE_URL"),
     "kafka_sasl_password": ("EVENTSINK_KAFKA_SASL_PASSWORD",),
+    "kafka_ssl_password": ("EVENTSINK_KAFKA_SSL_PASSWORD",),
 }
 
 
@@ -44,9 +47,11 @@ class FileSecrets(PydanticBaseSettingsSource):
             if any(os.environ.get(n) for n in FILE_SECRETS[field_name]):
                 raise ValueError(f"set {name} or {name}_FILE, not both")
             try:
-                return Path(path).read_text().removesuffix("\n"), field_name, False
+                content = Path(path).read_text().removesuffix("\n")
             except OSError as exc:
                 raise ValueError(f"{name}_FILE={path}: {exc.strerror}") from None
+            secrets.register(content)
+            return content, field_name, False
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
@@ -78,6 +83,9 @@ class Settings(BaseSettings):
     kafka_ssl_cafile: Path | None = None
     kafka_ssl_certfile: Path | None = None
     kafka_ssl_keyfile: Path | None = None
+    # The passphrase of an encrypted client key (EVENTSINK_KAFKA_SSL_KEYFILE, or the certfile when
+    # the key is in it).
+    kafka_ssl_password: SecretStr | None = None
     kafka_ssl_check_hostname: bool = True
 
     # Topics. Dead-letter topics default to "<topic>.dlq".
@@ -159,15 +167,23 @@ class Settings(BaseSettings):
 
     @field_validator("database_url", mode="after")
     @classmethod
-    def _remember_password(cls, value: SecretStr) -> SecretStr:
-        register_dsn(value.get_secret_value())
+    def _remember_dsn_secrets(cls, value: SecretStr) -> SecretStr:
+        dsn = value.get_secret_value()
+        secrets.register_dsn(dsn)
+        try:
+            secrets.dsn_secrets(dsn)
+        except Exception as exc:
+            # libpq's complaint quotes the text around the error, maybe a piece of the password.
+            raise ValueError(
+                f"DATABASE_URL is not a valid PostgreSQL connection string ({secrets.libpq_message(str(exc))})"
+            ) from None
         return value
 
-    @field_validator("kafka_sasl_password", mode="after")
+    @field_validator("kafka_sasl_password", "kafka_ssl_password", mode="after")
     @classmethod
-    def _remember_kafka_password(cls, value: SecretStr | None) -> SecretStr | None:
+    def _remember_secret(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
-            register_secret(value.get_secret_value())
+            secrets.register(value.get_secret_value())
         return value
 
     @model_validator(mode="after")
@@ -228,6 +244,21 @@ class Settings(BaseSettings):
     def dsn_display(self) -> str:
         return redact_dsn(self.dsn)
 
+    def short_secrets(self) -> list[str]:
+        """The secrets too short to be masked wherever they appear (see `sinks.secrets.MIN_LENGTH`)."""
+        found = [
+            f"the {name} of DATABASE_URL"
+            for name, value in secrets.dsn_secrets(self.dsn).items()
+            if len(value) < secrets.MIN_LENGTH
+        ]
+        for name, value in (
+            ("EVENTSINK_KAFKA_SASL_PASSWORD", self.kafka_sasl_password),
+            ("EVENTSINK_KAFKA_SSL_PASSWORD", self.kafka_ssl_password),
+        ):
+            if value is not None and 0 < len(value.get_secret_value()) < secrets.MIN_LENGTH:
+                found.append(name)
+        return found
+
     @cached_property
     def bootstrap_list(self) -> list[str]:
         return [s.strip() for s in self.kafka_bootstrap_servers.split(",") if s.strip()]
@@ -238,9 +269,21 @@ class Settings(BaseSettings):
         context = ssl.create_default_context(cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None)
         context.check_hostname = self.kafka_ssl_check_hostname
         if self.kafka_ssl_certfile:
-            context.load_cert_chain(
-                str(self.kafka_ssl_certfile), str(self.kafka_ssl_keyfile) if self.kafka_ssl_keyfile else None
-            )
+            # Never OpenSSL's own prompt for a passphrase (it would hang a worker): without a
+            # passphrase set, an encrypted key fails to load.
+            password = self.kafka_ssl_password.get_secret_value() if self.kafka_ssl_password else ""
+            try:
+                context.load_cert_chain(
+                    str(self.kafka_ssl_certfile),
+                    str(self.kafka_ssl_keyfile) if self.kafka_ssl_keyfile else None,
+                    password=lambda: password,
+                )
+            except (ssl.SSLError, OSError) as exc:
+                raise SettingsError(
+                    f"cannot load the Kafka client certificate {self.kafka_ssl_certfile} and key "
+                    f"{self.kafka_ssl_keyfile or '(in the certificate file)'}: {exc}; an encrypted key needs its "
+                    "passphrase in EVENTSINK_KAFKA_SSL_PASSWORD (or EVENTSINK_KAFKA_SSL_PASSWORD_FILE)"
+                ) from None
         return context
 
     def kafka_security(self) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """`eventsink backup` / `eventsink restore`: pg_dump -Fc and pg_restore of the eventsink schema.
 
-The DSN reaches pg_dump and pg_restore through libpq's PG* environment variables, never their
-command line (visible to every user of the host) and never their output (scrubbed). A backup is
+The DSN reaches pg_dump and pg_restore through libpq's PG* environment variables, and its secrets
+(password, sslpassword, ...) through a libpq service file only this user can read, deleted when
+the tool exits: never their command line (visible to every user of the host) and never their
+output (scrubbed). A backup is
 taken from one exported snapshot, so the row counts written to its manifest are exactly what the
 archive holds; it is written to `FILE.partial` and renamed when complete. A restore runs in one
 transaction: it applies entirely or changes nothing.
@@ -16,8 +18,10 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,15 +36,14 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from sinks import migrate as migrations
-from sinks.dsn import database_of, redact_dsn, register_dsn, scrub
+from sinks.dsn import database_of, redact_dsn
+from sinks.secrets import SECRET_PARAMS, register_dsn, scrub
 from streams.cli.console import err, out, settings
 from streams.settings import Settings
 
 SCHEMA = migrations.SCHEMA
 MANIFEST_FORMAT = "eventsink-backup/1"
-# Connection parameters libpq has no environment variable for and that are secrets: they could
-# only be passed on the command line.
-_SECRET_PARAMS = {"sslpassword", "scram_client_key", "scram_server_key", "oauth_client_secret"}
+SERVICE = "eventsink"  # the service of the private service file that carries the DSN's secrets
 _VERSION = re.compile(r"\(PostgreSQL\) (\d+)")
 # `pg_restore --list`: "214; 1259 16390 TABLE eventsink metrics_raw postgres"
 _TOC_TABLE = re.compile(r"^\d+; \d+ \d+ TABLE (\S+) (\S+) ", re.M)
@@ -55,11 +58,14 @@ def manifest_path(file: Path) -> Path:
     return file.with_name(file.name + ".manifest.json")
 
 
-def libpq_environment(dsn: str, application: str) -> tuple[dict[str, str], str]:
+@contextmanager
+def libpq_environment(dsn: str, application: str) -> Iterator[tuple[dict[str, str], str]]:
     """The environment for a libpq tool connecting to `dsn`, and a conninfo without secrets.
 
-    Each parameter that has a PG* variable goes there (the password as PGPASSWORD); the conninfo
-    keeps the dbname and the parameters without one (keepalives, ...), for `--dbname`.
+    Each parameter that has a PG* variable goes there; the secret ones (`SECRET_PARAMS`) go to a
+    service file (PGSERVICEFILE) in a directory only this user can read, removed on exit; the
+    conninfo keeps the dbname, the service, and the parameters with no variable (keepalives, ...),
+    for `--dbname`.
     """
     try:
         params = {k: str(v) for k, v in conninfo_to_dict(dsn).items() if v is not None}
@@ -69,19 +75,36 @@ def libpq_environment(dsn: str, application: str) -> tuple[dict[str, str], str]:
     env = dict(os.environ)
     if "application_name" not in params:
         env["PGAPPNAME"] = application
+    secret = {k: v for k, v in params.items() if k in SECRET_PARAMS}
     rest = {}
     for key, value in params.items():
-        if key in _SECRET_PARAMS:
-            raise click.ClickException(
-                f"{key} cannot be handed to pg_dump/pg_restore without showing it on their command line: "
-                "use a key file without a passphrase, readable only by this user"
-            )
+        if key in secret:
+            continue
         if key in envvars:
             env[envvars[key]] = value
         if key == "dbname" or key not in envvars:
             rest[key] = value
     rest.setdefault("dbname", database_of(dsn))  # never empty: `pg_restore -d ''` would print SQL instead
-    return env, make_conninfo(**rest)
+    if not secret:
+        yield env, make_conninfo(**rest)
+        return
+    if "service" in params:
+        raise click.ClickException(
+            "a DATABASE_URL naming a service cannot also carry secrets for pg_dump/pg_restore: "
+            "put them in that service's entry"
+        )
+    if any(v != v.strip() or "\n" in v or "\r" in v for v in secret.values()):
+        raise click.ClickException(
+            f"a secret of DATABASE_URL ({', '.join(sorted(secret))}) begins or ends with a space or holds a line "
+            "break: a libpq service file cannot carry it to pg_dump/pg_restore"
+        )
+    with tempfile.TemporaryDirectory(prefix="eventsink-libpq-") as private:  # mode 0700
+        path = Path(private) / "pg_service.conf"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"[{SERVICE}]\n" + "".join(f"{k}={v}\n" for k, v in secret.items()))
+        env["PGSERVICEFILE"] = str(path)
+        yield env, make_conninfo(**rest, service=SERVICE)
 
 
 def _major(tool: Path, env: dict[str, str]) -> int | None:
@@ -217,10 +240,12 @@ def backup(file: Path, force: bool) -> None:
     s = settings()
     if file.exists() and not force:
         raise click.ClickException(f"{file} exists: pass --force to overwrite it")
-    env, conninfo = libpq_environment(s.dsn, "eventsink backup")
     partial = file.with_name(file.name + ".partial")
     started = time.monotonic()
-    with psycopg.connect(s.dsn, connect_timeout=int(s.db_connect_timeout_s)) as conn:
+    with (
+        libpq_environment(s.dsn, "eventsink backup") as (env, conninfo),
+        psycopg.connect(s.dsn, connect_timeout=int(s.db_connect_timeout_s)) as conn,
+    ):
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
         server_major = conn.info.server_version // 10000
@@ -341,63 +366,63 @@ def restore(file: Path, target_url: str | None, yes: bool, no_privileges: bool) 
     dsn = target_url or s.dsn
     register_dsn(dsn)
     display = redact_dsn(dsn)
-    env, conninfo = libpq_environment(dsn, "eventsink restore")
-    manifest = _read_manifest(file)
-    target = _inspect(dsn, s.db_connect_timeout_s)
-    # Not older than the server, nor than the pg_dump that wrote the archive (whose format it must read).
-    made_by = int(manifest["pg_dump_major"]) if manifest else 0
-    tool, tool_major = pg_tool("pg_restore", max(target.server_major, made_by), env)
-    toc = _run([str(tool), "--list", str(file)], env, f"reading {file}")
-    archived = {name for schema, name in _TOC_TABLE.findall(toc) if schema == SCHEMA}
-    if "schema_migrations" not in archived:
-        raise click.ClickException(f"{file} holds no {SCHEMA} schema: not an eventsink backup")
-    unknown = sorted(set(target.tables) - archived)
-    if unknown:
-        raise click.ClickException(
-            f"{display} has {SCHEMA} tables the backup lacks ({', '.join(unknown)}): its schema is newer than the "
-            f"backup. Restore into an empty database, or drop the {SCHEMA} schema there first"
-        )
-    filled = sorted(t for t, has_rows in target.tables.items() if has_rows and t != "schema_migrations")
-    if filled and not yes:
-        question = f"{display} holds rows in {', '.join(filled)}: replace its {SCHEMA} schema with the backup?"
-        if not sys.stdin.isatty():
-            raise click.ClickException(f"{question} Pass --yes to confirm")
-        click.confirm(question, abort=True, err=True)
-    if target.sessions:
+    with libpq_environment(dsn, "eventsink restore") as (env, conninfo):
+        manifest = _read_manifest(file)
+        target = _inspect(dsn, s.db_connect_timeout_s)
+        # Not older than the server, nor than the pg_dump that wrote the archive (whose format it must read).
+        made_by = int(manifest["pg_dump_major"]) if manifest else 0
+        tool, tool_major = pg_tool("pg_restore", max(target.server_major, made_by), env)
+        toc = _run([str(tool), "--list", str(file)], env, f"reading {file}")
+        archived = {name for schema, name in _TOC_TABLE.findall(toc) if schema == SCHEMA}
+        if "schema_migrations" not in archived:
+            raise click.ClickException(f"{file} holds no {SCHEMA} schema: not an eventsink backup")
+        unknown = sorted(set(target.tables) - archived)
+        if unknown:
+            raise click.ClickException(
+                f"{display} has {SCHEMA} tables the backup lacks ({', '.join(unknown)}): its schema is newer than the "
+                f"backup. Restore into an empty database, or drop the {SCHEMA} schema there first"
+            )
+        filled = sorted(t for t, has_rows in target.tables.items() if has_rows and t != "schema_migrations")
+        if filled and not yes:
+            question = f"{display} holds rows in {', '.join(filled)}: replace its {SCHEMA} schema with the backup?"
+            if not sys.stdin.isatty():
+                raise click.ClickException(f"{question} Pass --yes to confirm")
+            click.confirm(question, abort=True, err=True)
+        if target.sessions:
+            err.print(
+                f"[yellow]{target.sessions} other session(s) are connected to {display}: the restore waits for their "
+                "locks, and a worker left running would go on from its own state, not the backup's[/]",
+                highlight=False,
+            )
+        command = [str(tool), "--clean", "--if-exists", "--no-owner", "--single-transaction", "--exit-on-error"]
+        command += ["--no-password", *(["--no-privileges"] if no_privileges else []), f"--dbname={conninfo}", str(file)]
+        started = time.monotonic()
+        try:
+            _run(command, env, f"pg_restore into {display}")
+        except click.ClickException as exc:
+            exc.message += "\nNothing was changed: the restore runs in one transaction."
+            raise
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            counts = _counts(conn, [r[0] for r in conn.execute(TABLES, (SCHEMA,))])
+            version = _migration_version(conn)
+        expected = manifest["tables"] if manifest else None
+        out.print(_rows_table(f"{database_of(dsn)}: schema {SCHEMA} restored", counts, expected))
+        if expected is not None and counts != expected:
+            raise click.ClickException("the restored row counts differ from the backup's manifest")
+        latest = max((m.version for m in migrations.available()), default=0)
         err.print(
-            f"[yellow]{target.sessions} other session(s) are connected to {display}: the restore waits for their "
-            "locks, and a worker left running would go on from its own state, not the backup's[/]",
+            f"restored {file} into {display}: {len(counts)} tables, {sum(counts.values()):,} rows in "
+            f"{time.monotonic() - started:.1f}s (pg_restore {tool_major}, server {target.server_major}, "
+            f"migration {version})",
             highlight=False,
         )
-    command = [str(tool), "--clean", "--if-exists", "--no-owner", "--single-transaction", "--exit-on-error"]
-    command += ["--no-password", *(["--no-privileges"] if no_privileges else []), f"--dbname={conninfo}", str(file)]
-    started = time.monotonic()
-    try:
-        _run(command, env, f"pg_restore into {display}")
-    except click.ClickException as exc:
-        exc.message += "\nNothing was changed: the restore runs in one transaction."
-        raise
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        counts = _counts(conn, [r[0] for r in conn.execute(TABLES, (SCHEMA,))])
-        version = _migration_version(conn)
-    expected = manifest["tables"] if manifest else None
-    out.print(_rows_table(f"{database_of(dsn)}: schema {SCHEMA} restored", counts, expected))
-    if expected is not None and counts != expected:
-        raise click.ClickException("the restored row counts differ from the backup's manifest")
-    latest = max((m.version for m in migrations.available()), default=0)
-    err.print(
-        f"restored {file} into {display}: {len(counts)} tables, {sum(counts.values()):,} rows in "
-        f"{time.monotonic() - started:.1f}s (pg_restore {tool_major}, server {target.server_major}, "
-        f"migration {version})",
-        highlight=False,
-    )
-    if version is not None and version < latest:
-        err.print(f"[yellow]the backup predates migration {latest}: run `eventsink migrate`[/]", highlight=False)
-    changelogs = _dedupe_changelogs(s, dsn)
-    if changelogs:
-        err.print(
-            "Before workers run on this database, delete the dedupe changelog topics of its consumer groups "
-            f"({', '.join(changelogs)}): they remember keys committed after this backup, and workers would skip "
-            "those records as duplicates instead of writing them again.",
-            highlight=False,
-        )
+        if version is not None and version < latest:
+            err.print(f"[yellow]the backup predates migration {latest}: run `eventsink migrate`[/]", highlight=False)
+        changelogs = _dedupe_changelogs(s, dsn)
+        if changelogs:
+            err.print(
+                "Before workers run on this database, delete the dedupe changelog topics of its consumer groups "
+                f"({', '.join(changelogs)}): they remember keys committed after this backup, and workers would skip "
+                "those records as duplicates instead of writing them again.",
+                highlight=False,
+            )

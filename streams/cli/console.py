@@ -1,14 +1,15 @@
-"""What every command shares: settings loading, the two consoles, progress bars."""
+"""What every command shares: settings loading, the two consoles, progress bars, scrubbed output."""
 
 from __future__ import annotations
 
 import sys
+from typing import Any, TextIO
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from sinks.dsn import scrub
+from sinks.secrets import MIN_LENGTH, scrub
 from streams import logs
 from streams.settings import Settings, SettingsError, deprecated_names, load
 
@@ -17,14 +18,85 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 out = Console(width=None if sys.stdout.isatty() else 200)
 
 
+class ScrubbedStream:
+    """A text stream that writes through another with every secret scrubbed (`sinks.secrets`).
+
+    The last line of defence of the command line: whatever a command, a library or Python itself
+    prints (tables, JSON lines, click's messages, a traceback) passes through `scrub`. Text is
+    scrubbed a line at a time, so that a secret written in two pieces of one line is still caught;
+    a partial line is written when the stream is flushed (a prompt, a progress bar).
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        complete, newline, self._pending = self._pending.rpartition("\n")
+        if newline:
+            self.stream.write(scrub(complete + newline))
+        return len(text)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        if self._pending:
+            self.stream.write(scrub(self._pending))
+            self._pending = ""
+        self.stream.flush()
+
+    @property
+    def buffer(self) -> _ScrubbedBinary:
+        return _ScrubbedBinary(self)
+
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding, ...: the stream's own
+        return getattr(self.stream, name)
+
+
+class _ScrubbedBinary:
+    """The `buffer` of a ScrubbedStream: bytes are decoded, scrubbed and written as text."""
+
+    def __init__(self, text: ScrubbedStream) -> None:
+        self.text = text
+
+    def write(self, data: bytes) -> int:
+        self.text.write(bytes(data).decode(self.text.encoding or "utf-8", "surrogateescape"))
+        return len(data)
+
+    def flush(self) -> None:
+        self.text.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.text.stream.buffer, name)
+
+
+def scrub_output() -> None:
+    """Route this process's stdout and stderr through `ScrubbedStream` (once)."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, ScrubbedStream):
+            setattr(sys, name, ScrubbedStream(stream))
+
+
 def settings() -> Settings:
     try:
         loaded = load()
     except SettingsError as exc:
         raise click.ClickException(f"invalid settings: {scrub(str(exc))}") from None
     logs.configure(loaded.log_level, loaded.log_format)
+    log = logs.get(__name__)
     for old, new in deprecated_names().items():
-        logs.get(__name__).warning("deprecated setting name", name=old, use=new)
+        log.warning("deprecated setting name", name=old, use=new)
+    for name in loaded.short_secrets():
+        log.warning(
+            "a secret too short to be masked wherever it appears",
+            setting=name,
+            minimum=MIN_LENGTH,
+            why="it is masked where it is labelled as a secret (a password parameter, a URL user info) only",
+        )
     return loaded
 
 

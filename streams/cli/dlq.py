@@ -3,35 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import sys
 from datetime import datetime
-from typing import Any
 
 import click
 import orjson
 from rich.table import Table
 
-from schemas.deadletter import HEADER_PREFIX, DeadLetterInfo
+from sinks.core import deadletters
 from streams.cli.console import err, out, progress_bar, settings
 from streams.publish.publisher import Publisher
+from streams.settings import Settings
+from streams.tools import dlq as tool
 from streams.tools import reader
 from streams.tools.tail import parse_since
-
-
-def _matching(
-    records: Iterable[Any], reason: str | None, tenant: str | None, since: datetime | None
-) -> list[tuple[Any, DeadLetterInfo]]:
-    picked = []
-    for r in records:
-        info = DeadLetterInfo.from_headers(list(r.headers or ()))
-        if reason and info.reason != reason:
-            continue
-        if tenant and (r.key or b"").decode("utf-8", "replace").lower() != tenant.lower():
-            continue
-        if since and r.timestamp < since.timestamp() * 1000:
-            continue
-        picked.append((r, info))
-    return picked
 
 
 def _since(value: str | None) -> datetime | None:
@@ -41,12 +26,16 @@ def _since(value: str | None) -> datetime | None:
         raise click.BadParameter(str(exc), param_hint="--since") from None
 
 
-def _read(topic: str) -> list[Any]:
+def _read(s: Settings, topic: str) -> list[tool.Letter]:
     try:
-        s = settings()
-        return asyncio.run(reader.read_all(s.bootstrap_list, topic, security=s.kafka_security()))
+        records = asyncio.run(reader.read_all(s.bootstrap_list, topic, security=s.kafka_security()))
     except LookupError as exc:
         raise click.ClickException(str(exc)) from None
+    return [tool.Letter.of(r) for r in records]
+
+
+def _text(data: bytes | None, limit: int) -> str:
+    return (data or b"").decode("utf-8", "replace")[:limit]
 
 
 @click.group()
@@ -63,23 +52,27 @@ def dlq() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per record.")
 def list_(topic: str, reason: str | None, tenant: str | None, since: str | None, limit: int, as_json: bool) -> None:
     """What failed, why, and where it came from (newest last)."""
-    picked = _matching(_read(topic), reason, tenant, _since(since))
-    shown = sorted(picked, key=lambda p: p[0].timestamp)[-limit:]
+    picked = tool.select(_read(settings(), topic), reason, tenant, _since(since))
+    shown = sorted(picked, key=lambda letter: letter.timestamp_ms)[-limit:]
     if as_json:
-        for r, info in shown:
+        for letter in shown:
+            info = letter.info
+            stored = letter.stored
             click.echo(
                 orjson.dumps(
                     {
-                        "dlq_partition": r.partition,
-                        "dlq_offset": r.offset,
+                        "dlq_partition": letter.partition,
+                        "dlq_offset": letter.offset,
                         "reason": info.reason,
                         "detail": info.detail,
                         "source_topic": info.source_topic,
                         "source_partition": info.source_partition,
                         "source_offset": info.source_offset,
                         "failed_at": info.failed_at,
-                        "key": (r.key or b"").decode("utf-8", "replace"),
-                        "value": (r.value or b"").decode("utf-8", "replace")[:2000],
+                        "consumer_group": info.consumer_group,
+                        "stored": None if stored is None else stored.decode("utf-8", "replace"),
+                        "key": _text(letter.key, 2000),
+                        "value": _text(letter.value, 2000),
                     }
                 ).decode()
             )
@@ -87,15 +80,41 @@ def list_(topic: str, reason: str | None, tenant: str | None, since: str | None,
     table = Table(title=f"{topic}: {len(shown)} of {len(picked)} matching", title_justify="left")
     for col in ("failed at", "reason", "source", "key", "detail"):
         table.add_column(col, overflow="fold")
-    for r, info in shown:
+    for letter in shown:
+        info = letter.info
+        where = " (original in PostgreSQL)" if letter.stored is not None else ""
         table.add_row(
             info.failed_at[:26],
             info.reason,
             f"{info.source_topic}[{info.source_partition}]@{info.source_offset}",
-            (r.key or b"").decode("utf-8", "replace")[:36],
-            info.detail,
+            _text(letter.key, 36),
+            info.detail + where,
         )
     out.print(table)
+
+
+def _refusals(topic: str, refused: list[tool.Refusal]) -> Table:
+    table = Table(title=f"{topic}: {len(refused)} record(s) refused, not sent", title_justify="left")
+    for col in ("dlq record", "source header", "why"):
+        table.add_column(col, overflow="fold")
+    for r in refused:
+        info = r.letter.info
+        table.add_row(
+            f"{topic}[{r.letter.partition}]@{r.letter.offset}",
+            f"{info.source_topic or '-'}[{info.source_partition}]@{info.source_offset}",
+            r.why,
+        )
+    return table
+
+
+def _plan(s: Settings, letters: list[tool.Letter], source: str | None, target: str) -> tool.Plan:
+    """The replay plan; PostgreSQL is read only when some letter's original is kept there."""
+    if not any(letter.stored is not None for letter in letters):
+        return tool.plan(letters, source, target)
+    import psycopg
+
+    with psycopg.connect(s.dsn, connect_timeout=int(s.db_connect_timeout_s), autocommit=True) as conn:
+        return tool.plan(letters, source, target, lambda *where: deadletters.load(conn, *where))
 
 
 @dlq.command("replay")
@@ -103,36 +122,63 @@ def list_(topic: str, reason: str | None, tenant: str | None, since: str | None,
 @click.option("--reason", default=None, help="Only records that failed for this reason.")
 @click.option("--tenant", default=None, help="Only records keyed by this tenant.")
 @click.option("--since", default=None, help="Only records dead-lettered since: 10m, 2h, 1d, or a timestamp.")
-@click.option("--dry-run", is_flag=True, help="Count what would be replayed; send nothing.")
-def replay(topic: str, reason: str | None, tenant: str | None, since: str | None, dry_run: bool) -> None:
-    """Re-publish the original bytes to their source topic.
+@click.option(
+    "--to",
+    "to",
+    default=None,
+    metavar="TOPIC",
+    help="Publish to TOPIC instead of the source topic TOPIC.dlq belongs to (required for a dead-letter topic "
+    "these settings do not name).",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Count what would be replayed and list what would be refused; send nothing."
+)
+def replay(
+    topic: str, reason: str | None, tenant: str | None, since: str | None, to: str | None, dry_run: bool
+) -> None:
+    """Re-publish the original bytes to the source topic TOPIC belongs to.
 
-    They go through validation and the idempotent path again: a valid event is applied once
-    (never twice), a still-invalid one lands in the DLQ again. A record dead-lettered twice is
-    replayed once.
+    The destination comes from the settings' pairs (EVENTSINK_METRICS_TOPIC and
+    EVENTSINK_METRICS_DLQ_TOPIC, ...), or --to; never from a record's headers, which anyone able to
+    write to TOPIC wrote. A record whose eventsink.source.topic header names another topic is
+    refused (listed, and the exit status is 1), as is one whose original, kept in PostgreSQL, is
+    not found or does not match its checksum.
+
+    Replayed records go through validation and the idempotent path again: a valid event is
+    applied once (never twice), a still-invalid one lands in the DLQ again. A record
+    dead-lettered twice is replayed once.
     """
-    picked = _matching(_read(topic), reason, tenant, _since(since))
-    unique: dict[tuple[str, int, int], tuple[Any, DeadLetterInfo]] = {}
-    for r, info in picked:
-        unique.setdefault((info.source_topic, info.source_partition, info.source_offset), (r, info))
-    if dry_run:
-        err.print(f"would replay {len(unique)} record(s) from {topic} ({len(picked) - len(unique)} repeats skipped)")
-        return
     s = settings()
+    source = tool.pairs(s).get(topic)
+    if to is None and source is None:
+        named = ", ".join(f"{d} → {t}" for d, t in tool.pairs(s).items())
+        raise click.ClickException(
+            f"{topic} is not a dead-letter topic of these settings ({named}): pass --to TOPIC to choose where its "
+            "records go"
+        )
+    if to == topic:
+        raise click.ClickException("--to names the dead-letter topic itself")
+    target = to or source or ""
+    letters = tool.select(_read(s, topic), reason, tenant, _since(since))
+    plan = _plan(s, letters, source, target)
+    if plan.refused:
+        err.print(_refusals(topic, plan.refused))
+    counts = f"{plan.repeats} repeats skipped, {len(plan.refused)} refused"
+    if dry_run:
+        err.print(f"would replay {len(plan.send)} record(s) from {topic} to {target} ({counts})", highlight=False)
+        sys.exit(1 if plan.refused else 0)
 
     async def go() -> int:
         sent = 0
         with progress_bar() as bar:
-            task = bar.add_task(f"replaying {topic}", total=len(unique))
+            task = bar.add_task(f"replaying {topic}", total=len(plan.send))
             async with Publisher(s.bootstrap_list, **s.kafka_security()) as pub:
-                for r, info in unique.values():
-                    headers = [(k, v) for k, v in (r.headers or ()) if not k.startswith(HEADER_PREFIX)]
-                    await pub.publish_raw(info.source_topic, r.key, r.value, headers)
+                for item in plan.send:
+                    await pub.publish_raw(item.topic, item.key, item.value, list(item.headers))  # type: ignore[arg-type]
                     sent += 1
                     bar.update(task, completed=sent)
         return sent
 
     sent = asyncio.run(go())
-    err.print(
-        f"replayed {sent} record(s) from {topic} to their source topics ({len(picked) - len(unique)} repeats skipped)"
-    )
+    err.print(f"replayed {sent} record(s) from {topic} to {target} ({counts})", highlight=False)
+    sys.exit(1 if plan.refused else 0)

@@ -8,10 +8,10 @@ import click
 from rich.table import Table
 
 from sinks import migrate as migrations
-from sinks.dsn import scrub
+from sinks.secrets import scrub
 from streams.cli.backup import backup, restore
 from streams.cli.chat import chat
-from streams.cli.console import err, out, settings
+from streams.cli.console import err, out, scrub_output, settings
 from streams.cli.dlq import dlq
 from streams.cli.lag import lag
 from streams.cli.ledger import ledger_command
@@ -116,6 +116,7 @@ for command in (
 
 
 def main() -> None:
+    scrub_output()
     try:
         code = cli.main(standalone_mode=False)
     except click.exceptions.Abort:

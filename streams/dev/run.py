@@ -32,10 +32,12 @@ from streams.dev.loadgen.analysis import AnalysisLoad, AnalysisReport, produce_a
 from streams.dev.loadgen.chat import ChatLoad, ChatReport, produce_chat
 from streams.dev.loadgen.metric import LoadReport, MetricLoad, produce_metrics
 from streams.publish.publisher import Publisher
-from streams.settings import Settings, load
+from streams.settings import FILE_SECRETS, Settings, load
 from streams.tools.topics import ensure_topics
 
 console = Console(stderr=True)
+# Where a DSN may be configured: DATABASE_URL, DATABASE_URL_FILE and their EVENTSINK_ names.
+_DSN_VARIABLES = [name + suffix for name in FILE_SECRETS["database_url"] for suffix in ("", "_FILE")]
 STATE = Path(".eventsink")
 LEDGER = (
     "SELECT topic, max(last_offset), sum(events), sum(rows_applied), sum(duplicates), "
@@ -76,8 +78,8 @@ def _kafka(stack: contextlib.ExitStack) -> str:
 
 
 def _database(stack: contextlib.ExitStack) -> str:
-    if os.environ.get("DATABASE_URL"):
-        return os.environ["DATABASE_URL"]
+    if any(os.environ.get(name) for name in _DSN_VARIABLES):
+        return load().dsn  # DATABASE_URL or DATABASE_URL_FILE, as any command reads it
     admin = embedded.local_postgres()
     if admin is None:
         pg = embedded.EmbeddedPostgres(STATE / "pgdata").start()
@@ -265,8 +267,10 @@ def main(count: int, tenants: int, keep_running: bool) -> None:
                     settings.bootstrap_list, source_and_dlq_specs(settings), security=settings.kafka_security()
                 )
             )
+            # The worker gets the DSN as DATABASE_URL: a *_FILE variable would contradict it.
+            env = {k: v for k, v in os.environ.items() if k not in _DSN_VARIABLES}
             env = {
-                **os.environ,
+                **env,
                 "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
                 "DATABASE_URL": dsn,
                 "EVENTSINK_SESSION_TIMEOUT_MS": os.environ.get("EVENTSINK_SESSION_TIMEOUT_MS", "6000"),

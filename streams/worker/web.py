@@ -5,7 +5,8 @@ worker is exiting to restart from the ledger) or while fetching from the broker 
 its body lists the partitions that are stalled (records waiting, ledger not advancing) or
 stopped for an operator, which a restart would not cure and so do not fail it. /readyz says
 whether the worker can do its job: the broker and PostgreSQL answer, and it holds partitions (a
-worker without any, in a group with more workers than partitions, is idle and reports so).
+worker without any, in a group with more workers than partitions, is idle and reports so). Every body is scrubbed of
+secrets (`sinks.secrets`): a check's error is a library's text, which could quote one.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from sinks.secrets import scrub, scrub_data
 from streams.worker import telemetry
 from streams.worker.faust_internals import broker_metadata
 
@@ -34,7 +36,7 @@ async def _database(runtime: Runtime) -> str | None:
             await asyncio.wait_for(conn.execute("SELECT 1"), CHECK_TIMEOUT_S)
         return None
     except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"[:300]
+        return scrub(f"{type(exc).__name__}: {exc}")[:300]  # scrubbed whole, then cut
 
 
 async def _broker(runtime: Runtime) -> str | None:
@@ -42,7 +44,7 @@ async def _broker(runtime: Runtime) -> str | None:
         await asyncio.wait_for(broker_metadata(runtime.app), CHECK_TIMEOUT_S)
         return None
     except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"[:300] or "unreachable"
+        return scrub(f"{type(exc).__name__}: {exc}")[:300] or "unreachable"
 
 
 async def readiness(runtime: Runtime) -> dict[str, Any]:
@@ -150,14 +152,15 @@ def register(runtime: Runtime) -> None:
     @app.page("/metrics")
     async def metrics(self: Any, request: Any) -> Any:
         refresh_gauges(runtime)
-        return self.bytes(generate_latest(telemetry.REGISTRY), content_type=CONTENT_TYPE)
+        text = scrub(generate_latest(telemetry.REGISTRY).decode())
+        return self.bytes(text.encode(), content_type=CONTENT_TYPE)
 
     @app.page("/healthz")
     async def healthz(self: Any, request: Any) -> Any:
-        report = {**health(runtime), "uptime_s": round(time.time() - started, 1)}
+        report = scrub_data({**health(runtime), "uptime_s": round(time.time() - started, 1)})
         return self.json(report, status=503 if report["problems"] else 200)
 
     @app.page("/readyz")
     async def readyz(self: Any, request: Any) -> Any:
         report = await readiness(runtime)
-        return self.json(report, status=200 if report["ready"] else 503)
+        return self.json(scrub_data(report), status=200 if report["ready"] else 503)

@@ -85,25 +85,42 @@ def new_database(pg_admin_dsn: str) -> Iterator[Callable[[], str]]:
         embedded.drop_database(admin, name)
 
 
-def test_libpq_gets_the_password_from_the_environment_never_from_the_command_line() -> None:
-    env, conninfo = libpq_environment(
-        "postgresql://app:s3cr3t-pw@db.internal:6432/events?sslmode=verify-full&keepalives_idle=30", "eventsink test"
-    )
-    assert env["PGPASSWORD"] == "s3cr3t-pw"
-    assert (env["PGHOST"], env["PGPORT"], env["PGUSER"], env["PGDATABASE"]) == ("db.internal", "6432", "app", "events")
-    assert env["PGSSLMODE"] == "verify-full" and env["PGAPPNAME"] == "eventsink test"
-    # What has no PG* variable (keepalives_idle) and the dbname go on the command line; no secret does.
-    assert conninfo_to_dict(conninfo) == {"dbname": "events", "keepalives_idle": "30"}
-    with pytest.raises(click.ClickException, match="sslpassword"):
-        libpq_environment("host=db sslpassword=key-passphrase", "eventsink test")
+def test_libpq_tools_get_the_secrets_from_a_private_file_never_from_the_command_line(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    password, key_pass = f"pw-{uuid.uuid4().hex}", f"kp {uuid.uuid4().hex}"
+    dsn = make_conninfo(database_url, password=password, sslpassword=key_pass, keepalives_idle="30")
+    with libpq_environment(dsn, "eventsink test") as (env, conninfo):
+        service_file = Path(env["PGSERVICEFILE"])
+        assert service_file.stat().st_mode & 0o077 == 0 and service_file.parent.stat().st_mode & 0o077 == 0
+        assert env["PGAPPNAME"] == "eventsink test" and env.get("PGPASSWORD") != password
+        params = conninfo_to_dict(conninfo)
+        # What has no PG* variable (keepalives_idle), the dbname and the service go on the command line.
+        assert params == {"dbname": database_of(database_url), "keepalives_idle": "30", "service": "eventsink"}
+        assert password not in " ".join(env.values()) and key_pass not in " ".join(env.values())
+        # libpq reads them back from the file: the connection was made with both.
+        monkeypatch.setenv("PGSERVICEFILE", str(service_file))
+        for var in ("PGHOST", "PGPORT", "PGUSER"):
+            if var in env:
+                monkeypatch.setenv(var, env[var])
+        with psycopg.connect(conninfo) as conn:
+            assert conn.info.password == password
+            used = {o.keyword.decode(): o.val for o in conn.pgconn.info}
+            assert used["sslpassword"] == key_pass.encode()
+    assert not service_file.exists() and not service_file.parent.exists()
+    with (
+        pytest.raises(click.ClickException, match="line break"),
+        libpq_environment(make_conninfo(database_url, password="two\nlines"), "eventsink test"),
+    ):
+        pass
 
 
 def test_pg_tools_older_than_the_server_are_refused_with_the_package_to_install() -> None:
-    env, _ = libpq_environment("host=127.0.0.1", "eventsink test")
-    tool, major = pg_tool("pg_dump", 12, env)
-    assert tool.name == "pg_dump" and major >= 12
-    with pytest.raises(click.ClickException, match="postgresql-client-99"):
-        pg_tool("pg_restore", 99, env)
+    with libpq_environment("host=127.0.0.1", "eventsink test") as (env, _):
+        tool, major = pg_tool("pg_dump", 12, env)
+        assert tool.name == "pg_dump" and major >= 12
+        with pytest.raises(click.ClickException, match="postgresql-client-99"):
+            pg_tool("pg_restore", 99, env)
 
 
 def test_backup_refuses_a_database_without_the_schema_and_an_existing_file(

