@@ -122,15 +122,27 @@ def _rfc3339_shape(value: Any) -> Any:
     raise ValueError(RFC3339_MESSAGE)
 
 
+# The instants every PostgreSQL session gives back to Python: a timestamptz is read in the
+# session's TimeZone (offsets below a day), and Python's datetime holds years 1 to 9999 only, so
+# 0001-01-01T00:00:00Z read west of Greenwich would be in year 0 (psycopg raises DataError).
+EARLIEST = datetime(1, 1, 2, tzinfo=UTC)
+LATEST = datetime(9999, 12, 30, 23, 59, 59, 999999, tzinfo=UTC)
+_RANGE_MESSAGE = (
+    "is outside 0001-01-02T00:00:00Z to 9999-12-30T23:59:59.999999Z once in UTC"
+    " (what PostgreSQL gives back in any session time zone)"
+)
+
+
 def _to_utc(value: datetime) -> datetime:
-    # Digits beyond microseconds were truncated by the parser, as PostgreSQL's timestamptz would.
-    if value.tzinfo is UTC:
-        return value
+    # Digits beyond microseconds were truncated by the parser.
     try:
-        return value.astimezone(UTC)
+        utc = value if value.tzinfo is UTC else value.astimezone(UTC)
     except OverflowError:
         # 0001-01-01T00:30:00+01:00 is in year 0 once in UTC, 9999-12-31T23:30:00-01:00 in 10000.
-        raise ValueError(f"{value.isoformat()} is outside years 1 to 9999 once converted to UTC") from None
+        utc = None
+    if utc is None or not EARLIEST <= utc <= LATEST:
+        raise ValueError(f"{value.isoformat()} {_RANGE_MESSAGE}")
+    return utc
 
 
 Timestamptz = Annotated[AwareDatetime, BeforeValidator(_rfc3339_shape), AfterValidator(_to_utc), PgType("timestamptz")]

@@ -125,3 +125,34 @@ def test_the_dedupe_digest_is_per_tenant() -> None:
     assert dedupe_digest(a, "same") != dedupe_digest(b, "same")
     assert dedupe_digest(a, "same") == dedupe_digest(a, "same")
     assert len(dedupe_digest(a, "x")) == 16
+
+
+@pytest.mark.parametrize(
+    "occurred_at",
+    [
+        "0001-01-01T00:30:00+01:00",  # year 0 once in UTC
+        "9999-12-31T23:30:00-01:00",  # year 10000 once in UTC
+        "0001-01-01T00:00:00Z",  # year 0 once read by a session west of Greenwich
+        "9999-12-31T12:00:00Z",  # year 10000 once read by a session east of Greenwich
+    ],
+)
+def test_instants_a_session_time_zone_cannot_give_back_are_refused(occurred_at: str) -> None:
+    result = refused(orjson.dumps(payload(occurred_at=occurred_at)))
+    assert result.reason is Reason.INVALID_EVENT
+    assert result.detail == (
+        f"occurred_at: {datetime.fromisoformat(occurred_at).isoformat()} is outside 0001-01-02T00:00:00Z to "
+        "9999-12-30T23:59:59.999999Z once in UTC (what PostgreSQL gives back in any session time zone)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("occurred_at", "utc"),
+    [
+        ("0001-01-02T00:00:00Z", datetime(1, 1, 2, tzinfo=UTC)),
+        ("0001-01-02T23:59:00+23:59", datetime(1, 1, 2, tzinfo=UTC)),
+        ("9999-12-30T23:59:59.999999Z", datetime(9999, 12, 30, 23, 59, 59, 999999, tzinfo=UTC)),
+        ("9999-12-30T00:00:00.999999-23:59", datetime(9999, 12, 30, 23, 59, 0, 999999, tzinfo=UTC)),
+    ],
+)
+def test_the_earliest_and_latest_instants_are_accepted(occurred_at: str, utc: datetime) -> None:
+    assert ok(orjson.dumps(payload(occurred_at=occurred_at))).occurred_at == utc
