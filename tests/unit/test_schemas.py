@@ -156,3 +156,23 @@ def test_instants_a_session_time_zone_cannot_give_back_are_refused(occurred_at: 
 )
 def test_the_earliest_and_latest_instants_are_accepted(occurred_at: str, utc: datetime) -> None:
     assert ok(orjson.dumps(payload(occurred_at=occurred_at))).occurred_at == utc
+
+
+@pytest.mark.parametrize("number", [2.0**53, 1.2345678901234567e18, 2e19, -1e300, 1.7976931348623157e308])
+def test_a_result_with_a_float_jsonb_would_give_back_as_another_number_is_refused(number: float) -> None:
+    from schemas import AnalysisEvent
+
+    body = {"tenant_id": TENANT, "dedupe_id": "a", "analysis_id": TENANT, "status": "completed"}
+    body |= {"occurred_at": "2024-05-01T12:00:00Z", "result": {"scores": [0.5, {"x": number}]}}
+    result = decode(orjson.dumps(body), AnalysisEvent)
+    assert isinstance(result, Rejected) and result.reason is Reason.INVALID_EVENT
+    assert result.detail.startswith(f"result: holds {number!r}: a floating-point number of 2**53 or more")
+
+
+def test_a_result_keeps_64_bit_integers_and_smaller_floats() -> None:
+    from schemas import AnalysisEvent
+
+    kept = {"big": 2**64 - 1, "small": -(2**63), "f": 9007199254740991.0, "g": -1e15, "tiny": 5e-324}
+    body = {"tenant_id": TENANT, "dedupe_id": "a", "analysis_id": TENANT, "status": "completed"}
+    result = decode(orjson.dumps({**body, "occurred_at": "2024-05-01T12:00:00Z", "result": kept}), AnalysisEvent)
+    assert isinstance(result, Decoded) and result.event.result == kept
