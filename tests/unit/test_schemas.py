@@ -176,3 +176,17 @@ def test_a_result_keeps_64_bit_integers_and_smaller_floats() -> None:
     body = {"tenant_id": TENANT, "dedupe_id": "a", "analysis_id": TENANT, "status": "completed"}
     result = decode(orjson.dumps({**body, "occurred_at": "2024-05-01T12:00:00Z", "result": kept}), AnalysisEvent)
     assert isinstance(result, Decoded) and result.event.result == kept
+
+
+@pytest.mark.parametrize(
+    ("body", "shown"),
+    [
+        (payload(**{"\x1b[2J\x1b[31mowned": 1}), "\\x1b[2J\\x1b[31mowned: Extra inputs are not permitted"),
+        (payload(tags={"a\nb": 1}), "tags.a\\nb: Input should be a valid string"),
+        (payload(tenant_id="\x07"), "found `\\x07` at 0"),
+        (payload(**{"\u2028": 1}), "\\u2028: Extra inputs are not permitted"),
+    ],
+)
+def test_details_show_control_characters_escaped(body: dict[str, object], shown: str) -> None:
+    result = refused(orjson.dumps(body))
+    assert shown in result.detail and result.detail.isprintable()
