@@ -216,7 +216,7 @@ def JsonObject(max_bytes: int, max_depth: int = MAX_JSON_DEPTH) -> Any:
             if large is not None:
                 raise ValueError(
                     f"holds {large!r}: a floating-point number of 2**53 or more comes back from PostgreSQL"
-                    " as an integer that may differ from it; write it as an integer (at most 64 bits)"
+                    " as an integer that may differ from it (write it as an integer, at most 64 bits)"
                 )
             try:
                 size = len(orjson.dumps(value))
