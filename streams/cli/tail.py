@@ -38,7 +38,8 @@ def _summary(event: Any) -> str:
 
 
 def pretty(row: TailRow) -> str:
-    head = f"[dim]{row.timestamp:%Y-%m-%d %H:%M:%S.%f}[/] [cyan]{row.topic}[{row.partition}]@{row.offset}[/]"
+    at = f"{row.timestamp:%Y-%m-%d %H:%M:%S.%f}" if row.timestamp else f"{row.timestamp_ms} ms"
+    head = f"[dim]{at}[/] [cyan]{row.topic}[{row.partition}]@{row.offset}[/]"
     if row.dlq is not None:
         head += (
             f" [yellow]DLQ {escape(row.dlq.reason)} from {row.dlq.source_topic}[{row.dlq.source_partition}]"
