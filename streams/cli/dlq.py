@@ -10,7 +10,9 @@ from typing import Any
 import click
 import orjson
 from rich.table import Table
+from rich.text import Text
 
+from schemas.codec import printable
 from schemas.deadletter import HEADER_PREFIX, DeadLetterInfo
 from streams.cli.console import err, out, progress_bar, settings
 from streams.publish.publisher import Publisher
@@ -88,13 +90,15 @@ def list_(topic: str, reason: str | None, tenant: str | None, since: str | None,
     for col in ("failed at", "reason", "source", "key", "detail"):
         table.add_column(col, overflow="fold")
     for r, info in shown:
-        table.add_row(
+        cells = (
             info.failed_at[:26],
             info.reason,
             f"{info.source_topic}[{info.source_partition}]@{info.source_offset}",
             (r.key or b"").decode("utf-8", "replace")[:36],
             info.detail,
         )
+        # Keys and headers are anyone's to write: shown as text, control characters escaped.
+        table.add_row(*(Text(printable(c)) for c in cells))
     out.print(table)
 
 

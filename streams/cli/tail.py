@@ -8,7 +8,7 @@ from typing import Any
 import click
 from rich.markup import escape
 
-from schemas.codec import Decoded
+from schemas.codec import Decoded, printable
 from streams.cli.console import out, settings
 from streams.kinds import Kind, all_kinds
 from streams.settings import Settings
@@ -104,7 +104,8 @@ def tail_command(
         if fmt == "json":
             click.echo(json_line(row))
         else:
-            out.print(pretty(row), highlight=False, soft_wrap=True)
+            # A record's text may carry terminal control sequences: shown escaped, never obeyed.
+            out.print(printable(pretty(row)), highlight=False, soft_wrap=True)
 
     try:
         asyncio.run(
