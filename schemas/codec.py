@@ -125,14 +125,24 @@ def decode(
 ) -> Decoded[M] | Rejected:
     """Decode and validate one record value; check that the record key names the same tenant.
 
-    Total: returns `Decoded` or `Rejected` for any bytes and never raises. `context` carries
-    deployment settings to decoding and to the model's validators: `unknown_fields` (keep,
-    ignore or reject; keep when absent) and chat's `max_content_bytes`.
+    Total: returns `Decoded` or `Rejected` for any bytes and never raises. A Rejected's detail
+    is printable (control characters escaped). `context` carries deployment settings to decoding
+    and to the model's validators: `unknown_fields` (keep, ignore or reject; keep when absent) and
+    chat's `max_content_bytes`.
     """
     try:
-        return _decode(raw, model, key, context)
+        result = _decode(raw, model, key, context)
     except Exception as exc:  # a bug or a library limit must cost one dead letter, not a partition
-        return Rejected(Reason.INVALID_EVENT, f"value could not be decoded: {type(exc).__name__}: {exc}"[:MAX_DETAIL])
+        result = Rejected(Reason.INVALID_EVENT, f"value could not be decoded: {type(exc).__name__}: {exc}"[:MAX_DETAIL])
+    if isinstance(result, Rejected) and not result.detail.isprintable():
+        return Rejected(result.reason, printable(result.detail), result.unknown)
+    return result
+
+
+def printable(text: str) -> str:
+    """`text` with every non-printable character escaped (\\x1b, \\n, \\ud83d): a detail quotes
+    field names and characters from the record, and is read on terminals."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _decode(

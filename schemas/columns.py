@@ -122,15 +122,27 @@ def _rfc3339_shape(value: Any) -> Any:
     raise ValueError(RFC3339_MESSAGE)
 
 
+# The instants every PostgreSQL session gives back to Python: a timestamptz is read in the
+# session's TimeZone (offsets below a day), and Python's datetime holds years 1 to 9999 only, so
+# 0001-01-01T00:00:00Z read west of Greenwich would be in year 0 (psycopg raises DataError).
+EARLIEST = datetime(1, 1, 2, tzinfo=UTC)
+LATEST = datetime(9999, 12, 30, 23, 59, 59, 999999, tzinfo=UTC)
+_RANGE_MESSAGE = (
+    "is outside 0001-01-02T00:00:00Z to 9999-12-30T23:59:59.999999Z once in UTC"
+    " (what PostgreSQL gives back in any session time zone)"
+)
+
+
 def _to_utc(value: datetime) -> datetime:
-    # Digits beyond microseconds were truncated by the parser, as PostgreSQL's timestamptz would.
-    if value.tzinfo is UTC:
-        return value
+    # Digits beyond microseconds were truncated by the parser.
     try:
-        return value.astimezone(UTC)
+        utc = value if value.tzinfo is UTC else value.astimezone(UTC)
     except OverflowError:
         # 0001-01-01T00:30:00+01:00 is in year 0 once in UTC, 9999-12-31T23:30:00-01:00 in 10000.
-        raise ValueError(f"{value.isoformat()} is outside years 1 to 9999 once converted to UTC") from None
+        utc = None
+    if utc is None or not EARLIEST <= utc <= LATEST:
+        raise ValueError(f"{value.isoformat()} {_RANGE_MESSAGE}")
+    return utc
 
 
 Timestamptz = Annotated[AwareDatetime, BeforeValidator(_rfc3339_shape), AfterValidator(_to_utc), PgType("timestamptz")]
@@ -169,9 +181,30 @@ def _has_nul(value: Any) -> bool:
     return False
 
 
+# Beyond it a double holds integers only, and jsonb prints them as integer digits: read back, such
+# a number is a Python int (beyond 64 bits for 2e19, which no writer can serialise again) and
+# may differ from the double that was sent (1.2345678901234567e18 comes back 1234567890123456700).
+MAX_EXACT_FLOAT = 2.0**53
+
+
+def _large_float(value: Any) -> float | None:
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, float):
+            if abs(node) >= MAX_EXACT_FLOAT:
+                return node
+        elif isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return None
+
+
 def JsonObject(max_bytes: int, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """A JSON object stored as `jsonb`: at most `max_depth` levels deep and `max_bytes` once
-    serialised, with no NUL in any key or string (jsonb refuses \\u0000)."""
+    serialised, with no NUL in any key or string (jsonb refuses \\u0000), and no floating-point
+    number of 2**53 or more in magnitude (jsonb gives it back as another number)."""
 
     def storable(value: Any) -> Any:
         if isinstance(value, dict):
@@ -179,6 +212,12 @@ def JsonObject(max_bytes: int, max_depth: int = MAX_JSON_DEPTH) -> Any:
                 raise ValueError(f"is nested more than {max_depth} levels deep")
             if _has_nul(value):
                 raise ValueError(NUL_MESSAGE)
+            large = _large_float(value)
+            if large is not None:
+                raise ValueError(
+                    f"holds {large!r}: a floating-point number of 2**53 or more comes back from PostgreSQL"
+                    " as an integer that may differ from it (write it as an integer, at most 64 bits)"
+                )
             try:
                 size = len(orjson.dumps(value))
             except orjson.JSONEncodeError as exc:  # an integer beyond 64 bits

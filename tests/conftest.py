@@ -20,6 +20,7 @@ import pytest
 from sinks.dsn import database_of, with_database, with_user
 from sinks.migrate import migrate
 from streams.dev import embedded
+from tests import strategies  # noqa: F401  (registers the hypothesis profiles: --hypothesis-profile=thorough)
 from tests.helpers import Scenario, WorkerProcess
 
 USE_CONTAINERS = os.environ.get("EVENTSINK_TESTCONTAINERS") == "1"

@@ -9,7 +9,9 @@ from datetime import datetime
 import click
 import orjson
 from rich.table import Table
+from rich.text import Text
 
+from schemas.codec import printable
 from sinks.core import deadletters
 from streams.cli.console import err, out, progress_bar, settings
 from streams.publish.publisher import Publisher
@@ -83,13 +85,15 @@ def list_(topic: str, reason: str | None, tenant: str | None, since: str | None,
     for letter in shown:
         info = letter.info
         where = " (original in PostgreSQL)" if letter.stored is not None else ""
-        table.add_row(
+        cells = (
             info.failed_at[:26],
             info.reason,
             f"{info.source_topic}[{info.source_partition}]@{info.source_offset}",
             _text(letter.key, 36),
             info.detail + where,
         )
+        # Keys and headers are anyone's to write: shown as text, control characters escaped.
+        table.add_row(*(Text(printable(c)) for c in cells))
     out.print(table)
 
 

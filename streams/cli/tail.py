@@ -8,7 +8,7 @@ from typing import Any
 import click
 from rich.markup import escape
 
-from schemas.codec import Decoded
+from schemas.codec import Decoded, printable
 from streams.cli.console import out, settings
 from streams.kinds import Kind, all_kinds
 from streams.settings import Settings
@@ -38,7 +38,8 @@ def _summary(event: Any) -> str:
 
 
 def pretty(row: TailRow) -> str:
-    head = f"[dim]{row.timestamp:%Y-%m-%d %H:%M:%S.%f}[/] [cyan]{row.topic}[{row.partition}]@{row.offset}[/]"
+    at = f"{row.timestamp:%Y-%m-%d %H:%M:%S.%f}" if row.timestamp else f"{row.timestamp_ms} ms"
+    head = f"[dim]{at}[/] [cyan]{row.topic}[{row.partition}]@{row.offset}[/]"
     if row.dlq is not None:
         head += (
             f" [yellow]DLQ {escape(row.dlq.reason)} from {row.dlq.source_topic}[{row.dlq.source_partition}]"
@@ -103,7 +104,8 @@ def tail_command(
         if fmt == "json":
             click.echo(json_line(row))
         else:
-            out.print(pretty(row), highlight=False, soft_wrap=True)
+            # A record's text may carry terminal control sequences: shown escaped, never obeyed.
+            out.print(printable(pretty(row)), highlight=False, soft_wrap=True)
 
     try:
         asyncio.run(

@@ -20,6 +20,7 @@ from schemas.deadletter import HEADER_PREFIX, DeadLetterInfo
 from streams.tools import reader
 from streams.tools.reader import Start
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
@@ -52,12 +53,20 @@ class TailRow:
     topic: str
     partition: int
     offset: int
-    timestamp: datetime
+    timestamp_ms: int  # the record's timestamp as the producer set it: any 64-bit integer
     key: bytes | None
     value: bytes | None
     result: Decoded | Rejected
     dlq: DeadLetterInfo | None = None
     text: str = field(default="", repr=False)
+
+    @property
+    def timestamp(self) -> datetime | None:
+        """The record's time, or None when it is outside years 1 to 9999 (a producer may set any)."""
+        try:
+            return EPOCH + timedelta(milliseconds=self.timestamp_ms)
+        except OverflowError:
+            return None
 
     @property
     def tenant(self) -> str | None:
@@ -71,7 +80,8 @@ class TailRow:
             "topic": self.topic,
             "partition": self.partition,
             "offset": self.offset,
-            "timestamp": self.timestamp.isoformat().replace("+00:00", "Z"),
+            # milliseconds since the epoch where no date can show them
+            "timestamp": at.isoformat().replace("+00:00", "Z") if (at := self.timestamp) else self.timestamp_ms,
             "key": self.key.decode("utf-8", "replace") if self.key is not None else None,
             "valid": ok,
             "event": _as_stored(self.result.event) if ok else None,  # type: ignore[union-attr]
@@ -108,7 +118,7 @@ def to_row(record: Any, model: type[BaseModel], context: dict[str, Any] | None) 
         record.topic,
         record.partition,
         record.offset,
-        datetime.fromtimestamp(record.timestamp / 1000, UTC),
+        record.timestamp,
         record.key,
         record.value,
         result,
@@ -155,7 +165,7 @@ async def tail(
 
 
 def _flush(rows: list[TailRow], emit: Callable[[TailRow], None]) -> int:
-    for row in sorted(rows, key=lambda r: (r.timestamp, r.partition, r.offset)):
+    for row in sorted(rows, key=lambda r: (r.timestamp_ms, r.partition, r.offset)):
         emit(row)
     return len(rows)
 

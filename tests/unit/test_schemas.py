@@ -124,3 +124,69 @@ def test_the_dedupe_digest_is_per_tenant() -> None:
     assert dedupe_digest(a, "same") != dedupe_digest(b, "same")
     assert dedupe_digest(a, "same") == dedupe_digest(a, "same")
     assert len(dedupe_digest(a, "x")) == 16
+
+
+@pytest.mark.parametrize(
+    "occurred_at",
+    [
+        "0001-01-01T00:30:00+01:00",  # year 0 once in UTC
+        "9999-12-31T23:30:00-01:00",  # year 10000 once in UTC
+        "0001-01-01T00:00:00Z",  # year 0 once read by a session west of Greenwich
+        "9999-12-31T12:00:00Z",  # year 10000 once read by a session east of Greenwich
+    ],
+)
+def test_instants_a_session_time_zone_cannot_give_back_are_refused(occurred_at: str) -> None:
+    result = refused(orjson.dumps(payload(occurred_at=occurred_at)))
+    assert result.reason is Reason.INVALID_EVENT
+    assert result.detail == (
+        f"occurred_at: {datetime.fromisoformat(occurred_at).isoformat()} is outside 0001-01-02T00:00:00Z to "
+        "9999-12-30T23:59:59.999999Z once in UTC (what PostgreSQL gives back in any session time zone)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("occurred_at", "utc"),
+    [
+        ("0001-01-02T00:00:00Z", datetime(1, 1, 2, tzinfo=UTC)),
+        ("0001-01-02T23:59:00+23:59", datetime(1, 1, 2, tzinfo=UTC)),
+        ("9999-12-30T23:59:59.999999Z", datetime(9999, 12, 30, 23, 59, 59, 999999, tzinfo=UTC)),
+        ("9999-12-30T00:00:00.999999-23:59", datetime(9999, 12, 30, 23, 59, 0, 999999, tzinfo=UTC)),
+    ],
+)
+def test_the_earliest_and_latest_instants_are_accepted(occurred_at: str, utc: datetime) -> None:
+    assert ok(orjson.dumps(payload(occurred_at=occurred_at))).occurred_at == utc
+
+
+@pytest.mark.parametrize("number", [2.0**53, 1.2345678901234567e18, 2e19, -1e300, 1.7976931348623157e308])
+def test_a_result_with_a_float_jsonb_would_give_back_as_another_number_is_refused(number: float) -> None:
+    from schemas import AnalysisEvent
+
+    body = {"tenant_id": TENANT, "dedupe_id": "a", "analysis_id": TENANT, "status": "completed"}
+    body |= {"occurred_at": "2024-05-01T12:00:00Z", "result": {"scores": [0.5, {"x": number}]}}
+    result = decode(orjson.dumps(body), AnalysisEvent)
+    assert isinstance(result, Rejected) and result.reason is Reason.INVALID_EVENT
+    assert result.detail.startswith(f"result: holds {number!r}: a floating-point number of 2**53 or more")
+
+
+def test_a_result_keeps_64_bit_integers_and_smaller_floats() -> None:
+    from schemas import AnalysisEvent
+
+    kept = {"big": 2**64 - 1, "small": -(2**63), "f": 9007199254740991.0, "g": -1e15, "tiny": 5e-324}
+    body = {"tenant_id": TENANT, "dedupe_id": "a", "analysis_id": TENANT, "status": "completed"}
+    result = decode(orjson.dumps({**body, "occurred_at": "2024-05-01T12:00:00Z", "result": kept}), AnalysisEvent)
+    assert isinstance(result, Decoded) and result.event.result == kept
+
+
+@pytest.mark.parametrize(
+    ("body", "shown"),
+    [
+        (payload(**{"\x1b[2J\x1b[31mowned": 1}), "unknown field '\\x1b[2J\\x1b[31mowned'"),
+        (payload(tags={"a\nb": 1}), "tags.a\\nb: Input should be a valid string"),
+        (payload(tenant_id="\x07"), "found `\\x07` at 0"),
+        (payload(**{"\u2028": 1}), "unknown field '\\u2028'"),
+    ],
+)
+def test_details_show_control_characters_escaped(body: dict[str, object], shown: str) -> None:
+    result = decode(orjson.dumps(body), MetricEvent, context={"unknown_fields": "reject"})
+    assert isinstance(result, Rejected)
+    assert shown in result.detail and result.detail.isprintable()

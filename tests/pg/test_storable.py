@@ -1,0 +1,251 @@
+"""Every decoded event is storable: it goes through `Sink.write` into the real PostgreSQL and
+reads back equal, value for value, in a session of any time zone.
+
+Events are drawn by hypothesis (`tests.strategies`), decoded from their bytes as a worker would,
+written in one batch, and read back. What each column must hold is computed by the strategy from
+what was sent (the UTC instant by datetime arithmetic from the drawn offset, JSON numbers as
+exact decimals), never by the code under test. Timestamps are compared three ways: as the
+instant psycopg gives back in the session's zone, as text in UTC with microseconds, and as
+microseconds since the epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from psycopg.conninfo import make_conninfo
+
+from schemas import AnalysisEvent, ChatEvent, Decoded, MetricEvent, decode
+from schemas.chat import MAX_CONTENT_BYTES
+from schemas.columns import EARLIEST, LATEST
+from schemas.deadletter import DeadLetter
+from sinks.core.batch import Batch, Record
+from sinks.core.sink import Sink
+from sinks.pool import open_pool
+from sinks.writers.analysis import AnalysisWriter
+from sinks.writers.chat import ChatWriter
+from sinks.writers.metric import MetricWriter
+from tests.strategies import Expected, json_decimal, json_number, valid_analysis, valid_chat, valid_metric
+
+# West of Greenwich by hours and minutes (LMT at year 1), east by 14 hours, and UTC.
+ZONES = ["UTC", "America/New_York", "Pacific/Kiritimati"]
+WRITERS = [MetricWriter(), ChatWriter(), AnalysisWriter()]
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Each example is one transaction; half the profile's count keeps the file within seconds.
+EXAMPLES = settings(max_examples=max(15, settings().max_examples // 2))
+
+
+class Refused:
+    """The sink's dead-letter handler: a storable event must never reach it."""
+
+    def __init__(self) -> None:
+        self.dead: list[DeadLetter] = []
+
+    async def __call__(self, dead: list[DeadLetter]) -> None:
+        self.dead.extend(dead)
+
+
+@pytest.fixture(scope="module", params=ZONES)
+async def zone_pool(request: pytest.FixtureRequest, database_url: str) -> AsyncIterator[tuple[str, Any]]:
+    zone = request.param
+    dsn = make_conninfo(database_url, options=f"-c TimeZone={zone}")
+    pool = open_pool(dsn, stage_ddl=[d for w in WRITERS for d in w.stage_ddl], max_size=2)
+    await pool.open(wait=True)
+    yield zone, pool
+    await pool.close()
+
+
+async def write(pool: Any, writer: Any, model: type, expected: list[Expected]) -> dict[str, Any]:
+    """Decode each payload from its bytes, as a worker would, and write them as one batch;
+    return the decoded events by dedupe_id."""
+    records = []
+    for offset, exp in enumerate(expected):
+        raw = json.dumps(exp.payload, ensure_ascii=False).encode()
+        result = decode(raw, model, str(exp.tenant).encode(), {"max_content_bytes": MAX_CONTENT_BYTES})
+        assert isinstance(result, Decoded), (exp.payload, result)
+        records.append(Record(offset, result.event, str(exp.tenant).encode(), raw))
+    refused = Refused()
+    sink = Sink(pool, "storable", writer, refused)
+    batch = Batch(f"storable-{uuid.uuid4().hex}", 0, 0, len(records) - 1, records)
+    result = await sink.write(batch)
+    assert refused.dead == [], [(d.reason, d.detail) for d in refused.dead]
+    assert len(result.applied) == len(records)
+    return {r.event.dedupe_id: r.event for r in records}
+
+
+async def rows(pool: Any, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    async with pool.connection() as conn:
+        return await (await conn.execute(sql, params)).fetchall()
+
+
+# The instant three ways: psycopg's datetime (in the session zone), UTC text, epoch microseconds.
+INSTANT = (
+    "occurred_at, to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US'),"
+    " (extract(epoch FROM occurred_at) * 1000000)::numeric"
+)
+
+
+def check_instant(exp: Expected, got: datetime, utc_text: str, epoch_us: Decimal) -> None:
+    assert got == exp.occurred_at
+    assert utc_text == exp.occurred_at.replace(tzinfo=None).isoformat(timespec="microseconds")
+    assert epoch_us == (exp.occurred_at - EPOCH) // (datetime.resolution)
+
+
+def same_float(got: float, want: float) -> None:
+    assert got == want and math.copysign(1, got) == math.copysign(1, want), (got, want)
+
+
+def unique_keys(items: list[Expected]) -> list[Expected]:
+    return list({e.dedupe_id: e for e in items}.values())
+
+
+@given(data=st.data())
+@EXAMPLES
+async def test_metric_events_read_back_equal(zone_pool: tuple[str, Any], data: st.DataObject) -> None:
+    _, pool = zone_pool
+    tenant = uuid.uuid4()
+    events = unique_keys(data.draw(st.lists(valid_metric(tenant), min_size=1, max_size=6)))
+    await write(pool, MetricWriter(), MetricEvent, events)
+    found = {
+        r[0]: r[1:]
+        for r in await rows(
+            pool,
+            f"SELECT dedupe_id, name, value, unit, tags::text, {INSTANT} "
+            "FROM eventsink.metrics_raw WHERE tenant_id = %s",
+            tenant,
+        )
+    }
+    assert set(found) == {e.dedupe_id for e in events}
+    for exp in events:
+        name, value, unit, tags, *instant = found[exp.dedupe_id]
+        assert name == exp.values["name"] and unit == exp.values["unit"]
+        same_float(value, exp.values["value"])
+        assert json_decimal(tags) == json_number(exp.values["tags"])
+        check_instant(exp, *instant)
+
+
+@given(data=st.data())
+@EXAMPLES
+async def test_chat_events_read_back_equal(zone_pool: tuple[str, Any], data: st.DataObject) -> None:
+    _, pool = zone_pool
+    tenant = uuid.uuid4()
+    conversations = [uuid.uuid4() for _ in range(data.draw(st.integers(1, 3)))]
+    message = st.sampled_from(conversations).flatmap(lambda c: valid_chat(tenant, c))
+    events = unique_keys(data.draw(st.lists(message, min_size=1, max_size=6)))
+    await write(pool, ChatWriter(), ChatEvent, events)
+    found = {
+        r[0]: r[1:]
+        for r in await rows(
+            pool,
+            "SELECT dedupe_id, session_id, role, content, model, prompt_tokens, completion_tokens, "
+            f"{INSTANT} FROM eventsink.chat_messages WHERE tenant_id = %s",
+            tenant,
+        )
+    }
+    assert set(found) == {e.dedupe_id for e in events}
+    for exp in events:
+        *columns, got, utc_text, epoch_us = found[exp.dedupe_id]
+        names = ("session_id", "role", "content", "model", "prompt_tokens", "completion_tokens")
+        assert dict(zip(names, columns, strict=True)) == {n: exp.values[n] for n in names}
+        check_instant(exp, got, utc_text, epoch_us)
+    sessions = await rows(
+        pool,
+        "SELECT id, tenant_id, message_count, prompt_tokens, completion_tokens, created_at, last_message_at "
+        "FROM eventsink.chat_sessions WHERE id = ANY(%s)",
+        conversations,
+    )
+    count = Counter(e.values["session_id"] for e in events)
+    for sid, owner, messages, prompt, completion, created, last in sessions:
+        mine = [e for e in events if e.values["session_id"] == sid]
+        assert owner == tenant and messages == count[sid]
+        assert prompt == sum(e.values["prompt_tokens"] or 0 for e in mine)
+        assert completion == sum(e.values["completion_tokens"] or 0 for e in mine)
+        assert created == min(e.occurred_at for e in mine) and last == max(e.occurred_at for e in mine)
+    assert {s[0] for s in sessions} == set(count)
+
+
+@given(data=st.data())
+@EXAMPLES
+async def test_analysis_events_read_back_equal(zone_pool: tuple[str, Any], data: st.DataObject) -> None:
+    _, pool = zone_pool
+    tenant = uuid.uuid4()
+    analyses = [uuid.uuid4() for _ in range(data.draw(st.integers(1, 3)))]
+    step = st.sampled_from(analyses).flatmap(lambda a: valid_analysis(tenant, a))
+    events = unique_keys(data.draw(st.lists(step, min_size=1, max_size=6)))
+    decoded = await write(pool, AnalysisWriter(), AnalysisEvent, events)
+    found = {
+        r[0]: r[1:]
+        for r in await rows(
+            pool,
+            "SELECT dedupe_id, analysis_id, status, progress, result::text, error, kind, media_url, "
+            f"{INSTANT} FROM eventsink.analysis_events WHERE tenant_id = %s",
+            tenant,
+        )
+    }
+    assert set(found) == {e.dedupe_id for e in events}
+    for exp in events:
+        aid, status, progress, result, error, kind, media_url, *instant = found[exp.dedupe_id]
+        v = exp.values
+        assert (aid, status, progress, error, kind, media_url) == (
+            v["analysis_id"],
+            v["status"],
+            v["progress"],
+            v["error"],
+            v["kind"],
+            v["media_url"],
+        )
+        assert (None if result is None else json_decimal(result)) == json_number(v["result"])
+        # And equal as Python reads it back (what the writer folds and verify compares).
+        assert (None if result is None else json.loads(result)) == decoded[exp.dedupe_id].result
+        check_instant(exp, *instant)
+    owners = await rows(pool, "SELECT id, tenant_id FROM eventsink.analysis_requests WHERE id = ANY(%s)", analyses)
+    assert {o[0] for o in owners} == {e.values["analysis_id"] for e in events}
+    assert {o[1] for o in owners} == {tenant}
+
+
+async def test_the_timestamp_bounds_are_what_every_session_gives_back(zone_pool: tuple[str, Any]) -> None:
+    """The schema's bounds (`schemas.columns.EARLIEST` / `LATEST`) read back in every zone; a day
+    further out, a session west (or east) of Greenwich cannot give the instant to Python."""
+    zone, pool = zone_pool
+    for bound in (EARLIEST, LATEST):
+        assert (await rows(pool, "SELECT %s::timestamptz", bound))[0][0] == bound
+    beyond = {"America/New_York": "0001-01-01T00:00:00Z", "Pacific/Kiritimati": "9999-12-31T12:00:00Z"}.get(zone)
+    if beyond is not None:
+        with pytest.raises(psycopg.DataError, match="year"):
+            await rows(pool, "SELECT %s::timestamptz", beyond)
+        assert decode_metric_at(beyond) is None, "the schema accepts an instant this session cannot read back"
+
+
+def decode_metric_at(occurred_at: str) -> MetricEvent | None:
+    body = {"tenant_id": str(uuid.uuid4()), "dedupe_id": "t", "name": "n", "value": 1, "tags": {}}
+    result = decode(orjson.dumps({**body, "occurred_at": occurred_at}), MetricEvent)
+    return result.event if isinstance(result, Decoded) else None
+
+
+async def test_jsonb_gives_back_large_doubles_as_other_numbers(zone_pool: tuple[str, Any]) -> None:
+    """Why `schemas.columns.JsonObject` refuses floats of 2**53 or more: jsonb prints them as
+    integer digits, which Python reads as a different number (or one beyond 64 bits)."""
+    _, pool = zone_pool
+    sent = {"a": 1.2345678901234567e18, "b": 2e19, "c": 2.0**53 - 1}
+    (text,) = (await rows(pool, "SELECT %s::jsonb::text", json.dumps(sent)))[0]
+    back = json.loads(text)
+    assert back["a"] == int(Decimal(repr(sent["a"]))) != sent["a"]  # the decimal shown, not the double
+    assert back["b"] == 20000000000000000000 > 2**64
+    assert back["c"] == sent["c"]
+    body = {"tenant_id": str(uuid.uuid4()), "dedupe_id": "a", "analysis_id": str(uuid.uuid4())}
+    body |= {"status": "completed", "occurred_at": "2024-05-01T12:00:00Z"}
+    for name in ("a", "b"):
+        refused = decode(json.dumps({**body, "result": {name: sent[name]}}).encode(), AnalysisEvent)
+        assert not isinstance(refused, Decoded), f"the schema accepts {sent[name]!r}"
