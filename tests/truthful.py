@@ -47,6 +47,13 @@ def untrue(reason: str, detail: str, value: bytes | None, key: bytes | None) -> 
         return None
     if reason in (Reason.TENANT_MISMATCH, Reason.DB_REJECTED):
         return None  # decided by the database, not by the bytes
+    if reason == Reason.UNSUPPORTED_VERSION:
+        version = obj.get("schema_version") if parsed and isinstance(obj, dict) else None
+        newer = type(version) is int and version > 1  # every kind is at major version 1
+        return None if newer and f"schema_version {version}" in detail else f"unsupported_version for {version!r}"
+    if reason == Reason.UNKNOWN_FIELD:
+        names = [k for k in obj if k not in MODEL_FIELDS] if parsed and isinstance(obj, dict) else []
+        return None if names else "unknown_field for a value without unknown fields"
     if detail.startswith("value contains "):  # a constant JSON does not have, named as sent
         return None if detail.split()[2].rstrip(":") in text else f"{detail!r} names no constant of the value"
     if not parsed or "too large for a double" in detail:

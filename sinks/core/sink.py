@@ -45,6 +45,10 @@ class RowWriter(Protocol):
         self, conn: psycopg.AsyncConnection, topic: str, partition: int, records: Sequence[Record[Any]]
     ) -> Outcome: ...
 
+    async def prepare(self, conn: psycopg.AsyncConnection, records: Sequence[Record[Any]]) -> None:
+        """Before a batch is redone record by record: take, at once and in one order, the locks
+        its records will take one by one (concurrent writers then cannot deadlock)."""
+
     async def upsert_one(
         self, conn: psycopg.AsyncConnection, topic: str, partition: int, record: Record[Any]
     ) -> Outcome: ...
@@ -191,6 +195,7 @@ class Sink:
         self, conn: psycopg.AsyncConnection, topic: str, partition: int, records: Sequence[Record[Any]]
     ) -> Outcome:
         outcome = Outcome()
+        await self.writer.prepare(conn, records)  # the locks the records will take, in one order
         for record in sorted(records, key=_sort_key):
             try:
                 async with conn.transaction():

@@ -146,6 +146,10 @@ class AnalysisWriter:
             if rows:
                 await cur.execute(statement, [list(c) for c in zip(*rows, strict=True)])
 
+    async def prepare(self, conn: psycopg.AsyncConnection, records: Sequence[Record[AnalysisEvent]]) -> None:
+        """Before a batch is redone record by record: claim all its analyses at once."""
+        await owners.lock_ids(conn, records, "analysis_id", owners.ANALYSES)
+
     async def upsert_one(
         self, conn: psycopg.AsyncConnection, topic: str, partition: int, record: Record[AnalysisEvent]
     ) -> Outcome:

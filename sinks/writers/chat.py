@@ -99,6 +99,10 @@ class ChatWriter:
         await cur.execute(INSERT_MESSAGES, params)
         return Outcome(applied={int(r[0]) for r in await cur.fetchall()}, rejected=rejected)
 
+    async def prepare(self, conn: psycopg.AsyncConnection, records: Sequence[Record[ChatEvent]]) -> None:
+        """Before a batch is redone record by record: claim all its conversations at once."""
+        await owners.lock_ids(conn, records, "conversation_id", owners.CHAT_SESSIONS)
+
     async def upsert_one(
         self, conn: psycopg.AsyncConnection, topic: str, partition: int, record: Record[ChatEvent]
     ) -> Outcome:

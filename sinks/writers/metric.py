@@ -39,6 +39,9 @@ class MetricWriter:
         await cur.execute(UPSERT, (topic, partition))
         return Outcome(applied={int(r[0]) for r in await cur.fetchall()})
 
+    async def prepare(self, conn: psycopg.AsyncConnection, records: Sequence[Record[MetricEvent]]) -> None:
+        """Nothing to take ahead: a metric row takes only its own key's lock."""
+
     async def upsert_one(
         self, conn: psycopg.AsyncConnection, topic: str, partition: int, record: Record[MetricEvent]
     ) -> Outcome:

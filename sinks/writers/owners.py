@@ -4,12 +4,13 @@ Both writers claim their rows the same way, so that a tenant never writes into a
 conversation or analysis, no row exists that no event created, and retention and writers never
 interleave on the same row:
 
-1. the rows that exist are locked (`FOR UPDATE`, in id order, so concurrent writers cannot
-   deadlock); retention skips locked rows (`SKIP LOCKED`), and a writer that finds a row retention
-   holds waits for it, then sees it gone;
-2. for the ids without a row, a transaction-level advisory lock per id (in key order) serializes
-   the writers that would create it; rows another writer committed meanwhile are then locked too;
-3. what is still missing belongs to the tenant of the batch's first record naming it (by offset),
+1. every id the batch names is claimed with a transaction-level advisory lock, all at once and in
+   key order, before anything else: writers naming the same ids queue in one order, so they
+   cannot deadlock (nor with themselves when a batch is redone record by record: `prepare`);
+2. the rows that exist are then locked (`FOR UPDATE`, in id order); retention skips locked rows
+   (`SKIP LOCKED`) and takes no advisory lock, and a writer that finds a row retention holds waits
+   for it, then sees it gone;
+3. what is missing belongs to the tenant of the batch's first record naming it (by offset),
    and the writer creates the row only from the events it actually inserted (the same statement),
    never ahead of them: a duplicate re-sent under another id creates nothing.
 
@@ -63,6 +64,13 @@ def _lock_key(row_id: UUID) -> int:
     return int.from_bytes(row_id.bytes[:4], "big", signed=True)
 
 
+async def lock_ids(conn: psycopg.AsyncConnection, records: Sequence[Record], key: str, namespace: int) -> None:
+    """Take the advisory locks of every id the records name, in key order (re-taking one this
+    transaction holds returns at once)."""
+    ids = {getattr(r.event, key) for r in records}
+    await conn.execute(ADVISORY_LOCKS, (namespace, [_lock_key(i) for i in ids]))
+
+
 async def claim(
     conn: psycopg.AsyncConnection,
     records: Sequence[Record],
@@ -72,23 +80,20 @@ async def claim(
     *,
     not_creatable: Callable[[list[UUID]], Awaitable[set[UUID]]] | None = None,
 ) -> Claims:
-    """Lock the rows the records name (by their `key` attribute) and decide who owns each.
+    """Lock the ids and rows the records name (by their `key` attribute); decide who owns each.
 
     `lock_rows` selects `(id, tenant_id)` of existing rows `WHERE id = ANY(%s) ORDER BY id FOR
     UPDATE`. `not_creatable`, when given, is asked (under the locks) which missing ids must not
     be created; they are left out of the owners and listed in `excluded`.
     """
+    await lock_ids(conn, records, key, namespace)
     ids = sorted({getattr(r.event, key) for r in records})
     claims = Claims()
     cur = await conn.execute(lock_rows, (ids,))
     claims.existing = {row[0]: row[1] for row in await cur.fetchall()}
     missing = [i for i in ids if i not in claims.existing]
     if missing:
-        await conn.execute(ADVISORY_LOCKS, (namespace, [_lock_key(i) for i in missing]))
-        cur = await conn.execute(lock_rows, (missing,))
-        claims.existing.update({row[0]: row[1] for row in await cur.fetchall()})
-        missing = [i for i in missing if i not in claims.existing]
-        if missing and not_creatable is not None:
+        if not_creatable is not None:
             claims.excluded = await not_creatable(missing)
         first_claimer: dict[UUID, UUID] = {}
         for r in sorted(records, key=lambda r: r.offset):
