@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -21,6 +20,7 @@ from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssigno
 
 from schemas.deadletter import DeadLetterInfo
 from streams.dev.embedded import free_port
+from streams.tools.reader import Reader, read_all
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.2, what: str = "condition") -> Any:
@@ -209,6 +209,7 @@ class TopicRecord:
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes]]
+    timestamp: int = 0  # milliseconds since the epoch
 
     @property
     def info(self) -> DeadLetterInfo:
@@ -216,29 +217,15 @@ class TopicRecord:
 
 
 async def read_topic(bootstrap: str, topic: str, timeout: float = 5.0) -> list[TopicRecord]:
-    """Every record of a topic, without a consumer group."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
-    await consumer.start()
+    """Every record of a topic, without a consumer group ([] if the topic does not exist).
+
+    Caught up once past the end offsets seen at the start, or after `timeout` seconds of nothing.
+    """
     try:
-        await asyncio.sleep(0)
-        parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in parts]
-        if not tps:
-            return []
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        out: list[TopicRecord] = []
-        idle_until = time.monotonic() + timeout
-        while time.monotonic() < idle_until:
-            batch = await consumer.getmany(timeout_ms=300, max_records=5000)
-            for tp, records in batch.items():
-                for r in records:
-                    out.append(TopicRecord(tp.partition, r.offset, r.key, r.value, list(r.headers or ())))
-            if batch:
-                idle_until = time.monotonic() + 1.0
-        return out
-    finally:
-        await consumer.stop()
+        records = await read_all(bootstrap, topic, idle_s=timeout)
+    except LookupError:
+        return []
+    return [TopicRecord(r.partition, r.offset, r.key, r.value, list(r.headers or ()), r.timestamp) for r in records]
 
 
 class _AsFaust(RoundRobinPartitionAssignor):
@@ -248,7 +235,11 @@ class _AsFaust(RoundRobinPartitionAssignor):
 
 
 async def commit_group_offsets(bootstrap: str, group: str, topic: str, offsets: dict[int, int]) -> None:
-    """Commit offsets for a consumer group as a member of it, as a worker's Faust would."""
+    """Commit offsets for a consumer group as a member of it, as a worker's Faust would.
+
+    The one consumer of the tests that joins a group, on purpose; `committed_offsets` (through
+    the group-less reader) confirms what it committed.
+    """
     from aiokafka.structs import OffsetAndMetadata
 
     consumer = AIOKafkaConsumer(
@@ -270,12 +261,11 @@ async def commit_group_offsets(bootstrap: str, group: str, topic: str, offsets: 
         await consumer.commit({TopicPartition(topic, p): OffsetAndMetadata(o, "") for p, o in offsets.items()})
     finally:
         await consumer.stop()
+    committed = await committed_offsets(bootstrap, group, topic, offsets)
+    assert committed == offsets, f"committed {committed}, not {offsets}"
 
 
 async def committed_offsets(bootstrap: str, group: str, topic: str, partitions: Iterable[int]) -> dict[int, int | None]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        return {p: await consumer.committed(TopicPartition(topic, p)) for p in partitions}
-    finally:
-        await consumer.stop()
+    """partition -> the group's committed offset (None where it has none), without joining it."""
+    async with Reader(bootstrap) as reader:
+        return await reader.committed(group, topic, partitions)
