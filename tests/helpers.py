@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -9,7 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,6 +21,9 @@ from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssigno
 
 from schemas.deadletter import DeadLetterInfo
 from streams.dev.embedded import free_port
+from streams.kinds import Kind, by_name
+from streams.settings import Settings
+from streams.tools.expected import Counters, Expected, read_expected
 from streams.tools.reader import Reader, read_all
 
 
@@ -63,6 +67,18 @@ class Scenario:
     @property
     def group(self) -> str:
         return f"eventsink-{self.name}"
+
+    def kind(self, name: str) -> Kind:
+        """Event kind `name` (metric, chat, analysis) on this scenario's topics."""
+        settings = Settings(
+            kafka_bootstrap_servers=self.bootstrap,
+            database_url=self.dsn,
+            metrics_topic=self.topic,
+            chat_topic=self.chat_topic,
+            analysis_topic=self.analysis_topic,
+            group_id=self.group,
+        )
+        return by_name(settings, name)
 
     def env(self, dsn: str | None = None, **extra: str) -> dict[str, str]:
         env = {
@@ -156,20 +172,35 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")
 
 
+COUNTERS = tuple(f.name for f in fields(Counters))  # events, rows_applied, duplicates, dead_letters, superseded
+
+
 def ledger(dsn: str, group: str, topic: str) -> dict[int, dict[str, int]]:
     with psycopg.connect(dsn) as conn:
         rows = conn.execute(
-            "SELECT partition, last_offset, events, rows_applied, duplicates, dead_letters "
+            f"SELECT partition, last_offset, {', '.join(COUNTERS)} "
             "FROM eventsink.offsets_ledger WHERE consumer_group = %s AND topic = %s",
             (group, topic),
         ).fetchall()
-    keys = ("last_offset", "events", "rows_applied", "duplicates", "dead_letters")
+    keys = ("last_offset", *COUNTERS)
     return {r[0]: dict(zip(keys, r[1:], strict=True)) for r in rows}
 
 
 def ledger_totals(dsn: str, group: str, topic: str) -> dict[str, int]:
+    """The ledger's counters of a topic, summed over its partitions: the keys of `Counters`."""
     rows = ledger(dsn, group, topic).values()
-    return {k: sum(r[k] for r in rows) for k in ("events", "rows_applied", "duplicates", "dead_letters")}
+    return {k: sum(r[k] for r in rows) for k in COUNTERS}
+
+
+def expected(s: Scenario, kind: str) -> Expected:
+    """What the database must hold for the scenario's topic of `kind`, from its records and its
+    DLQ's (`streams.tools.expected`, the oracle `eventsink verify` and the benchmark use too)."""
+
+    async def go() -> Expected:
+        async with Reader(s.bootstrap) as reader:
+            return await read_expected(reader, s.kind(kind))
+
+    return asyncio.run(go())
 
 
 def wait_applied(dsn: str, group: str, topic: str, last_offsets: dict[int, int], timeout: float = 90) -> None:
