@@ -3,7 +3,8 @@
 Chat and analysis are loaded first, sized from their generators' mean records per conversation
 and per analysis, and the metric topic takes the rest, so the total is exactly `events`. The
 three kinds share one set of tenants (the record key), each topic has its own DLQ and explicit
-configs. The load reports say what every table must end with (bench/verify_mixed.py).
+configs. What every table must end with is computed once from the topics (`streams.tools.expected`)
+and checked by bench/verify_mixed.py.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import uuid
 from dataclasses import dataclass
 
 from bench.verify_mixed import MixedCheck, verify_mixed
-from bench.workload import Workload, WorkloadSpec, produce, source_specs
+from bench.workload import Workload, WorkloadSpec, expected_on, produce, source_specs
 from streams.dev.loadgen.analysis import AnalysisLoad, AnalysisReport, produce_analysis
 from streams.dev.loadgen.chat import ChatLoad, ChatReport, produce_chat
 from streams.publish.publisher import Publisher
+from streams.tools.expected import Target
 from streams.tools.topics import ensure_topics
 
 CHAT_TURNS = (2, 8)  # turns of a conversation, uniform
@@ -53,6 +55,7 @@ class MixedWorkload:
     chat: ChatReport
     analysis_topic: str
     analysis: AnalysisReport
+    expected: dict[str, Target]  # kind name -> what the database must hold for its topic
     load_seconds: float
 
     @property
@@ -102,9 +105,12 @@ async def _load(bootstrap: str, prefix: str, spec: MixedSpec) -> MixedWorkload:
         analysis = await produce_analysis(publisher, analysis_topic, analysis_load)
         rest = spec.events - chat.sent - analysis.sent
         metric_spec = WorkloadSpec(rest, spec.partitions, spec.tenants, spec.duplicates, spec.seed)
-        metrics = await produce(publisher, metrics_topic, metric_spec, tenants)
-    seconds = chat.seconds + analysis.seconds + metrics.load_seconds
-    return MixedWorkload(spec, metrics, chat_topic, chat, analysis_topic, analysis, seconds)
+        metric = await produce(publisher, metrics_topic, metric_spec, tenants)
+    topics = {"metric": metrics_topic, "chat": chat_topic, "analysis": analysis_topic}
+    expected = await expected_on(bootstrap, topics)
+    metrics = Workload(metric_spec, metrics_topic, metric.sent, expected["metric"], metric.seconds)
+    seconds = chat.seconds + analysis.seconds + metric.seconds
+    return MixedWorkload(spec, metrics, chat_topic, chat, analysis_topic, analysis, expected, seconds)
 
 
 def load(bootstrap: str, prefix: str, spec: MixedSpec) -> MixedWorkload:

@@ -22,7 +22,6 @@ from bench.tables import (
     table,
     verdict_column,
 )
-from bench.verify_mixed import expected_superseded
 
 Results = ScenarioResults[MixedWorkload]
 KINDS = ("metric", "chat", "analysis")
@@ -53,21 +52,19 @@ def columns(w: MixedWorkload) -> list[Column]:
 
 
 def workload_table(w: MixedWorkload) -> str:
-    """Per topic, what was sent and so what every run's ledger must count."""
-    m, c, a = w.metrics, w.chat, w.analysis
-    finals = Counter(s.status for s in a.expected().values())
-    shuffled = sum(1 for steps in a.steps.values() if steps != sorted(steps, key=lambda s: s.occurred_at))
+    """Per topic, what was sent and what every run's ledger must count (from the topic)."""
+    c, a = w.chat, w.analysis
+    finals = Counter(v.state.status for v in w.expected["analysis"].analyses.values())
     details = {
         "metric": f"{w.spec.tenants} tenants",
-        "chat": f"{len(c.conversations):,} conversations of {CHAT_TURNS[0]} to {CHAT_TURNS[1]} turns",
-        "analysis": f"{len(a.steps):,} analyses, {shuffled:,} of them sent out of time order; final status "
+        "chat": f"{c.conversations:,} conversations of {CHAT_TURNS[0]} to {CHAT_TURNS[1]} turns",
+        "analysis": f"{a.analyses:,} analyses, {a.shuffled:,} of them sent out of time order; final status "
         + ", ".join(f"{s} {n:,}" for s, n in sorted(finals.items())),
     }
-    counts = {
-        "metric": (m.sent, m.unique, m.duplicates, 0),
-        "chat": (c.sent, c.unique, c.duplicates, 0),
-        "analysis": (a.sent, a.unique, a.duplicates, expected_superseded(w)),
-    }
+    counts = {}
+    for kind in KINDS:
+        ledger = w.expected[kind].ledger
+        counts[kind] = (ledger.events, ledger.rows_applied, ledger.duplicates, ledger.superseded)
     rows = [
         [kind, f"`{w.topics[kind]}`", *(f"{n:,}" for n in n4), f"{n4[0] / w.sent:.1%}", details[kind]]
         for kind, n4 in counts.items()

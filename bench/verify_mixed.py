@@ -1,13 +1,12 @@
-"""What the mixed scenario's database must hold: every table and the ledger against the load reports.
+"""The mixed scenario's check: every table and the ledger against what the topics say the database
+must hold (`MixedWorkload.expected`, computed once by `streams.tools.expected`).
 
 - metrics_raw: rows == unique events, per tenant, no key twice (bench/verify.py);
-- chat: one session per conversation sent, of its tenant, whose message_count, prompt_tokens and
-  completion_tokens equal the report's and the sums over its chat_messages rows;
-- analysis: one analysis_requests row per analysis sent, equal field by field to the fold of its
-  events (`AnalysisReport.expected()`), and one analysis_events row per unique event;
-- the ledger, per topic: events == records sent, rows_applied == unique, duplicates == duplicates
-  sent, no dead letter; for analysis, superseded == the events older than the state they met in
-  the order they were sent (one tenant, so one partition, per analysis: that is delivery order).
+- chat: one session per conversation, of its tenant, whose message_count, prompt_tokens and
+  completion_tokens equal the expected ones and the sums over its chat_messages rows;
+- analysis: one analysis_requests row per analysis, equal field by field to the fold of its
+  events, and one analysis_events row per unique event;
+- the ledger, per topic: events, rows_applied, duplicates, dead_letters and superseded as expected.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from bench.verify import Check, check_metrics
-from sinks.writers.lifecycle import superseded
 
 if TYPE_CHECKING:
     from bench.mixed import MixedWorkload
@@ -111,7 +109,7 @@ def _ledger_off(conn: psycopg.Connection, expected: Mapping[str, tuple[int, ...]
 
 def _sessions(conn: psycopg.Connection) -> dict[str, tuple[Any, ...]]:
     """(tenant, message_count, prompt_tokens, completion_tokens) of each session, then the same
-    with the count and sums over its chat_messages rows: both halves must equal the report's."""
+    with the count and sums over its chat_messages rows: both halves must equal the expected ones."""
     out = {}
     for sid, tenant, *numbers in conn.execute(SESSIONS).fetchall():
         counters, sums = [int(n) for n in numbers[:3]], [int(n) for n in numbers[3:]]
@@ -119,31 +117,24 @@ def _sessions(conn: psycopg.Connection) -> dict[str, tuple[Any, ...]]:
     return out
 
 
-def expected_superseded(w: MixedWorkload) -> int:
-    return sum(len(superseded([], steps)) for steps in w.analysis.steps.values())
-
-
 def verify_mixed(dsn: str, w: MixedWorkload) -> MixedCheck:
-    chat, analysis = w.chat, w.analysis
+    metric, chat, analysis = (w.expected[k] for k in ("metric", "chat", "analysis"))
     want_sessions = {
-        c: (v.tenant_id, v.messages, v.prompt_tokens, v.completion_tokens) * 2 for c, v in chat.conversations.items()
+        str(c): (str(v.tenant_id), v.messages, v.prompt_tokens, v.completion_tokens) * 2
+        for c, v in chat.sessions.items()
     }
     want_analyses = {
         # State's fields are ANALYSES's columns after tenant_id, in the same order.
-        a: (analysis.tenants[a], *astuple(state))
-        for a, state in analysis.expected().items()
+        str(a): (str(v.tenant_id), *astuple(v.state))
+        for a, v in analysis.analyses.items()
     }
-    want_ledger = {
-        w.metrics.topic: (w.metrics.sent, w.metrics.unique, w.metrics.duplicates, 0, 0),
-        w.chat_topic: (chat.sent, chat.unique, chat.duplicates, 0, 0),
-        w.analysis_topic: (analysis.sent, analysis.unique, analysis.duplicates, 0, expected_superseded(w)),
-    }
+    want_ledger = {t.topic: astuple(t.ledger) for t in (metric, chat, analysis)}
     with psycopg.connect(dsn) as conn:
-        metrics = check_metrics(conn, w.metrics.unique_per_tenant)
+        metrics = check_metrics(conn, metric.rows_per_tenant)
         sessions = _sessions(conn)
         analyses = {r[0]: tuple(r[1:]) for r in conn.execute(ANALYSES).fetchall()}
-        messages = Tally(_count(conn, "chat_messages"), chat.unique)
-        events = Tally(_count(conn, "analysis_events"), analysis.unique)
+        messages = Tally(_count(conn, "chat_messages"), chat.ledger.rows_applied)
+        events = Tally(_count(conn, "analysis_events"), analysis.ledger.rows_applied)
         ledger_off = tuple(_ledger_off(conn, want_ledger))
     return MixedCheck(
         metrics,

@@ -10,7 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,6 +21,10 @@ from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssigno
 
 from schemas.deadletter import DeadLetterInfo
 from streams.dev.embedded import free_port
+from streams.kinds import Kind, by_name
+from streams.settings import Settings
+from streams.tools.expected import Counters, Expected, read_expected
+from streams.tools.reader import Reader, read_all
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.2, what: str = "condition") -> Any:
@@ -63,6 +67,18 @@ class Scenario:
     @property
     def group(self) -> str:
         return f"eventsink-{self.name}"
+
+    def kind(self, name: str) -> Kind:
+        """Event kind `name` (metric, chat, analysis) on this scenario's topics."""
+        settings = Settings(
+            kafka_bootstrap_servers=self.bootstrap,
+            database_url=self.dsn,
+            metrics_topic=self.topic,
+            chat_topic=self.chat_topic,
+            analysis_topic=self.analysis_topic,
+            group_id=self.group,
+        )
+        return by_name(settings, name)
 
     def env(self, dsn: str | None = None, **extra: str) -> dict[str, str]:
         env = {
@@ -156,20 +172,35 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")
 
 
+COUNTERS = tuple(f.name for f in fields(Counters))  # events, rows_applied, duplicates, dead_letters, superseded
+
+
 def ledger(dsn: str, group: str, topic: str) -> dict[int, dict[str, int]]:
     with psycopg.connect(dsn) as conn:
         rows = conn.execute(
-            "SELECT partition, last_offset, events, rows_applied, duplicates, dead_letters "
+            f"SELECT partition, last_offset, {', '.join(COUNTERS)} "
             "FROM eventsink.offsets_ledger WHERE consumer_group = %s AND topic = %s",
             (group, topic),
         ).fetchall()
-    keys = ("last_offset", "events", "rows_applied", "duplicates", "dead_letters")
+    keys = ("last_offset", *COUNTERS)
     return {r[0]: dict(zip(keys, r[1:], strict=True)) for r in rows}
 
 
 def ledger_totals(dsn: str, group: str, topic: str) -> dict[str, int]:
+    """The ledger's counters of a topic, summed over its partitions: the keys of `Counters`."""
     rows = ledger(dsn, group, topic).values()
-    return {k: sum(r[k] for r in rows) for k in ("events", "rows_applied", "duplicates", "dead_letters")}
+    return {k: sum(r[k] for r in rows) for k in COUNTERS}
+
+
+def expected(s: Scenario, kind: str) -> Expected:
+    """What the database must hold for the scenario's topic of `kind`, from its records and its
+    DLQ's (`streams.tools.expected`, the oracle `eventsink verify` and the benchmark use too)."""
+
+    async def go() -> Expected:
+        async with Reader(s.bootstrap) as reader:
+            return await read_expected(reader, s.kind(kind))
+
+    return asyncio.run(go())
 
 
 def wait_applied(dsn: str, group: str, topic: str, last_offsets: dict[int, int], timeout: float = 90) -> None:
@@ -209,6 +240,7 @@ class TopicRecord:
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes]]
+    timestamp: int = 0  # milliseconds since the epoch
 
     @property
     def info(self) -> DeadLetterInfo:
@@ -216,29 +248,15 @@ class TopicRecord:
 
 
 async def read_topic(bootstrap: str, topic: str, timeout: float = 5.0) -> list[TopicRecord]:
-    """Every record of a topic, without a consumer group."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
-    await consumer.start()
+    """Every record of a topic, without a consumer group ([] if the topic does not exist).
+
+    Caught up once past the end offsets seen at the start, or after `timeout` seconds of nothing.
+    """
     try:
-        await asyncio.sleep(0)
-        parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in parts]
-        if not tps:
-            return []
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        out: list[TopicRecord] = []
-        idle_until = time.monotonic() + timeout
-        while time.monotonic() < idle_until:
-            batch = await consumer.getmany(timeout_ms=300, max_records=5000)
-            for tp, records in batch.items():
-                for r in records:
-                    out.append(TopicRecord(tp.partition, r.offset, r.key, r.value, list(r.headers or ())))
-            if batch:
-                idle_until = time.monotonic() + 1.0
-        return out
-    finally:
-        await consumer.stop()
+        records = await read_all(bootstrap, topic, idle_s=timeout)
+    except LookupError:
+        return []
+    return [TopicRecord(r.partition, r.offset, r.key, r.value, list(r.headers or ()), r.timestamp) for r in records]
 
 
 class _AsFaust(RoundRobinPartitionAssignor):
@@ -248,7 +266,11 @@ class _AsFaust(RoundRobinPartitionAssignor):
 
 
 async def commit_group_offsets(bootstrap: str, group: str, topic: str, offsets: dict[int, int]) -> None:
-    """Commit offsets for a consumer group as a member of it, as a worker's Faust would."""
+    """Commit offsets for a consumer group as a member of it, as a worker's Faust would.
+
+    The one consumer of the tests that joins a group, on purpose; `committed_offsets` (through
+    the group-less reader) confirms what it committed.
+    """
     from aiokafka.structs import OffsetAndMetadata
 
     consumer = AIOKafkaConsumer(
@@ -270,12 +292,11 @@ async def commit_group_offsets(bootstrap: str, group: str, topic: str, offsets: 
         await consumer.commit({TopicPartition(topic, p): OffsetAndMetadata(o, "") for p, o in offsets.items()})
     finally:
         await consumer.stop()
+    committed = await committed_offsets(bootstrap, group, topic, offsets)
+    assert committed == offsets, f"committed {committed}, not {offsets}"
 
 
 async def committed_offsets(bootstrap: str, group: str, topic: str, partitions: Iterable[int]) -> dict[int, int | None]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        return {p: await consumer.committed(TopicPartition(topic, p)) for p in partitions}
-    finally:
-        await consumer.stop()
+    """partition -> the group's committed offset (None where it has none), without joining it."""
+    async with Reader(bootstrap) as reader:
+        return await reader.committed(group, topic, partitions)

@@ -3,8 +3,8 @@
 Starts what is not configured (a Tansu broker; PostgreSQL on 127.0.0.1:5432 or an embedded
 one), migrates, runs a worker process, publishes a sample workload of the three kinds with
 duplicates, invalid records and out-of-order analysis events, waits until the ledger has
-covered every record, and prints what landed against what was sent. Everything it started is
-stopped on the way out, Ctrl-C included.
+covered every record, and prints what landed against what the topics say the database must hold
+(`streams.tools.expected`). Everything it started is stopped on the way out, Ctrl-C included.
 """
 
 from __future__ import annotations
@@ -27,12 +27,16 @@ from rich.table import Table
 
 from sinks import migrate as migrations
 from sinks.dsn import redact_dsn
+from sinks.writers.analysis import SELECT_ROWS
 from streams.dev import embedded
 from streams.dev.loadgen.analysis import AnalysisLoad, AnalysisReport, produce_analysis
 from streams.dev.loadgen.chat import ChatLoad, ChatReport, produce_chat
 from streams.dev.loadgen.metric import LoadReport, MetricLoad, produce_metrics
+from streams.kinds import all_kinds
 from streams.publish.publisher import Publisher
 from streams.settings import FILE_SECRETS, Settings, load
+from streams.tools.expected import Counters, Target, read_expected
+from streams.tools.reader import Reader
 from streams.tools.topics import ensure_topics
 
 console = Console(stderr=True)
@@ -170,71 +174,64 @@ async def _publish(s: Settings, tenants: int, count: int) -> Sent:
     return Sent(metrics, chat, analysis)
 
 
+async def _expected(s: Settings) -> dict[str, Target]:
+    """What the database must hold for each kind's topic, as its records say (the oracle)."""
+    async with Reader(s.bootstrap_list, s.kafka_security()) as reader:
+        return {kind.name: (await read_expected(reader, kind)).target() for kind in all_kinds(s)}
+
+
 def _summary(dsn: str, s: Settings, sent: Sent, seconds: float) -> bool:
-    ok = True
+    expected = asyncio.run(_expected(s))
+    metric, chat, analysis = expected["metric"], expected["chat"], expected["analysis"]
     with psycopg.connect(dsn) as conn:
         rows = dict(
             conn.execute(
                 "SELECT tenant_id::text, count(*) FROM eventsink.metrics_raw "
                 "WHERE tenant_id = ANY(%s::uuid[]) GROUP BY 1",
-                (list(sent.metrics.unique_per_tenant),),
+                (list(metric.rows_per_tenant),),
             ).fetchall()
         )
         sessions = {
-            str(r[0]): r[1:]
+            r[0]: r[1:]
             for r in conn.execute(
-                "SELECT id, message_count, prompt_tokens, completion_tokens, "
+                "SELECT id, tenant_id, message_count, prompt_tokens, completion_tokens, "
                 "(SELECT count(*) FROM eventsink.chat_messages m WHERE m.session_id = s.id) "
-                "FROM eventsink.chat_sessions s WHERE id = ANY(%s::uuid[])",
-                (list(sent.chat.conversations),),
+                "FROM eventsink.chat_sessions s WHERE id = ANY(%s)",
+                (list(chat.sessions),),
             )
         }
-        analyses = {
-            str(r[0]): r[1:]
-            for r in conn.execute(
-                "SELECT id, status, progress, version FROM eventsink.analysis_requests WHERE id = ANY(%s::uuid[])",
-                (list(sent.analysis.steps),),
-            )
-        }
+        analyses = {r[0]: r[1:] for r in conn.execute(SELECT_ROWS, (list(analysis.analyses),))}
     table = Table(title="metrics_raw: rows per tenant", title_justify="left")
     for col, justify in (("tenant_id", "left"), ("unique events published", "right"), ("rows", "right")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
-    for tenant, unique in sorted(sent.metrics.unique_per_tenant.items()):
+    for tenant, unique in sorted(metric.rows_per_tenant.items()):
         table.add_row(
             tenant, str(unique), str(rows.get(tenant, 0)), style="" if rows.get(tenant, 0) == unique else "red"
         )
-        ok &= rows.get(tenant, 0) == unique
     console.print(table)
+    metric_ok = rows == metric.rows_per_tenant
     chat_ok = all(
-        sessions.get(c, (None,) * 4) == (v.messages, v.prompt_tokens, v.completion_tokens, v.messages)
-        for c, v in sent.chat.conversations.items()
+        sessions.get(c) == (v.tenant_id, v.messages, v.prompt_tokens, v.completion_tokens, v.messages)
+        for c, v in chat.sessions.items()
     )
-    expected = sent.analysis.expected()
-    analysis_ok = all(
-        analyses.get(a, (None,) * 3) == (st.status, st.progress, st.version) for a, st in expected.items()
-    )
-    ok &= chat_ok and analysis_ok
+    analysis_ok = all(analyses.get(a) == v.state.row() for a, v in analysis.analyses.items())
+    checks = {
+        s.metrics_topic: "rows == unique events" if metric_ok else "MISMATCH",
+        s.chat_topic: f"{len(chat.sessions)} sessions exact" if chat_ok else "MISMATCH",
+        s.analysis_topic: f"{len(analysis.analyses)} rows = in-order" if analysis_ok else "MISMATCH",
+    }
     summary = Table(title="per topic", title_justify="left")
     for col in ("topic", "records", "applied", "duplicates", "superseded", "DLQ", "check"):
         summary.add_column(col, justify="left" if col in ("topic", "check") else "right")
     ledger = _ledger(dsn, s.group_id)
-    checks = {
-        s.metrics_topic: "rows == unique events"
-        if all(rows.get(t, 0) == n for t, n in sent.metrics.unique_per_tenant.items())
-        else "MISMATCH",
-        s.chat_topic: f"{len(sent.chat.conversations)} sessions exact" if chat_ok else "MISMATCH",
-        s.analysis_topic: f"{len(expected)} rows = in-order" if analysis_ok else "MISMATCH",
-    }
-    invalid = {
-        s.metrics_topic: sent.metrics.invalid,
-        s.chat_topic: sent.chat.invalid,
-        s.analysis_topic: sent.analysis.invalid,
-    }
-    for topic, check in checks.items():
-        _, events, applied, dups, dead, superseded, _ = ledger.get(topic, (0,) * 7)
-        ok &= dead == invalid[topic]
+    ok = metric_ok and chat_ok and analysis_ok
+    for target in (metric, chat, analysis):
+        _, events, applied, dups, dead, superseded, _ = ledger.get(target.topic, (0,) * 7)
+        counted = Counters(*(int(n or 0) for n in (events, applied, dups, dead, superseded)))
+        check = checks[target.topic] if counted == target.ledger else f"ledger MISMATCH: expected {target.ledger}"
+        ok &= counted == target.ledger
         summary.add_row(
-            topic,
+            target.topic,
             str(events),
             str(applied),
             str(dups),

@@ -1,7 +1,8 @@
 """How far a consumer group is behind, in Kafka's terms and in PostgreSQL's (the ledger).
 
-Read without joining the group: end offsets from a group-less consumer, the group's committed
-offsets through an offset fetch (no join, no rebalance), the ledger from the database.
+Read without joining the group (`streams.tools.reader`): end offsets from the group-less reader,
+the group's committed offsets through an offset fetch (no join, no rebalance), the ledger from
+the database.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import psycopg
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from sinks.core import ledger as offsets
+from streams.tools.reader import Reader
 
 
 @dataclass(frozen=True)
@@ -39,28 +40,26 @@ class PartitionLag:
 
 async def _kafka_offsets(
     bootstrap: list[str], group: str, topics: Iterable[str], security: Mapping[str, Any]
-) -> tuple[dict, dict]:
-    plain = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **security)
-    grouped = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False, **security)
-    await asyncio.gather(plain.start(), grouped.start())
-    await asyncio.sleep(0)  # aiokafka 0.14: stop() right after start() raises otherwise
-    try:
-        tps = []
+) -> dict[tuple[str, int], tuple[int, int, int | None]]:
+    """(topic, partition) -> (beginning offset, end offset, the group's committed offset or None)."""
+    out = {}
+    async with Reader(bootstrap, security) as reader:
         for topic in topics:
-            for p in plain.partitions_for_topic(topic) or ():
-                tps.append(TopicPartition(topic, p))
-        ends = await plain.end_offsets(tps) if tps else {}
-        starts = await plain.beginning_offsets(tps) if tps else {}
-        committed = {tp: await grouped.committed(tp) for tp in tps}
-        return {tp: (starts[tp], end) for tp, end in ends.items()}, committed
-    finally:
-        await asyncio.gather(plain.stop(), grouped.stop())
+            try:
+                partitions = await reader.partitions(topic)
+            except LookupError:
+                continue
+            starts = await reader.beginning_offsets(topic, partitions)
+            ends = await reader.end_offsets(topic, partitions)
+            committed = await reader.committed(group, topic, partitions)
+            out.update({(topic, p): (starts[p], ends[p], committed[p]) for p in partitions})
+    return out
 
 
 def collect(
     bootstrap: list[str], dsn: str, group: str, topics: list[str], security: Mapping[str, Any] | None = None
 ) -> list[PartitionLag]:
-    ends, committed = asyncio.run(_kafka_offsets(bootstrap, group, topics, security or {}))
+    kafka = asyncio.run(_kafka_offsets(bootstrap, group, topics, security or {}))
 
     async def ledger() -> dict[tuple[str, int], int]:
         async with await psycopg.AsyncConnection.connect(dsn) as conn:
@@ -69,8 +68,6 @@ def collect(
     applied = asyncio.run(ledger())
     # Records the broker no longer has (retention) can be neither applied nor waited for.
     return [
-        PartitionLag(
-            tp.topic, tp.partition, end, committed.get(tp), max(start, applied.get((tp.topic, tp.partition), 0))
-        )
-        for tp, (start, end) in sorted(ends.items(), key=lambda kv: (kv[0].topic, kv[0].partition))
+        PartitionLag(topic, partition, end, committed, max(start, applied.get((topic, partition), 0)))
+        for (topic, partition), (start, end, committed) in sorted(kafka.items())
     ]

@@ -1,19 +1,34 @@
-"""Reading a topic without a consumer group: what tail, verify and the DLQ tools share.
+"""The one group-less Kafka reader: what tail, verify, dlq, lag, topics, the worker's gap check,
+the tests and the benchmark use to look at topics.
 
-The consumer assigns partitions itself, joins nothing and commits nothing, so it never
-disturbs the workers.
+A `Reader` wraps one aiokafka consumer that assigns partitions itself, joins no group and
+commits nothing, so it never disturbs the workers; it reads `read_committed`, so records of an
+aborted transaction are never counted (brokers that report aborted transactions; Tansu 0.6
+does not). An admin client is opened beside it for what a consumer cannot tell: which topics
+and partitions exist now, and a group's committed offsets (an offset fetch: no join, no
+rebalance).
+Both are started on first use and stopped when the `async with` block ends.
+
+One operation at a time per Reader: a read and a gap check share the consumer's assignment, so
+they take turns (a lock), and the assignment is paused after each, so nothing is fetched in the
+background between them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from types import TracebackType
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import ConsumerRecord
+
+Security = Mapping[str, Any]  # aiokafka client arguments: security_protocol, ssl_context, sasl_*
 
 
 @dataclass(frozen=True)
@@ -23,6 +38,200 @@ class Start:
     from_beginning: bool = False
     since: datetime | None = None
     last: int | None = 10
+
+
+FROM_BEGINNING = Start(from_beginning=True)
+
+
+class Reader:
+    """`async with Reader(bootstrap, security) as reader:` then any of its methods, in turn."""
+
+    def __init__(self, bootstrap: str | Sequence[str], security: Security | None = None) -> None:
+        self.bootstrap = [bootstrap] if isinstance(bootstrap, str) else list(bootstrap)
+        self.security = dict(security or {})
+        self._consumer: AIOKafkaConsumer | None = None
+        self._admin: AIOKafkaAdminClient | None = None
+        self._turn = asyncio.Lock()
+
+    async def __aenter__(self) -> Reader:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        consumer, admin, self._consumer, self._admin = self._consumer, self._admin, None, None
+        if consumer is not None:
+            await consumer.stop()
+        if admin is not None:
+            await admin.close()
+
+    async def consumer(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                isolation_level="read_committed",
+                **self.security,
+            )
+            await consumer.start()
+            await asyncio.sleep(0)  # aiokafka 0.14: stop() right after start() raises otherwise
+            self._consumer = consumer
+        return self._consumer
+
+    async def admin(self) -> AIOKafkaAdminClient:
+        if self._admin is None:
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.security)
+            await admin.start()
+            self._admin = admin
+        return self._admin
+
+    # -- metadata -------------------------------------------------------------------------
+
+    async def partitions(self, topic: str) -> list[int]:
+        """The topic's partitions, from fresh metadata (sorted).
+
+        Raises LookupError when the topic does not exist.
+        """
+        known = (await self._describe()).get(topic)
+        if not known:
+            raise LookupError(f"topic {topic!r} does not exist")
+        return known
+
+    async def partition_counts(self, topics: Iterable[str]) -> dict[str, int]:
+        """Partitions of each topic from fresh metadata: 0 for a topic that does not exist."""
+        described = await self._describe()
+        return {topic: len(described.get(topic, ())) for topic in topics}
+
+    async def _describe(self) -> dict[str, list[int]]:
+        """topic -> its partitions, as the broker knows them now.
+
+        Asks the admin client for every topic's metadata, never for names: a request naming a
+        missing topic would create it on brokers that create topics on demand. (The consumer's own
+        metadata is no guide: once it is assigned partitions, it only follows their topics.)
+        """
+        described = await (await self.admin()).describe_topics()
+        return {t["topic"]: sorted(p["partition"] for p in t["partitions"]) for t in described if not t["error_code"]}
+
+    async def beginning_offsets(self, topic: str, partitions: Iterable[int] | None = None) -> dict[int, int]:
+        """partition -> the first offset the broker still has."""
+        tps = await self._tps(topic, partitions)
+        return {tp.partition: o for tp, o in (await (await self.consumer()).beginning_offsets(tps)).items()}
+
+    async def end_offsets(self, topic: str, partitions: Iterable[int] | None = None) -> dict[int, int]:
+        """partition -> the offset after the last committed record (the last stable offset).
+
+        Some brokers (Tansu) report the first offset of the last record batch + 1 here.
+        """
+        tps = await self._tps(topic, partitions)
+        return {tp.partition: o for tp, o in (await (await self.consumer()).end_offsets(tps)).items()}
+
+    async def committed(self, group: str, topic: str, partitions: Iterable[int]) -> dict[int, int | None]:
+        """partition -> the group's committed offset (the next to read), None where it has none.
+
+        An offset fetch through the admin client: the group is neither joined nor rebalanced.
+        """
+        tps = [TopicPartition(topic, p) for p in partitions]
+        if not tps:
+            return {}
+        # Partitions are always named: some brokers (Tansu) drop the connection otherwise.
+        found = await (await self.admin()).list_consumer_group_offsets(group, partitions=tps)
+        out: dict[int, int | None] = {}
+        for tp in tps:
+            meta = found.get(tp)
+            out[tp.partition] = meta.offset if meta is not None and meta.offset >= 0 else None
+        return out
+
+    async def _tps(self, topic: str, partitions: Iterable[int] | None) -> list[TopicPartition]:
+        chosen = await self.partitions(topic) if partitions is None else sorted(set(partitions))
+        return [TopicPartition(topic, p) for p in chosen]
+
+    # -- reading --------------------------------------------------------------------------
+
+    async def read(
+        self,
+        topic: str,
+        *,
+        start: Start = FROM_BEGINNING,
+        partitions: Iterable[int] | None = None,
+        follow: bool = False,
+        idle_s: float = 2.0,
+    ) -> AsyncIterator[list[ConsumerRecord]]:
+        """Yield chunks of records; without `follow`, stop once caught up with the topic. With
+        `follow`, yield one empty chunk when caught up, then live records as they come.
+
+        Caught up means past the end offsets seen at the start and one more poll brought nothing,
+        or nothing came for `idle_s` seconds: some brokers (Tansu) report a partition's end as
+        the first offset of its last record batch, so end offsets alone would stop early.
+        Raises LookupError when the topic or the partitions asked for do not exist.
+        """
+        async with self._turn:
+            consumer = await self.consumer()
+            known = set(await self.partitions(topic))
+            wanted = sorted(known if partitions is None else set(partitions) & known)
+            if not wanted:
+                raise LookupError(f"topic {topic!r} has no partition {sorted(partitions or [])}")
+            tps = [TopicPartition(topic, p) for p in wanted]
+            consumer.assign(tps)
+            try:
+                for tp, offset in (await _positions(consumer, tps, start)).items():
+                    consumer.seek(tp, offset)
+                ends = await consumer.end_offsets(tps)
+                quiet_since = time.monotonic()
+                caught_up = False
+                while True:
+                    batch = await consumer.getmany(timeout_ms=1000 if caught_up else 300, max_records=5000)
+                    records = [r for chunk in batch.values() for r in chunk]
+                    if records:
+                        quiet_since = time.monotonic()
+                        yield records
+                        continue
+                    if caught_up:
+                        continue
+                    at_end = all([await consumer.position(tp) >= ends[tp] for tp in tps])
+                    if at_end or time.monotonic() - quiet_since > idle_s:
+                        if not follow:
+                            return
+                        caught_up = True
+                        yield []  # the backlog is over; what follows is live
+            finally:
+                _idle(consumer)
+
+    async def read_all(self, topic: str, **kwargs: Any) -> list[ConsumerRecord]:
+        """Every record `read` yields (without `follow`), in one list."""
+        return [record async for chunk in self.read(topic, **kwargs) for record in chunk]
+
+    async def first_offset_from(self, topic: str, partition: int, offset: int, timeout: float = 10.0) -> int:
+        """The offset of the first record at or after `offset` that the broker still has.
+
+        Raises TimeoutError when none arrives in time. Tells a legitimate hole in a partition
+        (compaction, transaction markers, retention) from records a worker is about to skip.
+        """
+        tp = TopicPartition(topic, partition)
+        async with self._turn:
+            consumer = await self.consumer()
+            consumer.assign([tp])
+            try:
+                # End offsets are not consulted: some brokers under-report them while being written.
+                begin = (await consumer.beginning_offsets([tp]))[tp]
+                consumer.seek(tp, max(offset, begin))
+                deadline = time.monotonic() + timeout
+                while time.monotonic() < deadline:
+                    records = (await consumer.getmany(tp, timeout_ms=500, max_records=1)).get(tp)
+                    if records:
+                        return int(records[0].offset)
+                raise TimeoutError(f"no record of {topic}[{partition}] at or after {offset} within {timeout}s")
+            finally:
+                _idle(consumer)
+
+
+def _idle(consumer: AIOKafkaConsumer) -> None:
+    """Stop fetching between operations. Paused, not unassigned: aiokafka 0.14's consumer can
+    hang in stop() once a user assignment was dropped (its fetch task waits for a new one)."""
+    consumer.pause(*consumer.assignment())
 
 
 async def _positions(consumer: AIOKafkaConsumer, tps: list[TopicPartition], start: Start) -> dict[TopicPartition, int]:
@@ -36,59 +245,9 @@ async def _positions(consumer: AIOKafkaConsumer, tps: list[TopicPartition], star
     return {tp: max(begins[tp], ends[tp] - (start.last or 0)) for tp in tps}
 
 
-async def read(
-    bootstrap: list[str],
-    topic: str,
-    *,
-    start: Start = Start(from_beginning=True),
-    partitions: Iterable[int] | None = None,
-    follow: bool = False,
-    idle_s: float = 2.0,
-    security: Mapping[str, Any] | None = None,
-) -> AsyncIterator[list[Any]]:
-    """Yield chunks of records; without `follow`, stop once caught up with the topic. With
-    `follow`, yield one empty chunk when caught up, then live records as they come.
-
-    Caught up means past the end offsets seen at the start and one more poll brought nothing:
-    some brokers (Tansu) report a partition's end as the first offset of its last record batch,
-    so end offsets alone would stop early.
-    """
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest", **(security or {})
-    )
-    await consumer.start()
-    await asyncio.sleep(0)  # aiokafka 0.14: stop() right after start() raises otherwise
-    try:
-        known = consumer.partitions_for_topic(topic)
-        if not known:
-            raise LookupError(f"topic {topic!r} does not exist")
-        wanted = sorted(known if partitions is None else set(partitions) & known)
-        if not wanted:
-            raise LookupError(f"topic {topic!r} has no partition {sorted(partitions or [])}")
-        tps = [TopicPartition(topic, p) for p in wanted]
-        consumer.assign(tps)
-        for tp, offset in (await _positions(consumer, tps, start)).items():
-            consumer.seek(tp, offset)
-        ends = await consumer.end_offsets(tps)
-        quiet_since = time.monotonic()
-        caught_up = False
-        while True:
-            batch = await consumer.getmany(timeout_ms=1000 if caught_up else 300, max_records=5000)
-            records = [r for chunk in batch.values() for r in chunk]
-            if records:
-                quiet_since = time.monotonic()
-                yield records
-                continue
-            if caught_up:
-                continue
-            if all([await consumer.position(tp) >= ends[tp] for tp in tps]) or time.monotonic() - quiet_since > idle_s:
-                if not follow:
-                    return
-                caught_up = True
-                yield []  # the backlog is over; what follows is live
-    finally:
-        await consumer.stop()
-
-
-async def read_all(bootstrap: list[str], topic: str, **kwargs: Any) -> list[Any]:
-    return [record async for chunk in read(bootstrap, topic, **kwargs) for record in chunk]
+async def read_all(
+    bootstrap: str | Sequence[str], topic: str, security: Security | None = None, **kwargs: Any
+) -> list[ConsumerRecord]:
+    """Every record of a topic (see `Reader.read`), through a Reader of its own."""
+    async with Reader(bootstrap, security) as reader:
+        return await reader.read_all(topic, **kwargs)

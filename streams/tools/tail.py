@@ -1,6 +1,6 @@
 """Reading a topic the way an analyst does: decoded, filtered, never disturbing the workers.
 
-The consumer has no group: it assigns partitions itself, joins nothing and commits nothing.
+Through `streams.tools.reader.Reader`: no group, nothing joined, nothing committed.
 Invalid records are shown with their error; dead-letter records with their reason headers.
 """
 
@@ -17,8 +17,7 @@ from pydantic import BaseModel
 
 from schemas.codec import Decoded, Rejected, decode
 from schemas.deadletter import HEADER_PREFIX, DeadLetterInfo
-from streams.tools import reader
-from streams.tools.reader import Start
+from streams.tools.reader import Reader, Start
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -146,19 +145,18 @@ async def tail(
     filters = filters or Filters()
     backlog: list[TailRow] | None = []
     shown = 0
-    async for chunk in reader.read(
-        bootstrap, topic, start=start, partitions=partitions, follow=follow, security=security
-    ):
-        rows = [row for row in (to_row(r, model, context) for r in chunk) if filters.match(row)]
-        if backlog is None:
-            for row in rows:
-                emit(row)
-            shown += len(rows)
-        elif chunk:
-            backlog.extend(rows)
-        else:  # caught up: the backlog in time order across partitions, then live records
-            shown += _flush(backlog, emit)
-            backlog = None
+    async with Reader(bootstrap, security) as reader:
+        async for chunk in reader.read(topic, start=start, partitions=partitions, follow=follow):
+            rows = [row for row in (to_row(r, model, context) for r in chunk) if filters.match(row)]
+            if backlog is None:
+                for row in rows:
+                    emit(row)
+                shown += len(rows)
+            elif chunk:
+                backlog.extend(rows)
+            else:  # caught up: the backlog in time order across partitions, then live records
+                shown += _flush(backlog, emit)
+                backlog = None
     if backlog:
         shown += _flush(backlog, emit)
     return shown

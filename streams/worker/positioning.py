@@ -9,23 +9,23 @@
   with `eventsink ledger reset`, after which the check resumes it from the ledger. Where the
   broker reports no topic id, a partition whose log ends below the ledger is taken for a new log.
 - The pipeline asks here what lies in a hole after the ledger (`first_offset_from`), through one
-  group-less consumer kept open, not a connection per question.
+  group-less `Reader` kept open, not a connection per question.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from aiokafka import AIOKafkaClient, AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaClient
 from faust.types import TP
 
 from sinks.core.batch import LogIdentity
 from sinks.core.ledger import Position
 from streams import logs
 from streams.tools.identity import TopicIdentity, identities
+from streams.tools.reader import Reader
 
 if TYPE_CHECKING:
     from streams.worker.app import Runtime
@@ -44,8 +44,7 @@ class Positioning:
         self.check_s = check_s
         self._identities: dict[str, TopicIdentity] = {}
         self._client: AIOKafkaClient | None = None
-        self._probe: AIOKafkaConsumer | None = None
-        self._probe_lock = asyncio.Lock()
+        self._probe: Reader | None = None  # one group-less reader kept open for the questions below
         self._checker: asyncio.Task[None] | None = None
 
     # -- identity -------------------------------------------------------------------------------
@@ -148,7 +147,7 @@ class Positioning:
         for closing in (self._probe, self._client):
             if closing is not None:
                 try:
-                    await (closing.stop() if isinstance(closing, AIOKafkaConsumer) else closing.close())
+                    await closing.close()
                 except Exception as exc:
                     log.debug("closing a broker connection failed", error=str(exc))
         self._probe = self._client = None
@@ -204,42 +203,14 @@ class Positioning:
 
         Raises TimeoutError when no record arrives in time.
         """
-        tp = TopicPartition(topic, partition)
-        async with self._probe_lock:
-            probe = await self._consumer()
-            start = (await probe.beginning_offsets([tp]))[tp]
-            probe.assign([tp])
-            # End offsets are not consulted: some brokers under-report them while being written.
-            probe.seek(tp, max(offset, start))
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                batch = await probe.getmany(tp, timeout_ms=500, max_records=1)
-                records = batch.get(tp)
-                if records:
-                    return records[0].offset, start
-            raise TimeoutError(f"no record of {topic}[{partition}] at or after {offset} within {timeout}s")
+        reader = self._reader()
+        start = (await reader.beginning_offsets(topic, [partition]))[partition]
+        return await reader.first_offset_from(topic, partition, max(offset, start), timeout), start
 
     async def _end_offsets(self, topic: str, partitions: list[int]) -> dict[int, int]:
-        return (await self._probe_offsets(topic, partitions))[1]
+        return await self._reader().end_offsets(topic, partitions)
 
-    async def _probe_offsets(self, topic: str, partitions: list[int]) -> tuple[dict[int, int], dict[int, int]]:
-        tps = [TopicPartition(topic, p) for p in partitions]
-        async with self._probe_lock:
-            probe = await self._consumer()
-            begins = await probe.beginning_offsets(tps)
-            ends = await probe.end_offsets(tps)
-        return {tp.partition: o for tp, o in begins.items()}, {tp.partition: o for tp, o in ends.items()}
-
-    async def _consumer(self) -> AIOKafkaConsumer:
+    def _reader(self) -> Reader:
         if self._probe is None:
-            probe = AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                isolation_level="read_committed",
-                **self.security,
-            )
-            await probe.start()
-            await asyncio.sleep(0)  # aiokafka 0.14: stop() right after start() raises otherwise
-            self._probe = probe
+            self._probe = Reader(self.bootstrap, self.security)
         return self._probe

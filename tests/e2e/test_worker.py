@@ -6,6 +6,7 @@ import asyncio
 import time
 import uuid
 from collections import Counter
+from dataclasses import asdict
 from datetime import UTC, datetime
 
 import orjson
@@ -19,6 +20,7 @@ from tests.helpers import (
     WorkerProcess,
     commit_group_offsets,
     count_by_tenant,
+    expected,
     ledger_totals,
     read_topic,
     wait_applied,
@@ -36,7 +38,15 @@ def worker(s: Scenario, tag: str = "w", **env: str) -> WorkerProcess:
 
 
 def assert_exactly_once(s: Scenario, sent: Sent) -> None:
-    assert count_by_tenant(s.dsn, sent.tenants) == dict(sent.unique_per_tenant)
+    """The database holds what the topic says it must (the oracle), and the topic holds what the
+    test sent (its own tally): every row once, every counter of the ledger exact."""
+    want = expected(s, "metric")
+    assert (want.records, len(want.invalid), want.rows_per_tenant()) == (
+        sent.sent,
+        sent.invalid,
+        sent.unique_per_tenant,
+    )
+    assert count_by_tenant(s.dsn, sent.tenants) == want.rows_per_tenant()
     with psycopg.connect(s.dsn) as conn:
         dupes = conn.execute(
             "SELECT count(*) FROM (SELECT 1 FROM eventsink.metrics_raw WHERE tenant_id = ANY(%s::uuid[]) "
@@ -44,13 +54,7 @@ def assert_exactly_once(s: Scenario, sent: Sent) -> None:
             (sent.tenants,),
         ).fetchone()
     assert dupes == (0,)
-    totals = ledger_totals(s.dsn, s.group, s.topic)
-    assert totals == {
-        "events": sent.sent,
-        "rows_applied": sent.unique,
-        "duplicates": sent.sent - sent.unique - sent.invalid,
-        "dead_letters": sent.invalid,
-    }
+    assert ledger_totals(s.dsn, s.group, s.topic) == asdict(want.ledger())
 
 
 def dlq_by_source(s: Scenario) -> Counter[tuple[int, int]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
+from dataclasses import asdict
 
 import orjson
 import psycopg
@@ -13,7 +14,7 @@ import pytest
 from sinks.writers.analysis import SELECT_ROWS
 from streams.dev.loadgen.analysis import AnalysisLoad
 from streams.dev.loadgen.chat import ChatLoad
-from tests.helpers import Scenario, WorkerProcess, ledger_totals, read_topic, wait_applied
+from tests.helpers import Scenario, WorkerProcess, expected, ledger_totals, read_topic, wait_applied
 from tests.workload import Sent, publish_analysis, publish_chat, send_raw
 
 pytestmark = pytest.mark.e2e
@@ -54,14 +55,20 @@ def test_chat_and_analysis_traffic_lands_exactly_once(scenario: Scenario) -> Non
         wait_applied(s.dsn, s.group, s.analysis_topic, found.last_offsets)
     finally:
         assert w.stop() == 0
+    # What the topics say the database must hold (the oracle), checked against what was sent.
+    chat_want, analysis_want = expected(s, "chat"), expected(s, "analysis")
+    assert (chat_want.records, len(chat_want.invalid)) == (chat.sent, chat.invalid)
+    assert len(chat_want.sessions()) == chat.conversations
+    assert analysis_want.records == found.sent and len(analysis_want.analyses()) == found.analyses
     expected_sessions = {
-        c: (v.tenant_id, v.messages, v.prompt_tokens, v.completion_tokens, v.messages)
-        for c, v in chat.conversations.items()
+        str(c): (str(v.tenant_id), v.messages, v.prompt_tokens, v.completion_tokens, v.messages)
+        for c, v in chat_want.sessions().items()
     }
-    assert sessions(s.dsn, list(chat.conversations)) == expected_sessions
-    expected = {a: st.row() for a, st in found.expected().items()}
-    assert analyses(s.dsn, list(found.steps)) == expected
-    assert Counter(st.status for st in found.expected().values()).keys() >= {"completed", "failed", "deleted"}
+    assert sessions(s.dsn, list(expected_sessions)) == expected_sessions
+    expected_rows = {str(a): v.state.row() for a, v in analysis_want.analyses().items()}
+    assert analyses(s.dsn, list(expected_rows)) == expected_rows
+    finals = Counter(v.state.status for v in analysis_want.analyses().values())
+    assert finals == found.final_status and finals.keys() >= {"completed", "failed", "deleted"}
     dead = asyncio.run(read_topic(s.bootstrap, f"{s.chat_topic}.dlq"))
     assert len(dead) == chat.invalid
     assert Counter(d.info.reason for d in dead) == Counter(
@@ -71,7 +78,9 @@ def test_chat_and_analysis_traffic_lands_exactly_once(scenario: Scenario) -> Non
             "invalid_event": chat.invalid_kinds["bad_role"] + chat.invalid_kinds["negative_tokens"],
         }
     )
+    assert ledger_totals(s.dsn, s.group, s.chat_topic) == asdict(chat_want.ledger())
     totals = ledger_totals(s.dsn, s.group, s.analysis_topic)
+    assert totals == asdict(analysis_want.ledger())
     assert totals["rows_applied"] == found.unique and totals["duplicates"] == found.duplicates
 
 
@@ -119,3 +128,8 @@ def test_another_tenant_can_never_write_into_a_conversation_or_an_analysis(scena
     for topic in (s.chat_topic, s.analysis_topic):
         dead = asyncio.run(read_topic(s.bootstrap, f"{topic}.dlq"))
         assert [(d.info.reason, d.key) for d in dead] == [("tenant_mismatch", intruder.encode())]
+    for kind, topic in (("chat", s.chat_topic), ("analysis", s.analysis_topic)):
+        want = expected(s, kind)  # the oracle names the intruder too, from the topic alone
+        assert [want.events[k][0].event.tenant_id for k in want.accepted] == [uuid.UUID(owner)]
+        assert list(want.refused.values()) == ["tenant_mismatch"]
+        assert ledger_totals(s.dsn, s.group, topic) == asdict(want.ledger())

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from streams.dev.loadgen.analysis import AnalysisLoad, AnalysisReport, produce_analysis
 from streams.dev.loadgen.chat import ChatLoad, ChatReport, produce_chat
 from streams.dev.loadgen.metric import LoadReport, MetricLoad, produce_metrics
-from streams.kinds import all_kinds
 from streams.publish.publisher import Publisher
-from streams.settings import Settings
 from streams.tools.verify import VerifyReport, verify
-from tests.helpers import Scenario, wait_applied
+from tests.helpers import Scenario, expected, ledger_totals, wait_applied
 
 
 @dataclass
@@ -99,17 +97,13 @@ def settled(
 
 
 def oracle(s: Scenario) -> dict[str, VerifyReport]:
-    """`eventsink verify` for the three topics: nothing missing, duplicated, wrong or pending."""
-    settings = Settings(
-        kafka_bootstrap_servers=s.bootstrap,
-        database_url=s.dsn,
-        metrics_topic=s.topic,
-        chat_topic=s.chat_topic,
-        analysis_topic=s.analysis_topic,
-        group_id=s.group,
-    )
-    reports = {k.topic: verify([s.bootstrap], s.dsn, s.group, k) for k in all_kinds(settings)}
-    for topic, report in reports.items():
+    """`eventsink verify` for the three topics: nothing missing, duplicated, wrong or pending; and
+    every counter of the ledger as the topic says it must be (`streams.tools.expected`)."""
+    reports = {}
+    for name in ("metric", "chat", "analysis"):
+        kind = s.kind(name)
+        report = reports[kind.topic] = verify([s.bootstrap], s.dsn, s.group, kind)
         total = report.totals()
-        assert report.ok and total.pending == 0, f"{topic}: {report.as_dict()['total']} {report.problems[:5]}"
+        assert report.ok and total.pending == 0, f"{kind.topic}: {report.as_dict()['total']} {report.problems[:5]}"
+        assert ledger_totals(s.dsn, s.group, kind.topic) == asdict(expected(s, name).ledger()), kind.topic
     return reports
