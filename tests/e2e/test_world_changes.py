@@ -205,7 +205,8 @@ def test_one_partition_failing_pauses_only_itself_and_says_so(scenario: Scenario
             return total(samples(w), "eventsink_partition_stalled_seconds", topic=s.topic, partition=str(p))
 
         wait_until(lambda: stalled(bad) >= 3, 60, what=f"partition {bad} reported stalled")
-        assert all(stalled(p) == 0 for p in others)
+        # The others are not held back by it: nothing of theirs waits.
+        wait_until(lambda: all(stalled(p) == 0 for p in others), 30, what="the other partitions not stalled")
         assert any(e.get("event") == "batch not committed; retrying" and e.get("partition") == bad for e in w.logs())
         with psycopg.connect(s.dsn, autocommit=True) as conn:
             conn.execute(f"DROP TRIGGER {trigger} ON eventsink.metrics_raw; DROP FUNCTION eventsink.{trigger}()")
