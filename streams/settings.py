@@ -113,6 +113,10 @@ class Settings(BaseSettings):
     session_timeout_ms: int = Field(10_000, ge=1000)
     max_poll_records: int = Field(5000, ge=1)
     stream_buffer_maxsize: int = Field(20_000, ge=100)
+    # What fetched records not yet applied may weigh in a worker (bytes, counting each value
+    # twice: its bytes and their decoded copy); fetching waits above it. Bounds memory whatever
+    # the records' size; a quarter of it is the most one partition holds while its batch waits.
+    buffer_max_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024)
 
     # How often a worker checks that each topic is still the log its ledger counted (topic ids).
     log_check_s: float = Field(10.0, gt=0)

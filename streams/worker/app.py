@@ -16,6 +16,7 @@ from streams.kinds import Kind, kinds
 from streams.settings import Settings
 from streams.tools import topics
 from streams.worker import telemetry, web
+from streams.worker.budget import Budget
 from streams.worker.deadletters import DeadLetterPublisher
 from streams.worker.dedupe_cache import DedupeCache
 from streams.worker.faust_internals import (
@@ -118,6 +119,9 @@ class Runtime:
             idle_in_transaction_timeout_ms=settings.idle_in_transaction_timeout_ms,
             name=f"eventsink-{settings.group_id}",
         )
+        # The consumer (built by Faust when first used) and every pipeline share one byte budget.
+        self.budget: Budget = app.consumer.budget  # type: ignore[attr-defined]
+        self.budget.limit = settings.buffer_max_bytes
         self.positioning = Positioning(self, settings.bootstrap_list, settings.kafka_security(), settings.log_check_s)
         self._opened = False
         self._users = 0
@@ -222,12 +226,14 @@ class Runtime:
                 retry_max_s=s.retry_max_s,
                 drain_timeout_s=s.drain_timeout_s,
                 hold_records=max(2 * s.batch_size, 100),
+                hold_bytes=s.buffer_max_bytes // 4,
                 on_data_loss=s.on_data_loss,
                 progress_log_s=s.progress_log_s,
                 labelled_tenants=s.telemetry_tenant_set,
             ),
             decode_context=kind.context,
             on_crash=self.crash,
+            budget=self.budget,
         )
         self.sinks[kind.topic] = sink
         self.pipelines[kind.topic] = pipeline

@@ -74,6 +74,7 @@ from mode import Service
 
 from streams import logs
 from streams.worker import telemetry
+from streams.worker.budget import DEFAULT_BUDGET_BYTES, Budget, record_bytes
 
 log = logs.get(__name__)
 
@@ -114,31 +115,60 @@ class RawSchema(faust.Schema):
         return decode
 
 
+class Fetched:
+    """The records of one partition from one fetch, handed to a raw-bytes agent as one item.
+
+    `records` are aiokafka's `ConsumerRecord`s (topic, partition, offset, timestamp, key, value,
+    headers); `nbytes` is what they weigh in memory until applied (`Budget`).
+    """
+
+    __slots__ = ("generation_id", "nbytes", "records", "tp")
+
+    def __init__(self, tp: TP, records: list[Any], generation_id: int, nbytes: int) -> None:
+        self.tp = tp
+        self.records = records
+        self.generation_id = generation_id
+        self.nbytes = nbytes
+
+    @property
+    def topic(self) -> str:
+        return self.tp.topic
+
+    @property
+    def partition(self) -> int:
+        return self.tp.partition
+
+
 class LeanConductor(Conductor):
-    """Faust's conductor, with a synchronous hand-over for raw-bytes channels.
+    """Faust's conductor, handing raw-bytes partitions over by the fetch, not by the record.
 
     Per record, Faust's conductor runs the serializer registry even for raw bytes, reads a
-    setting through its registry and loops over generic channel logic; eventsink's topics carry
-    bytes that the pipeline decodes in bulk.
+    setting through its registry and loops over generic channel logic, and its consumer makes a
+    `Message` and reads the partition's high water mark; eventsink's topics carry bytes that the
+    pipeline decodes in bulk, so each fetch of such a partition becomes one queue item
+    (`Fetched`). Every other channel (Faust's own) keeps Faust's per-record handler.
     """
 
     def __init__(self, app: Any, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
-        # Per partition of a raw-bytes topic: hand a record over without awaiting, or say no.
-        self._nowait: dict[TP, Callable[[Message], bool]] = {}
+        # Per partition of a raw-bytes topic: hand a fetch over without awaiting, or say no.
+        self._nowait: dict[TP, Callable[[Fetched], bool]] = {}
 
-    def deliver_nowait(self, message: Message) -> bool:
-        """Hand the record to its agents' queues now if nothing could make that wait.
+    def raw(self, tp: TP) -> bool:
+        """Whether the partition's records go to raw-bytes agents only (handed over as `Fetched`)."""
+        return tp in self._nowait
+
+    def deliver_nowait(self, item: Fetched) -> bool:
+        """Hand the fetch to its agents' queues now if nothing could make that wait.
 
         False when the callback map is being rebuilt (rebalance), flow is suspended, a queue is
-        full, the producer buffer is over its limit, or the topic is not raw bytes: then the
-        caller awaits `on_message`, which waits as Faust's does. No coroutine, task or lock per
-        record otherwise: Faust's `on_message` takes an asyncio.Lock for every record.
+        full, or the producer buffer is over its limit: then the caller awaits `on_message`,
+        which waits as Faust's does.
         """
         if self._tp_to_callback_lock.locked():
             return False
-        deliver = self._nowait.get(message.tp)
-        return deliver is not None and deliver(message)
+        deliver = self._nowait.get(item.tp)
+        return deliver is not None and deliver(item)
 
     def _build_handler(self, tp: TP, channels: MutableSet[Any]) -> Callable[[Message], Awaitable[None]]:
         if not channels or not all(isinstance(c.schema, RawSchema) for c in channels):
@@ -162,7 +192,7 @@ class LeanConductor(Conductor):
         flow_is_active = app.flow_control.is_active
         targets = tuple(channels)
 
-        def deliver(message: Message) -> bool:
+        def deliver(item: Fetched) -> bool:
             if not flow_is_active() or pending_produce() > max_pending:
                 return False
             for channel in targets:
@@ -170,13 +200,13 @@ class LeanConductor(Conductor):
                     return False
             for channel in targets:
                 channel.queue.put_nowait_enhanced(
-                    message, on_pressure_high=on_pressure_high, on_pressure_drop=on_pressure_drop
+                    item, on_pressure_high=on_pressure_high, on_pressure_drop=on_pressure_drop
                 )
             return True
 
         self._nowait[tp] = deliver
 
-        async def on_message(message: Message) -> None:
+        async def on_message(message: Any) -> None:  # a Fetched
             await acquire_flow_control()
             if pending_produce() > max_pending:
                 await producer_buffer.wait_until_ebb()
@@ -358,6 +388,7 @@ class LedgerConsumer(faust_aiokafka.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         _instrument_aiokafka()
         self.log_gaps = LogGaps()
+        self.budget = Budget(DEFAULT_BUDGET_BYTES)
         self.held = set()
         # Partitions whose records the client cannot read: the offset where it stands, and why.
         self.unreadable: dict[TP, tuple[int, str]] = {}
@@ -444,62 +475,56 @@ class LedgerConsumer(faust_aiokafka.Consumer):
         # Kafka's committed offset then follows what is really replayed (monitoring only).
         self._committed_offset[tp] = offset or None
 
-    def _handover_cannot_block(self, tp: TP) -> bool:
-        if not self.app.flow_control.is_active():
-            return False
-        for channel in self.app.topics._tp_index.get(tp, ()):
-            if channel.queue.full():
-                return False
-        return True
-
     async def _drain_messages(self, fetcher: Service) -> None:  # pragma: no cover - hot loop
-        # Same as faust.transport.consumer.Consumer._drain_messages, but for the hand-over.
+        # Faust's loop (faust.transport.consumer.Consumer._drain_messages and getmany) by the
+        # fetch: records of a raw-bytes partition go to its agent as one `Fetched` item, with
+        # the partition's high water mark read once; Faust's own topics keep the per-record
+        # hand-over. The records wait for room in the byte budget before the next fetch.
         callback = self.callback
-        getmany = self.getmany
+        conductor = cast(LeanConductor, self.app.topics)
         consumer_should_stop = cast(Service, self)._stopped.is_set
         fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
-        get_read_offset = self._read_offset.__getitem__
-        set_read_offset = self._read_offset.__setitem__
+        read_offset = self._read_offset
         set_flag = self.diag.set_flag
         unset_flag = self.diag.unset_flag
-        commit_every = self._commit_every
-        acks_enabled_for = self.app.topics.acks_enabled_for
         suspended = self.suspend_flow.is_set
-        cannot_block = self._handover_cannot_block
-        deliver_nowait = cast(LeanConductor, self.app.topics).deliver_nowait
-        yield_every = 100
-        num_since_yield = 0
-        sleep = asyncio.sleep
+        track_end = self.app.monitor.track_tp_end_offset
+        budget = self.budget
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
+                await budget.room()
                 set_flag(CONSUMER_FETCHING)
-                ait = getmany(timeout=1.0)
-                await self.sleep(0)
-                if self.should_stop:
-                    continue
                 try:
-                    async for tp, message in ait:
-                        num_since_yield += 1
-                        if num_since_yield > yield_every:
-                            await sleep(0)
-                            num_since_yield = 0
-                        offset = message.offset
-                        r_offset = get_read_offset(tp)
-                        if r_offset is None or offset >= r_offset:
-                            gap = offset - (r_offset or 0)
-                            if gap > 1 and r_offset and acks_enabled_for(message.topic):
-                                await self._add_gap(tp, r_offset + 1, offset)
-                            if commit_every is not None and self._n_acked >= commit_every:
-                                self._n_acked = 0
-                                await self.commit()
-                            flowing = not suspended()
-                            if flowing and deliver_nowait(message):
-                                pass
-                            elif flowing and cannot_block(tp):
-                                await callback(message)
-                            else:
+                    records, active = await self._wait_next_records(1.0)
+                    await self.sleep(0)
+                    if not records or self.should_stop:
+                        continue
+                    generation = self.app.consumer_generation_id
+                    for tp, fetched in records.items():
+                        if not self.flow_active or self.app.consumer_generation_id != generation:
+                            break
+                        if active is not None and tp not in active and tp not in self._buffered_partitions:
+                            continue  # what Faust's getmany does with a paused partition's records
+                        r_offset = read_offset.get(tp)
+                        if r_offset is not None and fetched[0].offset < r_offset:
+                            fetched = [r for r in fetched if r.offset >= r_offset]
+                            if not fetched:
+                                continue
+                        track_end(tp, self.highwater(tp))
+                        if conductor.raw(tp):
+                            nbytes = sum(map(record_bytes, fetched))
+                            item = Fetched(tp, fetched, generation, nbytes)
+                            budget.take(nbytes)
+                            if suspended() or not conductor.deliver_nowait(item):
+                                handing = callback(item)
+                                waited = await self.wait_first(handing, self.suspend_flow.wait())
+                                if handing not in waited.done:  # a rebalance: dropped, comes again
+                                    budget.give(nbytes)
+                        else:
+                            for record in fetched:
+                                message = self._to_message(tp, record)
                                 await self.wait_first(callback(message), self.suspend_flow.wait())
-                            set_read_offset(tp, offset)
+                        read_offset[tp] = fetched[-1].offset
                     self.fetch_errors = 0
                 except self.consumer_stopped_errors:
                     raise
@@ -573,41 +598,49 @@ async def commit_offsets(app: faust.App, offsets: Mapping[TP, int]) -> bool:
 
 
 class ChannelReader:
-    """Takes messages from an agent's channel queue in chunks, skipping Faust's per-event Stream.
+    """Takes fetched records from an agent's channel queue in chunks, skipping Faust's Stream.
 
     Faust's Stream iteration (sensors, processors, task-local current event, take buffer) costs
-    more per event than decoding and writing it; reading the queue the conductor fills, in
-    chunks, keeps what matters of it: stale messages of an earlier rebalance generation or of a
-    suspended flow are skipped, and a stop thrown into the channel ends the agent. Messages are
-    not acked: Kafka's offsets are committed from the ledger instead.
+    more per event than decoding and writing it; reading the queue the conductor fills keeps what
+    matters of it: fetches of an earlier rebalance generation or of a suspended flow are skipped
+    (and their bytes given back to the budget), and a stop thrown into the channel ends the
+    agent. Records are not acked: Kafka's offsets are committed from the ledger instead.
     """
 
     def __init__(self, app: faust.App, stream: Any, max_chunk: int) -> None:
         self.app = app
         self.queue = stream.channel.queue
         self.max_chunk = max_chunk
+        self.budget: Budget = app.consumer.budget  # type: ignore[attr-defined]
 
-    async def next_chunk(self) -> list[Message]:
+    async def next_chunk(self) -> list[Fetched]:
+        """The next fetches (at least one; about `max_chunk` records at most, whole fetches)."""
         queue = self.queue
         while True:
-            chunk = [await queue.get()]
+            chunk: list[Fetched] = [await queue.get()]
+            size = len(chunk[0].records)
             get = queue.get_nowait
             try:
-                while len(chunk) < self.max_chunk:
-                    chunk.append(get())
+                while size < self.max_chunk:
+                    item = get()
+                    chunk.append(item)
+                    size += len(item.records)
             except asyncio.QueueEmpty:
                 pass
             app = self.app
             generation = app.consumer_generation_id
-            if not app.flow_control.is_active():
-                continue
-            fresh = [m for m in chunk if m.generation_id == generation]
+            fresh = []
+            for item in chunk:
+                if item.generation_id == generation and app.flow_control.is_active():
+                    fresh.append(item)
+                else:
+                    self.budget.give(item.nbytes)
             if fresh:
                 # What Faust's Stream would record: its livelock check reads it.
                 inbound = app.monitor.stream_inbound_time
                 now = time.monotonic()
-                for tp in {m.tp for m in fresh}:
-                    inbound[tp] = now
+                for item in fresh:
+                    inbound[item.tp] = now
                 return fresh
 
 

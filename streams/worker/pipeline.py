@@ -45,6 +45,7 @@ from sinks.core.sink import Sink
 from sinks.errors import LogChanged, OffsetGap, TransientSinkError
 from streams import logs
 from streams.worker import telemetry
+from streams.worker.budget import DEFAULT_BUDGET_BYTES, Budget, record_bytes
 from streams.worker.dedupe_cache import DedupeCache
 
 log = logs.get(__name__)
@@ -82,8 +83,10 @@ class PipelineConfig:
     retry_initial_s: float
     retry_max_s: float
     drain_timeout_s: float
-    # Buffered records above which a partition's fetching is paused (its batch is slow or retried).
+    # Buffered records, or bytes, above which a partition's fetching is paused (its batch is slow
+    # or retried).
     hold_records: int
+    hold_bytes: int = 16 * 1024 * 1024
     on_data_loss: Literal["stop", "skip"] = "stop"
     progress_log_s: float = 30.0
     labelled_tenants: frozenset[UUID] = frozenset()
@@ -94,6 +97,7 @@ class _Entry:
     offset: int
     item: Record[Any] | DeadLetter
     digest: bytes | None
+    nbytes: int  # what it weighs in the budget
     # A hole precedes this record: one the consumer saw in the broker's log (a batch may span
     # it), or one nothing verified (a batch must start here, where the sink checks it).
     log_gap: bool = False
@@ -104,6 +108,7 @@ class _Entry:
 class _Partition:
     number: int
     buffer: list[_Entry] = field(default_factory=list)
+    nbytes: int = 0  # what the buffer weighs
     first_at: float | None = None  # when the oldest buffered record arrived
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -147,6 +152,7 @@ class Pipeline:
         config: PipelineConfig,
         decode_context: dict[str, Any] | None = None,
         on_crash: Callable[[BaseException], Awaitable[None]] | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self.topic = topic
         self.model = model
@@ -156,6 +162,7 @@ class Pipeline:
         self.config = config
         self.decode_context = decode_context or None
         self.on_crash = on_crash
+        self.budget = budget or Budget(DEFAULT_BUDGET_BYTES)
         # Told (partition, next offset) after each commit: Kafka's offsets follow the ledger.
         self.on_commit: Callable[[int, int], None] | None = None
         # Next offset to apply per partition, as of this worker's last commit (for lag gauges).
@@ -194,45 +201,55 @@ class Pipeline:
 
     # -- intake -------------------------------------------------------------------------------
 
-    def ingest(self, messages: Sequence[Any]) -> None:
-        """Decode a chunk of Faust messages into their partitions' buffers (never waits)."""
-        model, topic, owned, context = self.model, self.topic, self._owned, self.decode_context
-        batch_size, hold_records = self.config.batch_size, self.config.hold_records
-        parts = self._parts
-        now = time.monotonic()
-        self._m_consumed.inc(len(messages))
-        self.totals["consumed"] += len(messages)
-        for msg in messages:
-            p, offset = msg.partition, msg.offset
-            if owned is not None and p not in owned:
-                self._stale(1)
+    def ingest(self, fetches: Sequence[Any]) -> None:
+        """Decode fetched records into their partitions' buffers (never waits).
+
+        `fetches`: each the records of one partition from one fetch (`partition`, `records`:
+        objects with `offset`, `key`, `value`, `headers`), as `faust_internals.Fetched`.
+        """
+        for fetch in fetches:
+            records = fetch.records
+            self._m_consumed.inc(len(records))
+            self.totals["consumed"] += len(records)
+            p = fetch.partition
+            owned = self._owned
+            st = self._parts.get(p)
+            if (owned is not None and p not in owned) or (st is not None and st.blocked is not None):
+                self._stale(len(records), sum(map(record_bytes, records)))
                 continue
-            st = parts.get(p)
             if st is None:
                 st = self._open(p)
-            if st.blocked is not None:
-                self._stale(1)
-                continue
+            self._ingest(st, records)
+
+    def _ingest(self, st: _Partition, records: Sequence[Any]) -> None:
+        model, topic, context = self.model, self.topic, self.decode_context
+        batch_size, hold_records = self.config.batch_size, self.config.hold_records
+        p, buffer = st.number, st.buffer
+        now = time.monotonic()
+        st.delivered_at = now
+        for record in records:
+            offset = record.offset
+            nbytes = record_bytes(record)
             if st.expect is not None:
                 if offset > st.expect:
-                    self._stale(1)
+                    self._stale(1, nbytes)
                     continue
                 st.expect = None
-            entry_gap = unverified = False
+            log_gap = unverified = False
             previous = st.previous
             if previous is not None and offset != previous + 1:
                 if offset <= previous:
                     # The partition was sought back: everything from here on comes again.
-                    st.buffer[:] = [e for e in st.buffer if e.offset < offset]
+                    self._drop(st, [e for e in buffer if e.offset >= offset])
+                    buffer[:] = [e for e in buffer if e.offset < offset]
                 elif self.control.log_gap(p, previous, offset):
-                    entry_gap = True
+                    log_gap = True
                     self._m_log_gaps.inc()
                 else:
                     unverified = True
                     log.debug("hole in delivery", topic=topic, partition=p, previous=previous, offset=offset)
             st.previous = offset
-            st.delivered_at = now
-            key, value, headers = msg.key, msg.value, _headers(msg.headers)
+            key, value, headers = record.key, record.value, _headers(record.headers)
             decoded = telemetry.count_unknown_fields(topic, decode(value, model, key, context))
             if isinstance(decoded, Decoded):
                 ev = decoded.event
@@ -240,13 +257,13 @@ class Pipeline:
                     offset,
                     Record(offset, ev, key, value, headers),
                     dedupe_digest(ev.tenant_id, ev.dedupe_id),  # type: ignore[attr-defined]
-                    entry_gap,
+                    nbytes,
+                    log_gap,
                     unverified,
                 )
             else:
                 dead = DeadLetter(decoded.reason, decoded.detail, topic, p, offset, key, value, headers)
-                entry = _Entry(offset, dead, None, entry_gap, unverified)
-            buffer = st.buffer
+                entry = _Entry(offset, dead, None, nbytes, log_gap, unverified)
             if unverified and buffer:
                 st.cut = True
             if not buffer:
@@ -255,21 +272,28 @@ class Pipeline:
                     st.progress_at = now
                 st.wake.set()
             buffer.append(entry)
-            n = len(buffer)
-            if n == batch_size or unverified:
+            st.nbytes += nbytes
+            if len(buffer) == batch_size or unverified:
                 st.wake.set()
-            if n >= hold_records and not st.held:
-                st.held = True
-                self.control.hold(p)
+        if not st.held and (len(buffer) >= hold_records or st.nbytes >= self.config.hold_bytes):
+            st.held = True
+            self.control.hold(p)
 
     def _open(self, p: int) -> _Partition:
         st = self._parts[p] = _Partition(p)
         st.task = asyncio.get_running_loop().create_task(self._run(st), name=f"partition {self.topic}[{p}]")
         return st
 
-    def _stale(self, n: int) -> None:
+    def _stale(self, n: int, nbytes: int) -> None:
+        """Records dropped, to come again (revoked, sought back, stopped): their bytes go back."""
         self._m_stale.inc(n)
         self.totals["stale"] += n
+        self.budget.give(nbytes)
+
+    def _drop(self, st: _Partition, entries: Sequence[_Entry]) -> None:
+        nbytes = sum(e.nbytes for e in entries)
+        st.nbytes -= nbytes
+        self._stale(len(entries), nbytes)
 
     def on_assigned(self, partitions: set[int]) -> None:
         self._owned = set(partitions)
@@ -285,7 +309,7 @@ class Pipeline:
         for p in partitions:
             st = self._parts.pop(p, None)
             if st is not None:
-                self._stale(len(st.buffer))
+                self._drop(st, st.buffer)
                 st.buffer.clear()
                 st.revoked = True
                 st.wake.set()
@@ -325,7 +349,7 @@ class Pipeline:
             telemetry.PARTITION_BLOCKED.labels(self.topic, str(p), st.blocked).set(0)
         st.blocked = reason
         kept = [e for e in st.buffer if keep_before is not None and e.offset < keep_before]
-        self._stale(len(st.buffer) - len(kept))
+        self._drop(st, [e for e in st.buffer if keep_before is None or e.offset >= keep_before])
         st.buffer[:] = kept
         if not kept:
             st.first_at = None
@@ -370,7 +394,13 @@ class Pipeline:
                     await self._write(st, entries)
                 finally:
                     st.writing = False
-                if st.held and st.blocked is None and len(st.buffer) < self.config.hold_records // 2:
+                    self.budget.give(sum(e.nbytes for e in entries))
+                if (
+                    st.held
+                    and st.blocked is None
+                    and len(st.buffer) < self.config.hold_records // 2
+                    and st.nbytes < self.config.hold_bytes // 2
+                ):
                     st.held = False
                     self.control.release(st.number)
         except asyncio.CancelledError:
@@ -440,6 +470,7 @@ class Pipeline:
             n += 1
         entries = buffer[:n]
         del buffer[:n]
+        st.nbytes -= sum(e.nbytes for e in entries)
         st.first_at = time.monotonic() if buffer else None
         st.cut = any(e.unverified_gap for e in buffer[1:])
         return entries
@@ -609,7 +640,9 @@ class Pipeline:
 
     def _seek_back(self, st: _Partition, batch: Batch[Any], first: int) -> None:
         """Drop what was fetched from the wrong position: it comes again after the seek."""
-        self._stale(len(st.buffer) + len(batch))
+        # The batch's own records are given back by its writer, after the attempt.
+        self._drop(st, st.buffer)
+        self._stale(len(batch), 0)
         st.buffer.clear()
         st.first_at = None
         st.cut = False

@@ -90,9 +90,13 @@ def pipeline(sink: Sink, control: RetainedLog, topic: str, on_data_loss: Literal
 
 
 def messages(tenant: str, offsets: range) -> list[SimpleNamespace]:
+    """One fetch of partition 0, as the worker's consumer hands it over."""
+    return [SimpleNamespace(partition=0, records=records(tenant, offsets))]
+
+
+def records(tenant: str, offsets: range) -> list[SimpleNamespace]:
     return [
         SimpleNamespace(
-            partition=0,
             offset=o,
             key=tenant.encode(),
             value=orjson.dumps(
