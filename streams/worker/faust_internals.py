@@ -51,6 +51,7 @@ What is reached, and why:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableSet
@@ -307,15 +308,21 @@ class LogGaps:
                 and jumps_before.get(tp) == previous[1]
             )
             last = previous[2] if previous is not None else None
-            gaps = self._gaps.setdefault(TP(tp.topic, tp.partition), {})
-            for record in batch:
-                if same_read and last is not None and record.offset > last + 1:
-                    if len(gaps) >= self.MAX_PER_PARTITION:
-                        gaps.clear()  # unread entries of a partition nobody consumes: forget them
-                    gaps[record.offset] = last
-                last = record.offset
-                same_read = True
+            first_offset, last_offset = batch[0].offset, batch[-1].offset
+            if same_read and last is not None and first_offset > last + 1:
+                self._note(tp, first_offset, last)
+            if last_offset - first_offset + 1 != len(batch):  # holes inside this read
+                for before, record in itertools.pairwise(batch):
+                    if record.offset > before.offset + 1:
+                        self._note(tp, record.offset, before.offset)
+            last = last_offset
             self._last[tp] = (state, getattr(state, "_eventsink_jumps", 0), last)
+
+    def _note(self, tp: Any, offset: int, previous: int) -> None:
+        gaps = self._gaps.setdefault(TP(tp.topic, tp.partition), {})
+        if len(gaps) >= self.MAX_PER_PARTITION:
+            gaps.clear()  # unread entries of a partition nobody consumes: forget them
+        gaps[offset] = previous
 
     def verified(self, tp: TP, previous: int, offset: int) -> bool:
         """Whether the hole between `previous` and `offset` is one in the broker's log."""

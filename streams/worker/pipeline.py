@@ -135,6 +135,8 @@ class _Partition:
 def _headers(raw: Any) -> tuple[tuple[str, bytes | None], ...]:
     if not raw:
         return ()
+    if type(raw) is tuple:  # aiokafka's own: a tuple of (key, value) pairs
+        return raw
     if isinstance(raw, dict):
         return tuple(raw.items())
     return tuple((k, v) for k, v in raw)
