@@ -175,7 +175,8 @@ def test_one_partition_failing_pauses_only_itself_and_says_so(scenario: Scenario
     """Every write of one partition fails with a transient error (a lock the database cannot grant):
     the other partitions keep applying, that one is paused in Kafka and reported stalled, and
     once the database accepts it again it catches up with nothing lost."""
-    s, sent = scenario, Sent()
+    # Eight tenants: the chance that they all land on one of four partitions is 1 in 16,384.
+    s, sent = scenario, Sent(tenants=[str(uuid.uuid4()) for _ in range(8)])
     create_topics(s)
     publish(s, sent, 4000, duplicates=0.0, seed=301)
     assert len(sent.last_offsets) >= 2, "the tenants must spread over at least two partitions"

@@ -105,5 +105,6 @@ def oracle(s: Scenario) -> dict[str, VerifyReport]:
         report = reports[kind.topic] = verify([s.bootstrap], s.dsn, s.group, kind)
         total = report.totals()
         assert report.ok and total.pending == 0, f"{kind.topic}: {report.as_dict()['total']} {report.problems[:5]}"
-        assert ledger_totals(s.dsn, s.group, kind.topic) == asdict(expected(s, name).ledger()), kind.topic
+        found, want = ledger_totals(s.dsn, s.group, kind.topic), asdict(expected(s, name).ledger())
+        assert found == want, f"{kind.topic}: ledger {found}, the topic says {want}"
     return reports
