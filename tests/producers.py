@@ -130,6 +130,9 @@ def _confluent(
             "acks": "all",
             # Order is what the tests assert on: one request in flight, so retries cannot reorder.
             "max.in.flight.requests.per.connection": 1,
+            # The Java client's partitioner, aiokafka's too: a key lands on the same partition
+            # whichever client sent it (librdkafka's default, consistent_random, hashes otherwise).
+            "partitioner": "murmur2_random",
         }
     )
     placed: list[tuple[int, int] | None] = [None] * len(records)

@@ -40,6 +40,9 @@ DeadLetterHandler = Callable[[list[DeadLetter], psycopg.AsyncConnection], Awaita
 class RowWriter(Protocol):
     kind: str
     stage_ddl: tuple[str, ...]
+    # True when what a record does depends on the records before it (analysis: an event older than
+    # the state it meets is superseded): a batch redone record by record keeps offset order.
+    ordered: bool
 
     async def upsert(
         self, conn: psycopg.AsyncConnection, topic: str, partition: int, records: Sequence[Record[Any]]
@@ -196,7 +199,8 @@ class Sink:
     ) -> Outcome:
         outcome = Outcome()
         await self.writer.prepare(conn, records)  # the locks the records will take, in one order
-        for record in sorted(records, key=_sort_key):
+        order = (lambda r: r.offset) if self.writer.ordered else _sort_key
+        for record in sorted(records, key=order):
             try:
                 async with conn.transaction():
                     one = await self.writer.upsert_one(conn, topic, partition, record)

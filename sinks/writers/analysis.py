@@ -76,6 +76,7 @@ WHERE r.id = u.id
 class AnalysisWriter:
     kind = "analysis"
     stage_ddl: tuple[str, ...] = (STAGING.ddl,)
+    ordered = True
 
     async def upsert(
         self, conn: psycopg.AsyncConnection, topic: str, partition: int, records: Sequence[Record[AnalysisEvent]]

@@ -85,6 +85,7 @@ SELECT kafka_offset FROM inserted
 class ChatWriter:
     kind = "chat"
     stage_ddl: tuple[str, ...] = (STAGING.ddl,)
+    ordered = False
 
     async def upsert(
         self, conn: psycopg.AsyncConnection, topic: str, partition: int, records: Sequence[Record[ChatEvent]]

@@ -29,6 +29,7 @@ RETURNING kafka_offset
 class MetricWriter:
     kind = "metric"
     stage_ddl: tuple[str, ...] = (STAGING.ddl,)
+    ordered = False
 
     async def upsert(
         self, conn: psycopg.AsyncConnection, topic: str, partition: int, records: Sequence[Record[MetricEvent]]

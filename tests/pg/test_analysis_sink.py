@@ -146,3 +146,17 @@ async def test_a_duplicate_resent_under_another_analysis_creates_no_row(pool: ob
     assert (len(result.applied), len(result.duplicates)) == (0, 1)
     assert row(database_url, other) is None
     assert row(database_url, aid)[1] == "pending"  # type: ignore[index]
+
+
+async def test_a_batch_redone_record_by_record_keeps_delivery_order(pool: object, database_url: str) -> None:
+    """A record the driver cannot send makes the batch be redone record by record; what an
+    analysis event does depends on the ones delivered before it, so the redo keeps offset order
+    (not key order): the older pending event, delivered second, is still superseded."""
+    tenant, aid, feed = uuid.uuid4(), uuid.uuid4(), Feed(pool)
+    later = ev(tenant, aid, "z-processing", "processing", 2, progress=50)
+    older = ev(tenant, aid, "a-pending", "pending", 1)
+    unsendable = ev(tenant, uuid.uuid4(), "m-bad", "processing", 3, progress=10**400)
+    result = await feed.deliver(later, older, unsendable)
+    assert [d.offset for d in result.dead_letters] == [2]
+    assert result.superseded == 1
+    assert row(database_url, aid)[1:3] == ("processing", 50)  # type: ignore[index]
