@@ -9,7 +9,7 @@ import click
 from rich.markup import escape
 
 from schemas.codec import Decoded, printable
-from streams.cli.console import out, settings
+from streams.cli.console import err, out, settings
 from streams.kinds import Kind, all_kinds
 from streams.settings import Settings
 from streams.tools.tail import Filters, Start, TailRow, json_line, parse_since, tail
@@ -120,6 +120,11 @@ def tail_command(
                 filters=Filters(tenant, grep),
                 context=kind.context,
                 security=s.kafka_security(),
+                on_unreadable=lambda u: err.print(
+                    f"[yellow]{u.topic}[{u.partition}]@{u.offset}: the Kafka client cannot read this record batch "
+                    f"({printable(u.detail)}); stepped over[/]",
+                    highlight=False,
+                ),
             )
         )
     except LookupError as exc:

@@ -77,6 +77,13 @@ def verify(topic: str, tenant: str | None, since: str | None, group: str | None,
                 f"{report.dlq_repeats} dead letters were published twice (a worker stopped between the DLQ "
                 "and its commit); harmless: they name the same source record"
             )
+        if report.lost:
+            ranges = ", ".join(f"[{part}] {first}..{last} ({why})" for part, first, last, why in report.lost[:10])
+            err.print(
+                f"[yellow]{report.lost_offsets} offset(s) were lost before they were applied and are recorded as "
+                f"such: {ranges}[/]",
+                highlight=False,
+            )
         err.print("[green]consistent[/]" if report.ok else "[red]inconsistent[/]")
     if not report.ok:
         sys.exit(1)

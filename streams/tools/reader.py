@@ -28,7 +28,19 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 
+from streams.aiokafka_internals import instrument, unreadable
+
 Security = Mapping[str, Any]  # aiokafka client arguments: security_protocol, ssl_context, sasl_*
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A record batch the Kafka client cannot read, from `offset` on (stepped over by `read`)."""
+
+    topic: str
+    partition: int
+    offset: int
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -52,6 +64,9 @@ class Reader:
         self._consumer: AIOKafkaConsumer | None = None
         self._admin: AIOKafkaAdminClient | None = None
         self._turn = asyncio.Lock()
+        # Record batches the Kafka client could not read (a header key that is not UTF-8, a
+        # corrupt batch), stepped over by `read`: what a caller reports instead of crashing.
+        self.unreadable: list[Unreadable] = []
 
     async def __aenter__(self) -> Reader:
         return self
@@ -70,6 +85,7 @@ class Reader:
 
     async def consumer(self) -> AIOKafkaConsumer:
         if self._consumer is None:
+            instrument()
             consumer = AIOKafkaConsumer(
                 bootstrap_servers=self.bootstrap,
                 enable_auto_commit=False,
@@ -183,7 +199,18 @@ class Reader:
                 quiet_since = time.monotonic()
                 caught_up = False
                 while True:
-                    batch = await consumer.getmany(timeout_ms=1000 if caught_up else 300, max_records=5000)
+                    try:
+                        batch = await consumer.getmany(timeout_ms=1000 if caught_up else 300, max_records=5000)
+                    except Exception as exc:
+                        where = unreadable(exc)
+                        if where is None:
+                            raise
+                        tp, offset = where
+                        self.unreadable.append(
+                            Unreadable(tp.topic, tp.partition, offset, f"{type(exc).__name__}: {exc}")
+                        )
+                        consumer.seek(tp, offset + 1)
+                        continue
                     records = [r for chunk in batch.values() for r in chunk]
                     if records:
                         quiet_since = time.monotonic()

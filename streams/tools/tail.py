@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from schemas.codec import Decoded, Rejected, decode
 from schemas.deadletter import HEADER_PREFIX, DeadLetterInfo
-from streams.tools.reader import Reader, Start
+from streams.tools.reader import Reader, Start, Unreadable
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -139,14 +139,18 @@ async def tail(
     filters: Filters | None = None,
     context: dict[str, Any] | None = None,
     security: Mapping[str, Any] | None = None,
+    on_unreadable: Callable[[Unreadable], None] | None = None,
 ) -> int:
     """Print matching records: the backlog in time order across partitions, then (with
-    `follow`) new records as they come. Returns how many were printed."""
+    `follow`) new records as they come. Returns how many were printed. A record batch the Kafka
+    client cannot read is stepped over and told to `on_unreadable`."""
     filters = filters or Filters()
     backlog: list[TailRow] | None = []
     shown = 0
     async with Reader(bootstrap, security) as reader:
         async for chunk in reader.read(topic, start=start, partitions=partitions, follow=follow):
+            while reader.unreadable and on_unreadable is not None:
+                on_unreadable(reader.unreadable.pop(0))
             rows = [row for row in (to_row(r, model, context) for r in chunk) if filters.match(row)]
             if backlog is None:
                 for row in rows:

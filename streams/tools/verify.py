@@ -27,7 +27,7 @@ from sinks.retention import METRICS, horizon_of
 from sinks.writers.analysis import SELECT_ROWS
 from streams.kinds import Kind
 from streams.tools.expected import Analysis, Expected, Key, Seen, Session, read_expected
-from streams.tools.reader import Reader
+from streams.tools.reader import Reader, Unreadable
 
 
 @dataclass
@@ -54,10 +54,20 @@ class VerifyReport:
     tenants: dict[str, TenantReport] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     dlq_repeats: int = 0  # dead letters published twice (a worker died between DLQ and commit)
+    # Offsets the broker deleted before they were applied, as the ledger recorded them (retention):
+    # (partition, first offset, last offset, reason). They are not in the topic any more, so no
+    # tenant's row above counts them; an operator accepted them (or EVENTSINK_ON_DATA_LOSS=skip).
+    lost: list[tuple[int, int, int, str]] = field(default_factory=list)
+    # Record batches the Kafka client could not read: (partition, offset, why).
+    unreadable: list[tuple[int, int, str]] = field(default_factory=list)
+
+    @property
+    def lost_offsets(self) -> int:
+        return sum(last - first + 1 for _, first, last, _ in self.lost)
 
     @property
     def ok(self) -> bool:
-        return all(t.ok for t in self.tenants.values())
+        return all(t.ok for t in self.tenants.values()) and not any("cannot be read" in p for p in self.problems)
 
     def tenant(self, tenant: str) -> TenantReport:
         if tenant not in self.tenants:
@@ -77,10 +87,20 @@ class VerifyReport:
             "group": self.group,
             "ok": self.ok,
             "dlq_repeats": self.dlq_repeats,
+            "lost_offsets": self.lost_offsets,
+            "lost": [{"partition": p, "first_offset": f, "last_offset": t, "reason": r} for p, f, t, r in self.lost],
+            "unreadable": [{"partition": p, "offset": o, "detail": d} for p, o, d in self.unreadable],
             "tenants": [asdict(t) for t in sorted(self.tenants.values(), key=lambda t: t.tenant)],
             "total": asdict(self.totals()),
             "problems": self.problems[:100],
         }
+
+
+LOST = """
+SELECT partition, first_offset, last_offset, reason FROM eventsink.lost_ranges
+WHERE consumer_group = %s AND topic = %s
+ORDER BY partition, first_offset
+"""
 
 
 def _ledger(conn: psycopg.Connection, group: str, topic: str) -> dict[int, int]:
@@ -113,13 +133,24 @@ def verify(
     since: datetime | None = None,
     security: Mapping[str, Any] | None = None,
 ) -> VerifyReport:
-    expected = asyncio.run(_read(bootstrap, kind, since, security))
+    expected, unreadable = asyncio.run(_read(bootstrap, kind, since, security))
     report = VerifyReport(kind.topic, group)
     dlq_sources = expected.dead_lettered
     report.dlq_repeats = sum(n - 1 for n in dlq_sources.values())
     with psycopg.connect(dsn) as conn:
         # Read after the topic: whatever the ledger covers now was delivered before we looked.
         ledger = _ledger(conn, group, kind.topic)
+        report.lost = [tuple(r) for r in conn.execute(LOST, (group, kind.topic))]  # type: ignore[misc]
+        for u in unreadable:
+            # A record batch no Kafka client here can read: accounted for only where the ledger
+            # recorded it as lost (an operator's `eventsink ledger skip`), or not reached yet.
+            recorded = any(p == u.partition and first <= u.offset <= last for p, first, last, _ in report.lost)
+            report.unreadable.append((u.partition, u.offset, u.detail))
+            if not recorded and u.offset <= ledger.get(u.partition, -1):
+                report.problems.append(
+                    f"{kind.topic}[{u.partition}]@{u.offset} cannot be read by the Kafka client ({u.detail}) and is "
+                    "neither applied nor recorded as lost"
+                )
         _classify_invalid(report, kind, expected, ledger, tenant)
         events = {key: seen for key, seen in expected.events.items() if not tenant or str(key[0]) == tenant}
         for (tenant_id, _), seen in events.items():
@@ -161,9 +192,10 @@ def verify(
 
 async def _read(
     bootstrap: list[str], kind: Kind, since: datetime | None, security: Mapping[str, Any] | None
-) -> Expected:
+) -> tuple[Expected, list[Unreadable]]:
     async with Reader(bootstrap, security) as reader:
-        return await read_expected(reader, kind, since)
+        expected = await read_expected(reader, kind, since)
+        return expected, [u for u in reader.unreadable if u.topic == kind.topic]
 
 
 def _classify_invalid(

@@ -61,8 +61,6 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import faust
-from aiokafka.consumer.fetcher import FetchResult
-from aiokafka.consumer.subscription_state import TopicPartitionState
 from aiokafka.errors import ConsumerStoppedError
 from aiokafka.structs import OffsetAndMetadata
 from aiokafka.structs import TopicPartition as KafkaTopicPartition
@@ -74,6 +72,7 @@ from faust.types import TP, Message
 from mode import Service
 
 from streams import logs
+from streams.aiokafka_internals import instrument
 from streams.worker import telemetry
 from streams.worker.budget import DEFAULT_BUDGET_BYTES, Budget, record_bytes
 
@@ -230,55 +229,6 @@ class LeanConductor(Conductor):
 # -- the consumer thread: read_committed, and holes in the log ----------------------------------
 
 
-def _instrument_aiokafka() -> None:
-    """Installed once per process, on aiokafka's classes:
-
-    - count, per partition state, every move of the fetch position that is not consumption (a
-      seek, a reset, a reset awaited), for `LogGaps`;
-    - name the partition on an exception raised while reading its fetched records, so that the
-      consumer can stop that partition alone (`LedgerConsumerThread._fetch_records`).
-    """
-    if getattr(TopicPartitionState, "_eventsink_jumps_counted", False):
-        return
-
-    def getall(self: Any, max_records: int | None = None) -> Any:
-        # aiokafka's FetchResult.getall, except when reading a record raises: the records read
-        # before it are returned (the position moves to the unreadable one), and the exception
-        # names its partition and offset when that is where the next read fails.
-        tp = self._topic_partition
-        if not self.check_assignment(tp) or not self.has_more():
-            return []
-        records = []
-        try:
-            for record in self._partition_records:
-                records.append(record)
-                if max_records is not None and len(records) >= max_records:
-                    self._update_position()
-                    break
-            else:
-                self._update_position()
-                self._partition_records = None
-        except Exception as exc:
-            exc._eventsink_partition = tp  # type: ignore[attr-defined]
-            exc._eventsink_offset = self._partition_records.next_fetch_offset  # type: ignore[attr-defined]
-            if not records:
-                raise
-            self._update_position()
-            self._partition_records = None
-        return records
-
-    FetchResult.getall = getall  # type: ignore[method-assign]
-    for name in ("seek", "reset_to", "await_reset"):
-        original = getattr(TopicPartitionState, name)
-
-        def counted(self: Any, *args: Any, __original: Any = original) -> Any:
-            self._eventsink_jumps = getattr(self, "_eventsink_jumps", 0) + 1
-            return __original(self, *args)
-
-        setattr(TopicPartitionState, name, counted)
-    TopicPartitionState._eventsink_jumps_counted = True  # type: ignore[attr-defined]
-
-
 class LogGaps:
     """Holes between consecutive records of a partition that are holes in the broker's log.
 
@@ -393,7 +343,7 @@ class LedgerConsumer(faust_aiokafka.Consumer):
     held: set[TP]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        _instrument_aiokafka()
+        instrument()
         self.log_gaps = LogGaps()
         self.budget = Budget(DEFAULT_BUDGET_BYTES)
         self.held = set()

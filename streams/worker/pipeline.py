@@ -519,13 +519,30 @@ class Pipeline:
             digests[e.offset] = e.digest  # type: ignore[assignment]
         return batch, digests
 
+    # Attempts of one batch that may fail with something not transient before the partition's
+    # pipeline gives up on it as a bug (`on_crash`: the worker restarts from the ledger).
+    UNEXPECTED_ATTEMPTS = 5
+
     async def _apply(self, st: _Partition, batch: Batch[Any]) -> WriteResult[Any] | None:
+        unexpected = 0
+
+        def stop(state: RetryCallState) -> bool:
+            nonlocal unexpected
+            exc = state.outcome.exception() if state.outcome else None
+            if not isinstance(exc, TransientSinkError):
+                unexpected += 1
+            return (
+                st.revoked
+                or (self._stopping and time.monotonic() >= self._deadline)
+                or unexpected >= self.UNEXPECTED_ATTEMPTS
+            )
+
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(Exception),
             wait=wait_exponential_jitter(
                 initial=self.config.retry_initial_s, max=self.config.retry_max_s, jitter=self.config.retry_initial_s
             ),
-            stop=lambda state: st.revoked or (self._stopping and time.monotonic() >= self._deadline),
+            stop=stop,
             before_sleep=self._log_retry(batch),
             reraise=True,
         )
@@ -534,6 +551,11 @@ class Pipeline:
                 with attempt:
                     return await self._attempt(st, batch)
         except Exception as exc:
+            if unexpected >= self.UNEXPECTED_ATTEMPTS and not st.revoked and not self._stopping:
+                # Not transient, not a record's fault (the sink isolates those): a bug. Retrying it
+                # forever would stall the partition; the worker restarts from the ledger instead.
+                raise
+
             log.error(
                 "batch abandoned (revoked or shutting down); the ledger will have it delivered again",
                 topic=self.topic,

@@ -106,4 +106,30 @@ def test_a_batch_the_client_cannot_read_stops_only_its_partition_until_skipped(s
         assert w.stop() == 0
     assert count_by_tenant(s.dsn, sent.tenants) == dict(sent.unique_per_tenant)
     assert ledger(s.dsn, s.group, s.topic)[bad]["last_offset"] == sent.last_offsets[bad]
+    # verify shows the offset given up, as recorded (the topic still holds it; nothing else is off).
+    verified = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "verify", s.topic, "--json"],
+        env=s.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert verified.stdout, verified.stderr
+    report = orjson.loads(verified.stdout)
+    assert report["lost_offsets"] == 1
+    given_up = {"partition": bad, "first_offset": bad_offset, "last_offset": bad_offset, "reason": "operator"}
+    assert report["lost"] == [given_up]
+    assert [(u["partition"], u["offset"]) for u in report["unreadable"]] == [(bad, bad_offset)]
+    assert report["ok"], report["problems"]
+    # tail steps over it too, and says so.
+    tailed = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "tail", s.topic, "--from-beginning", "--format", "json"],
+        env=s.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert tailed.returncode == 0, tailed.stderr
+    assert f"[{bad}]@{bad_offset}: the Kafka client cannot read this record batch" in tailed.stderr
+    assert len(tailed.stdout.splitlines()) == sum(o + 1 for o in sent.last_offsets.values()) - 1
     assert not any("\x1b" in line for line in w.log_text().splitlines())

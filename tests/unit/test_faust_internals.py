@@ -22,6 +22,7 @@ from faust.transport.consumer import Consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
+from streams.aiokafka_internals import instrument
 from streams.worker import faust_internals as fi
 
 
@@ -122,7 +123,7 @@ def test_the_consumer_thread_methods_we_extend_and_call() -> None:
 
 
 def test_aiokafka_moves_a_fetch_position_only_through_these_methods() -> None:
-    fi._instrument_aiokafka()
+    instrument()
     for name in ("seek", "reset_to", "await_reset"):
         assert callable(getattr(TopicPartitionState, name))
     moves = [line.strip() for line in inspect.getsource(TopicPartitionState).splitlines() if "_position =" in line]
@@ -171,7 +172,7 @@ def test_the_worker_consumer_reads_committed_records_only(app: fi.EventsinkApp) 
 def test_aiokafka_reads_fetched_records_as_our_getall_copy_expects() -> None:
     from aiokafka.consumer.fetcher import FetchResult, PartitionRecords
 
-    fi._instrument_aiokafka()
+    instrument()
     for name in ("check_assignment", "has_more", "_update_position"):
         assert callable(getattr(FetchResult, name)), name
     assert "self.next_fetch_offset" in inspect.getsource(PartitionRecords)

@@ -1,4 +1,5 @@
-"""The pipeline meets offsets the broker deleted (retention) before they were applied.
+"""The pipeline at its edges: offsets the broker deleted (retention) before they were applied, and a
+failure that is neither transient nor a record's.
 
 The embedded broker (Tansu) cannot move a partition's log start (no DeleteRecords, no
 retention on its in-memory store), so this is tested one level below the broker: a real
@@ -162,3 +163,32 @@ async def test_with_skip_the_loss_is_recorded_and_the_partition_goes_on(sink: Si
         ).fetchall()
         rows = conn.execute("SELECT count(*) FROM eventsink.metrics_raw WHERE tenant_id = %s", (tenant,)).fetchone()
     assert ranges == [(0, 99, "retention")] and rows == (30,)
+
+
+async def test_a_failure_that_is_neither_transient_nor_a_records_ends_the_pipeline(database_url: str) -> None:
+    """A bug (here: the dead-letter handler raising something no retry can cure) is not retried
+    forever: after a few attempts the pipeline reports a crash, and the worker (told through
+    on_crash) exits to restart from the ledger."""
+
+    async def broken(dead: list[DeadLetter], conn: object = None) -> None:
+        raise RuntimeError("a bug in the dead-letter path")
+
+    pool = open_pool(database_url, stage_ddl=WRITER.stage_ddl)
+    await pool.open(wait=True)
+    crashes: list[BaseException] = []
+
+    async def on_crash(exc: BaseException) -> None:
+        crashes.append(exc)
+
+    try:
+        sink = Sink(pool, f"g-{uuid.uuid4().hex[:8]}", WRITER, broken)
+        topic, log = f"m-{uuid.uuid4().hex[:8]}", RetainedLog(start=0)
+        p = pipeline(sink, log, topic, "stop")
+        p.on_crash = on_crash
+        p.on_assigned({0})
+        p.ingest([SimpleNamespace(partition=0, records=[SimpleNamespace(offset=0, key=None, value=b"{", headers=())])])
+        await until(lambda: crashes)
+        assert isinstance(crashes[0], RuntimeError) and p.crashed is crashes[0]
+        assert ledger(database_url, sink.group, topic) in (None, (-1, 0))
+    finally:
+        await pool.close()
