@@ -4,6 +4,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Parallel test processes (pytest-xdist): the suite mostly waits on workers, brokers and the
+# database, so more processes than cores pays. Each has its own broker and database. 0 = serial.
+TEST_PROCESSES ?= 4
+XDIST := $(if $(filter 0,$(TEST_PROCESSES)),,-n $(TEST_PROCESSES) --dist worksteal)
 
 .PHONY: run test test-unit test-fast bench lint clean
 
@@ -19,7 +23,7 @@ run: $(STAMP)
 	$(BIN)/eventsink run
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # Seconds, no services: schemas, the analysis state machine, configuration and deploy files.
 test-unit: $(STAMP)
@@ -27,7 +31,7 @@ test-unit: $(STAMP)
 
 # Everything but the multi-process end-to-end suites.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not e2e" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) -m "not e2e" $(PYTEST_ARGS)
 
 # About 10 minutes: the metric comparison (eventsink, reference loop, Quix Streams) and the mixed
 # workload (metric + chat + analysis; eventsink only), see bench/RESULTS.md. One scenario:

@@ -12,6 +12,7 @@ import os
 import uuid
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -25,6 +26,34 @@ from tests.helpers import Scenario, WorkerProcess
 
 USE_CONTAINERS = os.environ.get("EVENTSINK_TESTCONTAINERS") == "1"
 ROLES = Path(__file__).resolve().parent.parent / "deploy" / "sql" / "roles.sql"
+
+
+@contextmanager
+def cluster_wide(conn: psycopg.Connection) -> Iterator[None]:
+    """One test process at a time: roles are the cluster's, and parallel runs (pytest-xdist)
+    creating or altering the same role concurrently fail ("tuple concurrently updated")."""
+    conn.execute("SELECT pg_advisory_lock(hashtext('eventsink tests: roles'))")
+    try:
+        yield
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(hashtext('eventsink tests: roles'))")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest first, so that parallel runs (`-n`, worksteal) end together instead of waiting on
+    one soak started last: faults, then soaks, then other end-to-end tests, then the rest."""
+
+    def weight(item: pytest.Item) -> int:
+        path = str(item.path)
+        if "/tests/faults/" in path:
+            return 0
+        if item.get_closest_marker("soak"):
+            return 1
+        if item.get_closest_marker("e2e"):
+            return 2
+        return 3
+
+    items.sort(key=weight)  # stable: file order within a weight
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +101,7 @@ def database_url(pg_admin_dsn: str) -> Iterator[str]:
     admin = with_database(pg_admin_dsn, database_of(pg_admin_dsn))
     dsn = embedded.ensure_database(admin, name)
     migrate(dsn)
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with psycopg.connect(dsn, autocommit=True) as conn, cluster_wide(conn):
         conn.execute(ROLES.read_text())
     try:
         yield dsn
@@ -88,7 +117,7 @@ def writer_url(database_url: str) -> str:
     embedded servers authenticate them by trust, a managed server needs their passwords set.
     """
     try:
-        with psycopg.connect(database_url, autocommit=True) as conn:
+        with psycopg.connect(database_url, autocommit=True) as conn, cluster_wide(conn):
             conn.execute("ALTER ROLE eventsink_writer LOGIN")
             conn.execute("ALTER ROLE eventsink_retention LOGIN")
         writer = with_user(database_url, "eventsink_writer")
