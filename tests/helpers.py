@@ -171,6 +171,15 @@ class WorkerProcess:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def assigned(self, topic: str) -> list[list[int]]:
+        """The partitions of `topic` at each assignment it logged, oldest first."""
+        entries = self.logs()
+        return [e["partitions"] for e in entries if e.get("event") == "partitions assigned" and e.get("topic") == topic]
+
+    def logged(self, event: str) -> int:
+        """How many times the worker logged `event`."""
+        return sum(1 for e in self.logs() if e.get("event") == event)
+
 
 COUNTERS = tuple(f.name for f in fields(Counters))  # events, rows_applied, duplicates, dead_letters, superseded
 

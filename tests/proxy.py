@@ -11,6 +11,8 @@ import contextlib
 import threading
 from typing import Any
 
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
 
 class TcpProxy:
     def __init__(self, target_host: str, target_port: int, listen_port: int = 0) -> None:
@@ -95,3 +97,18 @@ class TcpProxy:
             self._call(self._cut())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+
+
+def proxied(dsn: str, proxy: TcpProxy, password: str | None = None) -> str:
+    """The same database, reached through the proxy (with a password planted, if given)."""
+    params = conninfo_to_dict(dsn)
+    params.update(host="127.0.0.1", port=str(proxy.port))
+    if password:
+        params["password"] = password
+    return make_conninfo(**params)
+
+
+def pg_address(dsn: str) -> tuple[str, int]:
+    """Where `dsn`'s server listens (a directory for a Unix socket), for a proxy in front of it."""
+    params = conninfo_to_dict(dsn)
+    return str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432)

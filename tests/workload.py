@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import threading
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import orjson
+import psycopg
 from aiokafka import AIOKafkaProducer
 
 from streams.dev.loadgen.analysis import AnalysisLoad, AnalysisReport, produce_analysis
@@ -15,7 +18,7 @@ from streams.dev.loadgen.chat import ChatLoad, ChatReport, produce_chat
 from streams.dev.loadgen.metric import LoadReport, MetricLoad, produce_metrics
 from streams.publish.publisher import Publisher
 from streams.tools.topics import SOURCE_CONFIG, TopicSpec, ensure_topics
-from tests.helpers import Scenario
+from tests.helpers import Scenario, count_by_tenant, expected, ledger_totals
 
 
 @dataclass
@@ -69,6 +72,40 @@ def publish(
     report = asyncio.run(go())
     sent.add(report)
     return report
+
+
+class Feeder:
+    """Metric records published from a thread, `chunk` at a time at `rate`/s, until `stop()`:
+    the stream is still flowing whatever a test waits for meanwhile."""
+
+    def __init__(self, s: Scenario, sent: Sent, chunk: int = 500, rate: float = 500, seed: int = 0, **load) -> None:
+        self.s, self.sent, self.chunk, self.rate, self.seed, self.load = s, sent, chunk, rate, seed, load
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="feeder", daemon=True)
+        self.error: BaseException | None = None
+
+    def start(self) -> Feeder:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            for round_ in itertools.count():
+                publish(self.s, self.sent, self.chunk, rate=self.rate, seed=self.seed + round_, **self.load)
+                if self._stop.is_set():
+                    return
+        except BaseException as exc:  # reported by stop()
+            self.error = exc
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self) -> None:
+        """End after the chunk in flight, and wait for it."""
+        self._stop.set()
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 def send_raw(
@@ -180,3 +217,23 @@ def apply_all_kinds(
     finally:
         assert w.stop() == 0
     return Everything(sent, chat, found)
+
+
+def assert_exactly_once(s: Scenario, sent: Sent) -> None:
+    """The database holds what the topic says it must (the oracle), and the topic holds what the
+    test sent (its own tally): every row once, every counter of the ledger exact."""
+    want = expected(s, "metric")
+    assert (want.records, len(want.invalid), want.rows_per_tenant()) == (
+        sent.sent,
+        sent.invalid,
+        sent.unique_per_tenant,
+    )
+    assert count_by_tenant(s.dsn, sent.tenants) == want.rows_per_tenant()
+    with psycopg.connect(s.dsn) as conn:
+        dupes = conn.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM eventsink.metrics_raw WHERE tenant_id = ANY(%s::uuid[]) "
+            "GROUP BY tenant_id, dedupe_id HAVING count(*) > 1) d",
+            (sent.tenants,),
+        ).fetchone()
+    assert dupes == (0,)
+    assert ledger_totals(s.dsn, s.group, s.topic) == asdict(want.ledger())

@@ -6,22 +6,15 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-import time
 import urllib.request
 
 import orjson
 import pytest
 
-from tests.e2e.test_worker import assert_exactly_once
-from tests.helpers import Scenario, WorkerProcess, wait_applied, wait_until
-from tests.workload import Sent, create_topics, publish
+from tests.helpers import Scenario, WorkerProcess, ledger_totals, wait_applied, wait_until
+from tests.workload import Feeder, Sent, assert_exactly_once, create_topics, publish
 
 pytestmark = pytest.mark.e2e
-
-
-def assigned(w: WorkerProcess, topic: str) -> list[list[int]]:
-    return [e["partitions"] for e in w.logs() if e.get("event") == "partitions assigned" and e.get("topic") == topic]
 
 
 def readyz(port: str) -> dict:
@@ -36,35 +29,39 @@ def test_workers_joining_and_leaving_mid_stream_apply_everything_once(scenario: 
     s, sent = scenario, Sent()
     create_topics(s)
     first = WorkerProcess(s.env(), s.data_dir / "first.log").start()
-    feeder = threading.Thread(target=publish, args=(s, sent, 8000), kwargs={"rate": 500, "invalid": 0.01, "seed": 31})
-    feeder.start()
+    feeder = Feeder(s, sent, chunk=500, rate=500, invalid=0.01, seed=31).start()
+    second = None
     try:
-        wait_until(lambda: any(assigned(first, s.topic)), 60, what="the first worker's assignment")
-        time.sleep(2)
+        wait_until(lambda: first.assigned(s.topic), 60, what="the first worker's assignment")
+        wait_until(lambda: applied(s) > 0, 60, what="the first worker's commits")
         second = WorkerProcess(s.env(), s.data_dir / "second.log").start()  # joins mid-stream
-        wait_until(lambda: any(assigned(second, s.topic)), 90, what="the second worker's assignment")
-        wait_until(
-            lambda: assigned(first, s.topic)[-1] and len(assigned(first, s.topic)[-1]) < 4,
-            60,
-            what="the partitions split",
-        )
-        time.sleep(2)
-        assert feeder.is_alive(), "the stream should still be flowing"
+        wait_until(lambda: second.assigned(s.topic), 90, what="the second worker's assignment")
+        wait_until(lambda: 0 < len(first.assigned(s.topic)[-1]) < 4, 60, what="the partitions split")
+        split_at = applied(s)
+        wait_until(lambda: applied(s) > split_at, 60, what="commits after the split")
+        assert feeder.alive(), "the stream should still be flowing"
         assert first.stop() == 0  # leaves mid-stream
         wait_until(
-            lambda: sorted(assigned(second, s.topic)[-1]) == [0, 1, 2, 3],
+            lambda: sorted(second.assigned(s.topic)[-1]) == [0, 1, 2, 3],
             90,
             what="the second worker to take every partition",
         )
-        feeder.join()
-        publish(s, sent, 500, seed=33)
+        left_at = applied(s)
+        wait_until(lambda: applied(s) > left_at, 60, what="commits after the first worker left")
+        feeder.stop()
+        publish(s, sent, 500, seed=1033)
         wait_applied(s.dsn, s.group, s.topic, sent.last_offsets, timeout=120)
         assert_exactly_once(s, sent)
     finally:
-        feeder.join()
-        for w in (first, locals().get("second")):
+        if feeder.alive():
+            feeder.stop()
+        for w in (first, second):
             if w is not None and w.alive():
                 w.stop()
+
+
+def applied(s: Scenario) -> int:
+    return ledger_totals(s.dsn, s.group, s.topic)["events"]
 
 
 def test_processes_are_supervised_restarted_and_stopped_together(scenario: Scenario) -> None:

@@ -21,8 +21,8 @@ from aiokafka.protocol.produce import ProduceRequest
 from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy as Builder
 from aiokafka.record.util import calc_crc32c
 
-from tests.e2e.test_web import get, samples, total
 from tests.helpers import Scenario, WorkerProcess, count_by_tenant, ledger, wait_applied, wait_until
+from tests.web import get, samples, total
 from tests.workload import Sent, create_topics, metric_json, publish, send_raw
 
 pytestmark = pytest.mark.e2e

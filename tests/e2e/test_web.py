@@ -2,43 +2,15 @@
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
-
 import orjson
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.test_worker import _pg_address, proxied
 from tests.helpers import Scenario, WorkerProcess, wait_applied, wait_until
-from tests.proxy import TcpProxy
+from tests.proxy import TcpProxy, pg_address, proxied
+from tests.web import get, samples, total
 from tests.workload import Sent, create_topics, publish
 
 pytestmark = pytest.mark.e2e
-
-
-def get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-    except OSError:
-        return 0, b""
-
-
-def samples(w: WorkerProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    status, body = get(f"{w.web}/metrics")
-    assert status == 200
-    out = {}
-    for family in text_string_to_metric_families(body.decode()):
-        for sample in family.samples:
-            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return out
-
-
-def total(metrics: dict, name: str, **labels: str) -> float:
-    return sum(v for (n, ls), v in metrics.items() if n == name and all((k, v2) in ls for k, v2 in labels.items()))
 
 
 def test_metrics_count_a_known_workload(scenario: Scenario) -> None:
@@ -76,7 +48,7 @@ def test_metrics_count_a_known_workload(scenario: Scenario) -> None:
 def test_readyz_follows_the_database(scenario: Scenario) -> None:
     s, sent = scenario, Sent()
     create_topics(s)
-    with TcpProxy(*_pg_address(s.dsn)) as proxy:
+    with TcpProxy(*pg_address(s.dsn)) as proxy:
         w = WorkerProcess(s.env(proxied(s.worker_dsn, proxy)), s.data_dir / "w.log").start()
         try:
             wait_until(lambda: get(f"{w.web}/readyz")[0] == 200, 60, what="ready")

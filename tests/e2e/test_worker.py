@@ -6,13 +6,11 @@ import asyncio
 import time
 import uuid
 from collections import Counter
-from dataclasses import asdict
 from datetime import UTC, datetime
 
 import orjson
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from schemas.deadletter import Reason
 from tests.helpers import (
@@ -20,14 +18,13 @@ from tests.helpers import (
     WorkerProcess,
     commit_group_offsets,
     count_by_tenant,
-    expected,
     ledger_totals,
     read_topic,
     wait_applied,
     wait_until,
 )
-from tests.proxy import TcpProxy
-from tests.workload import Sent, create_topics, metric_json, publish, send_raw
+from tests.proxy import TcpProxy, pg_address, proxied
+from tests.workload import Sent, assert_exactly_once, create_topics, metric_json, publish, send_raw
 
 pytestmark = pytest.mark.e2e
 
@@ -37,38 +34,9 @@ def worker(s: Scenario, tag: str = "w", **env: str) -> WorkerProcess:
     return WorkerProcess(s.env(dsn, **env), s.data_dir / f"{tag}.log").start()
 
 
-def assert_exactly_once(s: Scenario, sent: Sent) -> None:
-    """The database holds what the topic says it must (the oracle), and the topic holds what the
-    test sent (its own tally): every row once, every counter of the ledger exact."""
-    want = expected(s, "metric")
-    assert (want.records, len(want.invalid), want.rows_per_tenant()) == (
-        sent.sent,
-        sent.invalid,
-        sent.unique_per_tenant,
-    )
-    assert count_by_tenant(s.dsn, sent.tenants) == want.rows_per_tenant()
-    with psycopg.connect(s.dsn) as conn:
-        dupes = conn.execute(
-            "SELECT count(*) FROM (SELECT 1 FROM eventsink.metrics_raw WHERE tenant_id = ANY(%s::uuid[]) "
-            "GROUP BY tenant_id, dedupe_id HAVING count(*) > 1) d",
-            (sent.tenants,),
-        ).fetchone()
-    assert dupes == (0,)
-    assert ledger_totals(s.dsn, s.group, s.topic) == asdict(want.ledger())
-
-
 def dlq_by_source(s: Scenario) -> Counter[tuple[int, int]]:
     records = asyncio.run(read_topic(s.bootstrap, s.dlq_topic))
     return Counter((r.info.source_partition, r.info.source_offset) for r in records)
-
-
-def proxied(dsn: str, proxy: TcpProxy, password: str | None = None) -> str:
-    """The same database, reached through the proxy (with a password planted, if given)."""
-    params = conninfo_to_dict(dsn)
-    params.update(host="127.0.0.1", port=str(proxy.port))
-    if password:
-        params["password"] = password
-    return make_conninfo(**params)
 
 
 def logged(w: WorkerProcess, event: str) -> bool:
@@ -249,7 +217,7 @@ def test_kafka_offsets_ahead_and_the_database_down_at_assignment(scenario: Scena
     create_topics(s)
     publish(s, sent, 1000, seed=4)
     asyncio.run(commit_group_offsets(s.bootstrap, s.group, s.topic, {p: o - 50 for p, o in sent.last_offsets.items()}))
-    with TcpProxy(*_pg_address(s.dsn)) as proxy:
+    with TcpProxy(*pg_address(s.dsn)) as proxy:
         proxy.cut()
         w = worker(s, DATABASE_URL=proxied(s.worker_dsn, proxy))
         try:
@@ -286,7 +254,7 @@ def test_redelivered_records_below_the_ledger_change_nothing(scenario: Scenario)
     wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
     assert w.stop() == 0
     asyncio.run(commit_group_offsets(s.bootstrap, s.group, s.topic, dict.fromkeys(sent.last_offsets, 0)))
-    with TcpProxy(*_pg_address(s.dsn)) as proxy:
+    with TcpProxy(*pg_address(s.dsn)) as proxy:
         proxy.cut()
         w = worker(s, "again", DATABASE_URL=proxied(s.worker_dsn, proxy))
         try:
@@ -313,7 +281,7 @@ def test_a_database_outage_mid_stream_loses_nothing(scenario: Scenario) -> None:
     s, sent = scenario, Sent()
     create_topics(s)
     password = "pw-" + uuid.uuid4().hex
-    with TcpProxy(*_pg_address(s.dsn)) as proxy:
+    with TcpProxy(*pg_address(s.dsn)) as proxy:
         w = worker(s, DATABASE_URL=proxied(s.worker_dsn, proxy, password))
         try:
             publish(s, sent, 1500, invalid=0.02, seed=6)
@@ -358,8 +326,3 @@ def test_sigterm_finishes_the_batch_in_flight_and_exits(scenario: Scenario) -> N
         assert_exactly_once(s, sent)
     finally:
         w2.stop()
-
-
-def _pg_address(dsn: str) -> tuple[str, int]:
-    params = conninfo_to_dict(dsn)
-    return str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432)

@@ -16,9 +16,9 @@ import psycopg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from tests.e2e.test_web import get, samples, total
 from tests.faults.traffic import oracle
 from tests.helpers import Scenario, WorkerProcess, count_by_tenant, ledger, wait_applied, wait_until
+from tests.web import get, samples, total
 from tests.workload import Sent, create_topics, metric_json, publish
 
 pytestmark = pytest.mark.e2e

@@ -16,13 +16,15 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from streams.dev.loadgen.metric import poison_records
-from tests.e2e.test_worker import _pg_address, proxied
 from tests.faults.traffic import Traffic, oracle, settled
 from tests.helpers import Scenario, WorkerProcess, ledger_totals, read_topic, wait_until
-from tests.proxy import TcpProxy
+from tests.proxy import TcpProxy, pg_address, proxied
 from tests.workload import create_topics
 
 pytestmark = pytest.mark.e2e
+
+
+RETRYING = "batch not committed; retrying"
 
 
 def worker(s: Scenario, tag: str, **env: str) -> WorkerProcess:
@@ -41,16 +43,16 @@ def applied(s: Scenario) -> int:
 def test_kill_9_five_times_in_the_middle_of_batches(scenario: Scenario) -> None:
     s = scenario
     create_topics(s)
-    # About 65 s of traffic: the five kills (each ~10 s: start, join, commits) land while it flows.
-    traffic = Traffic(s, metrics=7000, conversations=400, analyses=200, rate=150, seed=100).start()
+    # Rounds of ~5 s of traffic until the five kills are over (each: start, join, a commit, kill).
+    traffic = Traffic(s, metrics=500, conversations=30, analyses=15, rate=150, seed=100, until_stopped=True).start()
     for round_ in range(5):
         w = worker(s, f"w{round_}")
         before = applied(s)
         wait_until(lambda b=before: progressed(s, b), 90, 0.05, "a commit")
-        time.sleep(random.Random(round_).uniform(0.2, 1.5))
+        time.sleep(random.Random(round_).uniform(0.2, 1.5))  # somewhere in the next batches: the point of the test
         assert traffic.alive(), f"the traffic ended before kill {round_ + 1}"
         w.kill9()
-    traffic.join()
+    traffic.stop()
     last = worker(s, "last")
     try:
         settled(s, traffic)
@@ -62,24 +64,23 @@ def test_kill_9_five_times_in_the_middle_of_batches(scenario: Scenario) -> None:
 def test_three_workers_one_killed_one_added_one_stopped_one_fenced_out(scenario: Scenario) -> None:
     s = scenario
     create_topics(s)
-    traffic = Traffic(s, metrics=6000, conversations=250, analyses=150, rate=300, seed=200).start()
+    traffic = Traffic(s, metrics=1000, conversations=50, analyses=30, rate=300, seed=200, until_stopped=True).start()
     a, b, c = (worker(s, tag) for tag in "abc")
     everyone = [a, b, c]
     try:
         wait_until(lambda: progressed(s, 0), 90, what="first commits")
-        time.sleep(2)
         a.kill9()  # dies mid-batch
         d = worker(s, "d")  # joins mid-stream
         everyone.append(d)
-        time.sleep(4)
+        wait_until(lambda: d.assigned(s.topic), 90, what="the new worker's assignment")
         assert b.stop() == 0  # leaves cleanly mid-stream
-        # Fenced out: frozen past the session timeout, its partitions go to others; thawed, it
+        # Fenced out: frozen past the session timeout, its partitions go to the other; thawed, it
         # finishes the batch it was writing, late.
         os.kill(c.pid, signal.SIGSTOP)
-        time.sleep(9)
+        wait_until(lambda: sorted(d.assigned(s.topic)[-1]) == [0, 1, 2, 3], 90, what="the frozen worker's partitions")
         os.kill(c.pid, signal.SIGCONT)
         assert traffic.alive(), "the traffic ended before the faults were over"
-        traffic.join()
+        traffic.stop()
         settled(s, traffic)
         oracle(s)
     finally:
@@ -92,22 +93,25 @@ def test_three_workers_one_killed_one_added_one_stopped_one_fenced_out(scenario:
 def test_postgresql_unreachable_longer_than_a_batch_timeout(scenario: Scenario) -> None:
     s = scenario
     create_topics(s)
-    with TcpProxy(*_pg_address(s.dsn)) as proxy:
+    with TcpProxy(*pg_address(s.dsn)) as proxy:
         w = worker(s, "w", DATABASE_URL=proxied(s.worker_dsn, proxy))
-        traffic = Traffic(s, metrics=5000, conversations=200, analyses=120, rate=300, seed=300).start()
+        traffic = Traffic(
+            s, metrics=1000, conversations=50, analyses=30, rate=300, seed=300, until_stopped=True
+        ).start()
         try:
             wait_until(lambda: progressed(s, 0), 90, what="first commits")
             proxy.cut()
-            cut_at = applied(s)
-            time.sleep(8)  # many batch timeouts (EVENTSINK_BATCH_MAX_WAIT_MS=200) and retries
+            cut_at, retried = applied(s), w.logged(RETRYING)
+            # Longer than a batch timeout (EVENTSINK_BATCH_MAX_WAIT_MS=200): retries, with backoff.
+            wait_until(lambda: w.logged(RETRYING) >= retried + 5, 90, what="five retries")
             assert w.alive() and applied(s) == cut_at and traffic.alive()
             proxy.restore()
-            traffic.join()
+            traffic.stop()
             settled(s, traffic)
             oracle(s)
         finally:
             w.stop()
-    assert any(e.get("event") == "batch not committed; retrying" for e in w.logs())
+    assert w.logged(RETRYING) >= 5
 
 
 def test_a_producer_republishing_the_same_fifth_three_times(scenario: Scenario) -> None:
@@ -134,7 +138,9 @@ def test_ten_thousand_poison_records_while_valid_traffic_flows(scenario: Scenari
     create_topics(s)
     w = worker(s, "w")
     try:
-        traffic = Traffic(s, metrics=5000, conversations=150, analyses=100, rate=200, invalid=0.0, seed=500).start()
+        traffic = Traffic(
+            s, metrics=1000, conversations=30, analyses=20, rate=200, invalid=0.0, seed=500, until_stopped=True
+        ).start()
         wait_until(lambda: progressed(s, 0), 90, what="first commits")
         poison = poison_records(random.Random(501), "3f2b8c1e-8d4a-4c3b-9f7e-2a1b0c9d8e7f", 10_000)
         assert len({kind for kind, _, _ in poison}) >= 8
@@ -142,7 +148,7 @@ def test_ten_thousand_poison_records_while_valid_traffic_flows(scenario: Scenari
         flood = asyncio.run(_republish(s, s.topic, [(k, v) for _, k, v in poison], per_second=1000))
         assert traffic.alive(), "the flood should fall while valid traffic flows"
         assert _valid_rows(s) > rows_before, "valid traffic kept being applied during the flood"
-        traffic.join()
+        traffic.stop()
         settled(s, traffic, {s.topic: flood})
         reports = oracle(s)
         assert reports[s.topic].totals().in_dlq >= 10_000
@@ -159,7 +165,7 @@ def _valid_rows(s: Scenario) -> int:
 def test_a_slow_database_means_backpressure_not_memory(scenario: Scenario, record_property) -> None:  # type: ignore[no-untyped-def]
     s = scenario
     create_topics(s)
-    with TcpProxy(*_pg_address(s.dsn)) as proxy:
+    with TcpProxy(*pg_address(s.dsn)) as proxy:
         proxy.set_delay(0.02)  # every chunk through the proxy waits 20 ms, both ways
         w = worker(s, "w", DATABASE_URL=proxied(s.worker_dsn, proxy))
         rss = RssSampler(w.pid).start()

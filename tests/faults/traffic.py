@@ -15,8 +15,26 @@ from tests.helpers import Scenario, expected, ledger_totals, wait_applied
 
 
 @dataclass
+class Published:
+    """What the traffic published to one topic: records sent, and each partition's last offset."""
+
+    sent: int = 0
+    last_offsets: dict[int, int] = field(default_factory=dict)
+
+    def add(self, report: LoadReport | ChatReport | AnalysisReport) -> None:
+        self.sent += report.sent
+        for p, o in report.last_offsets.items():
+            self.last_offsets[p] = max(o, self.last_offsets.get(p, -1))
+
+
+@dataclass
 class Traffic:
-    """Metric, chat and analysis records published from a thread at a steady rate."""
+    """Metric, chat and analysis records published from a thread at a steady rate.
+
+    One round of the given sizes by default. `until_stopped=True` publishes round after round
+    (the next seeds each time) until `stop()`: a fault test then needs no guess of how long its
+    faults take on a loaded machine, the traffic flows until they are over.
+    """
 
     s: Scenario
     metrics: int = 4000
@@ -26,8 +44,11 @@ class Traffic:
     invalid: float = 0.02
     duplicates: float = 0.1
     seed: int = 0
-    reports: dict[str, LoadReport | ChatReport | AnalysisReport] = field(default_factory=dict)
+    until_stopped: bool = False
+    reports: dict[str, Published] = field(default_factory=dict)
+    rounds: int = 0
     _thread: threading.Thread | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
 
     def start(self) -> Traffic:
@@ -42,34 +63,47 @@ class Traffic:
             self.error = exc
 
     async def _publish(self) -> None:
-        s, share = self.s, self.rate / 10
+        s = self.s
+        self.reports = {topic: Published() for topic in (s.topic, s.chat_topic, s.analysis_topic)}
         async with Publisher(s.bootstrap) as pub:
-            metric, chat, analysis = await asyncio.gather(
-                produce_metrics(
-                    pub,
-                    s.topic,
-                    MetricLoad(
-                        self.metrics, duplicates=self.duplicates, invalid=self.invalid, rate=share * 7, seed=self.seed
-                    ),
+            while True:
+                await self._round(pub, self.seed + 3 * self.rounds)
+                self.rounds += 1
+                if not self.until_stopped or self._stop.is_set():
+                    return
+
+    async def _round(self, pub: Publisher, seed: int) -> None:
+        s, share = self.s, self.rate / 10
+        metric, chat, analysis = await asyncio.gather(
+            produce_metrics(
+                pub,
+                s.topic,
+                MetricLoad(self.metrics, duplicates=self.duplicates, invalid=self.invalid, rate=share * 7, seed=seed),
+            ),
+            produce_chat(
+                pub,
+                s.chat_topic,
+                ChatLoad(
+                    self.conversations,
+                    duplicates=self.duplicates,
+                    invalid=self.invalid,
+                    rate=share * 2,
+                    seed=seed + 1,
                 ),
-                produce_chat(
-                    pub,
-                    s.chat_topic,
-                    ChatLoad(
-                        self.conversations,
-                        duplicates=self.duplicates,
-                        invalid=self.invalid,
-                        rate=share * 2,
-                        seed=self.seed + 1,
-                    ),
-                ),
-                produce_analysis(
-                    pub,
-                    s.analysis_topic,
-                    AnalysisLoad(self.analyses, duplicates=self.duplicates, rate=share, seed=self.seed + 2),
-                ),
-            )
-        self.reports = {s.topic: metric, s.chat_topic: chat, s.analysis_topic: analysis}
+            ),
+            produce_analysis(
+                pub,
+                s.analysis_topic,
+                AnalysisLoad(self.analyses, duplicates=self.duplicates, rate=share, seed=seed + 2),
+            ),
+        )
+        for topic, report in ((s.topic, metric), (s.chat_topic, chat), (s.analysis_topic, analysis)):
+            self.reports[topic].add(report)
+
+    def stop(self) -> None:
+        """End after the round in flight (rounds last seconds), and wait for it."""
+        self._stop.set()
+        self.join()
 
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
