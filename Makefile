@@ -33,9 +33,10 @@ test-unit: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest $(XDIST) -m "not e2e" $(PYTEST_ARGS)
 
-# About 10 minutes: the metric comparison (eventsink, reference loop, Quix Streams) and the mixed
-# workload (metric + chat + analysis; eventsink only), see bench/RESULTS.md. One scenario:
-# BENCH_ARGS="--repeat 3 --scenario mixed". To record: BENCH_ARGS="--repeat 3 --profile --record".
+# About 25 minutes: the metric comparison (eventsink, reference loop, Quix Streams), the mixed
+# workload (metric + chat + analysis; eventsink only) and the latency scenario (fixed rates, Kafka
+# timestamp to commit), see bench/RESULTS.md. One scenario: BENCH_ARGS="--repeat 3 --scenario mixed",
+# or BENCH_ARGS="--scenario latency". To record: BENCH_ARGS="--repeat 3 --profile --record".
 bench: BENCH_ARGS ?= --repeat 3 --profile
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench]'

@@ -1,7 +1,8 @@
 """What each contender runs. Every process gets the environment an eventsink worker reads.
 
 The metric scenario has every contender; the mixed one (metric, chat and analysis topics) only
-eventsink's: the reference loop and the Quix app write metric events only.
+eventsink's: the reference loop and the Quix app write metric events only. The latency scenario
+(bench/latency.py) runs eventsink's and Quix's plans on a topic published to while they run.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from bench import quixenv
 from bench.measure import LedgerProbe, Plan, TableProbe
 from bench.mixed import MixedWorkload
+from bench.paced import LiveTopic
 from bench.workload import Workload
 from streams.tools.topics import SOURCE_CONFIG, TopicSpec, ensure_topics
 
@@ -36,7 +38,7 @@ class Context:
 
     bootstrap: str
     dsn: str
-    workload: Workload | MixedWorkload
+    workload: Workload | MixedWorkload | LiveTopic
     group: str
     data_dir: Path
     src: Path  # the snapshot of eventsink's sources to run (bench.revision)
@@ -68,9 +70,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def metric_only(ctx: Context) -> Workload:
-    if not isinstance(ctx.workload, Workload):
-        raise TypeError("this contender writes metric events only: it runs in the metric scenario")
+def metric_only(ctx: Context) -> Workload | LiveTopic:
+    if isinstance(ctx.workload, MixedWorkload):
+        raise TypeError("this contender writes metric events only: it runs in the metric and latency scenarios")
     return ctx.workload
 
 

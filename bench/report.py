@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import report_metric, report_mixed
+from bench import report_latency, report_metric, report_mixed
 from bench.contenders import SESSION_TIMEOUT_MS
+from bench.latency import LatencyResults
 
 
 @dataclass(frozen=True)
@@ -18,15 +19,26 @@ class Results:
     repeat: int
     metric: report_metric.Results | None = None
     mixed: report_mixed.Results | None = None
+    latency: LatencyResults | None = None
 
     @property
     def ok(self) -> bool:
-        scenarios = [s for s in (self.metric, self.mixed) if s is not None]
+        scenarios = [s for s in (self.metric, self.mixed, self.latency) if s is not None]
         return all(m.ok for s in scenarios for m in s.measurements)
 
 
+def _order(results: Results) -> str:
+    said = []
+    if results.metric is not None or results.mixed is not None:
+        said.append("the order of the contenders rotates from run to run")
+    if results.latency is not None:
+        said.append("latency: one run of each contender at each rate, rates in the order of --rates")
+    return "; ".join(said)
+
+
 def render(results: Results) -> str:
-    scenarios = [name for name, s in (("metric", results.metric), ("mixed", results.mixed)) if s is not None]
+    named = (("metric", results.metric), ("mixed", results.mixed), ("latency", results.latency))
+    scenarios = [name for name, s in named if s is not None]
     parts = [
         f"## {results.date}: {' + '.join(scenarios)} scenario{'s' if len(scenarios) > 1 else ''}"
         + (f", medians of {results.repeat} runs" if results.repeat > 1 else ""),
@@ -37,7 +49,7 @@ def render(results: Results) -> str:
                 f"- Services: {results.services}",
                 "- Each contender ran alone, on its own migrated database (after a CHECKPOINT), in "
                 "its own consumer group from the earliest offset, session timeout "
-                f"{SESSION_TIMEOUT_MS} ms; the order of the contenders rotates from run to run.",
+                f"{SESSION_TIMEOUT_MS} ms; {_order(results)}.",
             ]
         ),
     ]
@@ -45,6 +57,8 @@ def render(results: Results) -> str:
         parts.append(report_metric.render(results.metric))
     if results.mixed is not None:
         parts.append(report_mixed.render(results.mixed))
+    if results.latency is not None:
+        parts.append(report_latency.render(results.latency))
     return "\n\n".join(parts) + "\n"
 
 

@@ -1,13 +1,17 @@
 """`python -m bench.run`: load the topics, run each contender on them alone, report.
 
-    python -m bench.run [--scenario metric|mixed|all] [--events 200000] [--partitions 8] [--tenants 50]
-                        [--duplicates 0.1] [--repeat N] [--only eventsink,reference,quix,eventsink2,quix-1s]
+    python -m bench.run [--scenario metric|mixed|latency|all] [--events 200000] [--partitions 8] [--tenants 50]
+                        [--duplicates 0.1] [--repeat N] [--only eventsink,reference,quix,eventsink2,quix-1s,...]
+                        [--rates 0.25,0.5,0.75] [--duration 60] [--max-rate N]
                         [--at REV] [--profile] [--record]
 
 metric: every contender on one metric topic. mixed: eventsink's (one worker, two workers) on
-metric, chat and analysis topics split 70/20/10. Starts its own Tansu unless
-KAFKA_BOOTSTRAP_SERVERS is set; uses DATABASE_URL, else the PostgreSQL on 127.0.0.1:5432, else an
-embedded one. Logs of every process: bench/out/<run id>/<scenario>/.
+metric, chat and analysis topics split 70/20/10. latency: eventsink's worker (default batches at
+every rate, two other batch settings at 50 %) and Quix Streams on a topic published to at fixed
+fractions of one worker's maximum (measured by the metric scenario's eventsink runs, or by one
+such run, unless --max-rate gives it); percentiles of CreateTime -> row committed. Starts its own
+Tansu unless KAFKA_BOOTSTRAP_SERVERS is set; uses DATABASE_URL, else the PostgreSQL on
+127.0.0.1:5432, else an embedded one. Logs of every process: bench/out/<run id>/<scenario>/.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import sys
 import time
 from importlib import metadata
@@ -23,18 +28,19 @@ from pathlib import Path
 import psutil
 import psycopg
 
-from bench import mixed, quixenv, report, revision
+from bench import latency, mixed, quixenv, report, report_metric, revision
 from bench.contenders import CONTENDERS, MIXED_CONTENDERS
+from bench.latency import LATENCY_CONTENDERS, LatencySpec
 from bench.services import Services, services
 from bench.session import Session, say
-from bench.workload import WorkloadSpec, load
+from bench.workload import Workload, WorkloadSpec, load
 from sinks.dsn import redact_dsn
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
 RESULTS = HERE / "RESULTS.md"
 VERSIONS = ("faust-streaming", "aiokafka", "psycopg", "pydantic", "orjson", "uvloop")
-SCENARIOS = {"metric": CONTENDERS, "mixed": MIXED_CONTENDERS}
+SCENARIOS = {"metric": CONTENDERS, "mixed": MIXED_CONTENDERS, "latency": LATENCY_CONTENDERS}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -45,12 +51,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tenants", type=int, default=50)
     p.add_argument("--duplicates", type=float, default=0.1, help="fraction of records re-sending an earlier one")
     p.add_argument("--seed", type=int, default=1, help="seed of the load generators")
-    p.add_argument("--repeat", type=int, default=1, help="runs of every contender; medians are reported")
+    p.add_argument(
+        "--repeat", type=int, default=1, help="runs of every contender; medians are reported (latency: one run each)"
+    )
     p.add_argument(
         "--only",
-        help=f"comma-separated, of {', '.join(CONTENDERS)} (the mixed scenario has eventsink and eventsink2 "
-        "only; default: all); the order rotates with each repeat",
+        help=f"comma-separated, of {', '.join(dict.fromkeys([*CONTENDERS, *LATENCY_CONTENDERS]))} (the mixed "
+        f"scenario has eventsink and eventsink2 only, the latency one {', '.join(LATENCY_CONTENDERS)}; "
+        "default: all); the order rotates with each repeat",
     )
+    p.add_argument(
+        "--rates",
+        default="0.25,0.5,0.75",
+        help="latency: comma-separated fractions of the maximum rate to publish at, in the order run",
+    )
+    p.add_argument("--duration", type=float, default=60.0, help="latency: seconds of publishing per run")
+    p.add_argument(
+        "--max-rate",
+        type=float,
+        help="latency: one worker's maximum, records/s (default: the median steady events/s of the metric "
+        "scenario's eventsink runs, or of one such run made for it)",
+    )
+    p.add_argument("--drain", type=float, default=30.0, help="latency: seconds rows may take after the last send")
     p.add_argument("--at", metavar="REV", help="measure eventsink's sources at this git revision, not the tree")
     p.add_argument("--profile", action="store_true", help="also run one worker per scenario under py-spy")
     p.add_argument("--record", action="store_true", help=f"append the results to {RESULTS.relative_to(HERE.parent)}")
@@ -61,6 +83,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.only = [n.strip() for n in (args.only or ",".join(known)).split(",") if n.strip()]
     if set(args.only) - set(known) or not args.only or len(set(args.only)) < len(args.only):
         p.error(f"--only takes each of {', '.join(known)} at most once")
+    try:
+        args.fractions = tuple(float(f) for f in args.rates.split(",") if f.strip())
+    except ValueError:
+        p.error(f"--rates takes fractions such as 0.25,0.5,0.75, not {args.rates!r}")
+    if not args.fractions or any(f <= 0 for f in args.fractions) or len(set(args.fractions)) < len(args.fractions):
+        p.error("--rates takes distinct positive fractions")
+    if (args.max_rate is not None and args.max_rate <= 0) or args.duration <= 0:
+        p.error("--max-rate and --duration must be positive")
     return args
 
 
@@ -88,6 +118,34 @@ def names_in(args: argparse.Namespace, scenario: str) -> list[str]:
     return [n for n in args.only if n in SCENARIOS[scenario]]
 
 
+def uses_quix(args: argparse.Namespace) -> bool:
+    return any(n.startswith("quix") for s in ("metric", "latency") if s in args.scenarios for n in names_in(args, s))
+
+
+def max_rate(
+    args: argparse.Namespace, session: Session, metric_results: report_metric.Results | None, metric: Workload | None
+) -> tuple[float, str]:
+    """One worker's maximum for the latency scenario: given, from the metric scenario's eventsink
+    runs (median steady events/s), or measured now by one such run."""
+    if args.max_rate:
+        return args.max_rate, "given with --max-rate"
+    runs = metric_results.of("eventsink") if metric_results is not None else []
+    where = "the metric scenario of this invocation"
+    if metric is None or not any(m.ok for m in runs):
+        if metric is None:
+            spec = WorkloadSpec(args.events, args.partitions, args.tenants, args.duplicates, args.seed)
+            metric = load(session.services.bootstrap, f"bench.metrics.{session.workdir.name}", spec)
+        runs = [session.run("maxrate", "eventsink", CONTENDERS["eventsink"], metric, 1)]
+        where = "a run of its own in this invocation"
+    rates = [m.steady_events_per_s for m in runs if m.ok and m.steady_events_per_s]
+    if not rates:
+        raise SystemExit("latency: one worker's maximum could not be measured (its run failed); give --max-rate")
+    return statistics.median(rates), (
+        f"the median steady events/s of one `eventsink worker` over {len(rates)} run(s) on the metric workload "
+        f"({metric.spec.events:,} records, {metric.spec.duplicates:.0%} duplicates), {where}"
+    )
+
+
 def benchmark(args: argparse.Namespace, svc: Services, workdir: Path) -> report.Results:
     start_load = os.getloadavg()[0]
     # The revision is resolved, and the sources described, once: HEAD may move during the run.
@@ -95,7 +153,8 @@ def benchmark(args: argparse.Namespace, svc: Services, workdir: Path) -> report.
     src = revision.snapshot(workdir / "src", at)
     sources = revision.describe(src, at)
     say(f"broker {svc.bootstrap}, PostgreSQL {redact_dsn(svc.admin_dsn)}, logs in {workdir}")
-    run_metric, run_mixed = (bool(names_in(args, s)) and s in args.scenarios for s in SCENARIOS)
+    run_metric, run_mixed, run_latency = (bool(names_in(args, s)) and s in args.scenarios for s in SCENARIOS)
+    metric_load: Workload | None = None
     # Every topic is loaded before any contender starts.
     if run_metric:
         spec = WorkloadSpec(args.events, args.partitions, args.tenants, args.duplicates, args.seed)
@@ -107,22 +166,28 @@ def benchmark(args: argparse.Namespace, svc: Services, workdir: Path) -> report.
         counts = ", ".join(f"{t} {n:,}" for t, n in mixed_load.sent_per_topic.items())
         say(f"mixed: loaded {mixed_load.sent:,} records ({counts})")
     session = Session(svc, workdir, src, args.timeout)
-    metric_results = mixed_results = None
+    metric_results = mixed_results = latency_results = None
     if run_metric:
         names = names_in(args, "metric")
         metric_results = session.scenario("metric", CONTENDERS, names, metric_load, args.repeat, args.profile)
     if run_mixed:
         names = names_in(args, "mixed")
         mixed_results = session.scenario("mixed", MIXED_CONTENDERS, names, mixed_load, args.repeat, args.profile)
+    if run_latency:
+        rate, how = max_rate(args, session, metric_results, metric_load)
+        say(f"latency: one worker's maximum {rate:,.0f} records/s ({how})")
+        lspec = LatencySpec(args.fractions, args.duration, args.partitions, args.tenants, args.seed, args.drain)
+        latency_results = latency.scenario(session, names_in(args, "latency"), lspec, rate, how)
     return report.Results(
         date=time.strftime("%Y-%m-%d %H:%M %Z"),
-        machine=machine(svc.admin_dsn, run_metric and any(n.startswith("quix") for n in args.only), start_load),
+        machine=machine(svc.admin_dsn, uses_quix(args), start_load),
         services=svc.description,
         eventsink=f"{sources} (snapshot taken at the start; every process ran it); "
         f"EVENTSINK_* inherited from the environment: {inherited_settings()}",
         repeat=args.repeat,
         metric=metric_results,
         mixed=mixed_results,
+        latency=latency_results,
     )
 
 
@@ -131,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = OUT / time.strftime("%Y%m%d-%H%M%S")
     workdir.mkdir(parents=True)
     started = time.monotonic()
-    if "metric" in args.scenarios and any(name.startswith("quix") for name in args.only):
+    if uses_quix(args):
         say(f"Quix Streams venv: {quixenv.ensure()}")
     with services(workdir) as svc:
         results = benchmark(args, svc, workdir)

@@ -1,0 +1,120 @@
+"""The latency scenario's section: per contender and rate, percentiles of CreateTime -> commit."""
+
+from __future__ import annotations
+
+from bench.latency import LATENCY_CONTENDERS, ONE_RATE, LatencyResults, LatencyRun
+from bench.latency_stats import Summary, nearest
+from bench.paced import LINGER_MS
+from bench.tables import table
+
+GOAL_MS = 1000.0
+
+HEADER = [
+    "contender",
+    "load",
+    "asked /s",
+    "published /s",
+    "records",
+    "committed",
+    "p50 ms",
+    "p95 ms",
+    "p99 ms",
+    "max ms",
+    "p99 to received_at ms",
+    "p99 to ack ms",
+    "rows / transaction",
+    "CPU µs/record",
+    "peak RSS MB",
+    "ready s",
+]
+
+
+def _ms(s: Summary | None, field: str) -> str:
+    return "-" if s is None else f"{getattr(s, field):,.0f}"
+
+
+def row(r: LatencyRun) -> list[str]:
+    head = [r.contender, f"{r.fraction:.0%}", f"{r.rate:,}"]
+    if r.published is None:
+        return [*head, *(["-"] * (len(HEADER) - len(head) - 1)), "**failed**"]
+    p = r.published
+    committed = f"{r.committed:,}" if r.missing == 0 else f"**{r.committed:,}** ({r.missing:,} missing)"
+    return [
+        *head,
+        f"{p.achieved:,.0f}",
+        f"{p.sent:,}",
+        committed,
+        *(_ms(r.to_commit, f) for f in ("p50", "p95", "p99", "max")),
+        _ms(r.to_received, "p99"),
+        _ms(r.to_ack, "p99"),
+        f"{r.committed / r.transactions:,.0f}" if r.transactions else "-",
+        f"{r.cpu_s / r.committed * 1e6:.0f}" if r.committed else "-",
+        f"{r.rss_mb:.0f}",
+        f"{r.ready_s:.1f}",
+    ]
+
+
+def goal(results: LatencyResults) -> str:
+    """The issue's goal: p99 under 1 s at 50 % load, one worker, default batch settings."""
+    at = nearest(results.spec.fractions, ONE_RATE)
+    run = next((r for r in results.runs if r.contender == "eventsink" and r.fraction == at), None)
+    what = f"eventsink, default batch settings, p99 < {GOAL_MS:,.0f} ms at {at:.0%} load"
+    if run is None or run.to_commit is None:
+        return f"- not measured: {what}"
+    met = run.ok and run.to_commit.p99 < GOAL_MS
+    detail = f"p99 {run.to_commit.p99:,.0f} ms" + ("" if run.ok else f", {run.missing:,} records missing")
+    return f"- {'met' if met else '**not met**'}: {what} ({detail})"
+
+
+def clocks(results: LatencyResults) -> str:
+    c = results.clock
+    measured = (
+        ""
+        if c is None
+        else f" Measured when the scenario started: PostgreSQL's clock - the harness's = {c.offset_ms:+.2f} ms "
+        f"(± {c.uncertainty_ms:.2f} ms, half the shortest of 7 round trips)."
+    )
+    return (
+        "Clocks: a record's CreateTime is set by the harness (`time.time()`, in whole milliseconds, "
+        "truncated: a latency reads up to 1 ms long) when it hands the record to the producer; the "
+        "broker's clock plays no part (CreateTime, not LogAppendTime). committed_at is PostgreSQL's "
+        "`clock_timestamp()` when the inserting transaction commits (a deferred constraint trigger, "
+        "bench/commit_clock.py), received_at the row's `DEFAULT now()`, the start of that "
+        "transaction. With the producer, the broker and PostgreSQL on one host (the services above), "
+        f"both are the same system clock.{measured}"
+    )
+
+
+def render(results: LatencyResults, level: str = "###") -> str:
+    spec = results.spec
+    ran = set(results.names)
+    loads = ", ".join(f"{f:.0%}" for f in spec.fractions)
+    parts = [
+        f"{level} Latency scenario: {loads} of {results.max_rate:,.0f} records/s for {spec.duration_s:.0f} s, "
+        f"{spec.partitions} partitions, {spec.tenants} tenants",
+        "\n".join(
+            [
+                f"- Maximum: {results.max_rate:,.0f} records/s, {results.max_rate_from}.",
+                f"- Load: metric events, no duplicates, published at a fixed rate by aiokafka "
+                f"(acks=all, linger {LINGER_MS} ms) after the contender had committed one probe record per "
+                "partition, to a topic of its own; the contender ran alone, on its own database.",
+                *(
+                    f"- {name}: {c.description}"
+                    + ("" if c.every_rate else f"; at {nearest(spec.fractions, ONE_RATE):.0%} only")
+                    for name, c in LATENCY_CONTENDERS.items()
+                    if name in ran
+                ),
+            ]
+        ),
+        "Latency = committed_at - CreateTime, per record. received_at: the same from the record's "
+        "CreateTime to its row's received_at (the start of its transaction); ack: from CreateTime to the broker's "
+        "acknowledgement as the producer got it (the publishing side's share). rows / transaction = "
+        "the records' rows / the transactions that inserted them; CPU µs/record = the contender's "
+        "CPU time from the first send to the last row committed / records. committed: rows "
+        f"committed within {spec.drain_s:.0f} s of the last send; percentiles are of those.",
+        table(HEADER, [False, *([True] * (len(HEADER) - 1))], [row(r) for r in results.runs]),
+        clocks(results),
+        "Goal of the issue:\n\n" + goal(results),
+    ]
+    parts += [f"{r.contender} at {r.fraction:.0%} failed: {r.error}" for r in results.runs if r.error]
+    return "\n\n".join(parts)
