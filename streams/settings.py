@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     batch_size: int = Field(1000, ge=1, le=50_000)
     batch_max_wait_ms: int = Field(500, ge=1)
     session_timeout_ms: int = Field(10_000, ge=1000)
+    # How long a fetch may wait for records: Kafka's consumer default. Faust hard-codes 1500 ms;
+    # a broker that waits it out when records are there (Tansu does, in part) adds it to latency.
+    fetch_max_wait_ms: int = Field(500, ge=1, le=30_000)
     max_poll_records: int = Field(5000, ge=1)
     stream_buffer_maxsize: int = Field(20_000, ge=100)
     # What fetched records not yet applied may weigh in a worker (bytes, counting each value

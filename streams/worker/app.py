@@ -122,6 +122,7 @@ class Runtime:
         # The consumer (built by Faust when first used) and every pipeline share one byte budget.
         self.budget: Budget = app.consumer.budget  # type: ignore[attr-defined]
         self.budget.limit = settings.buffer_max_bytes
+        app.consumer.fetch_max_wait_ms = settings.fetch_max_wait_ms  # type: ignore[attr-defined]
         self.positioning = Positioning(self, settings.bootstrap_list, settings.kafka_security(), settings.log_check_s)
         self._opened = False
         self._users = 0

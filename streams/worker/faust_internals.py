@@ -31,7 +31,8 @@ What is reached, and why:
 - **read_committed** (`AIOKafkaConsumerThread._create_worker_consumer`, aiokafka's
   `AIOKafkaConsumer._isolation_level`): Faust reads committed records only in its own
   exactly-once mode, which does nothing for PostgreSQL; records of aborted transactions must
-  never be applied.
+  never be applied. The fetch wait (`_fetch_max_wait_ms`), which Faust fixes at 1500 ms, is
+  `EVENTSINK_FETCH_MAX_WAIT_MS`.
 - **Records the client cannot read** (aiokafka's `FetchResult.getall`, `check_assignment`,
   `has_more`, `_update_position`, `_partition_records.next_fetch_offset`, `consumer.pause`):
   the records before the unreadable one are delivered, and the exception names its partition
@@ -297,8 +298,9 @@ class LedgerConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
-        # Read by AIOKafkaConsumer.start() when it builds its fetcher.
+        # Both read by AIOKafkaConsumer.start() when it builds its fetcher.
         consumer._isolation_level = "read_committed"
+        consumer._fetch_max_wait_ms = cast(LedgerConsumer, self.consumer).fetch_max_wait_ms
         return consumer
 
     async def _fetch_records(
@@ -339,6 +341,8 @@ class LedgerConsumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer, positioned from the offsets ledger, with a cheaper drain loop."""
 
     log_gaps: LogGaps
+    # The aiokafka consumer's fetch wait (ms), set before Faust starts the consumer thread.
+    fetch_max_wait_ms: int = 500
     # Partitions the pipeline holds (its batch is being retried, or the partition is stopped).
     held: set[TP]
 

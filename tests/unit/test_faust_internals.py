@@ -119,6 +119,7 @@ def test_the_consumer_thread_methods_we_extend_and_call() -> None:
     assert callable(thread.call_thread) and callable(thread._ensure_consumer)
     # isolation_level is read from this attribute when the consumer starts its fetcher.
     assert "self._isolation_level" in inspect.getsource(AIOKafkaConsumer.start)
+    assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in inspect.getsource(AIOKafkaConsumer.start)
     assert "in_transaction" in inspect.getsource(thread._create_worker_consumer)
 
 
@@ -167,6 +168,17 @@ def test_the_worker_consumer_reads_committed_records_only(app: fi.EventsinkApp) 
 
     consumer = asyncio.get_event_loop().run_until_complete(build())
     assert consumer._isolation_level == "read_committed"  # type: ignore[attr-defined]
+
+
+def test_the_worker_consumer_waits_for_records_as_configured(app: fi.EventsinkApp) -> None:
+    """Faust fixes the fetch wait at 1500 ms; the worker's consumer takes EVENTSINK_FETCH_MAX_WAIT_MS."""
+    app.consumer.fetch_max_wait_ms = 120  # type: ignore[attr-defined]
+
+    async def build() -> object:
+        return app.consumer._thread._create_worker_consumer(app.consumer.transport)
+
+    consumer = asyncio.get_event_loop().run_until_complete(build())
+    assert consumer._fetch_max_wait_ms == 120  # type: ignore[attr-defined]
 
 
 def test_aiokafka_reads_fetched_records_as_our_getall_copy_expects() -> None:
