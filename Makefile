@@ -5,9 +5,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 # Parallel test processes (pytest-xdist): the suite mostly waits on workers, brokers and the
-# database, so more processes than cores pays. Each has its own broker and database. 0 = serial.
+# database, so more processes than cores pays. Each has its own broker and database, and takes
+# the next test when it is free (longest first, see tests/conftest.py). 0 = serial.
 TEST_PROCESSES ?= 4
-XDIST := $(if $(filter 0,$(TEST_PROCESSES)),,-n $(TEST_PROCESSES) --dist worksteal)
+XDIST := $(if $(filter 0,$(TEST_PROCESSES)),,-n $(TEST_PROCESSES) --dist load --maxschedchunk 1)
 
 .PHONY: run test test-unit test-fast bench lint clean
 

@@ -40,18 +40,15 @@ def cluster_wide(conn: psycopg.Connection) -> Iterator[None]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Longest first, so that parallel runs (`-n`, worksteal) end together instead of waiting on
-    one soak started last: faults, then soaks, then other end-to-end tests, then the rest."""
+    """Longest first, so that a parallel run (`make test`: `-n 4 --dist load --maxschedchunk 1`,
+    one test at a time to whichever process is free) ends together instead of waiting on one
+    long test started last: the fault suite, soaks and tests marked slow, then the other
+    end-to-end tests, then the rest."""
 
     def weight(item: pytest.Item) -> int:
-        path = str(item.path)
-        if "/tests/faults/" in path:
+        if "/tests/faults/" in str(item.path) or item.get_closest_marker("soak") or item.get_closest_marker("slow"):
             return 0
-        if item.get_closest_marker("soak"):
-            return 1
-        if item.get_closest_marker("e2e"):
-            return 2
-        return 3
+        return 1 if item.get_closest_marker("e2e") else 2
 
     items.sort(key=weight)  # stable: file order within a weight
 

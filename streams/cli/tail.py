@@ -125,6 +125,10 @@ def tail_command(
                     f"({printable(u.detail)}); stepped over[/]",
                     highlight=False,
                 ),
+                # On stderr, so that stdout stays the records alone (JSON lines with --format json).
+                on_live=lambda: err.print(
+                    f"[dim]{topic}: the backlog is over; following new records (Ctrl-C to stop)[/]", highlight=False
+                ),
             )
         )
     except LookupError as exc:

@@ -140,10 +140,12 @@ async def tail(
     context: dict[str, Any] | None = None,
     security: Mapping[str, Any] | None = None,
     on_unreadable: Callable[[Unreadable], None] | None = None,
+    on_live: Callable[[], None] | None = None,
 ) -> int:
     """Print matching records: the backlog in time order across partitions, then (with
-    `follow`) new records as they come. Returns how many were printed. A record batch the Kafka
-    client cannot read is stepped over and told to `on_unreadable`."""
+    `follow`) new records as they come, `on_live` being called in between. Returns how many
+    were printed. A record batch the Kafka client cannot read is stepped over and told to
+    `on_unreadable`."""
     filters = filters or Filters()
     backlog: list[TailRow] | None = []
     shown = 0
@@ -161,6 +163,8 @@ async def tail(
             else:  # caught up: the backlog in time order across partitions, then live records
                 shown += _flush(backlog, emit)
                 backlog = None
+                if on_live is not None:
+                    on_live()
     if backlog:
         shown += _flush(backlog, emit)
     return shown

@@ -164,6 +164,7 @@ def test_restore_refuses_a_target_schema_newer_than_the_backup(
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_a_restored_backup_has_the_same_rows_ledger_and_sequences_and_passes_verify(
     scenario: Scenario, new_database: Callable[[], str], tmp_path: Path
 ) -> None:
@@ -225,6 +226,7 @@ def test_a_restored_backup_has_the_same_rows_ledger_and_sequences_and_passes_ver
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_workers_refill_what_a_restore_to_an_earlier_point_took_away(scenario: Scenario, tmp_path: Path) -> None:
     """The dedupe changelogs remember keys committed after the backup; restarting on the restored
     database without deleting them must not drop those records as duplicates."""

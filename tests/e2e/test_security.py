@@ -273,6 +273,7 @@ def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> Iterator[tupl
 
 @needs_openssl
 @pytest.mark.e2e
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_planted_secrets_appear_nowhere(
     kafka_bootstrap: str, password_pg: PasswordPostgres, database_url: str, tmp_path: Path

@@ -66,10 +66,12 @@ def test_tail_follows_new_records(loaded: tuple[Scenario, Sent, str, str]) -> No
         [sys.executable, "-m", "streams.cli", "tail", s.topic, "--follow", "--format", "json", "--last", "0"],
         env=s.env(),
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        time.sleep(3)
+        # Live once it says so: what is sent from then on is shown, nothing before it.
+        assert "the backlog is over" in proc.stderr.readline()  # type: ignore[union-attr]
         send_raw(s, sent, [(a.encode(), metric_json(a, "live-1")), (a.encode(), metric_json(a, "live-2"))])
         lines = [orjson.loads(proc.stdout.readline()) for _ in range(2)]  # type: ignore[union-attr]
     finally:

@@ -222,6 +222,7 @@ async def test_metric_retention_next_to_a_live_writer(pool: object, database_url
     assert done.metrics >= 300  # every old row there before the run, and old rows written during it
 
 
+@pytest.mark.slow
 def test_the_command_reports_counts(database_url: str) -> None:
     env = {**os.environ, "DATABASE_URL": database_url, "EVENTSINK_LOG_FORMAT": "json"}
     run = [sys.executable, "-m", "streams.cli", "retention", "--chat-days", "3650", "--analysis-deleted-days", "3650"]

@@ -159,6 +159,7 @@ def generated_records() -> list[tuple[str, bytes | None, bytes]]:
     return asyncio.run(go())
 
 
+@pytest.mark.slow
 def test_every_generated_record_is_judged_by_the_schema_as_the_worker_judges_it() -> None:
     records = generated_records()
     rejected: dict[str, int] = {}
