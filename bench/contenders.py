@@ -113,6 +113,14 @@ def quix(ctx: Context, commit_interval: float = 5.0) -> Plan:
 class Contender:
     plan: Callable[[Context], Plan]
     description: str
+    # Sources of its own (a snapshot of another revision, `--baseline`): its processes run them
+    # and its database is migrated with their migrations. None: the run's sources.
+    src: Path | None = None
+
+
+def baseline(src: Path, rev: str) -> Contender:
+    """One `eventsink worker` of another revision, measured in the same run as the tree's."""
+    return Contender(eventsink, f"one `eventsink worker` process at {rev} (`--baseline`)", src)
 
 
 CONTENDERS = {

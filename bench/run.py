@@ -29,7 +29,7 @@ import psutil
 import psycopg
 
 from bench import latency, mixed, quixenv, report, report_metric, revision
-from bench.contenders import CONTENDERS, MIXED_CONTENDERS
+from bench.contenders import CONTENDERS, MIXED_CONTENDERS, baseline
 from bench.latency import LATENCY_CONTENDERS, LatencySpec
 from bench.services import Services, services
 from bench.session import Session, say
@@ -74,6 +74,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--drain", type=float, default=30.0, help="latency: seconds rows may take after the last send")
     p.add_argument("--at", metavar="REV", help="measure eventsink's sources at this git revision, not the tree")
+    p.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="metric scenario: also measure one worker at this revision (contender `baseline`), in the same rounds",
+    )
     p.add_argument("--profile", action="store_true", help="also run one worker per scenario under py-spy")
     p.add_argument("--record", action="store_true", help=f"append the results to {RESULTS.relative_to(HERE.parent)}")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds a contender may take")
@@ -168,8 +173,13 @@ def benchmark(args: argparse.Namespace, svc: Services, workdir: Path) -> report.
     session = Session(svc, workdir, src, args.timeout)
     metric_results = mixed_results = latency_results = None
     if run_metric:
-        names = names_in(args, "metric")
-        metric_results = session.scenario("metric", CONTENDERS, names, metric_load, args.repeat, args.profile)
+        names, contenders = names_in(args, "metric"), dict(CONTENDERS)
+        if args.baseline:
+            base = revision.resolve(args.baseline)
+            contenders["baseline"] = baseline(revision.snapshot(workdir / "src-baseline", base), args.baseline)
+            names.append("baseline")
+            sources += f"; `baseline`: {revision.describe(workdir / 'src-baseline', base)}"
+        metric_results = session.scenario("metric", contenders, names, metric_load, args.repeat, args.profile)
     if run_mixed:
         names = names_in(args, "mixed")
         mixed_results = session.scenario("mixed", MIXED_CONTENDERS, names, mixed_load, args.repeat, args.profile)

@@ -61,8 +61,9 @@ class Session:
         group = f"bench-{scenario}-{name}-{run}-{self.workdir.name}"
         logs = self.workdir / scenario
         logs.mkdir(exist_ok=True)
-        with fresh_database(svc.admin_dsn, f"bench_{scenario}_{name}_{run}", migrations(self.src)) as dsn:
-            ctx = Context(svc.bootstrap, dsn, workload, group, self.workdir / group, self.src)
+        src = contender.src or self.src
+        with fresh_database(svc.admin_dsn, f"bench_{scenario}_{name}_{run}", migrations(src)) as dsn:
+            ctx = Context(svc.bootstrap, dsn, workload, group, self.workdir / group, src)
             plan = contender.plan(ctx)
             if profile_to is not None:
                 plan = profile.wrap(plan, profile_to)

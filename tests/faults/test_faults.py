@@ -32,6 +32,12 @@ def worker(s: Scenario, tag: str, **env: str) -> WorkerProcess:
     return WorkerProcess(s.env(dsn, EVENTSINK_BATCH_SIZE="300", **env), s.data_dir / f"{tag}.log").start()
 
 
+def shared_by(topic: str, *workers: WorkerProcess) -> bool:
+    """Whether the workers' latest assignments split the topic's four partitions between them."""
+    latest = [w.assigned(topic)[-1] if w.assigned(topic) else [] for w in workers]
+    return all(latest) and sorted(p for partitions in latest for p in partitions) == [0, 1, 2, 3]
+
+
 def progressed(s: Scenario, since: int) -> bool:
     return sum(ledger_totals(s.dsn, s.group, t)["events"] for t in (s.topic, s.chat_topic, s.analysis_topic)) > since
 
@@ -75,7 +81,9 @@ def test_three_workers_one_killed_one_added_one_stopped_one_fenced_out(scenario:
         wait_until(lambda: d.assigned(s.topic), 90, what="the new worker's assignment")
         assert b.stop() == 0  # leaves cleanly mid-stream
         # Fenced out: frozen past the session timeout, its partitions go to the other; thawed, it
-        # finishes the batch it was writing, late.
+        # finishes the batch it was writing, late. Frozen once the group is c and d alone: frozen
+        # during a rebalance, it would hold the rebalance for its timeout, not the session's.
+        wait_until(lambda: shared_by(s.topic, c, d), 90, what="the partitions shared by the two left")
         os.kill(c.pid, signal.SIGSTOP)
         wait_until(lambda: sorted(d.assigned(s.topic)[-1]) == [0, 1, 2, 3], 90, what="the frozen worker's partitions")
         os.kill(c.pid, signal.SIGCONT)
