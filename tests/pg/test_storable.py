@@ -33,10 +33,10 @@ from schemas.columns import EARLIEST, LATEST
 from schemas.deadletter import DeadLetter
 from sinks.core.batch import Batch, Record
 from sinks.core.sink import Sink
-from sinks.pool import open_pool
 from sinks.writers.analysis import AnalysisWriter
 from sinks.writers.chat import ChatWriter
 from sinks.writers.metric import MetricWriter
+from tests.helpers import writers_pool
 from tests.strategies import Expected, json_decimal, json_number, valid_analysis, valid_chat, valid_metric
 
 # West of Greenwich by hours and minutes (LMT at year 1), east by 14 hours, and UTC.
@@ -61,10 +61,8 @@ class Refused:
 async def zone_pool(request: pytest.FixtureRequest, database_url: str) -> AsyncIterator[tuple[str, Any]]:
     zone = request.param
     dsn = make_conninfo(database_url, options=f"-c TimeZone={zone}")
-    pool = open_pool(dsn, stage_ddl=[d for w in WRITERS for d in w.stage_ddl], max_size=2)
-    await pool.open(wait=True)
-    yield zone, pool
-    await pool.close()
+    async with writers_pool(dsn, *WRITERS, max_size=2) as pool:
+        yield zone, pool
 
 
 async def write(pool: Any, writer: Any, model: type, expected: list[Expected]) -> dict[str, Any]:
