@@ -71,7 +71,8 @@ def workload_table(w: MixedWorkload) -> str:
     return table(header, [False, False, True, True, True, True, True, False], rows)
 
 
-WRITERS = {"metric": "MetricWriter.upsert (", "chat": "ChatWriter.upsert (", "analysis": "AnalysisWriter.upsert ("}
+# Each kind's own frame (`sinks.writers.staging.StagedWriter.apply`): staging, statements, folding.
+WRITERS = {"metric": "MetricWriter.apply (", "chat": "ChatWriter.apply (", "analysis": "AnalysisWriter.apply ("}
 
 
 def writers_table(profile: Profile, w: MixedWorkload) -> str:

@@ -68,8 +68,10 @@ WHERE r.id = u.id
 
 class AnalysisWriter(StagedWriter[AnalysisEvent], kind="analysis", staging=STAGING, ordered=True):
     async def apply(
-        self, conn: AsyncConnection, cur: AsyncCursor, topic: str, partition: int, records: Records[AnalysisEvent]
+        self, conn: AsyncConnection, topic: str, partition: int, records: Records[AnalysisEvent]
     ) -> Outcome:
+        cur = await STAGING.stage(conn, records)
+
         async def archived_of(missing: list[UUID]) -> set[UUID]:
             # Read under the row and claim locks: an analysis retention is archiving right now is
             # either locked by us (retention skips it) or, once retention committed, found here.

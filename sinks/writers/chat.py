@@ -9,7 +9,7 @@ ever read, under a row lock (`sinks.writers.owners`).
 
 from __future__ import annotations
 
-from psycopg import AsyncConnection, AsyncCursor
+from psycopg import AsyncConnection
 
 from schemas.chat import ChatEvent
 from sinks.core.batch import Outcome
@@ -75,9 +75,8 @@ SELECT kafka_offset FROM inserted
 
 
 class ChatWriter(StagedWriter[ChatEvent], kind="chat", staging=STAGING):
-    async def apply(
-        self, conn: AsyncConnection, cur: AsyncCursor, topic: str, partition: int, records: Records[ChatEvent]
-    ) -> Outcome:
+    async def apply(self, conn: AsyncConnection, topic: str, partition: int, records: Records[ChatEvent]) -> Outcome:
+        cur = await STAGING.stage(conn, records)
         claims = await owners.claim(conn, records, owners.CHAT_SESSIONS)
         rejected = owners.mismatches(records, claims.owners, owners.CHAT_SESSIONS)
         ids, tenants = claims.pairs()

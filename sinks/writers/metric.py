@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from psycopg import AsyncConnection, AsyncCursor
+from psycopg import AsyncConnection
 
 from schemas.metric import MetricEvent
 from sinks.core.batch import Outcome
@@ -27,8 +27,7 @@ RETURNING kafka_offset
 class MetricWriter(StagedWriter[MetricEvent], kind="metric", staging=STAGING):
     """A metric row takes only its own key's lock: nothing to `prepare`."""
 
-    async def apply(
-        self, conn: AsyncConnection, cur: AsyncCursor, topic: str, partition: int, records: Records[MetricEvent]
-    ) -> Outcome:
+    async def apply(self, conn: AsyncConnection, topic: str, partition: int, records: Records[MetricEvent]) -> Outcome:
+        cur = await STAGING.stage(conn, records)
         await cur.execute(UPSERT, (topic, partition))
         return Outcome(applied={int(r[0]) for r in await cur.fetchall()})

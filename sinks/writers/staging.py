@@ -5,8 +5,8 @@ The staging table, the COPY's column types and each record's row tuple are all g
 the event model's columns (`schemas.columns.columns_of`), plus the record's Kafka offset: one
 declaration per column, so a staged type cannot silently narrow what the schema accepted.
 
-`StagedWriter` is what every kind's writer shares (`sinks.core.sink.RowWriter`): the batch
-staged, then the kind's own statements (`apply`); a record redone alone through the same path.
+`StagedWriter` is what every kind's writer shares (`sinks.core.sink.RowWriter`); the kind's own
+part is `apply`: stage the batch, then its statements.
 """
 
 from __future__ import annotations
@@ -73,11 +73,12 @@ class Staging:
 
 
 class StagedWriter(Generic[E]):
-    """A kind's writer: its records COPYed into its staging table, then applied by `apply`.
+    """A kind's writer: `apply` COPYs a batch into the kind's staging table and applies it.
 
     A subclass names its kind and staging table in its header,
     `class MetricWriter(StagedWriter[MetricEvent], kind="metric", staging=STAGING)`, with
-    `ordered=True` when what a record does depends on the records before it.
+    `ordered=True` when what a record does depends on the records before it. (`apply` is the
+    kind's own frame in a profile: `bench/report_mixed.py` charges each kind by it.)
     """
 
     kind: str
@@ -92,13 +93,10 @@ class StagedWriter(Generic[E]):
     async def upsert(self, conn: AsyncConnection, topic: str, partition: int, records: Records[E]) -> Outcome:
         if not records:
             return Outcome()
-        cur = await self.staging.stage(conn, records)
-        return await self.apply(conn, cur, topic, partition, records)
+        return await self.apply(conn, topic, partition, records)
 
-    async def apply(
-        self, conn: AsyncConnection, cur: AsyncCursor, topic: str, partition: int, records: Records[E]
-    ) -> Outcome:
-        """The kind's statements, the records staged (`cur`: the binary cursor that staged them)."""
+    async def apply(self, conn: AsyncConnection, topic: str, partition: int, records: Records[E]) -> Outcome:
+        """`upsert` of one record or more: `self.staging.stage` them, then the kind's statements."""
         raise NotImplementedError
 
     async def prepare(self, conn: AsyncConnection, records: Records[E]) -> None:
