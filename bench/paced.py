@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from bench.workload import source_specs
+from bench.workload import OneMetricTopic, source_specs
 from streams.dev.loadgen.metric import metric_payload
 from streams.tools.topics import ensure_topics
 
@@ -45,7 +45,7 @@ class LiveSpec:
 
 
 @dataclass(frozen=True)
-class LiveTopic:
+class LiveTopic(OneMetricTopic):
     """The workload of one latency run (bench.contenders.Context.workload): a topic published to
     while the contender runs, so nothing is known to be sent when it starts."""
 
@@ -53,14 +53,6 @@ class LiveTopic:
     topic: str
     sent: int = 0
     unique: int = 0
-
-    @property
-    def topics(self) -> dict[str, str]:
-        return {"metric": self.topic}
-
-    @property
-    def sent_per_topic(self) -> dict[str, int]:
-        return {self.topic: self.sent}
 
 
 @dataclass

@@ -10,12 +10,10 @@ from bench.measure import Measurement
 from bench.tables import (
     Column,
     ScenarioResults,
+    closing_sections,
     common_columns,
     contender_table,
-    failures,
     median,
-    per_run_table,
-    profile_section,
     rate_column,
     ratio,
     times,
@@ -107,10 +105,6 @@ def render(results: Results, level: str = "###") -> str:
         contender_table(results, columns(results)),
         "Bar of the issue:\n\n" + bar(results),
     ]
-    if len(results.runs) > 1:
-        per_run = [columns(results)[i] for i in (0, 1, 4)]
-        parts.append("Per run:\n\n" + per_run_table(results, per_run))
-    parts += failures(results)
-    if results.profile is not None:
-        parts += [f"{level}# Worker profile, metric scenario", profile_section(results.profile, results.profiled_run)]
+    per_run = [columns(results)[i] for i in (0, 1, 4)]
+    parts += closing_sections(results, per_run, f"{level}# Worker profile, metric scenario")
     return "\n\n".join(parts)

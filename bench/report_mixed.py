@@ -12,12 +12,10 @@ from bench.profile import RATE, Profile
 from bench.tables import (
     Column,
     ScenarioResults,
+    closing_sections,
     common_columns,
     contender_table,
-    failures,
     median,
-    per_run_table,
-    profile_section,
     rate_column,
     table,
     verdict_column,
@@ -73,7 +71,8 @@ def workload_table(w: MixedWorkload) -> str:
     return table(header, [False, False, True, True, True, True, True, False], rows)
 
 
-WRITERS = {"metric": "MetricWriter.upsert (", "chat": "ChatWriter.upsert (", "analysis": "AnalysisWriter.upsert ("}
+# Each kind's own frame (`sinks.writers.staging.StagedWriter.apply`): staging, statements, folding.
+WRITERS = {"metric": "MetricWriter.apply (", "chat": "ChatWriter.apply (", "analysis": "AnalysisWriter.apply ("}
 
 
 def writers_table(profile: Profile, w: MixedWorkload) -> str:
@@ -108,14 +107,8 @@ def render(results: Results, level: str = "###") -> str:
         "each topic's ledger sum reached its records; CPU µs/event = CPU time of the processes / records.",
         contender_table(results, columns(w)),
     ]
-    if len(results.runs) > 1:
-        per_run = [columns(w)[i] for i in (0, 1, 3, 5)]
-        parts.append("Per run:\n\n" + per_run_table(results, per_run))
-    parts += failures(results)
+    per_run = [columns(w)[i] for i in (0, 1, 3, 5)]
+    parts += closing_sections(results, per_run, f"{level}# Worker profile, mixed scenario")
     if results.profile is not None:
-        parts += [
-            f"{level}# Worker profile, mixed scenario",
-            profile_section(results.profile, results.profiled_run),
-            writers_table(results.profile, w),
-        ]
+        parts.append(writers_table(results.profile, w))
     return "\n\n".join(parts)

@@ -139,6 +139,18 @@ def per_run_table(results: ScenarioResults[W], columns: Sequence[Column]) -> str
     return table(["run", "contender", *(c.header for c in columns)], [True, False, *(c.right for c in columns)], rows)
 
 
+def closing_sections(results: ScenarioResults[W], per_run: Sequence[Column], profile_title: str) -> list[str]:
+    """What ends a scenario's section: the table per run (when it ran more than once, with the
+    `per_run` columns), the failures, and the worker's profile (when taken) under its title."""
+    parts = []
+    if len(results.runs) > 1:
+        parts.append("Per run:\n\n" + per_run_table(results, per_run))
+    parts += failures(results)
+    if results.profile is not None:
+        parts += [profile_title, profile_section(results.profile, results.profiled_run)]
+    return parts
+
+
 def _shares(profile: Profile, title: str, rows: Sequence[tuple[str, int]], code: bool = False) -> str:
     total = profile.samples
     cells = [[f"`{name}`" if code else name, f"{profile.us_per_event(n):.1f}", f"{n / total:.0%}"] for name, n in rows]

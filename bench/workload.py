@@ -26,8 +26,24 @@ class WorkloadSpec:
     seed: int
 
 
+class OneMetricTopic:
+    """What the harness reads of a workload on one metric topic (`topic`, with `sent` records)."""
+
+    topic: str
+    sent: int
+
+    @property
+    def topics(self) -> dict[str, str]:
+        """The topic of each event kind (EVENTSINK_KINDS): metric only."""
+        return {"metric": self.topic}
+
+    @property
+    def sent_per_topic(self) -> dict[str, int]:
+        return {self.topic: self.sent}
+
+
 @dataclass(frozen=True)
-class Workload:
+class Workload(OneMetricTopic):
     spec: WorkloadSpec
     topic: str
     sent: int
@@ -45,15 +61,6 @@ class Workload:
     @property
     def unique_per_tenant(self) -> dict[str, int]:
         return self.expected.rows_per_tenant
-
-    @property
-    def topics(self) -> dict[str, str]:
-        """The topic of each event kind (EVENTSINK_KINDS): metric only."""
-        return {"metric": self.topic}
-
-    @property
-    def sent_per_topic(self) -> dict[str, int]:
-        return {self.topic: self.sent}
 
     def verify(self, dsn: str) -> Check:
         return verify_metrics(dsn, self.unique_per_tenant)

@@ -16,6 +16,7 @@ reads only rows it deletes, and the hot insert path pays for no extra index.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -123,46 +124,53 @@ class RetentionResult:
 Progress = Callable[[str, int], None]
 
 
-def _in_batches(conn: psycopg.Connection, statement: str, params: dict[str, Any]) -> Iterator[list[tuple]]:
-    """Run a bounded statement, each run its own short transaction, until it touches nothing."""
+def _in_batches(
+    conn: psycopg.Connection, statement: str, params: dict[str, Any], table: str, progress: Progress | None
+) -> Iterator[list[tuple]]:
+    """Run a bounded statement, each run its own short transaction, until it touches nothing;
+    each run's rows are told to `progress` (as `table`'s) once the caller has counted them."""
     while True:
         with conn.transaction():
             rows = conn.execute(statement, params).fetchall()
         if not rows:
             return
         yield rows
+        if progress:
+            progress(table, len(rows))
+
+
+@contextmanager
+def _by_age(dsn: str, days: float, batch: int) -> Iterator[tuple[psycopg.Connection, dict[str, Any]]]:
+    """An autocommit connection, and the parameters of the statements that pick rows by age:
+    older than `days`, `batch` rows per run."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        yield conn, {"age": timedelta(days=days), "batch": batch}
 
 
 def expire_chat(
     dsn: str, days: float, *, batch: int = 1000, dry_run: bool = False, progress: Progress | None = None
 ) -> RetentionResult:
-    params = {"age": timedelta(days=days), "batch": batch}
-    result = RetentionResult()
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with _by_age(dsn, days, batch) as (conn, params):
         if dry_run:
             sessions, messages = conn.execute(COUNT_IDLE_SESSIONS, params).fetchone()  # type: ignore[misc]
             return RetentionResult(sessions=sessions, messages=int(messages))
-        for rows in _in_batches(conn, DELETE_IDLE_SESSIONS, params):
+        result = RetentionResult()
+        for rows in _in_batches(conn, DELETE_IDLE_SESSIONS, params, "chat_sessions", progress):
             result.sessions += len(rows)
             result.messages += sum(r[0] for r in rows)
-            if progress:
-                progress("chat_sessions", len(rows))
     return result
 
 
 def archive_analyses(
     dsn: str, days: float, *, batch: int = 1000, dry_run: bool = False, progress: Progress | None = None
 ) -> RetentionResult:
-    params = {"age": timedelta(days=days), "batch": batch}
-    result = RetentionResult()
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with _by_age(dsn, days, batch) as (conn, params):
         if dry_run:
             (count,) = conn.execute(COUNT_DELETED_ANALYSES, params).fetchone()  # type: ignore[misc]
             return RetentionResult(analyses=count)
-        for rows in _in_batches(conn, ARCHIVE_DELETED_ANALYSES, params):
+        result = RetentionResult()
+        for rows in _in_batches(conn, ARCHIVE_DELETED_ANALYSES, params, "analysis_requests", progress):
             result.analyses += len(rows)
-            if progress:
-                progress("analysis_requests", len(rows))
     return result
 
 
@@ -189,10 +197,8 @@ def expire_metrics(
         conn.execute(RAISE_HORIZON, {"target": METRICS, "cut": cut})
         for tenant in tenants:
             params = {"tenant": tenant, "cut": cut, "batch": batch}
-            for rows in _in_batches(conn, DELETE_OLD_METRICS, params):
+            for rows in _in_batches(conn, DELETE_OLD_METRICS, params, METRICS, progress):
                 result.metrics += len(rows)
-                if progress:
-                    progress(METRICS, len(rows))
     return result
 
 

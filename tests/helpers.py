@@ -9,7 +9,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,8 +19,11 @@ import orjson
 import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+from psycopg_pool import AsyncConnectionPool
 
 from schemas.deadletter import DeadLetterInfo
+from sinks.core.sink import RowWriter
+from sinks.pool import open_pool
 from streams.dev.embedded import free_port
 from streams.kinds import Kind, by_name
 from streams.settings import Settings
@@ -182,6 +186,18 @@ class WorkerProcess:
 
 
 COUNTERS = tuple(f.name for f in fields(Counters))  # events, rows_applied, duplicates, dead_letters, superseded
+
+
+@asynccontextmanager
+async def writers_pool(dsn: str, *writers: RowWriter, **options: Any) -> AsyncIterator[AsyncConnectionPool]:
+    """A pool (`sinks.pool.open_pool` with `options`) whose connections have the writers' staging
+    tables, opened and waited for, closed when the block ends."""
+    pool = open_pool(dsn, stage_ddl=[ddl for w in writers for ddl in w.stage_ddl], **options)
+    await pool.open(wait=True)
+    try:
+        yield pool
+    finally:
+        await pool.close()
 
 
 def ledger(dsn: str, group: str, topic: str) -> dict[int, dict[str, int]]:

@@ -84,33 +84,20 @@ async def produce_aiokafka(
         linger_ms=5,
         acks="all",
     )
+
+    async def send(r: Raw) -> asyncio.Future:
+        """Queue one record; the future is its acknowledgement."""
+        return await producer.send(
+            topic, r.value, r.key, partition=r.partition, timestamp_ms=r.timestamp_ms, headers=list(r.headers) or None
+        )
+
     await producer.start()
     try:
-        placed = []
         if batch_each:
-            for r in records:
-                md = await producer.send_and_wait(
-                    topic,
-                    r.value,
-                    r.key,
-                    partition=r.partition,
-                    timestamp_ms=r.timestamp_ms,
-                    headers=list(r.headers) or None,
-                )
-                placed.append((md.partition, md.offset))
-            return placed
-        futures = [
-            await producer.send(
-                topic,
-                r.value,
-                r.key,
-                partition=r.partition,
-                timestamp_ms=r.timestamp_ms,
-                headers=list(r.headers) or None,
-            )
-            for r in records
-        ]
-        return [(md.partition, md.offset) for md in await asyncio.gather(*futures)]
+            acked = [await (await send(r)) for r in records]
+        else:
+            acked = await asyncio.gather(*[await send(r) for r in records])
+        return [(md.partition, md.offset) for md in acked]
     finally:
         await producer.stop()
 

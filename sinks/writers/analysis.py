@@ -7,28 +7,21 @@ flagged, counted, and changes no lifecycle field.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
-import psycopg
+from psycopg import AsyncConnection, AsyncCursor
 from psycopg.types.json import Jsonb
 
 from schemas.analysis import AnalysisEvent
 from sinks.core.batch import Outcome, Record
 from sinks.writers import owners
 from sinks.writers.lifecycle import ROW_COLUMNS, Step, fold, step_of, superseded
-from sinks.writers.staging import Staging, restage_one
+from sinks.writers.staging import Records, StagedWriter, Staging
 
 STAGING = Staging.of(AnalysisEvent, "analysis_stage")
 SELECT_ROWS = f"SELECT id, {', '.join(ROW_COLUMNS)} FROM eventsink.analysis_requests WHERE id = ANY(%s)"
 ARCHIVED = "SELECT id FROM eventsink.analysis_requests_archive WHERE id = ANY(%s)"
-LOCK_ROWS = """
-SELECT id, tenant_id FROM eventsink.analysis_requests
-WHERE id = ANY(%s)
-ORDER BY id
-FOR UPDATE
-"""
 INSERT_EVENTS = """
 INSERT INTO eventsink.analysis_events
     (tenant_id, dedupe_id, analysis_id, status, occurred_at, progress, result, error, kind,
@@ -73,16 +66,10 @@ WHERE r.id = u.id
 """
 
 
-class AnalysisWriter:
-    kind = "analysis"
-    stage_ddl: tuple[str, ...] = (STAGING.ddl,)
-    ordered = True
-
-    async def upsert(
-        self, conn: psycopg.AsyncConnection, topic: str, partition: int, records: Sequence[Record[AnalysisEvent]]
+class AnalysisWriter(StagedWriter[AnalysisEvent], kind="analysis", staging=STAGING, ordered=True):
+    async def apply(
+        self, conn: AsyncConnection, topic: str, partition: int, records: Records[AnalysisEvent]
     ) -> Outcome:
-        if not records:
-            return Outcome()
         cur = await STAGING.stage(conn, records)
 
         async def archived_of(missing: list[UUID]) -> set[UUID]:
@@ -90,7 +77,7 @@ class AnalysisWriter:
             # either locked by us (retention skips it) or, once retention committed, found here.
             return {row[0] for row in await (await cur.execute(ARCHIVED, (missing,))).fetchall()}
 
-        claims = await owners.claim(conn, records, "analysis_id", LOCK_ROWS, owners.ANALYSES, not_creatable=archived_of)
+        claims = await owners.claim(conn, records, owners.ANALYSES, not_creatable=archived_of)
         archived = claims.excluded
         outcome = Outcome()
         # An archived analysis was deleted long ago: a late event of it changes nothing.
@@ -100,7 +87,7 @@ class AnalysisWriter:
         live = [r for r in records if r.event.analysis_id not in archived]
         if not live:
             return outcome
-        outcome.rejected = owners.mismatches(live, claims.owners, "analysis_id")
+        outcome.rejected = owners.mismatches(live, claims.owners, owners.ANALYSES)
         ids, tenants = claims.pairs()
         await cur.execute(INSERT_EVENTS, {"ids": ids, "tenants": tenants, "topic": topic, "partition": partition})
         inserted = {int(off): dedupe for off, dedupe in await cur.fetchall()}
@@ -111,8 +98,8 @@ class AnalysisWriter:
 
     async def _refold(
         self,
-        cur: psycopg.AsyncCursor,
-        records: Sequence[Record[AnalysisEvent]],
+        cur: AsyncCursor,
+        records: Records[AnalysisEvent],
         inserted: dict[int, str],
         claims: owners.Claims,
         outcome: Outcome,
@@ -147,11 +134,6 @@ class AnalysisWriter:
             if rows:
                 await cur.execute(statement, [list(c) for c in zip(*rows, strict=True)])
 
-    async def prepare(self, conn: psycopg.AsyncConnection, records: Sequence[Record[AnalysisEvent]]) -> None:
+    async def prepare(self, conn: AsyncConnection, records: Records[AnalysisEvent]) -> None:
         """Before a batch is redone record by record: claim all its analyses at once."""
-        await owners.lock_ids(conn, records, "analysis_id", owners.ANALYSES)
-
-    async def upsert_one(
-        self, conn: psycopg.AsyncConnection, topic: str, partition: int, record: Record[AnalysisEvent]
-    ) -> Outcome:
-        return await restage_one(self, STAGING, conn, topic, partition, record)
+        await owners.lock_ids(conn, records, owners.ANALYSES)

@@ -9,23 +9,15 @@ ever read, under a row lock (`sinks.writers.owners`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import psycopg
+from psycopg import AsyncConnection
 
 from schemas.chat import ChatEvent
-from sinks.core.batch import Outcome, Record
+from sinks.core.batch import Outcome
 from sinks.writers import owners
-from sinks.writers.staging import Staging, restage_one
+from sinks.writers.staging import Records, StagedWriter, Staging
 
 STAGING = Staging.of(ChatEvent, "chat_stage")
 
-LOCK_SESSIONS = """
-SELECT id, tenant_id FROM eventsink.chat_sessions
-WHERE id = ANY(%s)
-ORDER BY id
-FOR UPDATE
-"""
 # One statement: the messages of the batch that their tenant may write (its own sessions, or
 # sessions it claims now) are inserted; the sessions this batch claims are created from the
 # messages actually inserted, the others' counters grow by them. A session exists only with a
@@ -82,29 +74,16 @@ SELECT kafka_offset FROM inserted
 """
 
 
-class ChatWriter:
-    kind = "chat"
-    stage_ddl: tuple[str, ...] = (STAGING.ddl,)
-    ordered = False
-
-    async def upsert(
-        self, conn: psycopg.AsyncConnection, topic: str, partition: int, records: Sequence[Record[ChatEvent]]
-    ) -> Outcome:
-        if not records:
-            return Outcome()
+class ChatWriter(StagedWriter[ChatEvent], kind="chat", staging=STAGING):
+    async def apply(self, conn: AsyncConnection, topic: str, partition: int, records: Records[ChatEvent]) -> Outcome:
         cur = await STAGING.stage(conn, records)
-        claims = await owners.claim(conn, records, "conversation_id", LOCK_SESSIONS, owners.CHAT_SESSIONS)
-        rejected = owners.mismatches(records, claims.owners, "conversation_id")
+        claims = await owners.claim(conn, records, owners.CHAT_SESSIONS)
+        rejected = owners.mismatches(records, claims.owners, owners.CHAT_SESSIONS)
         ids, tenants = claims.pairs()
         params = {"ids": ids, "tenants": tenants, "new": list(claims.new), "topic": topic, "partition": partition}
         await cur.execute(INSERT_MESSAGES, params)
         return Outcome(applied={int(r[0]) for r in await cur.fetchall()}, rejected=rejected)
 
-    async def prepare(self, conn: psycopg.AsyncConnection, records: Sequence[Record[ChatEvent]]) -> None:
+    async def prepare(self, conn: AsyncConnection, records: Records[ChatEvent]) -> None:
         """Before a batch is redone record by record: claim all its conversations at once."""
-        await owners.lock_ids(conn, records, "conversation_id", owners.CHAT_SESSIONS)
-
-    async def upsert_one(
-        self, conn: psycopg.AsyncConnection, topic: str, partition: int, record: Record[ChatEvent]
-    ) -> Outcome:
-        return await restage_one(self, STAGING, conn, topic, partition, record)
+        await owners.lock_ids(conn, records, owners.CHAT_SESSIONS)

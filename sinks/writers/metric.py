@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import psycopg
+from psycopg import AsyncConnection
 
 from schemas.metric import MetricEvent
-from sinks.core.batch import Outcome, Record
-from sinks.writers.staging import Staging, restage_one
+from sinks.core.batch import Outcome
+from sinks.writers.staging import Records, StagedWriter, Staging
 
 STAGING = Staging.of(MetricEvent, "metric_stage")
 
@@ -26,24 +24,10 @@ RETURNING kafka_offset
 """
 
 
-class MetricWriter:
-    kind = "metric"
-    stage_ddl: tuple[str, ...] = (STAGING.ddl,)
-    ordered = False
+class MetricWriter(StagedWriter[MetricEvent], kind="metric", staging=STAGING):
+    """A metric row takes only its own key's lock: nothing to `prepare`."""
 
-    async def upsert(
-        self, conn: psycopg.AsyncConnection, topic: str, partition: int, records: Sequence[Record[MetricEvent]]
-    ) -> Outcome:
-        if not records:
-            return Outcome()
+    async def apply(self, conn: AsyncConnection, topic: str, partition: int, records: Records[MetricEvent]) -> Outcome:
         cur = await STAGING.stage(conn, records)
         await cur.execute(UPSERT, (topic, partition))
         return Outcome(applied={int(r[0]) for r in await cur.fetchall()})
-
-    async def prepare(self, conn: psycopg.AsyncConnection, records: Sequence[Record[MetricEvent]]) -> None:
-        """Nothing to take ahead: a metric row takes only its own key's lock."""
-
-    async def upsert_one(
-        self, conn: psycopg.AsyncConnection, topic: str, partition: int, record: Record[MetricEvent]
-    ) -> Outcome:
-        return await restage_one(self, STAGING, conn, topic, partition, record)

@@ -29,13 +29,28 @@ import psycopg
 from schemas.deadletter import Reason
 from sinks.core.batch import Record
 
-# Advisory lock namespaces (the first key of pg_advisory_xact_lock(int4, int4)).
-CHAT_SESSIONS = 0x6368  # "ch"
-ANALYSES = 0x616E  # "an"
-
 ADVISORY_LOCKS = """
 SELECT pg_advisory_xact_lock(%s, k) FROM (SELECT DISTINCT unnest(%s::int4[]) AS k ORDER BY k) AS keys
 """
+
+
+@dataclass(frozen=True)
+class Owned:
+    """The rows of one kind that tenants own: their table, the event field naming a row, and the
+    advisory lock namespace of their ids (the first key of pg_advisory_xact_lock(int4, int4))."""
+
+    table: str
+    key: str
+    namespace: int
+
+    @property
+    def lock_rows(self) -> str:
+        """`(id, tenant_id)` of the existing rows a batch names, locked in id order."""
+        return f"SELECT id, tenant_id FROM {self.table}\nWHERE id = ANY(%s)\nORDER BY id\nFOR UPDATE"
+
+
+CHAT_SESSIONS = Owned("eventsink.chat_sessions", "conversation_id", 0x6368)  # "ch"
+ANALYSES = Owned("eventsink.analysis_requests", "analysis_id", 0x616E)  # "an"
 
 
 @dataclass(slots=True)
@@ -64,32 +79,29 @@ def _lock_key(row_id: UUID) -> int:
     return int.from_bytes(row_id.bytes[:4], "big", signed=True)
 
 
-async def lock_ids(conn: psycopg.AsyncConnection, records: Sequence[Record], key: str, namespace: int) -> None:
+async def lock_ids(conn: psycopg.AsyncConnection, records: Sequence[Record], owned: Owned) -> None:
     """Take the advisory locks of every id the records name, in key order (re-taking one this
     transaction holds returns at once)."""
-    ids = {getattr(r.event, key) for r in records}
-    await conn.execute(ADVISORY_LOCKS, (namespace, [_lock_key(i) for i in ids]))
+    ids = {getattr(r.event, owned.key) for r in records}
+    await conn.execute(ADVISORY_LOCKS, (owned.namespace, [_lock_key(i) for i in ids]))
 
 
 async def claim(
     conn: psycopg.AsyncConnection,
     records: Sequence[Record],
-    key: str,
-    lock_rows: str,
-    namespace: int,
+    owned: Owned,
     *,
     not_creatable: Callable[[list[UUID]], Awaitable[set[UUID]]] | None = None,
 ) -> Claims:
-    """Lock the ids and rows the records name (by their `key` attribute); decide who owns each.
+    """Lock the ids and rows the records name (by their `owned.key` attribute); decide who owns each.
 
-    `lock_rows` selects `(id, tenant_id)` of existing rows `WHERE id = ANY(%s) ORDER BY id FOR
-    UPDATE`. `not_creatable`, when given, is asked (under the locks) which missing ids must not
-    be created; they are left out of the owners and listed in `excluded`.
+    `not_creatable`, when given, is asked (under the locks) which missing ids must not be
+    created; they are left out of the owners and listed in `excluded`.
     """
-    await lock_ids(conn, records, key, namespace)
-    ids = sorted({getattr(r.event, key) for r in records})
+    await lock_ids(conn, records, owned)
+    ids = sorted({getattr(r.event, owned.key) for r in records})
     claims = Claims()
-    cur = await conn.execute(lock_rows, (ids,))
+    cur = await conn.execute(owned.lock_rows, (ids,))
     claims.existing = {row[0]: row[1] for row in await cur.fetchall()}
     missing = [i for i in ids if i not in claims.existing]
     if missing:
@@ -97,19 +109,19 @@ async def claim(
             claims.excluded = await not_creatable(missing)
         first_claimer: dict[UUID, UUID] = {}
         for r in sorted(records, key=lambda r: r.offset):
-            row_id = getattr(r.event, key)
+            row_id = getattr(r.event, owned.key)
             if row_id not in claims.existing and row_id not in first_claimer:
                 first_claimer[row_id] = r.event.tenant_id
         claims.new = {i: tenant for i, tenant in first_claimer.items() if i not in claims.excluded}
     return claims
 
 
-def mismatches(records: Sequence[Record], owners: dict[UUID, UUID], key: str) -> dict[int, tuple[Reason, str]]:
+def mismatches(records: Sequence[Record], owners: dict[UUID, UUID], owned: Owned) -> dict[int, tuple[Reason, str]]:
     """Records naming a row of another tenant, as dead letters' (reason, detail) by offset."""
     rejected = {}
     for r in records:
-        row_id = getattr(r.event, key)
+        row_id = getattr(r.event, owned.key)
         owner = owners.get(row_id)
         if owner is not None and owner != r.event.tenant_id:
-            rejected[r.offset] = (Reason.TENANT_MISMATCH, f"{key} {row_id} belongs to another tenant")
+            rejected[r.offset] = (Reason.TENANT_MISMATCH, f"{owned.key} {row_id} belongs to another tenant")
     return rejected

@@ -4,6 +4,9 @@ one set-based statement applies them.
 The staging table, the COPY's column types and each record's row tuple are all generated from
 the event model's columns (`schemas.columns.columns_of`), plus the record's Kafka offset: one
 declaration per column, so a staged type cannot silently narrow what the schema accepted.
+
+`StagedWriter` is what every kind's writer shares (`sinks.core.sink.RowWriter`); the kind's own
+part is `apply`: stage the batch, then its statements.
 """
 
 from __future__ import annotations
@@ -11,15 +14,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-import psycopg
+from psycopg import AsyncConnection, AsyncCursor
 from pydantic import BaseModel
 
 from schemas.columns import Column, columns_of
 from sinks.core.batch import Outcome, Record
 
 OFFSET = Column("kafka_offset", "int8")
+E = TypeVar("E", bound=BaseModel)
+Records = Sequence[Record[E]]  # one partition's records, as a writer is given them
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,7 @@ class Staging:
         for record in records:
             yield (*fields(record.event), record.offset)
 
-    async def stage(self, conn: psycopg.AsyncConnection, records: Sequence[Record[Any]]) -> psycopg.AsyncCursor:
+    async def stage(self, conn: AsyncConnection, records: Sequence[Record[Any]]) -> AsyncCursor:
         """COPY the records into the staging table; return a binary cursor for what follows."""
         cur = conn.cursor(binary=True)
         async with cur.copy(self.copy) as copy:
@@ -67,13 +72,41 @@ class Staging:
         return cur
 
 
-async def restage_one(
-    writer: Any, staging: Staging, conn: psycopg.AsyncConnection, topic: str, partition: int, record: Record[Any]
-) -> Outcome:
-    """One record through the bulk path, for a batch redone row by row.
+class StagedWriter(Generic[E]):
+    """A kind's writer: `apply` COPYs a batch into the kind's staging table and applies it.
 
-    The staging table empties only at commit; in that redo it still holds the rows of the
-    records tried before in the same transaction.
+    A subclass names its kind and staging table in its header,
+    `class MetricWriter(StagedWriter[MetricEvent], kind="metric", staging=STAGING)`, with
+    `ordered=True` when what a record does depends on the records before it. (`apply` is the
+    kind's own frame in a profile: `bench/report_mixed.py` charges each kind by it.)
     """
-    await conn.execute(staging.clear)
-    return await writer.upsert(conn, topic, partition, [record])
+
+    kind: str
+    staging: Staging
+    stage_ddl: tuple[str, ...]
+    ordered: bool
+
+    def __init_subclass__(cls, *, kind: str, staging: Staging, ordered: bool = False, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.kind, cls.staging, cls.stage_ddl, cls.ordered = kind, staging, (staging.ddl,), ordered
+
+    async def upsert(self, conn: AsyncConnection, topic: str, partition: int, records: Records[E]) -> Outcome:
+        if not records:
+            return Outcome()
+        return await self.apply(conn, topic, partition, records)
+
+    async def apply(self, conn: AsyncConnection, topic: str, partition: int, records: Records[E]) -> Outcome:
+        """`upsert` of one record or more: `self.staging.stage` them, then the kind's statements."""
+        raise NotImplementedError
+
+    async def prepare(self, conn: AsyncConnection, records: Records[E]) -> None:
+        """Nothing to take ahead unless the kind says so: a row that takes only its own key's lock."""
+
+    async def upsert_one(self, conn: AsyncConnection, topic: str, partition: int, record: Record[E]) -> Outcome:
+        """One record through the bulk path, for a batch redone row by row.
+
+        The staging table empties only at commit; in that redo it still holds the rows of the
+        records tried before in the same transaction.
+        """
+        await conn.execute(self.staging.clear)
+        return await self.upsert(conn, topic, partition, [record])

@@ -12,6 +12,8 @@ import orjson
 from streams.cli.console import err, progress_bar, settings
 from streams.publish.publisher import Publisher
 
+# The options every kind's command takes: --json, and the fields every kind's load shares
+# (`streams.dev.loadgen.metric.Load`), which reach the command as `**shared`.
 COMMON = [
     click.option("--tenants", "-t", type=click.IntRange(min=1), default=5, show_default=True),
     click.option(
@@ -79,13 +81,11 @@ def produce() -> None:
 )
 @invalid_option("Fraction of records that are invalid.")
 @common
-def metrics(
-    count: int, invalid: float, tenants: int, duplicates: float, rate: float | None, seed: int | None, as_json: bool
-) -> None:
+def metrics(count: int, invalid: float, as_json: bool, **shared: Any) -> None:
     """Publish metric events."""
     from streams.dev.loadgen.metric import MetricLoad, produce_metrics
 
-    load = MetricLoad(count, tenants, duplicates, invalid, rate, seed)
+    load = MetricLoad(count=count, invalid=invalid, **shared)
     _run(settings().metrics_topic, count, lambda p, t, cb: produce_metrics(p, t, load, cb), as_json, "events")
 
 
@@ -94,22 +94,18 @@ def metrics(
 @click.option("--turns", type=(int, int), default=(2, 8), show_default=True, help="Messages per conversation.")
 @invalid_option("Fraction of records that are invalid (too large, bad role, ...).")
 @common
-def chat(
-    conversations: int,
-    turns: tuple[int, int],
-    invalid: float,
-    tenants: int,
-    duplicates: float,
-    rate: float | None,
-    seed: int | None,
-    as_json: bool,
-) -> None:
+def chat(conversations: int, turns: tuple[int, int], invalid: float, as_json: bool, **shared: Any) -> None:
     """Publish conversations: several turns each, interleaved as live traffic would be."""
     from streams.dev.loadgen.chat import ChatLoad, produce_chat
 
     s = settings()
     load = ChatLoad(
-        conversations, tenants, turns[0], turns[1], duplicates, invalid, s.chat_max_content_bytes, rate, seed
+        conversations=conversations,
+        min_turns=turns[0],
+        max_turns=turns[1],
+        invalid=invalid,
+        max_content_bytes=s.chat_max_content_bytes,
+        **shared,
     )
     _run(s.chat_topic, None, lambda p, t, cb: produce_chat(p, t, load, cb), as_json, "messages")
 
@@ -124,17 +120,9 @@ def chat(
     help="Fraction of analyses whose events are published shuffled.",
 )
 @common
-def analysis(
-    analyses: int,
-    out_of_order: float,
-    tenants: int,
-    duplicates: float,
-    rate: float | None,
-    seed: int | None,
-    as_json: bool,
-) -> None:
+def analysis(analyses: int, out_of_order: float, as_json: bool, **shared: Any) -> None:
     """Publish analyses walking through their states (pending, processing, completed|failed, deleted)."""
     from streams.dev.loadgen.analysis import AnalysisLoad, produce_analysis
 
-    load = AnalysisLoad(analyses, tenants, duplicates, out_of_order, rate=rate, seed=seed)
+    load = AnalysisLoad(analyses=analyses, out_of_order=out_of_order, **shared)
     _run(settings().analysis_topic, None, lambda p, t, cb: produce_analysis(p, t, load, cb), as_json, "events")

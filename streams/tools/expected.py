@@ -66,13 +66,11 @@ class SourceRecord(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class Seen:
-    """A valid record: where it is and its decoded event (the kind's model)."""
+class Placed:
+    """Where a record is in its topic: what `Seen` and `Invalid` start with."""
 
     partition: int
     offset: int
-    timestamp: int  # ms since the epoch, the record's
-    event: Any
 
     @property
     def where(self) -> Where:
@@ -80,17 +78,19 @@ class Seen:
 
 
 @dataclass(frozen=True, slots=True)
-class Invalid:
+class Seen(Placed):
+    """A valid record: where it is and its decoded event (the kind's model)."""
+
+    timestamp: int  # ms since the epoch, the record's
+    event: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid(Placed):
     """A record decoding refuses, with the tenant its key names (NOT_A_TENANT if none)."""
 
-    partition: int
-    offset: int
     tenant: str
     reason: str
-
-    @property
-    def where(self) -> Where:
-        return self.partition, self.offset
 
 
 @dataclass(frozen=True, slots=True)

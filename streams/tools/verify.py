@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -76,8 +76,9 @@ class VerifyReport:
 
     def totals(self) -> TenantReport:
         total = TenantReport("total")
+        counters = [f.name for f in fields(TenantReport) if f.name != "tenant"]
         for t in self.tenants.values():
-            for name in ("seen", "unique", "applied", "in_dlq", "pending", "pruned", "missing", "duplicated"):
+            for name in counters:
                 setattr(total, name, getattr(total, name) + getattr(t, name))
         return total
 

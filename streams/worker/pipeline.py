@@ -638,26 +638,14 @@ class Pipeline:
             self._seek_back(st, batch, first)
             await self.control.seek(p, first)
             return False
+        where = {"topic": self.topic, "partition": p, "expected": gap.expected, "first_offset": batch.first_offset}
         if first >= batch.first_offset:
             telemetry.OFFSET_GAPS.labels(self.topic, "verified").inc()
-            log.warning(
-                "offset gap has no records in it; applying",
-                topic=self.topic,
-                partition=p,
-                expected=gap.expected,
-                first_offset=batch.first_offset,
-            )
+            log.warning("offset gap has no records in it; applying", **where)
             batch.gap_verified = True
             return True
         telemetry.OFFSET_GAPS.labels(self.topic, "repositioned").inc()
-        log.error(
-            "batch would skip records; seeking to the ledger",
-            topic=self.topic,
-            partition=p,
-            expected=gap.expected,
-            first_offset=batch.first_offset,
-            next_available=first,
-        )
+        log.error("batch would skip records; seeking to the ledger", **where, next_available=first)
         self._seek_back(st, batch, first)
         await self.control.seek(p, gap.expected)
         return False

@@ -8,55 +8,18 @@ partitions had fetched in that call: without isolation every partition of the wo
 
 from __future__ import annotations
 
-import asyncio
-import struct
 import subprocess
 import sys
 
 import orjson
 import pytest
-from aiokafka import TopicPartition
-from aiokafka.client import AIOKafkaClient
-from aiokafka.protocol.produce import ProduceRequest
-from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy as Builder
-from aiokafka.record.util import calc_crc32c
 
 from tests.helpers import Scenario, WorkerProcess, count_by_tenant, ledger, wait_applied, wait_until
+from tests.producers import header_key_not_utf8, produce_batch
 from tests.web import get, samples, total
 from tests.workload import Sent, create_topics, metric_json, publish, send_raw
 
 pytestmark = pytest.mark.e2e
-
-
-def _unreadable_batch(value: bytes) -> bytes:
-    """A valid record batch (CRC included) whose one header key is the bytes FF FE."""
-    builder = Builder(
-        magic=2,
-        compression_type=0,
-        is_transactional=0,
-        producer_id=-1,
-        producer_epoch=-1,
-        base_sequence=-1,
-        batch_size=1 << 20,
-    )
-    builder.append(0, timestamp=None, key=None, value=value, headers=[("QQ", b"x")])
-    buf = bytearray(builder.build())
-    at = buf.index(b"QQ")
-    buf[at : at + 2] = b"\xff\xfe"  # same length: lengths and varints stay valid
-    struct.pack_into(">I", buf, 17, calc_crc32c(bytes(buf[21:])))  # CRC-32C covers attributes..end
-    return bytes(buf)
-
-
-async def _produce_raw(bootstrap: str, topic: str, partition: int, batch: bytes) -> None:
-    client = AIOKafkaClient(bootstrap_servers=bootstrap)
-    await client.bootstrap()
-    try:
-        await client._wait_on_metadata(topic)
-        node = client.cluster.leader_for_partition(TopicPartition(topic, partition))
-        response = await client.send(node, ProduceRequest(None, -1, 10000, [(topic, [(partition, batch)])]))
-        assert response.topics[0][1][0][1] == 0, response
-    finally:
-        await client.close()
 
 
 def test_a_batch_the_client_cannot_read_stops_only_its_partition_until_skipped(scenario: Scenario) -> None:
@@ -66,7 +29,7 @@ def test_a_batch_the_client_cannot_read_stops_only_its_partition_until_skipped(s
     assert len(sent.last_offsets) >= 2
     bad = min(sent.last_offsets)
     tenant = next(t for t in sent.tenants if t)  # any tenant: the record is never decoded
-    asyncio.run(_produce_raw(s.bootstrap, s.topic, bad, _unreadable_batch(metric_json(tenant, "unreadable"))))
+    produce_batch(s.bootstrap, s.topic, bad, header_key_not_utf8(metric_json(tenant, "unreadable")))
     bad_offset = sent.last_offsets[bad] + 1
     # Valid records after it, in the same partition: they wait behind it, never skipped silently.
     after = send_raw(

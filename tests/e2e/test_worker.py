@@ -34,6 +34,12 @@ def worker(s: Scenario, tag: str = "w", **env: str) -> WorkerProcess:
     return WorkerProcess(s.env(dsn, **env), s.data_dir / f"{tag}.log").start()
 
 
+def wait_applied_exactly_once(s: Scenario, sent: Sent) -> None:
+    """Wait until the group applied every record sent, then `assert_exactly_once`."""
+    wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
+    assert_exactly_once(s, sent)
+
+
 def dlq_by_source(s: Scenario) -> Counter[tuple[int, int]]:
     records = asyncio.run(read_topic(s.bootstrap, s.dlq_topic))
     return Counter((r.info.source_partition, r.info.source_offset) for r in records)
@@ -61,8 +67,7 @@ def test_events_land_exactly_once_and_invalid_ones_reach_the_dlq(scenario: Scena
     )
     w = worker(s)
     try:
-        wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
-        assert_exactly_once(s, sent)
+        wait_applied_exactly_once(s, sent)
     finally:
         assert w.stop() == 0
     source = {(r.partition, r.offset): r for r in asyncio.run(read_topic(s.bootstrap, s.topic))}
@@ -188,8 +193,7 @@ def test_kill_9_in_the_middle_of_batches_loses_and_duplicates_nothing(scenario: 
         w.kill9()
     w = worker(s, "final")
     try:
-        wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
-        assert_exactly_once(s, sent)
+        wait_applied_exactly_once(s, sent)
     finally:
         w.stop()
     # Dead letters are delivered before their batch commits: a kill can repeat one, never lose one.
@@ -205,8 +209,7 @@ def test_kafka_offsets_ahead_of_the_ledger_lose_nothing(scenario: Scenario) -> N
     asyncio.run(commit_group_offsets(s.bootstrap, s.group, s.topic, {p: o + 1 for p, o in sent.last_offsets.items()}))
     w = worker(s)
     try:
-        wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
-        assert_exactly_once(s, sent)
+        wait_applied_exactly_once(s, sent)
     finally:
         w.stop()
 
@@ -237,8 +240,7 @@ def test_kafka_offsets_ahead_and_the_database_down_at_assignment(scenario: Scena
                 what="a batch failing against the cut database",
             )
             proxy.restore()
-            wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
-            assert_exactly_once(s, sent)
+            wait_applied_exactly_once(s, sent)
         finally:
             w.stop()
     assert logged(w, "batch would skip records; seeking to the ledger")
@@ -293,8 +295,7 @@ def test_a_database_outage_mid_stream_loses_nothing(scenario: Scenario) -> None:
             assert ledger_totals(s.dsn, s.group, s.topic)["events"] < sent.sent
             proxy.restore()
             publish(s, sent, 500)
-            wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
-            assert_exactly_once(s, sent)
+            wait_applied_exactly_once(s, sent)
         finally:
             assert w.stop() == 0
     assert len(dlq_by_source(s)) == sent.invalid
@@ -322,7 +323,6 @@ def test_sigterm_finishes_the_batch_in_flight_and_exits(scenario: Scenario) -> N
     )
     w2 = worker(s, "w2")
     try:
-        wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
-        assert_exactly_once(s, sent)
+        wait_applied_exactly_once(s, sent)
     finally:
         w2.stop()

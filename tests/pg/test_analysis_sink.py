@@ -14,8 +14,8 @@ from schemas.analysis import AnalysisEvent
 from schemas.deadletter import DeadLetter, Reason
 from sinks.core.batch import Batch, Record
 from sinks.core.sink import Sink
-from sinks.pool import open_pool
 from sinks.writers.analysis import AnalysisWriter
+from tests.helpers import writers_pool
 
 WRITER = AnalysisWriter()
 T0 = datetime(2024, 5, 1, 12, tzinfo=UTC)
@@ -29,10 +29,8 @@ class Letters(list):
 
 @pytest.fixture
 async def pool(database_url: str) -> AsyncIterator[object]:
-    p = open_pool(database_url, stage_ddl=WRITER.stage_ddl, max_size=4)
-    await p.open(wait=True)
-    yield p
-    await p.close()
+    async with writers_pool(database_url, WRITER, max_size=4) as p:
+        yield p
 
 
 def ev(tenant: uuid.UUID, aid: uuid.UUID, dedupe: str, status: str, seconds: float, **kw: object) -> AnalysisEvent:

@@ -14,8 +14,8 @@ from schemas.chat import ChatEvent
 from schemas.deadletter import DeadLetter, Reason
 from sinks.core.batch import Batch, Record
 from sinks.core.sink import Sink
-from sinks.pool import open_pool
 from sinks.writers.chat import ChatWriter
+from tests.helpers import writers_pool
 
 WRITER = ChatWriter()
 T0 = datetime(2024, 5, 1, 12, tzinfo=UTC)
@@ -28,10 +28,8 @@ class Letters(list):
 
 @pytest.fixture
 async def sink(database_url: str) -> AsyncIterator[Sink]:
-    pool = open_pool(database_url, stage_ddl=WRITER.stage_ddl)
-    await pool.open(wait=True)
-    yield Sink(pool, f"g-{uuid.uuid4().hex[:8]}", WRITER, Letters())
-    await pool.close()
+    async with writers_pool(database_url, WRITER) as pool:
+        yield Sink(pool, f"g-{uuid.uuid4().hex[:8]}", WRITER, Letters())
 
 
 def msg(

@@ -28,6 +28,7 @@ from sinks.pool import open_pool
 from sinks.writers.metric import MetricWriter
 from streams.worker.dedupe_cache import DedupeCache
 from streams.worker.pipeline import Pipeline, PipelineConfig
+from tests.helpers import writers_pool
 
 WRITER = MetricWriter()
 
@@ -69,10 +70,8 @@ class RetainedLog:
 
 @pytest.fixture
 async def sink(database_url: str) -> AsyncIterator[Sink]:
-    pool = open_pool(database_url, stage_ddl=WRITER.stage_ddl)
-    await pool.open(wait=True)
-    yield Sink(pool, f"g-{uuid.uuid4().hex[:8]}", WRITER, Letters())
-    await pool.close()
+    async with writers_pool(database_url, WRITER) as pool:
+        yield Sink(pool, f"g-{uuid.uuid4().hex[:8]}", WRITER, Letters())
 
 
 def pipeline(sink: Sink, control: RetainedLog, topic: str, on_data_loss: Literal["stop", "skip"]) -> Pipeline:

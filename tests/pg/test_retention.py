@@ -23,6 +23,7 @@ from sinks.retention import METRICS, archive_analyses, expire_chat, expire_metri
 from sinks.writers.analysis import AnalysisWriter
 from sinks.writers.chat import ChatWriter
 from sinks.writers.metric import MetricWriter
+from tests.helpers import writers_pool
 
 NOW = datetime.now(UTC)
 
@@ -44,11 +45,8 @@ class Writer:
 
 @pytest.fixture
 async def pool(database_url: str) -> AsyncIterator[object]:
-    ddl = (*ChatWriter.stage_ddl, *AnalysisWriter.stage_ddl, *MetricWriter.stage_ddl)
-    p = open_pool(database_url, stage_ddl=ddl, max_size=6)
-    await p.open(wait=True)
-    yield p
-    await p.close()
+    async with writers_pool(database_url, ChatWriter(), AnalysisWriter(), MetricWriter(), max_size=6) as p:
+        yield p
 
 
 def chat(tenant: uuid.UUID, conv: uuid.UUID, at: datetime) -> ChatEvent:

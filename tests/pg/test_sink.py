@@ -19,6 +19,7 @@ from sinks.errors import OffsetGap, TransientSinkError
 from sinks.pool import open_pool
 from sinks.writers.metric import MetricWriter
 from streams.dev.embedded import free_port
+from tests.helpers import writers_pool
 
 WRITER = MetricWriter()
 
@@ -38,10 +39,8 @@ class DeadLetters:
 
 @pytest.fixture
 async def pool(database_url: str) -> AsyncIterator[object]:
-    p = open_pool(database_url, stage_ddl=WRITER.stage_ddl, max_size=12)
-    await p.open(wait=True)
-    yield p
-    await p.close()
+    async with writers_pool(database_url, WRITER, max_size=12) as p:
+        yield p
 
 
 @pytest.fixture

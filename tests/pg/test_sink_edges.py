@@ -17,8 +17,8 @@ from schemas.metric import MetricEvent
 from sinks.core.batch import Batch, Cached, LogIdentity, Record
 from sinks.core.sink import Sink
 from sinks.errors import LogChanged, OffsetGap, TransientSinkError
-from sinks.pool import open_pool
 from sinks.writers.metric import MetricWriter
+from tests.helpers import writers_pool
 
 WRITER = MetricWriter()
 
@@ -30,12 +30,8 @@ class Letters(list):
 
 @pytest.fixture
 async def sink(database_url: str) -> AsyncIterator[Sink]:
-    pool = open_pool(
-        database_url, stage_ddl=WRITER.stage_ddl, lock_timeout_ms=500, idle_in_transaction_timeout_ms=31_000
-    )
-    await pool.open(wait=True)
-    yield Sink(pool, f"g-{uuid.uuid4().hex[:8]}", WRITER, Letters())
-    await pool.close()
+    async with writers_pool(database_url, WRITER, lock_timeout_ms=500, idle_in_transaction_timeout_ms=31_000) as pool:
+        yield Sink(pool, f"g-{uuid.uuid4().hex[:8]}", WRITER, Letters())
 
 
 def metric(tenant: uuid.UUID, dedupe: str, value: object = 1.5) -> MetricEvent:

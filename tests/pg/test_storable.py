@@ -15,7 +15,7 @@ import json
 import math
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -33,10 +33,10 @@ from schemas.columns import EARLIEST, LATEST
 from schemas.deadletter import DeadLetter
 from sinks.core.batch import Batch, Record
 from sinks.core.sink import Sink
-from sinks.pool import open_pool
 from sinks.writers.analysis import AnalysisWriter
 from sinks.writers.chat import ChatWriter
 from sinks.writers.metric import MetricWriter
+from tests.helpers import writers_pool
 from tests.strategies import Expected, json_decimal, json_number, valid_analysis, valid_chat, valid_metric
 
 # West of Greenwich by hours and minutes (LMT at year 1), east by 14 hours, and UTC.
@@ -61,10 +61,8 @@ class Refused:
 async def zone_pool(request: pytest.FixtureRequest, database_url: str) -> AsyncIterator[tuple[str, Any]]:
     zone = request.param
     dsn = make_conninfo(database_url, options=f"-c TimeZone={zone}")
-    pool = open_pool(dsn, stage_ddl=[d for w in WRITERS for d in w.stage_ddl], max_size=2)
-    await pool.open(wait=True)
-    yield zone, pool
-    await pool.close()
+    async with writers_pool(dsn, *WRITERS, max_size=2) as pool:
+        yield zone, pool
 
 
 async def write(pool: Any, writer: Any, model: type, expected: list[Expected]) -> dict[str, Any]:
@@ -97,6 +95,15 @@ INSTANT = (
 )
 
 
+async def read_back(pool: Any, table: str, columns: str, tenant: uuid.UUID, events: list[Expected]) -> dict[str, Any]:
+    """The tenant's rows of `table` by dedupe_id: `columns`, then the instant three ways (INSTANT).
+    Exactly the events' keys are there."""
+    sql = f"SELECT dedupe_id, {columns}, {INSTANT} FROM {table} WHERE tenant_id = %s"
+    found = {r[0]: r[1:] for r in await rows(pool, sql, tenant)}
+    assert set(found) == {e.dedupe_id for e in events}
+    return found
+
+
 def check_instant(exp: Expected, got: datetime, utc_text: str, epoch_us: Decimal) -> None:
     assert got == exp.occurred_at
     assert utc_text == exp.occurred_at.replace(tzinfo=None).isoformat(timespec="microseconds")
@@ -111,6 +118,14 @@ def unique_keys(items: list[Expected]) -> list[Expected]:
     return list({e.dedupe_id: e for e in items}.values())
 
 
+def draw_owned(
+    data: st.DataObject, event_of: Callable[[uuid.UUID], st.SearchStrategy[Expected]]
+) -> tuple[list[uuid.UUID], list[Expected]]:
+    """1 to 3 row ids (conversations, analyses) and 1 to 6 events of distinct keys among them."""
+    ids = [uuid.uuid4() for _ in range(data.draw(st.integers(1, 3)))]
+    return ids, unique_keys(data.draw(st.lists(st.sampled_from(ids).flatmap(event_of), min_size=1, max_size=6)))
+
+
 @given(data=st.data())
 @EXAMPLES
 async def test_metric_events_read_back_equal(zone_pool: tuple[str, Any], data: st.DataObject) -> None:
@@ -118,16 +133,7 @@ async def test_metric_events_read_back_equal(zone_pool: tuple[str, Any], data: s
     tenant = uuid.uuid4()
     events = unique_keys(data.draw(st.lists(valid_metric(tenant), min_size=1, max_size=6)))
     await write(pool, MetricWriter(), MetricEvent, events)
-    found = {
-        r[0]: r[1:]
-        for r in await rows(
-            pool,
-            f"SELECT dedupe_id, name, value, unit, tags::text, {INSTANT} "
-            "FROM eventsink.metrics_raw WHERE tenant_id = %s",
-            tenant,
-        )
-    }
-    assert set(found) == {e.dedupe_id for e in events}
+    found = await read_back(pool, "eventsink.metrics_raw", "name, value, unit, tags::text", tenant, events)
     for exp in events:
         name, value, unit, tags, *instant = found[exp.dedupe_id]
         assert name == exp.values["name"] and unit == exp.values["unit"]
@@ -141,23 +147,12 @@ async def test_metric_events_read_back_equal(zone_pool: tuple[str, Any], data: s
 async def test_chat_events_read_back_equal(zone_pool: tuple[str, Any], data: st.DataObject) -> None:
     _, pool = zone_pool
     tenant = uuid.uuid4()
-    conversations = [uuid.uuid4() for _ in range(data.draw(st.integers(1, 3)))]
-    message = st.sampled_from(conversations).flatmap(lambda c: valid_chat(tenant, c))
-    events = unique_keys(data.draw(st.lists(message, min_size=1, max_size=6)))
+    conversations, events = draw_owned(data, lambda c: valid_chat(tenant, c))
     await write(pool, ChatWriter(), ChatEvent, events)
-    found = {
-        r[0]: r[1:]
-        for r in await rows(
-            pool,
-            "SELECT dedupe_id, session_id, role, content, model, prompt_tokens, completion_tokens, "
-            f"{INSTANT} FROM eventsink.chat_messages WHERE tenant_id = %s",
-            tenant,
-        )
-    }
-    assert set(found) == {e.dedupe_id for e in events}
+    names = ("session_id", "role", "content", "model", "prompt_tokens", "completion_tokens")
+    found = await read_back(pool, "eventsink.chat_messages", ", ".join(names), tenant, events)
     for exp in events:
         *columns, got, utc_text, epoch_us = found[exp.dedupe_id]
-        names = ("session_id", "role", "content", "model", "prompt_tokens", "completion_tokens")
         assert dict(zip(names, columns, strict=True)) == {n: exp.values[n] for n in names}
         check_instant(exp, got, utc_text, epoch_us)
     sessions = await rows(
@@ -181,20 +176,10 @@ async def test_chat_events_read_back_equal(zone_pool: tuple[str, Any], data: st.
 async def test_analysis_events_read_back_equal(zone_pool: tuple[str, Any], data: st.DataObject) -> None:
     _, pool = zone_pool
     tenant = uuid.uuid4()
-    analyses = [uuid.uuid4() for _ in range(data.draw(st.integers(1, 3)))]
-    step = st.sampled_from(analyses).flatmap(lambda a: valid_analysis(tenant, a))
-    events = unique_keys(data.draw(st.lists(step, min_size=1, max_size=6)))
+    analyses, events = draw_owned(data, lambda a: valid_analysis(tenant, a))
     decoded = await write(pool, AnalysisWriter(), AnalysisEvent, events)
-    found = {
-        r[0]: r[1:]
-        for r in await rows(
-            pool,
-            "SELECT dedupe_id, analysis_id, status, progress, result::text, error, kind, media_url, "
-            f"{INSTANT} FROM eventsink.analysis_events WHERE tenant_id = %s",
-            tenant,
-        )
-    }
-    assert set(found) == {e.dedupe_id for e in events}
+    columns = "analysis_id, status, progress, result::text, error, kind, media_url"
+    found = await read_back(pool, "eventsink.analysis_events", columns, tenant, events)
     for exp in events:
         aid, status, progress, result, error, kind, media_url, *instant = found[exp.dedupe_id]
         v = exp.values

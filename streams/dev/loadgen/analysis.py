@@ -15,23 +15,18 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
-from streams.dev.loadgen.metric import Counts, Sender
+from streams.dev.loadgen.metric import Counts, Load, Sender
 from streams.publish.publisher import Publisher
 
 KINDS = ("transcription", "moderation", "summary", "object-detection")
 
 
 @dataclass
-class AnalysisLoad:
+class AnalysisLoad(Load):
     analyses: int = 100
-    tenants: int = 5
-    duplicates: float = 0.1
     out_of_order: float = 0.3
     failed: float = 0.15
     deleted: float = 0.1
-    rate: float | None = None
-    seed: int | None = None
-    tenant_ids: list[str] | None = None
 
 
 @dataclass
@@ -83,9 +78,7 @@ def _at(body: dict) -> datetime:
 async def produce_analysis(
     publisher: Publisher, topic: str, load: AnalysisLoad, on_progress: Callable[[int], None] | None = None
 ) -> AnalysisReport:
-    rng = random.Random(load.seed)
-    tenants = load.tenant_ids or [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(load.tenants)]
-    run = uuid.UUID(int=rng.getrandbits(128), version=4).hex[:12]
+    rng, tenants, run = load.start()
     report = AnalysisReport()
     queues: dict[str, list[dict]] = {}
     base = datetime.now(UTC) - timedelta(hours=2)

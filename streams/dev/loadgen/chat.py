@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
-from streams.dev.loadgen.metric import Counts, Sender
+from streams.dev.loadgen.metric import Counts, Load, Sender
 from streams.publish.publisher import Publisher
 
 MODELS = ("gpt-4o-mini", "claude-3-haiku", "llama-3-8b")
@@ -32,17 +32,12 @@ class Conversation:
 
 
 @dataclass
-class ChatLoad:
+class ChatLoad(Load):
     conversations: int = 100
-    tenants: int = 5
     min_turns: int = 2
     max_turns: int = 8
-    duplicates: float = 0.1
     invalid: float = 0.0
     max_content_bytes: int = 64 * 1024
-    rate: float | None = None
-    seed: int | None = None
-    tenant_ids: list[str] | None = None
 
 
 @dataclass
@@ -93,9 +88,7 @@ async def produce_chat(
     publisher: Publisher, topic: str, load: ChatLoad, on_progress: Callable[[int], None] | None = None
 ) -> ChatReport:
     """Interleave the turns of `load.conversations` conversations, as live traffic would."""
-    rng = random.Random(load.seed)
-    tenants = load.tenant_ids or [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(load.tenants)]
-    run = uuid.UUID(int=rng.getrandbits(128), version=4).hex[:12]
+    rng, tenants, run = load.start()
     report = ChatReport()
     conversations: dict[str, Conversation] = {}
     remaining: dict[str, int] = {}

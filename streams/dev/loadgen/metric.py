@@ -149,15 +149,31 @@ class LoadReport(Counts):
         return {**super().as_dict(), "unique_per_tenant": dict(self.unique_per_tenant)}
 
 
-@dataclass
-class MetricLoad:
-    count: int
+@dataclass(kw_only=True)
+class Load:
+    """What every kind's load takes: its tenants (`tenants` drawn from the seed, or `tenant_ids`),
+    the fraction of records that re-send an earlier event, records per second (None: as fast as
+    the broker takes them) and the seed (None: another workload each time)."""
+
     tenants: int = 5
     duplicates: float = 0.1
-    invalid: float = 0.0
     rate: float | None = None
     seed: int | None = None
     tenant_ids: list[str] | None = None
+
+    def start(self) -> tuple[random.Random, list[str], str]:
+        """The run's random source, its tenant ids and its id (the prefix of its dedupe ids),
+        drawn in this order: one seed, one workload."""
+        rng = random.Random(self.seed)
+        tenants = self.tenant_ids or [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(self.tenants)]
+        run = uuid.UUID(int=rng.getrandbits(128), version=4).hex[:12]
+        return rng, tenants, run
+
+
+@dataclass
+class MetricLoad(Load):
+    count: int
+    invalid: float = 0.0
 
 
 async def produce_metrics(
@@ -167,9 +183,7 @@ async def produce_metrics(
     on_progress: Callable[[int], None] | None = None,
 ) -> LoadReport:
     """Send `load.count` records: new events, re-sends of earlier ones, invalid records."""
-    rng = random.Random(load.seed)
-    tenants = load.tenant_ids or [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(load.tenants)]
-    run = uuid.UUID(int=rng.getrandbits(128), version=4).hex[:12]
+    rng, tenants, run = load.start()
     report = LoadReport()
     poison = poison_records(rng, tenants[0], 64)
     sent_events: list[tuple[bytes, bytes]] = []
