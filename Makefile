@@ -33,9 +33,9 @@ test-unit: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest $(XDIST) -m "not e2e" $(PYTEST_ARGS)
 
-# About 10 minutes: the metric comparison (eventsink, reference loop, Quix Streams) and the mixed
-# workload (metric + chat + analysis; eventsink only), see bench/RESULTS.md. One scenario:
-# BENCH_ARGS="--repeat 3 --scenario mixed". To record: BENCH_ARGS="--repeat 3 --profile --record".
+# About 15 minutes: the metric comparison (eventsink, reference loop, Quix Streams), the mixed
+# workload (metric + chat + analysis; eventsink only) and the memory scenario (64 KiB chat messages,
+# a slow database), see bench/RESULTS.md. One scenario: BENCH_ARGS="--repeat 3 --scenario mixed". To record: BENCH_ARGS="--repeat 3 --profile --record".
 bench: BENCH_ARGS ?= --repeat 3 --profile
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench]'

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import report_metric, report_mixed
+from bench import memory, report_memory, report_metric, report_mixed
 from bench.contenders import SESSION_TIMEOUT_MS
 
 
@@ -18,15 +18,17 @@ class Results:
     repeat: int
     metric: report_metric.Results | None = None
     mixed: report_mixed.Results | None = None
+    memory: memory.Results | None = None
 
     @property
     def ok(self) -> bool:
         scenarios = [s for s in (self.metric, self.mixed) if s is not None]
-        return all(m.ok for s in scenarios for m in s.measurements)
+        return all(m.ok for s in scenarios for m in s.measurements) and (self.memory is None or self.memory.ok)
 
 
 def render(results: Results) -> str:
-    scenarios = [name for name, s in (("metric", results.metric), ("mixed", results.mixed)) if s is not None]
+    ran = (("metric", results.metric), ("mixed", results.mixed), ("memory", results.memory))
+    scenarios = [name for name, s in ran if s is not None]
     parts = [
         f"## {results.date}: {' + '.join(scenarios)} scenario{'s' if len(scenarios) > 1 else ''}"
         + (f", medians of {results.repeat} runs" if results.repeat > 1 else ""),
@@ -45,6 +47,8 @@ def render(results: Results) -> str:
         parts.append(report_metric.render(results.metric))
     if results.mixed is not None:
         parts.append(report_mixed.render(results.mixed))
+    if results.memory is not None:
+        parts.append(report_memory.render(results.memory, results.metric))
     return "\n\n".join(parts) + "\n"
 
 

@@ -1,12 +1,13 @@
 """`python -m bench.run`: load the topics, run each contender on them alone, report.
 
-    python -m bench.run [--scenario metric|mixed|all] [--events 200000] [--partitions 8] [--tenants 50]
+    python -m bench.run [--scenario metric|mixed|memory|all] [--events N] [--partitions 8] [--tenants 50]
                         [--duplicates 0.1] [--repeat N] [--only eventsink,reference,quix,eventsink2,quix-1s]
-                        [--at REV] [--profile] [--record]
+                        [--at REV] [--profile] [--record] [--content-bytes B] [--db-delay-ms MS] [--memory-seconds S]
 
 metric: every contender on one metric topic. mixed: eventsink's (one worker, two workers) on
-metric, chat and analysis topics split 70/20/10. Starts its own Tansu unless
-KAFKA_BOOTSTRAP_SERVERS is set; uses DATABASE_URL, else the PostgreSQL on 127.0.0.1:5432, else an
+metric, chat and analysis topics split 70/20/10. memory: one worker's peak RSS on a backlog of
+64 KiB chat messages, the database as it is and made slow (bench/memory.py). Starts its own Tansu
+unless KAFKA_BOOTSTRAP_SERVERS is set; uses DATABASE_URL, else the PostgreSQL on 127.0.0.1:5432, else an
 embedded one. Logs of every process: bench/out/<run id>/<scenario>/.
 """
 
@@ -23,7 +24,7 @@ from pathlib import Path
 import psutil
 import psycopg
 
-from bench import mixed, quixenv, report, revision
+from bench import memory, mixed, quixenv, report, revision
 from bench.contenders import CONTENDERS, MIXED_CONTENDERS
 from bench.services import Services, services
 from bench.session import Session, say
@@ -34,13 +35,18 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
 RESULTS = HERE / "RESULTS.md"
 VERSIONS = ("faust-streaming", "aiokafka", "psycopg", "pydantic", "orjson", "uvloop")
-SCENARIOS = {"metric": CONTENDERS, "mixed": MIXED_CONTENDERS}
+SCENARIOS = {"metric": CONTENDERS, "mixed": MIXED_CONTENDERS, "memory": memory.CONTENDERS}
+EVENTS = {"metric": 200_000, "mixed": 200_000, "memory": memory.DEFAULT_EVENTS}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--scenario", choices=[*SCENARIOS, "all"], default="all", help="which scenario(s) to run")
-    p.add_argument("--events", type=int, default=200_000, help="records loaded, per scenario")
+    p.add_argument(
+        "--events",
+        type=int,
+        help="records loaded, per scenario (default: " + ", ".join(f"{s} {n:,}" for s, n in EVENTS.items()) + ")",
+    )
     p.add_argument("--partitions", type=int, default=8, help="of every topic")
     p.add_argument("--tenants", type=int, default=50)
     p.add_argument("--duplicates", type=float, default=0.1, help="fraction of records re-sending an earlier one")
@@ -55,6 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true", help="also run one worker per scenario under py-spy")
     p.add_argument("--record", action="store_true", help=f"append the results to {RESULTS.relative_to(HERE.parent)}")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds a contender may take")
+    memory.add_arguments(p)
     args = p.parse_args(argv)
     args.scenarios = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
     known = list(dict.fromkeys(n for s in args.scenarios for n in SCENARIOS[s]))
@@ -95,14 +102,16 @@ def benchmark(args: argparse.Namespace, svc: Services, workdir: Path) -> report.
     src = revision.snapshot(workdir / "src", at)
     sources = revision.describe(src, at)
     say(f"broker {svc.bootstrap}, PostgreSQL {redact_dsn(svc.admin_dsn)}, logs in {workdir}")
-    run_metric, run_mixed = (bool(names_in(args, s)) and s in args.scenarios for s in SCENARIOS)
-    # Every topic is loaded before any contender starts.
+    run_metric, run_mixed, run_memory = (bool(names_in(args, s)) and s in args.scenarios for s in SCENARIOS)
+    # Every topic is loaded before any contender starts (the memory scenario's, ~800 MB, at its turn).
     if run_metric:
-        spec = WorkloadSpec(args.events, args.partitions, args.tenants, args.duplicates, args.seed)
+        spec = WorkloadSpec(args.events or EVENTS["metric"], args.partitions, args.tenants, args.duplicates, args.seed)
         metric_load = load(svc.bootstrap, f"bench.metrics.{workdir.name}", spec)
         say(f"metric: loaded {metric_load.sent:,} records ({metric_load.unique:,} unique)")
     if run_mixed:
-        mspec = mixed.MixedSpec(args.events, args.partitions, args.tenants, args.duplicates, args.seed)
+        mspec = mixed.MixedSpec(
+            args.events or EVENTS["mixed"], args.partitions, args.tenants, args.duplicates, args.seed
+        )
         mixed_load = mixed.load(svc.bootstrap, f"bench.mixed.{workdir.name}", mspec)
         counts = ", ".join(f"{t} {n:,}" for t, n in mixed_load.sent_per_topic.items())
         say(f"mixed: loaded {mixed_load.sent:,} records ({counts})")
@@ -114,6 +123,9 @@ def benchmark(args: argparse.Namespace, svc: Services, workdir: Path) -> report.
     if run_mixed:
         names = names_in(args, "mixed")
         mixed_results = session.scenario("mixed", MIXED_CONTENDERS, names, mixed_load, args.repeat, args.profile)
+    memory_results = None
+    if run_memory:
+        memory_results = memory.scenario(svc, workdir, src, memory.spec_from(args, args.events or EVENTS["memory"]))
     return report.Results(
         date=time.strftime("%Y-%m-%d %H:%M %Z"),
         machine=machine(svc.admin_dsn, run_metric and any(n.startswith("quix") for n in args.only), start_load),
@@ -123,6 +135,7 @@ def benchmark(args: argparse.Namespace, svc: Services, workdir: Path) -> report.
         repeat=args.repeat,
         metric=metric_results,
         mixed=mixed_results,
+        memory=memory_results,
     )
 
 
