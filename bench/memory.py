@@ -62,6 +62,7 @@ CONTENT_BYTES = MAX_CONTENT_BYTES - 536  # just under the limit (65,000 bytes)
 DEFAULT_DELAY_MS = 100.0
 DEFAULT_SECONDS = 90.0
 SMALL_BUDGET = 16 * 1024 * 1024
+MAX_BACKLOG_BYTES = 4 * 10**9  # what we let Tansu (in memory) and the database hold
 RSS_TARGET_MB = 400
 POLL_S = 0.25
 LEDGER = """
@@ -172,6 +173,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the slow database: the proxy's delay per chunk forwarded, either way",
     )
     m.add_argument("--memory-seconds", type=float, default=DEFAULT_SECONDS, help="the longest a worker runs, per run")
+
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, events: int) -> None:
+    """Refuse a backlog that would not fit: --events is every scenario's, 200,000 metric events
+    are 64 KiB chat messages here."""
+    size = events * args.content_bytes
+    if size > MAX_BACKLOG_BYTES:
+        parser.error(
+            f"the memory scenario would load {events:,} messages of {args.content_bytes:,} bytes, "
+            f"{size / 1e9:.0f} GB, which the broker holds in memory: run it on its own (--scenario memory) "
+            f"with fewer --events (default {DEFAULT_EVENTS:,})"
+        )
 
 
 def spec_from(args: argparse.Namespace, events: int) -> MemorySpec:

@@ -64,6 +64,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     memory.add_arguments(p)
     args = p.parse_args(argv)
     args.scenarios = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    if "memory" in args.scenarios:
+        memory.check_arguments(p, args, args.events or EVENTS["memory"])
     known = list(dict.fromkeys(n for s in args.scenarios for n in SCENARIOS[s]))
     args.only = [n.strip() for n in (args.only or ",".join(known)).split(",") if n.strip()]
     if set(args.only) - set(known) or not args.only or len(set(args.only)) < len(args.only):
