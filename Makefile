@@ -34,10 +34,11 @@ test-unit: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest $(XDIST) -m "not e2e" $(PYTEST_ARGS)
 
-# About 25 minutes: the metric comparison (eventsink, reference loop, Quix Streams), the mixed
-# workload (metric + chat + analysis; eventsink only) and the latency scenario (fixed rates, Kafka
-# timestamp to commit), see bench/RESULTS.md. One scenario: BENCH_ARGS="--repeat 3 --scenario mixed",
-# or BENCH_ARGS="--scenario latency". To record: BENCH_ARGS="--repeat 3 --profile --record".
+# About 30 minutes: the metric comparison (eventsink, reference loop, Quix Streams), the mixed
+# workload (metric + chat + analysis; eventsink only), the latency scenario (fixed rates, Kafka
+# timestamp to commit) and the memory scenario (64 KiB chat messages, a slow database), see
+# bench/RESULTS.md. One scenario: BENCH_ARGS="--repeat 3 --scenario mixed" (or latency, memory).
+# To record: BENCH_ARGS="--repeat 3 --profile --record".
 bench: BENCH_ARGS ?= --repeat 3 --profile
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench]'

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 from bench import quixenv
 from bench.measure import LedgerProbe, Plan, TableProbe
-from bench.mixed import MixedWorkload
 from bench.paced import LiveTopic
 from bench.workload import Workload
 from streams.tools.topics import SOURCE_CONFIG, TopicSpec, ensure_topics
@@ -32,13 +32,23 @@ TOPIC_VARIABLES = {
 }
 
 
+class Loaded(Protocol):
+    """What a worker's environment needs of a scenario's topics (Workload, MixedWorkload, ...)."""
+
+    @property
+    def topics(self) -> dict[str, str]: ...
+
+    @property
+    def sent_per_topic(self) -> dict[str, int]: ...
+
+
 @dataclass(frozen=True)
 class Context:
     """One contender's run: its own database, consumer group and data directory."""
 
     bootstrap: str
     dsn: str
-    workload: Workload | MixedWorkload | LiveTopic
+    workload: Loaded
     group: str
     data_dir: Path
     src: Path  # the snapshot of eventsink's sources to run (bench.revision)
@@ -71,7 +81,7 @@ def free_port() -> int:
 
 
 def metric_only(ctx: Context) -> Workload | LiveTopic:
-    if isinstance(ctx.workload, MixedWorkload):
+    if not isinstance(ctx.workload, Workload | LiveTopic):
         raise TypeError("this contender writes metric events only: it runs in the metric and latency scenarios")
     return ctx.workload
 

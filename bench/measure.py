@@ -154,7 +154,8 @@ class Spawned:
             return [target, *target.children(recursive=True)]
         return []
 
-    def sample(self) -> None:
+    def sample(self) -> int:
+        """Record the peak RSS and the CPU time so far; the RSS now, in bytes."""
         rss, cpu = 0, 0.0
         for p in self._tree():
             with contextlib.suppress(psutil.Error):
@@ -163,6 +164,7 @@ class Spawned:
                 cpu += times.user + times.system
         self.peak = max(self.peak, rss)
         self.cpu_s = max(self.cpu_s, cpu)
+        return rss
 
     def final_peak(self) -> int:
         return max(self.peak, sum(vm_hwm(p.pid) for p in self._tree()))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import report_latency, report_metric, report_mixed
+from bench import memory, report_latency, report_memory, report_metric, report_mixed
 from bench.contenders import SESSION_TIMEOUT_MS
 from bench.latency import LatencyResults
 
@@ -20,11 +20,12 @@ class Results:
     metric: report_metric.Results | None = None
     mixed: report_mixed.Results | None = None
     latency: LatencyResults | None = None
+    memory: memory.Results | None = None
 
     @property
     def ok(self) -> bool:
         scenarios = [s for s in (self.metric, self.mixed, self.latency) if s is not None]
-        return all(m.ok for s in scenarios for m in s.measurements)
+        return all(m.ok for s in scenarios for m in s.measurements) and (self.memory is None or self.memory.ok)
 
 
 def _order(results: Results) -> str:
@@ -37,7 +38,12 @@ def _order(results: Results) -> str:
 
 
 def render(results: Results) -> str:
-    named = (("metric", results.metric), ("mixed", results.mixed), ("latency", results.latency))
+    named = (
+        ("metric", results.metric),
+        ("mixed", results.mixed),
+        ("latency", results.latency),
+        ("memory", results.memory),
+    )
     scenarios = [name for name, s in named if s is not None]
     parts = [
         f"## {results.date}: {' + '.join(scenarios)} scenario{'s' if len(scenarios) > 1 else ''}"
@@ -59,6 +65,8 @@ def render(results: Results) -> str:
         parts.append(report_mixed.render(results.mixed))
     if results.latency is not None:
         parts.append(report_latency.render(results.latency))
+    if results.memory is not None:
+        parts.append(report_memory.render(results.memory, results.metric))
     return "\n\n".join(parts) + "\n"
 
 

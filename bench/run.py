@@ -1,17 +1,20 @@
 """`python -m bench.run`: load the topics, run each contender on them alone, report.
 
-    python -m bench.run [--scenario metric|mixed|latency|all] [--events 200000] [--partitions 8] [--tenants 50]
+    python -m bench.run [--scenario metric|mixed|latency|memory|all] [--events N] [--partitions 8] [--tenants 50]
                         [--duplicates 0.1] [--repeat N] [--only eventsink,reference,quix,eventsink2,quix-1s,...]
                         [--rates 0.25,0.5,0.75] [--duration 60] [--max-rate N]
-                        [--at REV] [--profile] [--record]
+                        [--content-bytes B] [--db-delay-ms MS] [--memory-seconds S]
+                        [--at REV] [--baseline REV] [--profile] [--record]
 
 metric: every contender on one metric topic. mixed: eventsink's (one worker, two workers) on
 metric, chat and analysis topics split 70/20/10. latency: eventsink's worker (default batches at
 every rate, two other batch settings at 50 %) and Quix Streams on a topic published to at fixed
 fractions of one worker's maximum (measured by the metric scenario's eventsink runs, or by one
-such run, unless --max-rate gives it); percentiles of CreateTime -> row committed. Starts its own
-Tansu unless KAFKA_BOOTSTRAP_SERVERS is set; uses DATABASE_URL, else the PostgreSQL on
-127.0.0.1:5432, else an embedded one. Logs of every process: bench/out/<run id>/<scenario>/.
+such run, unless --max-rate gives it); percentiles of CreateTime -> row committed. memory: one
+worker's peak RSS on a backlog of 64 KiB chat messages, the database as it is and made slow
+(bench/memory.py). Starts its own Tansu unless KAFKA_BOOTSTRAP_SERVERS is set; uses
+DATABASE_URL, else the PostgreSQL on 127.0.0.1:5432, else an embedded one. Logs of every
+process: bench/out/<run id>/<scenario>/.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from pathlib import Path
 import psutil
 import psycopg
 
-from bench import latency, mixed, quixenv, report, report_metric, revision
+from bench import latency, memory, mixed, quixenv, report, report_metric, revision
 from bench.contenders import CONTENDERS, MIXED_CONTENDERS, baseline
 from bench.latency import LATENCY_CONTENDERS, LatencySpec
 from bench.services import Services, services
@@ -40,13 +43,23 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
 RESULTS = HERE / "RESULTS.md"
 VERSIONS = ("faust-streaming", "aiokafka", "psycopg", "pydantic", "orjson", "uvloop")
-SCENARIOS = {"metric": CONTENDERS, "mixed": MIXED_CONTENDERS, "latency": LATENCY_CONTENDERS}
+SCENARIOS = {
+    "metric": CONTENDERS,
+    "mixed": MIXED_CONTENDERS,
+    "latency": LATENCY_CONTENDERS,
+    "memory": memory.CONTENDERS,
+}
+EVENTS = {"metric": 200_000, "mixed": 200_000, "latency": 200_000, "memory": memory.DEFAULT_EVENTS}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--scenario", choices=[*SCENARIOS, "all"], default="all", help="which scenario(s) to run")
-    p.add_argument("--events", type=int, default=200_000, help="records loaded, per scenario")
+    p.add_argument(
+        "--events",
+        type=int,
+        help="records loaded, per scenario (default: " + ", ".join(f"{s} {n:,}" for s, n in EVENTS.items()) + ")",
+    )
     p.add_argument("--partitions", type=int, default=8, help="of every topic")
     p.add_argument("--tenants", type=int, default=50)
     p.add_argument("--duplicates", type=float, default=0.1, help="fraction of records re-sending an earlier one")
@@ -82,8 +95,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true", help="also run one worker per scenario under py-spy")
     p.add_argument("--record", action="store_true", help=f"append the results to {RESULTS.relative_to(HERE.parent)}")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds a contender may take")
+    memory.add_arguments(p)
     args = p.parse_args(argv)
     args.scenarios = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    if "memory" in args.scenarios:
+        memory.check_arguments(p, args, args.events or EVENTS["memory"])
     known = list(dict.fromkeys(n for s in args.scenarios for n in SCENARIOS[s]))
     args.only = [n.strip() for n in (args.only or ",".join(known)).split(",") if n.strip()]
     if set(args.only) - set(known) or not args.only or len(set(args.only)) < len(args.only):
@@ -138,7 +154,9 @@ def max_rate(
     where = "the metric scenario of this invocation"
     if metric is None or not any(m.ok for m in runs):
         if metric is None:
-            spec = WorkloadSpec(args.events, args.partitions, args.tenants, args.duplicates, args.seed)
+            spec = WorkloadSpec(
+                args.events or EVENTS["metric"], args.partitions, args.tenants, args.duplicates, args.seed
+            )
             metric = load(session.services.bootstrap, f"bench.metrics.{session.workdir.name}", spec)
         runs = [session.run("maxrate", "eventsink", CONTENDERS["eventsink"], metric, 1)]
         where = "a run of its own in this invocation"
@@ -158,15 +176,19 @@ def benchmark(args: argparse.Namespace, svc: Services, workdir: Path) -> report.
     src = revision.snapshot(workdir / "src", at)
     sources = revision.describe(src, at)
     say(f"broker {svc.bootstrap}, PostgreSQL {redact_dsn(svc.admin_dsn)}, logs in {workdir}")
-    run_metric, run_mixed, run_latency = (bool(names_in(args, s)) and s in args.scenarios for s in SCENARIOS)
+    run_metric, run_mixed, run_latency, run_memory = (
+        bool(names_in(args, s)) and s in args.scenarios for s in SCENARIOS
+    )
     metric_load: Workload | None = None
-    # Every topic is loaded before any contender starts.
+    # Every topic is loaded before any contender starts (the memory scenario's, ~800 MB, at its turn).
     if run_metric:
-        spec = WorkloadSpec(args.events, args.partitions, args.tenants, args.duplicates, args.seed)
+        spec = WorkloadSpec(args.events or EVENTS["metric"], args.partitions, args.tenants, args.duplicates, args.seed)
         metric_load = load(svc.bootstrap, f"bench.metrics.{workdir.name}", spec)
         say(f"metric: loaded {metric_load.sent:,} records ({metric_load.unique:,} unique)")
     if run_mixed:
-        mspec = mixed.MixedSpec(args.events, args.partitions, args.tenants, args.duplicates, args.seed)
+        mspec = mixed.MixedSpec(
+            args.events or EVENTS["mixed"], args.partitions, args.tenants, args.duplicates, args.seed
+        )
         mixed_load = mixed.load(svc.bootstrap, f"bench.mixed.{workdir.name}", mspec)
         counts = ", ".join(f"{t} {n:,}" for t, n in mixed_load.sent_per_topic.items())
         say(f"mixed: loaded {mixed_load.sent:,} records ({counts})")
@@ -188,6 +210,9 @@ def benchmark(args: argparse.Namespace, svc: Services, workdir: Path) -> report.
         say(f"latency: one worker's maximum {rate:,.0f} records/s ({how})")
         lspec = LatencySpec(args.fractions, args.duration, args.partitions, args.tenants, args.seed, args.drain)
         latency_results = latency.scenario(session, names_in(args, "latency"), lspec, rate, how)
+    memory_results = None
+    if run_memory:
+        memory_results = memory.scenario(svc, workdir, src, memory.spec_from(args, args.events or EVENTS["memory"]))
     return report.Results(
         date=time.strftime("%Y-%m-%d %H:%M %Z"),
         machine=machine(svc.admin_dsn, uses_quix(args), start_load),
@@ -198,6 +223,7 @@ def benchmark(args: argparse.Namespace, svc: Services, workdir: Path) -> report.
         metric=metric_results,
         mixed=mixed_results,
         latency=latency_results,
+        memory=memory_results,
     )
 
 

@@ -92,9 +92,18 @@ class TcpProxy:
         """Delay each chunk forwarded in either direction (a slow database)."""
         self.delay_s = seconds
 
+    async def _end_tasks(self) -> None:
+        # The connections' tasks, their transports aborted by `_cut`, end before the loop stops:
+        # none is left pending ("Task was destroyed but it is pending" at exit).
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._call(self._cut())
+        with contextlib.suppress(Exception):
+            self._call(self._end_tasks())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
 

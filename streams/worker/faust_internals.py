@@ -495,6 +495,10 @@ class LedgerConsumer(faust_aiokafka.Consumer):
                     await self._survive_fetch_error(exc)
                 finally:
                     unset_flag(CONSUMER_FETCHING)
+                    # The fetch is the agents' now: once they have applied it (and given its bytes
+                    # back), it must not stay alive here while the next fetch waits for room.
+                    records = None
+                    fetched = item = None  # type: ignore[assignment]
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 self.log.info("Broker stopped consumer, shutting down...")

@@ -397,6 +397,9 @@ class Pipeline:
                 finally:
                     st.writing = False
                     self.budget.give(sum(e.nbytes for e in entries))
+                    # The records leave memory as their bytes leave the budget, not when the next
+                    # batch is taken (a partition may wait long for it).
+                    del entries
                 if (
                     st.held
                     and st.blocked is None
@@ -543,7 +546,10 @@ class Pipeline:
                 initial=self.config.retry_initial_s, max=self.config.retry_max_s, jitter=self.config.retry_initial_s
             ),
             stop=stop,
-            before_sleep=self._log_retry(batch),
+            # Not the batch: the retrying object and its call state refer to each other, so what
+            # they hold lives until a full garbage collection, which a worker seldom does. Holding
+            # the batch would keep its records (64 KiB messages: megabytes) out of the byte budget.
+            before_sleep=self._log_retry(batch.partition, batch.first_offset),
             reraise=True,
         )
         try:
@@ -578,7 +584,7 @@ class Pipeline:
                 self.block(st.number, "log_changed", str(exc))
                 return None
 
-    def _log_retry(self, batch: Batch[Any]) -> Callable[[RetryCallState], None]:
+    def _log_retry(self, partition: int, first_offset: int) -> Callable[[RetryCallState], None]:
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             kind = "transient" if isinstance(exc, TransientSinkError) else "unexpected"
@@ -586,8 +592,8 @@ class Pipeline:
             wait = state.next_action.sleep if state.next_action else 0.0
             fields = dict(
                 topic=self.topic,
-                partition=batch.partition,
-                first_offset=batch.first_offset,
+                partition=partition,
+                first_offset=first_offset,
                 attempt=state.attempt_number,
                 retry_in_s=round(wait, 2),
                 error=str(exc),

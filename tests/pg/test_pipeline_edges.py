@@ -11,6 +11,7 @@ broker reports as records, is tested end to end in tests/e2e.)
 from __future__ import annotations
 
 import asyncio
+import gc
 import uuid
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
@@ -22,7 +23,7 @@ import pytest
 
 from schemas.deadletter import DeadLetter
 from schemas.metric import MetricEvent
-from sinks.core.batch import LogIdentity
+from sinks.core.batch import LogIdentity, Record
 from sinks.core.sink import Sink
 from sinks.pool import open_pool
 from sinks.writers.metric import MetricWriter
@@ -191,3 +192,30 @@ async def test_a_failure_that_is_neither_transient_nor_a_records_ends_the_pipeli
         assert ledger(database_url, sink.group, topic) in (None, (-1, 0))
     finally:
         await pool.close()
+
+
+async def test_an_applied_batch_leaves_memory_without_waiting_for_the_cycle_collector(
+    sink: Sink, database_url: str
+) -> None:
+    """Records weigh in the worker's byte budget until they are applied, when their bytes are given
+    back: they must leave memory then too. A batch held by a reference cycle (the retry loop's)
+    or by its partition's task until the next batch kept 64 KiB messages alive far beyond the
+    budget, until a full garbage collection, which a worker seldom does."""
+    topic, tenant, log = f"m-{uuid.uuid4().hex[:8]}", str(uuid.uuid4()), RetainedLog(start=0)
+    p = pipeline(sink, log, topic, "stop")
+    p.on_assigned({0})
+
+    def alive() -> int:
+        return sum(1 for o in gc.get_objects() if isinstance(o, Record) and str(o.event.tenant_id) == tenant)
+
+    gc.collect()
+    gc.disable()
+    try:
+        p.ingest(messages(tenant, range(0, 30)))
+        assert alive() == 30
+        await until(lambda: (ledger(database_url, sink.group, topic) or (-1, 0))[0] == 29)
+        await until(lambda: p.budget.used == 0)
+        assert alive() == 0, "applied records are still in memory"
+    finally:
+        gc.enable()
+    await p.drain()

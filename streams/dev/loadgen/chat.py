@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -38,6 +38,9 @@ class ChatLoad(Load):
     max_turns: int = 8
     invalid: float = 0.0
     max_content_bytes: int = 64 * 1024
+    # Every valid message's content this many UTF-8 bytes (ASCII words), not a short sentence:
+    # large-record loads (the benchmark's memory scenario). None: 3 to 60 words.
+    content_bytes: int | None = None
 
 
 @dataclass
@@ -50,6 +53,22 @@ class ChatReport(Counts):
 
 def _text(rng: random.Random, words: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(words)).capitalize() + "."
+
+
+def _filler(seed: int | None, size: int) -> str:
+    """`size` bytes of words, from which large contents are sliced (no new words per message:
+    a 64 KiB message would take thousands of draws)."""
+    rng = random.Random(seed)
+    text = ""
+    while len(text) < size:
+        text += " ".join(rng.choices(WORDS, k=16_384)) + " "
+    return text[:size]
+
+
+def _padded(text: str, rng: random.Random, filler: str, size: int) -> str:
+    """`text` followed by a slice of `filler` from a random word on: exactly `size` bytes."""
+    start = filler.find(" ", rng.randrange(len(filler) - size - 16)) + 1
+    return (text + " " + filler[start : start + size])[:size]
 
 
 def _message(rng: random.Random, conv_id: str, conv: Conversation, turn: int, at: datetime, dedupe_id: str) -> dict:
@@ -98,7 +117,11 @@ async def produce_chat(
         conversations[conv_id] = Conversation(tenant, f"user-{rng.randrange(1000)}")
         remaining[conv_id] = rng.randint(load.min_turns, load.max_turns)
     turns: Counter[str] = Counter()
-    sent_bytes: list[tuple[bytes, bytes]] = []
+    # Re-sends pick among the last 500 records sent: only those are kept (large loads).
+    sent_bytes: deque[tuple[bytes, bytes]] = deque(maxlen=500)
+    size = load.content_bytes
+    filler = _filler(load.seed, 1024 * 1024 + size + 16) if size else ""
+    filler_rng = random.Random(load.seed)
     sender = Sender(publisher, topic, report, load.rate, on_progress)
     clock = datetime.now(UTC) - timedelta(hours=1)
     while remaining:
@@ -106,6 +129,8 @@ async def produce_chat(
         conv = conversations[conv_id]
         clock += timedelta(microseconds=rng.randrange(1, 2_000_000))
         body = _message(rng, conv_id, conv, turns[conv_id], clock, f"{run}-{conv_id[:8]}-{turns[conv_id]}")
+        if size:
+            body["content"] = _padded(str(body["content"]), filler_rng, filler, size)
         key = conv.tenant_id.encode()
         roll = rng.random()
         if roll < load.invalid:
@@ -114,7 +139,7 @@ async def produce_chat(
             report.invalid += 1
             report.invalid_kinds[kind] += 1
         elif roll < load.invalid + load.duplicates and sent_bytes:
-            key, value = rng.choice(sent_bytes[-500:])
+            key, value = rng.choice(sent_bytes)
             report.duplicates += 1
         else:
             value = orjson.dumps(body)
