@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 
 import orjson
 import pytest
@@ -23,7 +24,8 @@ pytestmark = pytest.mark.e2e
 
 
 def test_a_batch_the_client_cannot_read_stops_only_its_partition_until_skipped(scenario: Scenario) -> None:
-    s, sent = scenario, Sent()
+    # Eight tenants (keys): three could all hash to one of the four partitions (1 in 16).
+    s, sent = scenario, Sent(tenants=[str(uuid.uuid4()) for _ in range(8)])
     create_topics(s)
     publish(s, sent, 1200, duplicates=0.0, seed=401)
     assert len(sent.last_offsets) >= 2
