@@ -31,6 +31,21 @@ from streams.tools.expected import Counters, Expected, read_expected
 from streams.tools.reader import Reader, read_all
 
 
+def eventsink(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 180, text: bool = True
+) -> subprocess.CompletedProcess[Any]:
+    """`eventsink ARGS` as a real process, as an operator runs it: stdin closed, stdout and stderr
+    captured, JSON logs. `env` adds to (or, with the os environment in it, is) its environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "streams.cli", *args],
+        env={**os.environ, "EVENTSINK_LOG_FORMAT": "json", **(env or {})},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=text,
+        timeout=timeout,
+    )
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.2, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -83,6 +98,12 @@ class Scenario:
             group_id=self.group,
         )
         return by_name(settings, name)
+
+    def cli(
+        self, *args: str, dsn: str | None = None, timeout: float = 180, **extra: str
+    ) -> subprocess.CompletedProcess[str]:
+        """`eventsink ARGS` against this scenario's broker, topics and database (`dsn`: another)."""
+        return eventsink(*args, env=self.env(dsn, **extra), timeout=timeout)
 
     def env(self, dsn: str | None = None, **extra: str) -> dict[str, str]:
         env = {

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +19,7 @@ from sinks.migrate import migrate
 from streams.cli.backup import libpq_environment, manifest_path, pg_tool
 from streams.dev import embedded
 from tests.faults.traffic import oracle
-from tests.helpers import Scenario, WorkerProcess, wait_applied
+from tests.helpers import Scenario, WorkerProcess, eventsink, wait_applied
 from tests.workload import Sent, apply_all_kinds, create_topics, publish
 
 PLANTED = "Pl4nted-backup-secret"
@@ -44,18 +41,6 @@ def with_secret(dsn: str) -> tuple[str, str]:
     params = conninfo_to_dict(dsn)
     params.setdefault("password", PLANTED)
     return make_conninfo(**params), str(params["password"])
-
-
-def eventsink(*args: str, dsn: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DATABASE_URL": dsn, "EVENTSINK_LOG_FORMAT": "json"}
-    return subprocess.run(
-        [sys.executable, "-m", "streams.cli", *args],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def rows(dsn: str, query: str) -> list[tuple[Any, ...]]:
@@ -126,12 +111,12 @@ def test_pg_tools_older_than_the_server_are_refused_with_the_package_to_install(
 def test_backup_refuses_a_database_without_the_schema_and_an_existing_file(
     database_url: str, new_database: Callable[[], str], tmp_path: Path
 ) -> None:
-    done = eventsink("backup", str(tmp_path / "none.dump"), dsn=new_database())
+    done = eventsink("backup", str(tmp_path / "none.dump"), env={"DATABASE_URL": new_database()})
     assert done.returncode == 1 and "has no eventsink schema" in done.stderr, done.stderr
     assert not list(tmp_path.iterdir()), "a failed backup leaves no file behind"
     existing = tmp_path / "existing.dump"
     existing.write_text("keep me")
-    done = eventsink("backup", str(existing), dsn=database_url)
+    done = eventsink("backup", str(existing), env={"DATABASE_URL": database_url})
     assert done.returncode == 1 and "--force" in done.stderr
     assert existing.read_text() == "keep me"
 
@@ -140,12 +125,12 @@ def test_restore_refuses_a_backup_that_does_not_match_its_manifest(
     database_url: str, new_database: Callable[[], str], tmp_path: Path
 ) -> None:
     dump = tmp_path / "eventsink.dump"
-    assert eventsink("backup", str(dump), dsn=database_url).returncode == 0
+    assert eventsink("backup", str(dump), env={"DATABASE_URL": database_url}).returncode == 0
     data = bytearray(dump.read_bytes())
     data[len(data) // 2] ^= 0xFF
     dump.write_bytes(bytes(data))
     target = new_database()
-    done = eventsink("restore", str(dump), dsn=target)
+    done = eventsink("restore", str(dump), env={"DATABASE_URL": target})
     assert done.returncode == 1 and "checksum" in done.stderr, done.stderr
     assert rows(target, "SELECT to_regnamespace('eventsink')") == [(None,)], "nothing was restored"
 
@@ -154,12 +139,12 @@ def test_restore_refuses_a_target_schema_newer_than_the_backup(
     database_url: str, new_database: Callable[[], str], tmp_path: Path
 ) -> None:
     dump = tmp_path / "eventsink.dump"
-    assert eventsink("backup", str(dump), dsn=database_url).returncode == 0
+    assert eventsink("backup", str(dump), env={"DATABASE_URL": database_url}).returncode == 0
     target = new_database()
     migrate(target)
     with psycopg.connect(target) as conn:
         conn.execute("CREATE TABLE eventsink.from_a_later_migration (id int)")
-    done = eventsink("restore", str(dump), dsn=target)
+    done = eventsink("restore", str(dump), env={"DATABASE_URL": target})
     assert done.returncode == 1 and "from_a_later_migration" in done.stderr, done.stderr
 
 
@@ -174,7 +159,7 @@ def test_a_restored_backup_has_the_same_rows_ledger_and_sequences_and_passes_ver
     outputs = []
 
     dump = tmp_path / "eventsink.dump"
-    made = eventsink("backup", str(dump), dsn=source)
+    made = eventsink("backup", str(dump), env={"DATABASE_URL": source})
     outputs.append(made)
     assert made.returncode == 0, made.stderr
     manifest = orjson.loads(manifest_path(dump).read_bytes())
@@ -185,7 +170,7 @@ def test_a_restored_backup_has_the_same_rows_ledger_and_sequences_and_passes_ver
     # Into an empty database: the schema is created, rows, ledger and identity sequences are the same.
     restored = new_database()
     target, target_secret = with_secret(restored)
-    done = eventsink("restore", str(dump), "--target-url", target, dsn=source)
+    done = eventsink("restore", str(dump), "--target-url", target, env={"DATABASE_URL": source})
     outputs.append(done)
     assert done.returncode == 0, done.stderr
     assert table_counts(restored) == counts
@@ -198,12 +183,12 @@ def test_a_restored_backup_has_the_same_rows_ledger_and_sequences_and_passes_ver
     oracle(dataclasses.replace(s, dsn=restored))
 
     # Into a database whose schema holds rows: only with --yes, and the result is the same.
-    refused = eventsink("restore", str(dump), dsn=target)
+    refused = eventsink("restore", str(dump), env={"DATABASE_URL": target})
     outputs.append(refused)
     assert refused.returncode == 1 and "--yes" in refused.stderr
     with psycopg.connect(restored) as conn:
         conn.execute("DELETE FROM eventsink.metrics_raw WHERE id IN (SELECT id FROM eventsink.metrics_raw LIMIT 10)")
-    replaced = eventsink("restore", str(dump), "--yes", dsn=target)
+    replaced = eventsink("restore", str(dump), "--yes", env={"DATABASE_URL": target})
     outputs.append(replaced)
     assert replaced.returncode == 0, replaced.stderr
     assert table_counts(restored) == counts
@@ -215,7 +200,7 @@ def test_a_restored_backup_has_the_same_rows_ledger_and_sequences_and_passes_ver
             "DELETE FROM eventsink.offsets_ledger WHERE consumer_group = %s AND topic = %s", (s.group, s.topic)
         )
     before = table_counts(restored)
-    failed = eventsink("restore", str(dump), "--yes", dsn=target)
+    failed = eventsink("restore", str(dump), "--yes", env={"DATABASE_URL": target})
     outputs.append(failed)
     assert failed.returncode == 1 and "blocks_restore" in failed.stderr and "Nothing was changed" in failed.stderr
     assert table_counts(restored) == before
@@ -237,12 +222,12 @@ def test_workers_refill_what_a_restore_to_an_earlier_point_took_away(scenario: S
         publish(s, sent, 800, seed=41)
         wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
         dump = tmp_path / "point.dump"
-        assert eventsink("backup", str(dump), dsn=s.dsn).returncode == 0
+        assert eventsink("backup", str(dump), env={"DATABASE_URL": s.dsn}).returncode == 0
         publish(s, sent, 800, seed=42)  # committed after the backup: their keys go to the changelog
         wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
     finally:
         assert w.stop() == 0
-    restored = eventsink("restore", str(dump), "--yes", dsn=s.dsn)
+    restored = eventsink("restore", str(dump), "--yes", env={"DATABASE_URL": s.dsn})
     assert restored.returncode == 0, restored.stderr
     assert mine(s, sent) < sent.unique
     after = WorkerProcess(s.env(), s.data_dir / "after.log").start()

@@ -14,19 +14,9 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from streams.dev.embedded import free_port
-from tests.helpers import Scenario
+from tests.helpers import Scenario, eventsink
 
 PASSWORD = "pw-" + uuid.uuid4().hex
-
-
-def eventsink(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "streams.cli", *args],
-        env={**os.environ, "EVENTSINK_LOG_FORMAT": "json", **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def with_password(dsn: str, port: int | None = None) -> str:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import subprocess
-import sys
 import uuid
 
 import psycopg
@@ -21,12 +19,6 @@ from tests.workload import create_topics, metric_json
 pytestmark = pytest.mark.e2e
 
 Headers = list[tuple[str, bytes | None]]
-
-
-def eventsink(s: Scenario, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "streams.cli", *args], env=s.env(**env), capture_output=True, text=True, timeout=120
-    )
 
 
 def send(s: Scenario, topic: str, records: list[tuple[bytes | None, bytes | None, Headers]]) -> None:
@@ -68,22 +60,22 @@ def test_a_forged_source_header_is_replayed_nowhere_and_to_sends_where_the_opera
     )
     # No record's original is in PostgreSQL: the replay never connects to it.
     unreachable = "postgresql://nobody@127.0.0.1:1/none"
-    dry = eventsink(s, "dlq", "replay", s.dlq_topic, "--dry-run", DATABASE_URL=unreachable)
+    dry = s.cli("dlq", "replay", s.dlq_topic, "--dry-run", DATABASE_URL=unreachable)
     assert dry.returncode == 1 and f"would replay 1 record(s) from {s.dlq_topic} to {s.topic}" in dry.stderr
     assert read(s, s.topic) == []
 
-    done = eventsink(s, "dlq", "replay", s.dlq_topic, DATABASE_URL=unreachable)
+    done = s.cli("dlq", "replay", s.dlq_topic, DATABASE_URL=unreachable)
     assert done.returncode == 1, done.stderr
     assert f"replayed 1 record(s) from {s.dlq_topic} to {s.topic} (0 repeats skipped, 3 refused)" in done.stderr
     for why in (f"names '{victim}', not '{s.topic}'", f"names '{s.chat_topic}'", "names no topic"):
         assert why in done.stderr
     assert [(r.key, r.value, r.headers) for r in read(s, s.topic)] == [(tenant.encode(), genuine, [("trace", b"t")])]
 
-    to = eventsink(s, "dlq", "replay", s.dlq_topic, "--to", elsewhere)
+    to = s.cli("dlq", "replay", s.dlq_topic, "--to", elsewhere)
     assert to.returncode == 1 and f"replayed 1 record(s) from {s.dlq_topic} to {elsewhere}" in to.stderr
     assert [r.value for r in read(s, elsewhere)] == [genuine]
 
-    unpaired = eventsink(s, "dlq", "replay", f"{victim}.dlq")
+    unpaired = s.cli("dlq", "replay", f"{victim}.dlq")
     assert unpaired.returncode == 1 and "not a dead-letter topic of these settings" in unpaired.stderr
     assert "pass --to TOPIC" in unpaired.stderr
     # The topics the forged headers named received nothing; the source topic only the genuine record.
@@ -120,16 +112,16 @@ def test_a_dead_letter_kept_in_postgresql_is_replayed_from_there(scenario: Scena
         return tenant, original[:100], headers
 
     send(s, s.dlq_topic, [marker(20), marker(21), marker(22), marker(20)])
-    listed = eventsink(s, "dlq", "list", s.dlq_topic)
+    listed = s.cli("dlq", "list", s.dlq_topic)
     assert listed.returncode == 0 and listed.stdout.count("original in PostgreSQL") == 4
 
-    done = eventsink(s, "dlq", "replay", s.dlq_topic)
+    done = s.cli("dlq", "replay", s.dlq_topic)
     assert done.returncode == 1, done.stderr
     assert "replayed 1 record(s)" in done.stderr and "(1 repeats skipped, 2 refused)" in done.stderr
     assert f"its original ({s.group}, {s.topic}[0]@21) is not in the database" in done.stderr
     assert "does not match the letter's SHA-256 header" in done.stderr
     assert [(r.key, r.value, r.headers) for r in read(s, s.topic)] == [(tenant, original, [("trace", b"t")])]
 
-    unreachable = eventsink(s, "dlq", "replay", s.dlq_topic, DATABASE_URL="postgresql://nobody@127.0.0.1:1/none")
+    unreachable = s.cli("dlq", "replay", s.dlq_topic, DATABASE_URL="postgresql://nobody@127.0.0.1:1/none")
     assert unreachable.returncode == 1 and "OperationalError" in unreachable.stderr
     assert len(read(s, s.topic)) == 1  # nothing sent when the originals cannot be read

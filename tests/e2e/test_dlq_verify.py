@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
 
 import orjson
@@ -16,14 +14,8 @@ from tests.workload import Sent, apply_all_kinds, create_topics, publish, send_r
 pytestmark = pytest.mark.e2e
 
 
-def eventsink(s: Scenario, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "streams.cli", *args], env=s.env(**env), capture_output=True, text=True, timeout=120
-    )
-
-
 def verified(s: Scenario, topic: str, *extra: str) -> tuple[int, dict]:
-    done = eventsink(s, "verify", topic, "--json", *extra)
+    done = s.cli("verify", topic, "--json", *extra)
     return done.returncode, orjson.loads(done.stdout)
 
 
@@ -74,7 +66,7 @@ def test_verify_reconciles_every_kind_and_finds_what_is_wrong(scenario: Scenario
     assert code == 1 and report["total"]["duplicated"] == 1 and "counters" in report["problems"][0]
     code, report = verified(s, s.analysis_topic)
     assert code == 1 and report["total"]["duplicated"] == 1 and "in-order result" in report["problems"][0]
-    human = eventsink(s, "verify", s.topic)
+    human = s.cli("verify", s.topic)
     assert human.returncode == 1 and "inconsistent" in human.stderr and "missing" in human.stdout
 
 
@@ -117,16 +109,16 @@ def test_dlq_list_and_replay_after_a_limit_is_raised(scenario: Scenario) -> None
         wait_applied(s.dsn, s.group, s.chat_topic, sent.last_offsets)
     finally:
         strict.stop()
-    listed = [orjson.loads(x) for x in eventsink(s, "dlq", "list", f"{s.chat_topic}.dlq", "--json").stdout.splitlines()]
+    listed = [orjson.loads(x) for x in s.cli("dlq", "list", f"{s.chat_topic}.dlq", "--json").stdout.splitlines()]
     assert sorted(r["reason"] for r in listed) == ["invalid_json", "too_large", "too_large", "too_large"]
-    too_large = eventsink(s, "dlq", "list", f"{s.chat_topic}.dlq", "--reason", "too_large", "--json")
+    too_large = s.cli("dlq", "list", f"{s.chat_topic}.dlq", "--reason", "too_large", "--json")
     assert len(too_large.stdout.splitlines()) == 3
-    assert eventsink(s, "dlq", "list", f"{s.chat_topic}.dlq", "--tenant", str(uuid.uuid4())).stdout.count("@") == 0
+    assert s.cli("dlq", "list", f"{s.chat_topic}.dlq", "--tenant", str(uuid.uuid4())).stdout.count("@") == 0
 
     # Replayed twice before a worker runs, so that the second replay meets the same four letters
     # (a running worker would dead-letter the invalid one again in between, a fifth letter).
     for _ in range(2):  # replaying twice changes nothing the second time
-        done = eventsink(s, "dlq", "replay", f"{s.chat_topic}.dlq")
+        done = s.cli("dlq", "replay", f"{s.chat_topic}.dlq")
         assert done.returncode == 0 and "replayed 4 record(s)" in done.stderr
     relaxed = WorkerProcess(s.env(), s.data_dir / "relaxed.log").start()
     try:

@@ -33,14 +33,8 @@ def worker(s: Scenario, tag: str = "w", **env: str) -> WorkerProcess:
     return WorkerProcess(s.env(**env), s.data_dir / f"{tag}.log").start()
 
 
-def eventsink(s: Scenario, *args: str, dsn: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "streams.cli", *args], env=s.env(dsn), capture_output=True, text=True, timeout=180
-    )
-
-
 def verified(s: Scenario, topic: str) -> dict[str, Any]:
-    done = eventsink(s, "verify", topic, "--json", dsn=s.dsn)
+    done = s.cli("verify", topic, "--json", dsn=s.dsn)
     report = orjson.loads(done.stdout)
     assert done.returncode == 0 and report["ok"], report["problems"]
     return report["total"]
@@ -158,7 +152,7 @@ def test_with_reject_the_new_field_goes_to_the_dlq_named_and_is_replayable(scena
 
     tolerant = worker(s, "tolerant")  # the policy back to keep: the refused events can come back
     try:
-        done = eventsink(s, "dlq", "replay", s.dlq_topic, "--reason", "unknown_field")
+        done = s.cli("dlq", "replay", s.dlq_topic, "--reason", "unknown_field")
         assert done.returncode == 0 and "replayed 100 record(s)" in done.stderr, done.stderr
         wait_until(lambda: len(metric_rows(s.dsn, tenant)) == 200, 90, what="replayed events applied")
     finally:

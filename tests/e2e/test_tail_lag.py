@@ -15,12 +15,6 @@ from tests.helpers import Scenario, WorkerProcess, committed_offsets, wait_appli
 from tests.workload import Sent, create_topics, metric_json, send_raw
 
 
-def eventsink(s: Scenario, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "streams.cli", *args], env=s.env(), capture_output=True, text=True, timeout=timeout
-    )
-
-
 def json_lines(done: subprocess.CompletedProcess[str]) -> list[dict]:
     assert done.returncode == 0, done.stderr
     return [orjson.loads(line) for line in done.stdout.splitlines()]
@@ -41,7 +35,7 @@ def loaded(scenario: Scenario) -> tuple[Scenario, Sent, str, str]:
 
 def test_tail_decodes_filters_and_marks_invalid_records(loaded: tuple[Scenario, Sent, str, str]) -> None:
     s, _, a, b = loaded
-    everything = json_lines(eventsink(s, "tail", s.topic, "--from-beginning", "--format", "json"))
+    everything = json_lines(s.cli("tail", s.topic, "--from-beginning", "--format", "json"))
     assert len(everything) == 11
     invalid = [r for r in everything if not r["valid"]]
     assert (
@@ -50,13 +44,13 @@ def test_tail_decodes_filters_and_marks_invalid_records(loaded: tuple[Scenario, 
         and "name" in invalid[0]["error"]["detail"]
     )
     assert {r["event"]["tenant_id"] for r in everything if r["valid"]} == {a, b}
-    only_b = json_lines(eventsink(s, "tail", s.topic, "--from-beginning", "--format", "json", "--tenant", b))
+    only_b = json_lines(s.cli("tail", s.topic, "--from-beginning", "--format", "json", "--tenant", b))
     assert [r["event"]["value"] for r in only_b] == [100.0, 101.0, 102.0, 103.0]
-    grep = json_lines(eventsink(s, "tail", s.topic, "--from-beginning", "--format", "json", "--grep", "needle"))
+    grep = json_lines(s.cli("tail", s.topic, "--from-beginning", "--format", "json", "--grep", "needle"))
     assert [r["offset"] for r in grep] == [6]
-    last = json_lines(eventsink(s, "tail", s.topic, "--last", "2", "--format", "json", "--partition", "0"))
+    last = json_lines(s.cli("tail", s.topic, "--last", "2", "--format", "json", "--partition", "0"))
     assert [(r["partition"], r["offset"]) for r in last] == [(0, 5), (0, 6)]
-    pretty = eventsink(s, "tail", s.topic, "--from-beginning", "--partition", "1")
+    pretty = s.cli("tail", s.topic, "--from-beginning", "--partition", "1")
     assert pretty.returncode == 0 and pretty.stdout.count("\n") == 4 and "cpu=100" in pretty.stdout
 
 
@@ -92,7 +86,7 @@ def test_tail_shows_dead_letters_with_their_reason(scenario: Scenario) -> None:
         wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
     finally:
         w.stop()
-    rows = json_lines(eventsink(s, "tail", s.dlq_topic, "--from-beginning", "--format", "json"))
+    rows = json_lines(s.cli("tail", s.dlq_topic, "--from-beginning", "--format", "json"))
     assert len(rows) == 1
     assert rows[0]["dlq"]["reason"] == "invalid_json"
     assert (rows[0]["dlq"]["source_topic"], rows[0]["dlq"]["source_partition"], rows[0]["dlq"]["source_offset"]) == (
@@ -100,7 +94,7 @@ def test_tail_shows_dead_letters_with_their_reason(scenario: Scenario) -> None:
         2,
         0,
     )
-    assert "DLQ invalid_json" in eventsink(s, "tail", s.dlq_topic, "--from-beginning").stdout
+    assert "DLQ invalid_json" in s.cli("tail", s.dlq_topic, "--from-beginning").stdout
 
 
 @pytest.mark.e2e
@@ -114,7 +108,7 @@ def test_tail_and_lag_leave_the_group_alone_and_lag_counts_a_known_backlog(scena
     send_raw(
         s, sent, [(tenant.encode(), metric_json(tenant, f"f{i}")) for i in range(25)], partition=3, one_by_one=True
     )
-    before = json_lines(eventsink(s, "lag", "--json"))[0]
+    before = json_lines(s.cli("lag", "--json"))[0]
     by_partition = {p["partition"]: p for p in before["partitions"] if p["topic"] == s.topic}
     assert {p: (v["end_offset"], v["committed"], v["applied"], v["ledger_lag"]) for p, v in by_partition.items()} == {
         0: (40, None, 0, 40),
@@ -122,7 +116,7 @@ def test_tail_and_lag_leave_the_group_alone_and_lag_counts_a_known_backlog(scena
         2: (0, None, 0, 0),
         3: (25, None, 0, 25),
     }
-    failing = eventsink(s, "lag", "--max-lag", "64")
+    failing = s.cli("lag", "--max-lag", "64")
     assert failing.returncode == 2 and "65" in failing.stdout
     w = WorkerProcess(s.env(), s.data_dir / "w.log").start()
     try:
@@ -135,7 +129,7 @@ def test_tail_and_lag_leave_the_group_alone_and_lag_counts_a_known_backlog(scena
             30,
             what="Kafka commits from the ledger",
         )
-        tail = eventsink(s, "tail", s.topic, "--from-beginning", "--format", "json")
+        tail = s.cli("tail", s.topic, "--from-beginning", "--format", "json")
         assert len(tail.stdout.splitlines()) == 65
         time.sleep(2)
         assert asyncio.run(committed_offsets(s.bootstrap, s.group, s.topic, range(4))) == committed
@@ -145,24 +139,22 @@ def test_tail_and_lag_leave_the_group_alone_and_lag_counts_a_known_backlog(scena
     finally:
         assert w.stop() == 0
     send_raw(s, sent, [(tenant.encode(), metric_json(tenant, f"g{i}")) for i in range(7)], partition=0, one_by_one=True)
-    after = {
-        p["partition"]: p for p in json_lines(eventsink(s, "lag", "--json"))[0]["partitions"] if p["topic"] == s.topic
-    }
+    after = {p["partition"]: p for p in json_lines(s.cli("lag", "--json"))[0]["partitions"] if p["topic"] == s.topic}
     assert (after[0]["end_offset"], after[0]["committed"], after[0]["applied"]) == (47, 40, 40)
     assert (after[0]["kafka_lag"], after[0]["ledger_lag"], after[3]["ledger_lag"]) == (7, 7, 0)
-    assert eventsink(s, "lag", "--max-lag", "7").returncode == 0
-    human = eventsink(s, "lag")
+    assert s.cli("lag", "--max-lag", "7").returncode == 0
+    human = s.cli("lag")
     assert human.returncode == 0 and "total" in human.stdout and s.topic in human.stdout
 
 
 def test_topics_create_is_explicit_and_idempotent(scenario: Scenario) -> None:
     s = scenario
-    first = eventsink(s, "topics", "create", "--partitions", "3")
+    first = s.cli("topics", "create", "--partitions", "3")
     assert first.returncode == 0, first.stderr
     assert first.stdout.count("created") >= 6 and "cleanup.policy=compact" in first.stdout
-    again = eventsink(s, "topics", "create", "--partitions", "3")
+    again = s.cli("topics", "create", "--partitions", "3")
     assert again.returncode == 0 and "created" not in again.stdout.replace("(created", "")
-    listed = eventsink(s, "topics", "list")
+    listed = s.cli("topics", "list")
     assert s.chat_topic in listed.stdout and "missing" not in listed.stdout
 
 
@@ -170,7 +162,7 @@ def test_topics_create_is_explicit_and_idempotent(scenario: Scenario) -> None:
 def test_tail_guesses_the_kind_or_asks_for_it(scenario: Scenario) -> None:
     s = scenario
     create_topics(s)
-    asked = eventsink(s, "tail", f"other-{uuid.uuid4().hex[:6]}")
+    asked = s.cli("tail", f"other-{uuid.uuid4().hex[:6]}")
     assert asked.returncode == 2 and "--type" in asked.stderr
-    missing = eventsink(s, "tail", f"other-{uuid.uuid4().hex[:6]}", "--type", "chat")
+    missing = s.cli("tail", f"other-{uuid.uuid4().hex[:6]}", "--type", "chat")
     assert missing.returncode == 1 and "does not exist" in missing.stderr

@@ -6,8 +6,6 @@ silently: every event ends stored once, or its partition waits loudly for an ope
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -22,16 +20,6 @@ from tests.web import get, samples, total
 from tests.workload import Sent, create_topics, metric_json, publish
 
 pytestmark = pytest.mark.e2e
-
-
-def eventsink(s: Scenario, *args: str, dsn: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "streams.cli", *args],
-        env=s.env(dsn),
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
 
 
 def stored(s: Scenario, sent: Sent) -> int:
@@ -51,10 +39,10 @@ def test_a_database_restored_to_an_earlier_point_under_a_running_worker_gets_eve
         publish(s, sent, 2000, duplicates=0.1, seed=101)
         wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
         dump = tmp_path / "before.dump"
-        assert eventsink(s, "backup", str(dump), dsn=s.dsn).returncode == 0
+        assert s.cli("backup", str(dump), dsn=s.dsn).returncode == 0
         publish(s, sent, 1000, duplicates=0.1, seed=102)  # committed after the backup: cached keys
         wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
-        restored = eventsink(s, "restore", str(dump), "--yes", dsn=s.dsn)
+        restored = s.cli("restore", str(dump), "--yes", dsn=s.dsn)
         assert restored.returncode == 0, restored.stderr
         assert stored(s, sent) < sent.unique  # the last 1000 are gone from the database
         publish(s, sent, 500, duplicates=0.1, seed=103)
@@ -111,10 +99,10 @@ def test_a_recreated_topic_stops_its_partitions_until_an_operator_resets_the_led
         assert stored(s, old) == old.unique, "a record of the new log was applied past a ledger of the old one"
         assert any(e.get("event") == "partition stopped" and e.get("reason") == "log_changed" for e in w.logs())
 
-        dry = eventsink(s, "ledger", "reset", "--topic", s.topic, "--dry-run")
+        dry = s.cli("ledger", "reset", "--topic", s.topic, "--dry-run")
         assert dry.returncode == 0 and "dry run: nothing changed" in dry.stderr, dry.stderr
         assert stored(s, old) == old.unique
-        done = eventsink(s, "ledger", "reset", "--topic", s.topic)
+        done = s.cli("ledger", "reset", "--topic", s.topic)
         assert done.returncode == 0 and f"reset {len(counted)} partition(s)" in done.stderr, done.stderr
         wait_until(lambda: stored(s, old) == old.unique + new.unique, 90, what="the new log applied after the reset")
         wait_applied(s.dsn, s.group, s.topic, new.last_offsets)

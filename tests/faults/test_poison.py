@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -29,7 +27,7 @@ from schemas.deadletter import H_REASON, H_SOURCE_OFFSET, Reason
 from tests.faults.fuzz import fuzz
 from tests.faults.poison import Case, Dead, Item, healthy, log_problems, run, settle, topics_of
 from tests.faults.traffic import oracle
-from tests.helpers import Scenario, WorkerProcess, wait_until
+from tests.helpers import Scenario, WorkerProcess, eventsink, wait_until
 from tests.producers import Client, Raw, create_topics, produce
 from tests.stored import dead_letters, expected, payload, rows
 from tests.strategies import nested
@@ -547,10 +545,6 @@ def test_poison_records_between_valid_ones(scenario: Scenario, client: Client) -
     assert not log_problems(w), log_problems(w)
 
 
-def eventsink(s: Scenario, *args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-m", "streams.cli", *args], env=s.env(), capture_output=True, timeout=180)
-
-
 def tools_problems(s: Scenario, cases: list[Case]) -> list[str]:
     """`eventsink tail` and `eventsink dlq list` read every poisoned topic to its end, decode
     each record as the worker did, and print no terminal control character."""
@@ -562,7 +556,9 @@ def tools_problems(s: Scenario, cases: list[Case]) -> list[str]:
                 verdicts[(topics_of(s)[case.kind], *item.placed)] = item.dead is None
     for kind, topic in topics_of(s).items():
         for fmt in ("json", "pretty"):
-            done = eventsink(s, "tail", topic, "--from-beginning", "--format", fmt, "--type", kind)
+            done = eventsink(
+                "tail", topic, "--from-beginning", "--format", fmt, "--type", kind, env=s.env(), text=False
+            )
             if done.returncode != 0 or b"\x1b" in done.stdout:
                 problems.append(f"tail {topic} --format {fmt}: exit {done.returncode}, {done.stderr[-800:]!r}")
                 continue
@@ -573,7 +569,7 @@ def tools_problems(s: Scenario, cases: list[Case]) -> list[str]:
                     if want is not None and row["valid"] != want:
                         problems.append(f"tail {topic}[{row['partition']}]@{row['offset']}: valid={row['valid']}")
         for as_json in (("--json",), ()):
-            done = eventsink(s, "dlq", "list", f"{topic}.dlq", "--limit", "100000", *as_json)
+            done = eventsink("dlq", "list", f"{topic}.dlq", "--limit", "100000", *as_json, env=s.env(), text=False)
             if done.returncode != 0 or b"\x1b" in done.stdout:
                 problems.append(f"dlq list {topic}.dlq {as_json}: exit {done.returncode}, {done.stderr[-800:]!r}")
     problems += [f"tail did not show {topic}[{p}]@{o}" for (topic, p, o) in verdicts if topic]
