@@ -22,6 +22,7 @@ from streams.worker.dedupe_cache import DedupeCache
 from streams.worker.faust_internals import (
     ChannelReader,
     EventsinkApp,
+    LeanTableManager,
     LedgerConsumer,
     RawSchema,
     commit_offsets,
@@ -63,6 +64,7 @@ def faust_config(settings: Settings) -> dict[str, Any]:
         web_port=settings.web_port,
         web_bind="0.0.0.0",
         autodiscover=False,
+        TableManager=LeanTableManager,
     )
 
 

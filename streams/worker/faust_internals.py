@@ -45,6 +45,8 @@ What is reached, and why:
 - **Holding a partition** (`ConsumerThread.call_thread`, aiokafka's `pause` / `resume`): Kafka's
   per-partition pause for a partition whose batch is slow or retried, done in the aiokafka
   consumer on Faust's consumer thread (Faust's own `pause_partitions` loses records, see `hold`).
+- **The table manager's start** (`TableManager.on_start`, `_update_channels`, `recovery`):
+  the same steps without Faust's fixed 1 s sleep, which delays every worker's first assignment.
 - **Diagnostics** (`_active_partitions`, `_paused_partitions`, `_buffered_partitions`,
   `App.topics._topics`, `Producer._producer`): read-only, for logs and `/readyz`.
 """
@@ -66,6 +68,7 @@ from aiokafka.errors import ConsumerStoppedError
 from aiokafka.structs import OffsetAndMetadata
 from aiokafka.structs import TopicPartition as KafkaTopicPartition
 from faust.streams import _current_event
+from faust.tables.manager import TableManager
 from faust.transport.conductor import Conductor
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -514,6 +517,21 @@ class LedgerConsumer(faust_aiokafka.Consumer):
             raise
         finally:
             unset_flag(CONSUMER_FETCHING)
+
+
+class LeanTableManager(TableManager):
+    """Faust's table manager without its fixed one-second wait at start.
+
+    `TableManager.on_start` sleeps 1 s before it registers the tables' changelogs, for tables
+    declared late; the worker declares every table before the app starts (`Runtime`), so that
+    second only delays the first assignment of every worker that starts (the ledger's
+    partitions wait for it too). The rest is Faust's `on_start`, step for step.
+    """
+
+    async def on_start(self) -> None:
+        if not self.should_stop:
+            await self._update_channels()
+            await self.recovery.start()
 
 
 class LedgerTransport(faust_aiokafka.Transport):

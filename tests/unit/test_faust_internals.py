@@ -11,6 +11,7 @@ import contextvars
 import hashlib
 import inspect
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 
 import faust
@@ -130,6 +131,31 @@ def test_aiokafka_moves_a_fetch_position_only_through_these_methods() -> None:
     moves = [line.strip() for line in inspect.getsource(TopicPartitionState).splitlines() if "_position =" in line]
     # The constructor, await_reset, consumed_to (consumption), reset_to and seek; nothing else.
     assert len(moves) == 5, moves
+
+
+def test_the_table_managers_start_is_faust_s_but_for_its_sleep() -> None:
+    """LeanTableManager.on_start repeats TableManager.on_start without `sleep(1.0)`: if Faust's
+    start changes, this fails and the copy must be looked at again."""
+    from faust.tables.manager import TableManager
+
+    body = [line.strip() for line in inspect.getsource(TableManager.on_start).splitlines()]
+    steps = [line for line in body if line.startswith(("await", "if"))]
+    assert steps == [
+        "await self.sleep(1.0)",
+        "if not self.should_stop:",
+        "await self._update_channels()",
+        "await self.recovery.start()",
+    ]
+    assert fi.LeanTableManager.__mro__[1] is TableManager
+
+
+def test_the_worker_app_uses_the_lean_table_manager(tmp_path: Path) -> None:
+    from streams.settings import Settings
+    from streams.worker.app import faust_config
+
+    config = faust_config(Settings(data_dir=str(tmp_path)))
+    app = fi.EventsinkApp("lean-tables-test", **{**config, "web_enabled": False})
+    assert isinstance(app.tables, fi.LeanTableManager)
 
 
 def test_readiness_asks_the_producers_client() -> None:
