@@ -144,6 +144,7 @@ class Runtime:
         app.on_unreadable = self._on_unreadable
         app.on_partitions_revoked.connect(self._on_revoked)
         app.on_partitions_assigned.connect(self._on_assigned)
+        app.on_before_shutdown.connect(self._drain_before_shutdown)
         if settings.web_enabled:
             web.register(self)
 
@@ -194,6 +195,12 @@ class Runtime:
         if not self._opened:
             self._opened = True
             await self.pool.open(wait=False)
+
+    async def _drain_before_shutdown(self, app: Any, **_: Any) -> None:
+        """Faust's `on_before_shutdown`: the consumer has stopped, the producer still runs. Every
+        pipeline writes what it holds now, so that the dedupe table's changelog (and any dead
+        letter) still has a producer; an agent's own drain, later, finds nothing left."""
+        await asyncio.gather(*(asyncio.shield(p.drain()) for p in self.pipelines.values()))
 
     def _register(self, kind: Kind, partitions: int) -> None:
         s = self.settings

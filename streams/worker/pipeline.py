@@ -216,7 +216,11 @@ class Pipeline:
             p = fetch.partition
             owned = self._owned
             st = self._parts.get(p)
-            if (owned is not None and p not in owned) or (st is not None and st.blocked is not None):
+            if (
+                self._stopping  # drained: what comes now is read again by the next owner
+                or (owned is not None and p not in owned)
+                or (st is not None and st.blocked is not None)
+            ):
                 self._stale(len(records), sum(map(record_bytes, records)))
                 continue
             if st is None:
