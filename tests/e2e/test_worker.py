@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections import Counter
 from datetime import UTC, datetime
@@ -289,8 +288,10 @@ def test_a_database_outage_mid_stream_loses_nothing(scenario: Scenario) -> None:
             publish(s, sent, 1500, invalid=0.02, seed=6)
             wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
             proxy.cut()
+            retried = w.logged("batch not committed; retrying")
             publish(s, sent, 1500, invalid=0.02)
-            time.sleep(6)  # several batch timeouts and retries
+            # Several batch timeouts and retries while the database is away.
+            wait_until(lambda: w.logged("batch not committed; retrying") >= retried + 3, 90, what="three retries")
             assert w.alive(), "the worker must not crash while the database is down"
             assert ledger_totals(s.dsn, s.group, s.topic)["events"] < sent.sent
             proxy.restore()
