@@ -95,6 +95,14 @@ def _database(stack: contextlib.ExitStack) -> str:
     return embedded.ensure_database(admin, "eventsink")
 
 
+def _web_port(settings: Settings) -> int:
+    """The configured web port; unless one was set, a free one when the default is taken (a
+    worker already runs on this host): the demo should not fail on a port."""
+    if "EVENTSINK_WEB_PORT" in os.environ or embedded.port_free(settings.web_port):
+        return settings.web_port
+    return embedded.free_port()
+
+
 def _start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
     log = open(STATE / "worker.log", "wb")
     return subprocess.Popen(
@@ -271,10 +279,14 @@ def main(count: int, tenants: int, keep_running: bool) -> None:
                 "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
                 "DATABASE_URL": dsn,
                 "EVENTSINK_SESSION_TIMEOUT_MS": os.environ.get("EVENTSINK_SESSION_TIMEOUT_MS", "6000"),
+                "EVENTSINK_WEB_PORT": str(_web_port(settings)),
             }
             worker = _start_worker(env)
             stack.callback(_stop_worker, worker)
-            _section(f"worker started (pid {worker.pid}, logs in .eventsink/worker.log)")
+            _section(
+                f"worker started (pid {worker.pid}, http://127.0.0.1:{env['EVENTSINK_WEB_PORT']}/metrics, "
+                "logs in .eventsink/worker.log)"
+            )
             _section(
                 f"publishing {count} metric records and proportionate chat and analysis traffic "
                 f"({tenants} tenants, ~10% duplicates, ~1% invalid, analyses partly out of order)"
