@@ -114,9 +114,16 @@ def writer_url(database_url: str) -> str:
     embedded servers authenticate them by trust, a managed server needs their passwords set.
     """
     try:
-        with psycopg.connect(database_url, autocommit=True) as conn, cluster_wide(conn):
-            conn.execute("ALTER ROLE eventsink_writer LOGIN")
-            conn.execute("ALTER ROLE eventsink_retention LOGIN")
+        for attempt in range(5):
+            try:
+                with psycopg.connect(database_url, autocommit=True) as conn, cluster_wide(conn):
+                    conn.execute("ALTER ROLE eventsink_writer LOGIN")
+                    conn.execute("ALTER ROLE eventsink_retention LOGIN")
+                break
+            except psycopg.errors.InternalError_ as exc:
+                # Another client (not a test process of this run) altered the role at that moment.
+                if "concurrently updated" not in str(exc) or attempt == 4:
+                    raise
         writer = with_user(database_url, "eventsink_writer")
         psycopg.connect(writer).close()
         return writer
