@@ -93,8 +93,21 @@ def Integer(pg_type: str, ge: int, le: int) -> Any:
 
 Uuid = Annotated[UUID, PgType("uuid")]
 
-# Strict: an int or a float; not a bool, not a numeric string; finite.
-Float8 = Annotated[float, Field(strict=True, allow_inf_nan=False), PgType("float8")]
+# An integer a double cannot hold exactly (beyond 2**53) would be stored rounded: refused.
+EXACT_FLOAT_INT = 2**53
+
+
+def _exact_as_double(value: Any) -> Any:
+    if type(value) is int and not -EXACT_FLOAT_INT <= value <= EXACT_FLOAT_INT:
+        raise ValueError(
+            f"integer {value} is beyond what a double precision number holds exactly (2**53), it would be "
+            "stored rounded (send it as a float, with a decimal point or an exponent, to accept that)"
+        )
+    return value
+
+
+# Strict: an int or a float; not a bool, not a numeric string; finite; an integer exactly.
+Float8 = Annotated[float, BeforeValidator(_exact_as_double), Field(strict=True, allow_inf_nan=False), PgType("float8")]
 
 Int4 = Integer("int4", -INT4_MAX - 1, INT4_MAX)
 NonNegativeInt4 = Integer("int4", 0, INT4_MAX)

@@ -264,7 +264,12 @@ def main(count: int, tenants: int, keep_running: bool) -> None:
             dsn = _database(stack)
             applied = migrations.migrate(dsn)
             _section(f"database {redact_dsn(dsn)}: {len(applied)} migration(s) applied")
-            settings = load(kafka_bootstrap_servers=bootstrap, database_url=dsn)
+            overrides: dict[str, Any] = {"kafka_bootstrap_servers": bootstrap, "database_url": dsn}
+            if "KAFKA_BOOTSTRAP_SERVERS" not in os.environ and "EVENTSINK_GROUP_ID" not in os.environ:
+                # A new in-memory broker has new topics: a group of its own, so that the ledger
+                # rows of an earlier run (another broker's topic ids) do not stop its partitions.
+                overrides["group_id"] = f"eventsink-run-{uuid.uuid4().hex[:8]}"
+            settings = load(**overrides)
             from streams.worker.app import source_and_dlq_specs
 
             asyncio.run(
@@ -279,6 +284,7 @@ def main(count: int, tenants: int, keep_running: bool) -> None:
                 "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
                 "DATABASE_URL": dsn,
                 "EVENTSINK_SESSION_TIMEOUT_MS": os.environ.get("EVENTSINK_SESSION_TIMEOUT_MS", "6000"),
+                "EVENTSINK_GROUP_ID": settings.group_id,
                 "EVENTSINK_WEB_PORT": str(_web_port(settings)),
             }
             worker = _start_worker(env)

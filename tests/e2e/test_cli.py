@@ -80,33 +80,35 @@ def test_produce_reports_what_it_sent(scenario: Scenario) -> None:
 
 @pytest.mark.e2e
 def test_run_starts_a_broker_runs_a_worker_and_stops_everything(scenario: Scenario) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
-    env.update(DATABASE_URL=scenario.dsn, EVENTSINK_GROUP_ID=scenario.group, EVENTSINK_LOG_FORMAT="json")
+    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "EVENTSINK_GROUP_ID")}
+    env.update(DATABASE_URL=scenario.dsn, EVENTSINK_LOG_FORMAT="json")
     env.pop("EVENTSINK_WEB_PORT", None)
-    with contextlib.ExitStack() as taken:
-        # A worker already running on this host holds the default web port: the demo goes on.
-        if port_free(Settings.model_fields["web_port"].default):
-            blocker = taken.enter_context(socket.socket())
-            blocker.bind(("0.0.0.0", Settings.model_fields["web_port"].default))
-            blocker.listen()
-        done = subprocess.run(
-            [sys.executable, "-m", "streams.cli", "run", "--count", "2000"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=240,
-            cwd=scenario.data_dir,
-        )
-    out = done.stdout + done.stderr
-    assert done.returncode == 0, out
-    web = int(re.search(r"http://127\.0\.0\.1:(\d+)/metrics", out).group(1))  # type: ignore[union-attr]
-    assert web != Settings.model_fields["web_port"].default
-    assert "exactly once: every unique event applied once, every invalid one in its DLQ" in out
-    port = int(re.search(r"Tansu broker \(in memory\) on 127\.0\.0\.1:(\d+)", out).group(1))  # type: ignore[union-attr]
-    with pytest.raises(OSError):
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    leftover = subprocess.run(["pgrep", "-f", f"{port}"], capture_output=True, text=True)
-    assert leftover.stdout.strip() == ""
+    # Twice on one database: the second broker's topics are new, the first run's ledger stays.
+    for _ in range(2):
+        with contextlib.ExitStack() as taken:
+            # A worker already running on this host holds the default web port: the demo goes on.
+            if port_free(Settings.model_fields["web_port"].default):
+                blocker = taken.enter_context(socket.socket())
+                blocker.bind(("0.0.0.0", Settings.model_fields["web_port"].default))
+                blocker.listen()
+            done = subprocess.run(
+                [sys.executable, "-m", "streams.cli", "run", "--count", "2000"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=240,
+                cwd=scenario.data_dir,
+            )
+        out = done.stdout + done.stderr
+        assert done.returncode == 0, out
+        web = int(re.search(r"http://127\.0\.0\.1:(\d+)/metrics", out).group(1))  # type: ignore[union-attr]
+        assert web != Settings.model_fields["web_port"].default
+        assert "exactly once: every unique event applied once, every invalid one in its DLQ" in out
+        port = int(re.search(r"Tansu broker \(in memory\) on 127\.0\.0\.1:(\d+)", out).group(1))  # type: ignore[union-attr]
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        leftover = subprocess.run(["pgrep", "-f", f"{port}"], capture_output=True, text=True)
+        assert leftover.stdout.strip() == ""
 
 
 def test_chat_history_prints_the_last_messages_in_order_to_their_tenant_only(database_url: str) -> None:

@@ -246,3 +246,29 @@ def test_content_of_5_mb_is_too_large() -> None:
     result = check("chat", json.dumps(chat(content="x" * 5_000_000)).encode(), None)
     assert isinstance(result, Rejected) and result.reason is Reason.TOO_LARGE
     assert result.detail == f"content: content is 5000000 bytes, more than the {MAX_CONTENT_BYTES} allowed"
+
+
+def test_an_integer_a_double_cannot_hold_exactly_is_refused_not_rounded() -> None:
+    """9007199254740993 would be stored as 9007199254740992: refused, naming the field."""
+    tenant = "5f0c6b9e-1c4e-4b8a-9d2e-0a1b2c3d4e5f"
+    for literal, ok in (
+        (b"9007199254740992", True),
+        (b"-9007199254740992", True),
+        (b"9007199254740993", False),
+        (b"123456789012345678901234567890", False),
+        (b"1e29", True),
+        (b"2.5", True),
+    ):
+        raw = (
+            b'{"tenant_id":"'
+            + tenant.encode()
+            + b'","dedupe_id":"d","name":"n","value":'
+            + literal
+            + b',"tags":{},"occurred_at":"2024-01-01T00:00:00Z"}'
+        )
+        result = decode(raw, MetricEvent)
+        if ok:
+            assert isinstance(result, Decoded) and result.event.value == float(literal), literal
+        else:
+            assert isinstance(result, Rejected) and result.reason is Reason.INVALID_EVENT, literal
+            assert "value" in result.detail and "exactly" in result.detail
