@@ -174,9 +174,15 @@ def metric_cases(r: Records) -> list[Case]:
         ),
         # Numbers at the edges of a double and beyond 64 bits.
         Case(
-            "huge integers become the nearest double",
+            "integers a double holds exactly are stored, larger ones refused (never rounded)",
             m,
-            [r.ok(m, "1e30", value=10**30), r.ok(m, "int8+1", value=2**63 + 1), r.ok(m, "-int8-2", value=-(2**63) - 2)],
+            [
+                r.ok(m, "2**53", value=2**53),
+                r.ok(m, "1e30 as a float", value=1e30),
+                r.bad_body(m, Dead(Reason.INVALID_EVENT, starts=f"value: integer {10**30}"), value=10**30),
+                r.bad_body(m, Dead(Reason.INVALID_EVENT, starts="value: integer 9223372036854775809"), value=2**63 + 1),
+                r.bad_body(m, Dead(Reason.INVALID_EVENT, starts="value: integer 9007199254740993"), value=2**53 + 1),
+            ],
         ),
         Case(
             "floats at the edges",
