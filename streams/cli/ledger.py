@@ -124,10 +124,14 @@ def skip(topic: str, partition: int, to: int, dry_run: bool) -> None:
             skipped = ledger.skip(conn, s.group_id, topic, partition, to, "operator")
             if skipped is None:
                 raise click.ClickException(f"{topic}[{partition}]: the ledger is already at or past offset {to}")
-            err.print(f"{topic}[{partition}]: {skipped} offset(s) up to {to} recorded as lost", highlight=False)
             if dry_run:
-                conn.rollback()
-                err.print("dry run: nothing changed")
+                err.print(
+                    f"{topic}[{partition}]: would record {skipped} offset(s) up to {to} as lost "
+                    "(dry run: nothing changed)",
+                    highlight=False,
+                )
+                raise psycopg.Rollback()  # leaves the transaction block, rolled back
+            err.print(f"{topic}[{partition}]: {skipped} offset(s) up to {to} recorded as lost", highlight=False)
 
 
 async def _rows(dsn: str, group: str, topic: str) -> list[ledger.LedgerRow]:
