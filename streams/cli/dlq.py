@@ -20,6 +20,9 @@ from streams.tools import dlq as tool
 from streams.tools import reader
 from streams.tools.tail import parse_since
 
+# The largest record a replay sends (uncompressed; the broker limits the compressed batch).
+REPLAY_MAX_BYTES = 64 * 1024 * 1024
+
 
 def _since(value: str | None) -> datetime | None:
     try:
@@ -176,7 +179,12 @@ def replay(
         sent = 0
         with progress_bar() as bar:
             task = bar.add_task(f"replaying {topic}", total=len(plan.send))
-            async with Publisher(s.bootstrap_list, **s.kafka_security()) as pub:
+            # A letter kept in PostgreSQL was too large for the topic uncompressed: its original
+            # producer had compressed it. The replay compresses too, and lets the broker judge
+            # the compressed batch (the client would refuse the record's uncompressed size).
+            async with Publisher(
+                s.bootstrap_list, compression_type="gzip", max_request_size=REPLAY_MAX_BYTES, **s.kafka_security()
+            ) as pub:
                 for item in plan.send:
                     await pub.publish_raw(item.topic, item.key, item.value, list(item.headers))  # type: ignore[arg-type]
                     sent += 1

@@ -89,7 +89,9 @@ def test_a_dead_letter_kept_in_postgresql_is_replayed_from_there(scenario: Scena
     s = scenario
     create_topics(s)
     tenant = str(uuid.uuid4()).encode()
-    original = metric_json(tenant.decode(), "big") + b" " * 300_000  # valid JSON, too large for a DLQ topic
+    # Valid JSON of 2 MB: over a producer's 1 MB request limit unless compressed, as its own
+    # producer had (the replay must compress it too).
+    original = metric_json(tenant.decode(), "big") + b" " * 2_000_000
 
     def stored(offset: int, value: bytes) -> DeadLetter:
         return DeadLetter(Reason.TOO_LARGE, "too large", s.topic, 0, offset, tenant, value, (("trace", b"t"),))
