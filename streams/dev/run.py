@@ -309,6 +309,10 @@ def main(count: int, tenants: int, keep_running: bool) -> None:
                 _section("worker still running; Ctrl-C stops everything")
                 while worker.poll() is None:
                     time.sleep(1)
+                console.print(
+                    f"[bold red]the worker exited with status {worker.returncode}; see .eventsink/worker.log[/]"
+                )
+                ok = False
         except KeyboardInterrupt:
             console.print("interrupted: stopping what was started")
         _section("stopping")
