@@ -41,7 +41,8 @@ def _valid(rng: random.Random, kind: str, tenant: str, n: int) -> dict[str, Any]
     stamp = rng.choice(STORABLE_STAMPS) if edge else _stamp(rng)
     change: dict[str, Any] = {"occurred_at": stamp}
     if kind == "metric":
-        value = rng.choice([*EDGE_FLOATS, *(i for i in EDGE_INTS if abs(i) < 10**300)]) if edge else rng.gauss(0, 1e6)
+        # Integers as far as a double holds them exactly; larger ones are refused (never rounded).
+        value = rng.choice([*EDGE_FLOATS, *(i for i in EDGE_INTS if abs(i) <= 2**53)]) if edge else rng.gauss(0, 1e6)
         tags = {
             f"t{i}": "v" * rng.randrange(0, 1025 if edge else 20) for i in range(rng.randrange(0, 65 if edge else 4))
         }
