@@ -9,7 +9,6 @@ from rich.table import Table
 
 from streams.cli.console import out, settings
 from streams.tools.topics import ensure_topics, partition_counts
-from streams.worker.app import changelog_specs, source_and_dlq_specs
 
 
 @click.group()
@@ -36,6 +35,9 @@ def create(partitions: int | None, replication: int | None) -> None:
     Configs are always set explicitly (cleanup policy, retention): some brokers (Tansu) only
     report the configs that were set, and Faust checks its changelogs' settings.
     """
+    # Lazily: the worker's module imports Faust, which every other command can do without.
+    from streams.worker.app import changelog_specs, source_and_dlq_specs
+
     s = settings()
     if replication is not None:
         s.topic_replication = replication
@@ -67,6 +69,9 @@ def create(partitions: int | None, replication: int | None) -> None:
 @topics.command("list")
 def list_topics() -> None:
     """Partition counts of eventsink's topics."""
+    # Lazily: the worker's module imports Faust, which every other command can do without.
+    from streams.worker.app import source_and_dlq_specs
+
     s = settings()
     names = [sp.name for sp in source_and_dlq_specs(s)]
     counts = asyncio.run(partition_counts(s.bootstrap_list, names, s.kafka_security()))
