@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -235,9 +236,12 @@ def test_the_command_reports_counts(database_url: str) -> None:
     assert nothing.returncode == 2 and "give --metrics-days" in nothing.stderr
     metrics = [*run[:4], "--metrics-days", "36500", "--batch", "10"]
     dry = subprocess.run([*metrics, "--dry-run"], env=env, capture_output=True, text=True, timeout=60)
-    assert dry.returncode == 0 and "would remove 0 metric rows older than 36500 days" in dry.stderr, dry.stderr
+    # Other tests of this database may have stored events a century old (timestamps at their edges).
+    found = re.search(r"would remove (\d+) metric rows older than 36500 days", dry.stderr)
+    assert dry.returncode == 0 and found, dry.stderr
     real = subprocess.run(metrics, env=env, capture_output=True, text=True, timeout=60)
-    assert real.returncode == 0 and "removed 0 metric rows" in real.stderr and "chat" not in real.stderr
+    assert real.returncode == 0 and f"removed {found.group(1)} metric rows" in real.stderr, real.stderr
+    assert "chat" not in real.stderr
 
 
 def _retention_in_flight(dsn: str, statement: str) -> psycopg.Connection:
