@@ -27,6 +27,7 @@ from sinks.core.batch import LogIdentity, Record
 from sinks.core.sink import Sink
 from sinks.pool import open_pool
 from sinks.writers.metric import MetricWriter
+from streams.worker.budget import record_bytes
 from streams.worker.dedupe_cache import DedupeCache
 from streams.worker.pipeline import Pipeline, PipelineConfig
 from tests.helpers import writers_pool
@@ -211,7 +212,12 @@ async def test_an_applied_batch_leaves_memory_without_waiting_for_the_cycle_coll
     gc.collect()
     gc.disable()
     try:
-        p.ingest(messages(tenant, range(0, 30)))
+        fetched = messages(tenant, range(0, 30))
+        # Weighed as the worker's consumer weighs what it hands over: the budget empties when the
+        # batch's write has returned, not when its commit is visible in the database.
+        p.budget.take(sum(record_bytes(r) for r in fetched[0].records))
+        p.ingest(fetched)
+        del fetched
         assert alive() == 30
         await until(lambda: (ledger(database_url, sink.group, topic) or (-1, 0))[0] == 29)
         await until(lambda: p.budget.used == 0)
