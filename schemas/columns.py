@@ -10,6 +10,7 @@ the database stages can no longer disagree: a value that passes decoding fits it
 
 from __future__ import annotations
 
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -200,12 +201,14 @@ def _has_nul(value: Any) -> bool:
 MAX_EXACT_FLOAT = 2.0**53
 
 
-def _large_float(value: Any) -> float | None:
+def _unstorable_float(value: Any) -> float | None:
+    """A float jsonb cannot give back as it was sent: NaN or Infinity (pydantic-core's JSON parser
+    reads them, orjson would store them as null), or one of 2**53 or more in magnitude."""
     stack = [value]
     while stack:
         node = stack.pop()
         if isinstance(node, float):
-            if abs(node) >= MAX_EXACT_FLOAT:
+            if not abs(node) < MAX_EXACT_FLOAT:  # NaN compares false
                 return node
         elif isinstance(node, dict):
             stack.extend(node.values())
@@ -225,7 +228,10 @@ def JsonObject(max_bytes: int, max_depth: int = MAX_JSON_DEPTH) -> Any:
                 raise ValueError(f"is nested more than {max_depth} levels deep")
             if _has_nul(value):
                 raise ValueError(NUL_MESSAGE)
-            large = _large_float(value)
+            large = _unstorable_float(value)
+            if large is not None and not math.isfinite(large):
+                # The JSON path (orjson) says which literal it was: "value contains NaN: ...".
+                raise ValueError(f"holds {large!r}: numbers must be finite")
             if large is not None:
                 raise ValueError(
                     f"holds {large!r}: a floating-point number of 2**53 or more comes back from PostgreSQL"

@@ -227,6 +227,19 @@ def test_a_result_nested_300_levels_is_refused_as_too_deep() -> None:
     assert isinstance(result, Rejected) and result.detail == "result: is nested more than 64 levels deep"
 
 
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("where", ["{{\"score\": {}}}", "{{\"a\": [1, {{\"b\": {}}}]}}"])
+def test_nan_and_infinity_inside_a_json_object_are_refused_not_stored_as_null(literal: str, where: str) -> None:
+    """pydantic-core's JSON parser reads these literals into a jsonb field's value, and orjson
+    would then store them as null (found by test_any_json_value_in_any_field)."""
+    body = {"tenant_id": TENANT, "dedupe_id": "a", "analysis_id": TENANT, "status": "completed"}
+    raw = json.dumps(body | {"occurred_at": "2024-05-01T12:00:00Z", "result": "RESULT"}).encode()
+    raw = raw.replace(b'"RESULT"', where.format(literal).encode())
+    result = check("analysis", raw, None)
+    assert isinstance(result, Rejected) and result.reason is Reason.INVALID_EVENT, result
+    assert result.detail == f"value contains {literal}: numbers must be finite"
+
+
 @pytest.mark.parametrize("tokens", [4294967301, 2**31, 2**63, 2**64 + 5, 10**30, -1])
 def test_token_counts_beyond_the_column_are_refused_never_wrapped(tokens: int) -> None:
     result = check("chat", json.dumps(chat(prompt_tokens=tokens)).encode(), None)
