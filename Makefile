@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # Parallel test processes (pytest-xdist): the suite mostly waits on workers, brokers and the
 # database, so more processes than cores pays. Each has its own broker and database, and takes
 # the next test when it is free (longest first, see tests/conftest.py). 0 = serial.
-TEST_PROCESSES ?= 4
+TEST_PROCESSES ?= 8
 XDIST := $(if $(filter 0,$(TEST_PROCESSES)),,-n $(TEST_PROCESSES) --dist load --maxschedchunk 1)
 
 .PHONY: run test test-unit test-fast bench lint clean

@@ -27,7 +27,6 @@ oracle.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import csv
 import os
@@ -50,6 +49,7 @@ from bench.session import say
 from bench.verify_memory import KeyOf, PrefixCheck, verify_prefix
 from bench.workload import source_specs
 from schemas.chat import MAX_CONTENT_BYTES
+from streams import aio
 from streams.dev.loadgen.chat import ChatLoad, ChatReport, produce_chat
 from streams.publish.publisher import Publisher
 from streams.settings import Settings
@@ -201,7 +201,7 @@ def spec_from(args: argparse.Namespace, events: int) -> MemorySpec:
 
 
 def load(bootstrap: str, topic: str, spec: MemorySpec) -> ChatBacklog:
-    return asyncio.run(_load(bootstrap, topic, spec))
+    return aio.run(_load(bootstrap, topic, spec))
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,13 @@ and checked by bench/verify_mixed.py.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import uuid
 from dataclasses import dataclass
 
 from bench.verify_mixed import MixedCheck, verify_mixed
 from bench.workload import Workload, WorkloadSpec, expected_on, produce, source_specs
+from streams import aio
 from streams.dev.loadgen.analysis import AnalysisLoad, AnalysisReport, produce_analysis
 from streams.dev.loadgen.chat import ChatLoad, ChatReport, produce_chat
 from streams.publish.publisher import Publisher
@@ -114,4 +114,4 @@ async def _load(bootstrap: str, prefix: str, spec: MixedSpec) -> MixedWorkload:
 
 
 def load(bootstrap: str, prefix: str, spec: MixedSpec) -> MixedWorkload:
-    return asyncio.run(_load(bootstrap, prefix, spec))
+    return aio.run(_load(bootstrap, prefix, spec))

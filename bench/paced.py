@@ -29,6 +29,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from bench.workload import OneMetricTopic, source_specs
+from streams import aio
 from streams.dev.loadgen.metric import metric_payload
 from streams.tools.topics import ensure_topics
 
@@ -176,4 +177,4 @@ async def _publish(bootstrap: str, topic: LiveTopic, rate: float, duration_s: fl
 
 def publish(bootstrap: str, topic: LiveTopic, rate: float, duration_s: float) -> Paced:
     """Send round(rate * duration_s) metric events at `rate` per second; returns when all are acked."""
-    return asyncio.run(_publish(bootstrap, topic, rate, duration_s))
+    return aio.run(_publish(bootstrap, topic, rate, duration_s))

@@ -3,11 +3,11 @@ once, and what every contender's database must then hold, computed once from the
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from bench.verify import Check, verify_metrics
+from streams import aio
 from streams.dev.loadgen.metric import LoadReport, MetricLoad, produce_metrics
 from streams.kinds import all_kinds
 from streams.publish.publisher import Publisher
@@ -106,4 +106,4 @@ async def _load(bootstrap: str, topic: str, spec: WorkloadSpec) -> Workload:
 
 
 def load(bootstrap: str, topic: str, spec: WorkloadSpec) -> Workload:
-    return asyncio.run(_load(bootstrap, topic, spec))
+    return aio.run(_load(bootstrap, topic, spec))

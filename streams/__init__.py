@@ -7,4 +7,5 @@
 - `streams.cli`: the `eventsink` command line.
 - `streams.dev`: developer tools (`eventsink run`, embedded services, load generation).
 - `streams.publish`: for services that publish events; importable without Faust.
+- `streams.aio`: a coroutine's result for synchronous callers (the CLI, the tools).
 """

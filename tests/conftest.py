@@ -40,7 +40,7 @@ def cluster_wide(conn: psycopg.Connection) -> Iterator[None]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Longest first, so that a parallel run (`make test`: `-n 4 --dist load --maxschedchunk 1`,
+    """Longest first, so that a parallel run (`make test`: `-n 8 --dist load --maxschedchunk 1`,
     one test at a time to whichever process is free) ends together instead of waiting on one
     long test started last: the fault suite, soaks and tests marked slow, then the other
     end-to-end tests, then the rest."""
@@ -91,19 +91,33 @@ def pg_admin_dsn() -> Iterator[str]:
             server.stop()
 
 
-@pytest.fixture(scope="session")
-def database_url(pg_admin_dsn: str) -> Iterator[str]:
-    """A fresh, migrated database for this test run, with deploy/sql/roles.sql applied."""
+@contextmanager
+def fresh_database(admin_dsn: str) -> Iterator[str]:
+    """A new, migrated database with deploy/sql/roles.sql applied, dropped afterwards."""
     name = f"eventsink_test_{uuid.uuid4().hex[:10]}"
-    admin = with_database(pg_admin_dsn, database_of(pg_admin_dsn))
+    admin = with_database(admin_dsn, database_of(admin_dsn))
     dsn = embedded.ensure_database(admin, name)
-    migrate(dsn)
-    with psycopg.connect(dsn, autocommit=True) as conn, cluster_wide(conn):
-        conn.execute(ROLES.read_text())
     try:
+        migrate(dsn)
+        with psycopg.connect(dsn, autocommit=True) as conn, cluster_wide(conn):
+            conn.execute(ROLES.read_text())
         yield dsn
     finally:
         embedded.drop_database(admin, name)
+
+
+@pytest.fixture(scope="session")
+def database_url(pg_admin_dsn: str) -> Iterator[str]:
+    """The database of this test process, shared by its tests (each uses its own tenants)."""
+    with fresh_database(pg_admin_dsn) as dsn:
+        yield dsn
+
+
+@pytest.fixture
+def own_database(pg_admin_dsn: str) -> Iterator[str]:
+    """A database of the test's own, for a test that counts what a whole database holds."""
+    with fresh_database(pg_admin_dsn) as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="session")

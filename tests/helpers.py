@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -24,6 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 from schemas.deadletter import DeadLetterInfo
 from sinks.core.sink import RowWriter
 from sinks.pool import open_pool
+from streams import aio
 from streams.dev.embedded import free_port
 from streams.kinds import Kind, by_name
 from streams.settings import Settings
@@ -246,7 +246,7 @@ def expected(s: Scenario, kind: str) -> Expected:
         async with Reader(s.bootstrap) as reader:
             return await read_expected(reader, s.kind(kind))
 
-    return asyncio.run(go())
+    return aio.run(go())
 
 
 def wait_applied(dsn: str, group: str, topic: str, last_offsets: dict[int, int], timeout: float = 90) -> None:

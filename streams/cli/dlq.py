@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from datetime import datetime
 
@@ -13,6 +12,7 @@ from rich.text import Text
 
 from schemas.codec import printable
 from sinks.core import deadletters
+from streams import aio
 from streams.cli.console import err, out, progress_bar, settings
 from streams.publish.publisher import Publisher
 from streams.settings import Settings
@@ -33,7 +33,7 @@ def _since(value: str | None) -> datetime | None:
 
 def _read(s: Settings, topic: str) -> list[tool.Letter]:
     try:
-        records = asyncio.run(reader.read_all(s.bootstrap_list, topic, security=s.kafka_security()))
+        records = aio.run(reader.read_all(s.bootstrap_list, topic, security=s.kafka_security()))
     except LookupError as exc:
         raise click.ClickException(str(exc)) from None
     return [tool.Letter.of(r) for r in records]
@@ -191,6 +191,6 @@ def replay(
                     bar.update(task, completed=sent)
         return sent
 
-    sent = asyncio.run(go())
+    sent = aio.run(go())
     err.print(f"replayed {sent} record(s) from {topic} to {target} ({counts})", highlight=False)
     sys.exit(1 if plan.refused else 0)

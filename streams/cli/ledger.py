@@ -11,8 +11,6 @@ Running workers pick up either within `EVENTSINK_LOG_CHECK_S` seconds.
 
 from __future__ import annotations
 
-import asyncio
-
 import click
 import orjson
 import psycopg
@@ -20,6 +18,7 @@ from aiokafka import AIOKafkaClient
 from rich.table import Table
 
 from sinks.core import ledger
+from streams import aio
 from streams.cli.console import err, out, settings
 from streams.tools.identity import TopicIdentity, identities
 
@@ -53,7 +52,7 @@ def show(topic: str | None, as_json: bool) -> None:
         async with await psycopg.AsyncConnection.connect(s.dsn) as conn:
             return await ledger.rows(conn, s.group_id, topic)
 
-    found = asyncio.run(rows())
+    found = aio.run(rows())
     if as_json:
         for r in found:
             out.print(orjson.dumps(r, default=str).decode(), highlight=False, soft_wrap=True)
@@ -89,8 +88,8 @@ def reset(topic: str, partition: int | None, dry_run: bool) -> None:
     stored) but counts them again as duplicates.
     """
     s = settings()
-    now = asyncio.run(_broker_identity(topic))
-    before = {r.partition: r for r in asyncio.run(_rows(s.dsn, s.group_id, topic))}
+    now = aio.run(_broker_identity(topic))
+    before = {r.partition: r for r in aio.run(_rows(s.dsn, s.group_id, topic))}
     wanted = [p for p in sorted(before) if partition is None or p == partition]
     if not wanted:
         raise click.ClickException(f"the ledger of group {s.group_id} has no partition of {topic} to reset")

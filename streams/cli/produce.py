@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import click
 import orjson
 
+from streams import aio
 from streams.cli.console import err, progress_bar, settings
 from streams.publish.publisher import Publisher
 
@@ -59,7 +59,7 @@ def _run(
             async with Publisher(s.bootstrap_list, **s.kafka_security()) as pub:
                 return await make(pub, topic, lambda n: bar.update(task, completed=n))
 
-    report = asyncio.run(go())
+    report = aio.run(go())
     if as_json:
         click.echo(orjson.dumps(report.as_dict()).decode())
         return

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import click
 from rich.table import Table
 
+from streams import aio
 from streams.cli.console import out, settings
 from streams.tools.topics import ensure_topics, partition_counts
 
@@ -50,7 +49,7 @@ def create(partitions: int | None, replication: int | None) -> None:
         counts.update(await ensure_topics(s.bootstrap_list, changelogs, created, s.kafka_security()))
         return counts
 
-    counts = asyncio.run(go())
+    counts = aio.run(go())
     everything = [*specs, *changelog_specs(s, counts)]
     table = Table("topic", "partitions", "configs", "state")
     for spec in everything:
@@ -74,7 +73,7 @@ def list_topics() -> None:
 
     s = settings()
     names = [sp.name for sp in source_and_dlq_specs(s)]
-    counts = asyncio.run(partition_counts(s.bootstrap_list, names, s.kafka_security()))
+    counts = aio.run(partition_counts(s.bootstrap_list, names, s.kafka_security()))
     table = Table("topic", "partitions")
     for name in names:
         table.add_row(name, str(counts.get(name) or "missing"))

@@ -28,6 +28,7 @@ from rich.table import Table
 from sinks import migrate as migrations
 from sinks.dsn import redact_dsn
 from sinks.writers.analysis import SELECT_ROWS
+from streams import aio
 from streams.dev import embedded
 from streams.dev.loadgen.analysis import AnalysisLoad, AnalysisReport, produce_analysis
 from streams.dev.loadgen.chat import ChatLoad, ChatReport, produce_chat
@@ -189,7 +190,7 @@ async def _expected(s: Settings) -> dict[str, Target]:
 
 
 def _summary(dsn: str, s: Settings, sent: Sent, seconds: float) -> bool:
-    expected = asyncio.run(_expected(s))
+    expected = aio.run(_expected(s))
     metric, chat, analysis = expected["metric"], expected["chat"], expected["analysis"]
     with psycopg.connect(dsn) as conn:
         rows = dict(
@@ -297,7 +298,7 @@ def main(count: int, tenants: int, keep_running: bool) -> None:
                 f"publishing {count} metric records and proportionate chat and analysis traffic "
                 f"({tenants} tenants, ~10% duplicates, ~1% invalid, analyses partly out of order)"
             )
-            sent = asyncio.run(_publish(settings, tenants, count))
+            sent = aio.run(_publish(settings, tenants, count))
             seconds = _wait_applied(dsn, settings.group_id, sent.targets(settings), sent.records, worker, 300)
             ok = _summary(dsn, settings, sent, seconds)
             console.print(

@@ -7,7 +7,6 @@ the database.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import psycopg
 
 from sinks.core import ledger as offsets
+from streams import aio
 from streams.tools.reader import Reader
 
 
@@ -59,13 +59,13 @@ async def _kafka_offsets(
 def collect(
     bootstrap: list[str], dsn: str, group: str, topics: list[str], security: Mapping[str, Any] | None = None
 ) -> list[PartitionLag]:
-    kafka = asyncio.run(_kafka_offsets(bootstrap, group, topics, security or {}))
+    kafka = aio.run(_kafka_offsets(bootstrap, group, topics, security or {}))
 
     async def ledger() -> dict[tuple[str, int], int]:
         async with await psycopg.AsyncConnection.connect(dsn) as conn:
             return {(r.topic, r.partition): r.last_offset + 1 for r in await offsets.rows(conn, group)}
 
-    applied = asyncio.run(ledger())
+    applied = aio.run(ledger())
     # Records the broker no longer has (retention) can be neither applied nor waited for.
     return [
         PartitionLag(topic, partition, end, committed, max(start, applied.get((topic, partition), 0)))

@@ -14,7 +14,6 @@ this module compares it with the tables, key by key, and tells pending from miss
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
@@ -25,6 +24,7 @@ import psycopg
 
 from sinks.retention import METRICS, horizon_of
 from sinks.writers.analysis import SELECT_ROWS
+from streams import aio
 from streams.kinds import Kind
 from streams.tools.expected import Analysis, Expected, Key, Seen, Session, read_expected
 from streams.tools.reader import Reader, Unreadable
@@ -134,7 +134,7 @@ def verify(
     since: datetime | None = None,
     security: Mapping[str, Any] | None = None,
 ) -> VerifyReport:
-    expected, unreadable = asyncio.run(_read(bootstrap, kind, since, security))
+    expected, unreadable = aio.run(_read(bootstrap, kind, since, security))
     report = VerifyReport(kind.topic, group)
     dlq_sources = expected.dead_lettered
     report.dlq_repeats = sum(n - 1 for n in dlq_sources.values())

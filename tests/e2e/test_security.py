@@ -9,6 +9,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -341,6 +342,39 @@ def test_planted_secrets_appear_nowhere(
     assert "password=***" in migrated.stderr and "sslpassword=***" in migrated.stderr  # shown, masked
     run("migrate", "--status")
     run("topics", "create")
+
+    def failures() -> None:
+        """What fails must fail without telling."""
+        unreachable = run(
+            "migrate",
+            expect=1,
+            environment=env(make_conninfo(dsn, host="db.invalid")),
+        )
+        assert "db.invalid" in unreachable.stderr
+        wrong_password = env(pg.dsn("eventsink", password=wrong_pw.value, sslpassword=ssl_key.value))
+        assert "password authentication failed" in run("migrate", expect=1, environment=wrong_password).stderr
+        run("backup", str(work / "never.dump"), expect=1, environment=wrong_password)
+        run("dlq", "replay", s.dlq_topic, "--dry-run", environment=wrong_password)  # needs no database
+        tls_required = make_conninfo(
+            database_url, password=pg.password.value, sslpassword=ssl_key.value, sslmode="require"
+        )
+        refused = run("migrate", expect=1, environment=env(tls_required))
+        assert "SSL" in refused.stderr
+        run("backup", str(work / "never.dump"), expect=1, environment=env(tls_required))
+        sasl_refused = run(
+            "topics", "list", expect=1, environment=env(EVENTSINK_KAFKA_SECURITY_PROTOCOL="SASL_PLAINTEXT")
+        )
+        assert "Sasl" in sasl_refused.stderr or "SASL" in sasl_refused.stderr
+        bad_key = env(
+            EVENTSINK_KAFKA_SECURITY_PROTOCOL="SSL",
+            EVENTSINK_KAFKA_SSL_PASSWORD_FILE=str(inputs / "wrong_tls_password"),
+        )
+        assert "EVENTSINK_KAFKA_SSL_PASSWORD" in run("topics", "list", expect=1, environment=bad_key).stderr
+
+    # Independent of what follows (they need the topics only): run beside it.
+    background = ThreadPoolExecutor(max_workers=1)
+    failed = background.submit(failures)
+
     run("topics", "list")
     produced = orjson.loads(
         run("produce", "metrics", "--count", "150", "--invalid", "0.05", "--seed", "7", "--json").stdout
@@ -413,27 +447,8 @@ def test_planted_secrets_appear_nowhere(
         ),
     )
 
-    # What fails must fail without telling.
-    unreachable = run(
-        "migrate",
-        expect=1,
-        environment=env(make_conninfo(dsn, host="db.invalid")),
-    )
-    assert "db.invalid" in unreachable.stderr
-    wrong_password = env(pg.dsn("eventsink", password=wrong_pw.value, sslpassword=ssl_key.value))
-    assert "password authentication failed" in run("migrate", expect=1, environment=wrong_password).stderr
-    run("backup", str(work / "never.dump"), expect=1, environment=wrong_password)
-    run("dlq", "replay", s.dlq_topic, "--dry-run", environment=wrong_password)  # needs no database
-    tls_required = make_conninfo(database_url, password=pg.password.value, sslpassword=ssl_key.value, sslmode="require")
-    refused = run("migrate", expect=1, environment=env(tls_required))
-    assert "SSL" in refused.stderr
-    run("backup", str(work / "never.dump"), expect=1, environment=env(tls_required))
-    sasl_refused = run("topics", "list", expect=1, environment=env(EVENTSINK_KAFKA_SECURITY_PROTOCOL="SASL_PLAINTEXT"))
-    assert "Sasl" in sasl_refused.stderr or "SASL" in sasl_refused.stderr
-    bad_key = env(
-        EVENTSINK_KAFKA_SECURITY_PROTOCOL="SSL", EVENTSINK_KAFKA_SSL_PASSWORD_FILE=str(inputs / "wrong_tls_password")
-    )
-    assert "EVENTSINK_KAFKA_SSL_PASSWORD" in run("topics", "list", expect=1, environment=bad_key).stderr
+    failed.result(timeout=300)
+    background.shutdown()
     stdout, stderr = tls_refused.communicate(timeout=300)
     out.add("TLS to a plaintext broker: stdout", stdout)
     out.add("TLS to a plaintext broker: stderr", stderr)
