@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 
 import faust
@@ -103,4 +104,20 @@ def run(settings: Settings) -> None:
     # Faust's terminal spinner writes cursor escape sequences even when stdout is a pipe; the
     # worker's own structured logs say what it does.
     worker.spinner = None
+    _tune_gc(settings.gc_young_threshold)
     worker.execute_from_commandline()
+
+
+def _tune_gc(young: int) -> None:
+    """Collect the young generation every `young` allocations instead of Python's 700.
+
+    Records live from fetch to commit (about a second): with the default, each survives a few
+    young collections, is promoted, and makes the old generations grow until a full collection
+    traverses every object of the process. Measured on the metric benchmark's backlog: 2,090
+    young, 190 middle and 18 full collections, 2.0 s of a 7.6 s run's CPU; with 20,000: 56, 5
+    and 1, 0.7 s. Memory is not released by the collector here (applied batches are freed by
+    reference counting, tests/pg/test_pipeline_edges.py), so collecting later costs no memory."""
+    if young > 0:
+        _, middle, old = gc.get_threshold()
+        gc.set_threshold(young, middle, old)
+
