@@ -211,14 +211,27 @@ def _decode(
     return Decoded(event, unknown)
 
 
-@lru_cache(maxsize=4096)
+# Every spelling of a UUID fits (urn:uuid: and 36 characters is 45): longer keys name no tenant
+# and are not cached, so that the cache holds at most 4,096 small keys whatever producers send.
+_CACHED_KEY_BYTES = 64
+
+
 def _key_tenant(key: bytes) -> int | None:
     """The UUID a record key names, as an integer (None: it names none). Keys repeat (one per
     tenant): parsing each once saves a UUID's text or parse per record."""
+    if len(key) > _CACHED_KEY_BYTES:
+        return _parse_key_tenant(key)
+    return _cached_key_tenant(key)
+
+
+def _parse_key_tenant(key: bytes) -> int | None:
     try:
         return UUID(key.decode("utf-8")).int
     except (UnicodeDecodeError, ValueError):
         return None
+
+
+_cached_key_tenant = lru_cache(maxsize=4096)(_parse_key_tenant)
 
 
 def _same_tenant(key: bytes, text: object, tenant_id: UUID) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 import uuid
 from datetime import UTC, datetime
 
@@ -113,6 +114,23 @@ def test_a_record_keyed_for_another_tenant_is_refused() -> None:
     result = refused(orjson.dumps(payload()), key=other.encode())
     assert result.reason is Reason.KEY_MISMATCH
     assert refused(orjson.dumps(payload()), key=b"\xff").reason is Reason.KEY_MISMATCH
+
+
+def test_large_record_keys_are_not_kept_in_memory() -> None:
+    """Record keys are parsed once per key and remembered; a producer sending large distinct
+    keys must not make the worker keep them (1,000 keys of 1 MiB once grew a worker by 1 GB)."""
+    raw = orjson.dumps(payload())
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(100):
+            key = n.to_bytes(4, "big") * (64 * 1024)  # 256 KiB, each distinct
+            assert refused(raw, key=key).reason is Reason.KEY_MISMATCH
+            del key
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 2 * 1024 * 1024, f"{grown} bytes kept after 100 distinct 256 KiB keys"
 
 
 def test_a_tombstone_is_refused() -> None:
