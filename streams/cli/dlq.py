@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from schemas.codec import printable
+from schemas.deadletter import Reason
 from sinks.core import deadletters
 from streams import aio
 from streams.cli.console import err, out, progress_bar, settings
@@ -19,6 +20,9 @@ from streams.settings import Settings
 from streams.tools import dlq as tool
 from streams.tools import reader
 from streams.tools.tail import parse_since
+
+# A reason no letter can have would select nothing, silently: refused like a misspelt option.
+REASONS = click.Choice([r.value for r in Reason])
 
 # The largest record a replay sends (uncompressed; the broker limits the compressed batch).
 REPLAY_MAX_BYTES = 64 * 1024 * 1024
@@ -50,7 +54,7 @@ def dlq() -> None:
 
 @dlq.command("list")
 @click.argument("topic")
-@click.option("--reason", default=None, help="Only this reason (invalid_json, invalid_event, tenant_mismatch, ...).")
+@click.option("--reason", type=REASONS, default=None, help="Only this reason.")
 @click.option("--tenant", default=None, help="Only records keyed by this tenant.")
 @click.option("--since", default=None, help="Only records dead-lettered since: 10m, 2h, 1d, or a timestamp.")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
@@ -126,7 +130,7 @@ def _plan(s: Settings, letters: list[tool.Letter], source: str | None, target: s
 
 @dlq.command("replay")
 @click.argument("topic")
-@click.option("--reason", default=None, help="Only records that failed for this reason.")
+@click.option("--reason", type=REASONS, default=None, help="Only records that failed for this reason.")
 @click.option("--tenant", default=None, help="Only records keyed by this tenant.")
 @click.option("--since", default=None, help="Only records dead-lettered since: 10m, 2h, 1d, or a timestamp.")
 @click.option(

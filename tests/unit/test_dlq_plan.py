@@ -129,3 +129,15 @@ def test_a_stored_letter_is_replayed_from_the_database_after_its_checksum() -> N
     assert asked == [("eventsink", "metrics", 0, o) for o in (1, 2, 3, 4)]
     without_db = plan([stored_letter(1, original)], "metrics", "metrics")
     assert without_db.send == [] and "not read" in without_db.refused[0].why
+
+
+def test_a_reason_no_letter_can_have_is_refused() -> None:
+    """`--reason bogus` printed an empty table and exited 0: it reads as "no such letters"."""
+    from click.testing import CliRunner
+
+    from streams.cli.main import cli
+
+    for command in (["dlq", "list", "metrics.dlq"], ["dlq", "replay", "metrics.dlq", "--dry-run"]):
+        result = CliRunner().invoke(cli, [*command, "--reason", "bogus"])
+        assert result.exit_code == 2, result.output
+        assert "'bogus' is not one of" in result.output and "invalid_event" in result.output

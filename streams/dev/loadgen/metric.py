@@ -17,8 +17,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import orjson
+from aiokafka.errors import KafkaError
 
+from streams import logs
 from streams.publish.publisher import Publisher
+
+log = logs.get(__name__)
 
 METRIC_NAMES = ("cpu.usage", "mem.rss", "disk.io", "net.rx", "net.tx", "http.latency", "queue.depth")
 HOSTS = tuple(f"host-{i:02d}" for i in range(12))
@@ -115,10 +119,14 @@ class Sender:
         self.rate, self.on_progress = rate, on_progress
         self.settle_every = 2000 if not rate else max(1, min(2000, int(rate / 4)))
         self.start = time.monotonic()
-        self._pending: list[asyncio.Future] = []
+        self._pending: list[tuple[asyncio.Future, bytes | None, bytes]] = []
+
+    # Sends of one record a broker refused with a retriable error past the producer's own retries
+    # (Tansu answered NotLeaderForPartition for a minute once, under a loaded machine).
+    ATTEMPTS = 3
 
     async def send(self, key: bytes | None, value: bytes) -> None:
-        self._pending.append(await self.publisher.publish_raw(self.topic, key, value))
+        self._pending.append((await self.publisher.publish_raw(self.topic, key, value), key, value))
         self.counts.sent += 1
         if len(self._pending) >= self.settle_every:
             await self._settle()
@@ -132,11 +140,30 @@ class Sender:
         self.counts.seconds = time.monotonic() - self.start
 
     async def _settle(self) -> None:
+        """Until every record sent is acknowledged. A record refused with a retriable error is sent
+        again (at least once, as producers do: the dedupe makes a second copy harmless)."""
         last = self.counts.last_offsets
-        for md in await asyncio.gather(*self._pending):
-            if md.offset > last.get(md.partition, -1):
-                last[md.partition] = md.offset
-        self._pending.clear()
+        pending, self._pending = self._pending, []
+        for attempt in range(1, self.ATTEMPTS + 1):
+            outcomes = await asyncio.gather(*(f for f, _, _ in pending), return_exceptions=True)
+            again = []
+            for (_, key, value), outcome in zip(pending, outcomes, strict=True):
+                if isinstance(outcome, KafkaError) and outcome.retriable and attempt < self.ATTEMPTS:
+                    again.append((key, value, outcome))
+                elif isinstance(outcome, BaseException):
+                    raise outcome
+                elif outcome.offset > last.get(outcome.partition, -1):
+                    last[outcome.partition] = outcome.offset
+            if not again:
+                break
+            log.warning(
+                "records refused by the broker; sending them again",
+                topic=self.topic,
+                records=len(again),
+                error=repr(again[0][2]),
+                attempt=attempt,
+            )
+            pending = [(await self.publisher.publish_raw(self.topic, k, v), k, v) for k, v, _ in again]
         if self.on_progress:
             self.on_progress(self.counts.sent)
 
