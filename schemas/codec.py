@@ -204,15 +204,15 @@ def _decode(
         too_large = any(e["type"] == "too_large" for e in exc.errors(include_url=False, include_input=False))
         return Rejected(Reason.TOO_LARGE if too_large else Reason.INVALID_EVENT, _describe(exc, unknown), unknown)
     tenant_id: UUID = event.tenant_id  # type: ignore[attr-defined]
-    if key is not None and not _same_tenant(key, obj.get("tenant_id"), tenant_id):
+    if key is not None and _key_tenant(key) != tenant_id.int:
         return Rejected(
             Reason.KEY_MISMATCH, f"record key {key[:64]!r} is not the event's tenant_id {tenant_id}", unknown
         )
     return Decoded(event, unknown)
 
 
-# Every spelling of a UUID fits (urn:uuid: and 36 characters is 45): longer keys name no tenant
-# and are not cached, so that the cache holds at most 4,096 small keys whatever producers send.
+# Every usual spelling of a UUID fits (urn:uuid: and 36 characters is 45). Longer keys are parsed
+# each time, not cached, so that the cache holds at most 4,096 small keys whatever producers send.
 _CACHED_KEY_BYTES = 64
 
 
@@ -232,19 +232,6 @@ def _parse_key_tenant(key: bytes) -> int | None:
 
 
 _cached_key_tenant = lru_cache(maxsize=4096)(_parse_key_tenant)
-
-
-def _same_tenant(key: bytes, text: object, tenant_id: UUID) -> bool:
-    try:
-        key_text = key.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    if key_text == text:
-        return True
-    try:
-        return UUID(key_text) == tenant_id
-    except ValueError:
-        return False
 
 
 def dedupe_digest(tenant_id: UUID, dedupe_id: str) -> bytes:

@@ -120,4 +120,3 @@ def _tune_gc(young: int) -> None:
     if young > 0:
         _, middle, old = gc.get_threshold()
         gc.set_threshold(young, middle, old)
-
