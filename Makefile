@@ -4,30 +4,57 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Every install is constrained to the versions pinned in requirements.lock (all extras; `make lock`
+# regenerates it from pyproject.toml with uv, itself pinned here).
+LOCK   := requirements.lock
+PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(LOCK)
+UV_VERSION := 0.13.9
+PIP_VERSION := 26.3
+LOCK_ARGS ?=
 # Parallel test processes (pytest-xdist): the suite mostly waits on workers, brokers and the
 # database, so more processes than cores pays. Each has its own broker and database, and takes
 # the next test when it is free (longest first, see tests/conftest.py). 0 = serial.
 TEST_PROCESSES ?= 8
 XDIST := $(if $(filter 0,$(TEST_PROCESSES)),,-n $(TEST_PROCESSES) --dist load --maxschedchunk 1)
 
-.PHONY: run test test-unit test-fast bench lint clean
+.PHONY: run test test-unit test-fast bench lint clean lock promtool
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
 		|| { echo "eventsink needs Python 3.11 or newer (set PYTHON=...)"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[embedded,test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check 'pip==$(PIP_VERSION)'
+	$(PIP) -e '.[embedded,test]'
 	@touch $(STAMP)
+
+# Regenerate requirements.lock after a change of pyproject.toml: versions already pinned stay
+# unless pyproject excludes them. `make lock LOCK_ARGS=--upgrade` moves everything to the newest
+# allowed; `LOCK_ARGS="--upgrade-package aiokafka"` one distribution.
+lock:
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check 'uv==$(UV_VERSION)'
+	$(BIN)/uv pip compile pyproject.toml --all-extras --universal --python-version 3.11 \
+		--custom-compile-command 'make lock' --quiet $(LOCK_ARGS) -o $(LOCK)
+
+# promtool checks and unit-tests the alert rules (tests/unit/test_monitoring_files.py); Debian's
+# prometheus package ships it. Installed when missing and this is a root shell with apt-get (CI);
+# elsewhere those tests skip and say why.
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing promtool (Debian package prometheus)"; \
+			DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+			&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+		else echo "promtool is not installed (Debian package prometheus): the rule tests will skip"; fi; }
 
 run: $(STAMP)
 	$(BIN)/eventsink run
 
-test: $(STAMP)
+test: $(STAMP) promtool
 	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # Seconds, no services: schemas, the analysis state machine, configuration and deploy files.
-test-unit: $(STAMP)
+test-unit: $(STAMP) promtool
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 # Everything but the multi-process end-to-end suites.
@@ -41,11 +68,11 @@ test-fast: $(STAMP)
 # To record: BENCH_ARGS="--repeat 3 --profile --record".
 bench: BENCH_ARGS ?= --repeat 3 --profile
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench]'
+	$(PIP) -e '.[bench]'
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/python -m pip install --quiet ruff
+	$(PIP) ruff
 	$(BIN)/ruff check streams sinks schemas tests bench
 
 clean:

@@ -575,3 +575,26 @@ def test_kubectl_kustomize_builds_the_manifests() -> None:
     pods = [d["spec"]["template"]["spec"] for d in built if d["kind"] in ("Deployment", "Job")]
     assert len(pods) == 2 and all(p["containers"][0]["image"] == image for p in pods)
     assert {d["metadata"].get("namespace") for d in built if d["kind"] != "Namespace"} == {kustomization()["namespace"]}
+
+
+# -- reproducible installs -------------------------------------------------------------------------
+
+
+def test_every_install_of_the_project_is_constrained_by_the_lock() -> None:
+    """The image, `make` and CI install the versions requirements.lock pins, nothing resolved anew."""
+    steps = dockerfile()
+    copied = [args.split()[:-1] for ins, args in steps if ins == "COPY" and not args.startswith("--from")]
+    assert any("requirements.lock" in sources for sources in copied), "the build stage copies the lock"
+    pip_runs = [args for ins, args in steps if ins == "RUN" and re.search(r"\bpip (install|wheel)\b", args)]
+    assert pip_runs
+    for run in pip_runs:
+        assert "--upgrade" not in run, f"an unpinned upgrade in the image: {run}"
+        assert "-c requirements.lock" in run or "--no-index" in run, f"resolves versions at build time: {run}"
+    makefile = (ROOT / "Makefile").read_text()
+    installs = [line for line in makefile.splitlines() if re.search(r"pip install|\$\(PIP\)", line)]
+    assert "PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(LOCK)" in makefile
+    for line in installs:
+        assert "$(PIP)" in line or "-c $(LOCK)" in line or re.search(r"'(uv|pip)==\$\((UV|PIP)_VERSION\)'", line), line
+    assert re.search(r"^\$\(STAMP\): pyproject\.toml \$\(LOCK\)$", makefile, re.M), "a new lock reinstalls .venv"
+    assert re.search(r"^lock:", makefile, re.M), "make lock regenerates it"
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
