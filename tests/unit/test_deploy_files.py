@@ -169,6 +169,8 @@ def documented_runs() -> list[tuple[str, list[str]]]:
     runs = []
     for line in text.splitlines():
         for segment in line.split("&&"):
+            if "docker compose run" not in segment:
+                continue  # prose, where an apostrophe is not a shell quote
             words = shlex.split(segment)
             if words[:3] != ["docker", "compose", "run"]:
                 continue
@@ -207,11 +209,23 @@ def secret_data(name: str) -> dict[str, str]:
     return secret["stringData"]
 
 
-def workload(kind: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(pod spec, its one container) of the Deployment or the Job."""
+# The container running eventsink in each workload (the Job also applies roles.sql around it).
+EVENTSINK_CONTAINER = {"Deployment": "worker", "Job": "migrate"}
+
+
+def all_containers(kind: str) -> list[dict[str, Any]]:
     spec = k8s(kind)["spec"]["template"]["spec"]
-    assert len(spec["containers"]) == 1
-    return spec, spec["containers"][0]
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def workload(kind: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(pod spec, the container running eventsink) of the Deployment or the Job."""
+    spec = k8s(kind)["spec"]["template"]["spec"]
+    if kind == "Deployment":
+        assert len(spec["containers"]) == 1 and not spec.get("initContainers")
+    found = [c for c in all_containers(kind) if c["name"] == EVENTSINK_CONTAINER[kind]]
+    assert len(found) == 1, f"{kind}: one container named {EVENTSINK_CONTAINER[kind]}"
+    return spec, found[0]
 
 
 def container_env(kind: str, files: Path) -> dict[str, str]:
@@ -413,6 +427,96 @@ def test_compose_depends_on_conditions_are_satisfiable() -> None:
                 assert condition == "service_started", f"{name}: unknown condition {condition}"
 
 
+# -- state and roles in compose ---------------------------------------------------------------------
+
+
+def named_volume_at(service: dict[str, Any], path: str) -> str | None:
+    """The named volume (declared at the top level) mounted at `path` or above it, if any."""
+    for volume in service.get("volumes") or []:
+        source, _, rest = volume.partition(":")
+        target = rest.split(":")[0]
+        if source in (compose().get("volumes") or {}) and (path == target or path.startswith(target + "/")):
+            return source
+    return None
+
+
+def waits_for(name: str, condition: str) -> set[str]:
+    """Every service `name` waits for with `condition`, directly or through the services it waits for."""
+    found: set[str] = set()
+    todo = [name]
+    while todo:
+        for target, dep in (compose()["services"][todo.pop()].get("depends_on") or {}).items():
+            if dep["condition"] == condition and target not in found:
+                found.add(target)
+                todo.append(target)
+    return found
+
+
+def psql_runs(path_in_container: str) -> list[str]:
+    """Compose services whose command is psql applying the file at `path_in_container`."""
+    runs = []
+    for name, service in compose()["services"].items():
+        command = service.get("command") or []
+        if command[:1] == ["psql"] and (f"--file={path_in_container}" in command or path_in_container in command):
+            assert "ON_ERROR_STOP=1" in command, f"{name}: psql must stop at the first error"
+            runs.append(name)
+    return runs
+
+
+def test_kafka_and_postgres_keep_their_data_in_volumes_and_kafka_its_cluster_id() -> None:
+    """A broker without a volume comes back empty: its topics get new ids, which the ledger (kept in
+    the PostgreSQL volume) refuses, and every partition stops (log_changed)."""
+    services = compose()["services"]
+    postgres = services["postgres"]
+    assert named_volume_at(postgres, compose_env(postgres).get("PGDATA", "/var/lib/postgresql/data"))
+    kafka = services["kafka"]
+    env = compose_env(kafka)
+    # apache/kafka writes its log to /tmp/kraft-combined-logs unless told otherwise.
+    log_dirs = env.get("KAFKA_LOG_DIRS", "/tmp/kraft-combined-logs").split(",")
+    for log_dir in log_dirs:
+        assert named_volume_at(kafka, log_dir), f"kafka's log {log_dir} is on no named volume"
+    assert re.fullmatch(r"[A-Za-z0-9_-]{22}", env.get("CLUSTER_ID", "")), "a fixed cluster id (the ledger checks it)"
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert "ledger reset" in text and "log_changed" in text, "the compose file says what a fresh broker means"
+
+
+def test_compose_creates_the_roles_of_roles_sql_and_eventsink_uses_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    services = compose()["services"]
+    roles_sql = (DEPLOY / "sql" / "roles.sql").read_text()
+    superuser = compose_env(services["postgres"])["POSTGRES_USER"]
+    mounted = {
+        name: target
+        for name, service in services.items()
+        for source, target, *_ in (v.split(":") for v in service.get("volumes") or [])
+        if (ROOT / source).resolve() == (DEPLOY / "sql" / "roles.sql").resolve()
+    }
+    assert len(set(mounted.values())) == 1, (
+        f"deploy/sql/roles.sql is mounted by no service (or at two paths): {mounted}"
+    )
+    appliers = psql_runs(next(iter(mounted.values())))
+    assert appliers and set(appliers) <= set(mounted)
+    passwords: dict[str, str] = {}
+    for name in appliers:
+        env = compose_env(services[name])
+        assert env["PGHOST"] == "postgres" and env["PGUSER"] == superuser, f"{name} runs roles.sql as the superuser"
+        for command in services[name]["command"]:
+            match = re.fullmatch(r"--command=ALTER ROLE (\w+) LOGIN PASSWORD '([^']+)'", command)
+            if match:
+                passwords[match[1]] = match[2]
+    expected = {"migrate": "eventsink_migrator", "worker": "eventsink_writer"}
+    for name in eventsink_services():
+        dsn = conninfo_to_dict(compose_settings(name, monkeypatch).dsn)
+        role = expected[name]
+        assert dsn["user"] == role != superuser and f"'{role}'" in roles_sql, f"compose {name} connects as {role}"
+        assert passwords.get(role) == dsn["password"], f"db-roles gives {role} the password {name} uses"
+    # Before migrate (the migrator must exist and own the schema), and again after it (the grants on
+    # the tables migrate created) before any worker starts.
+    before = [a for a in appliers if a in waits_for("migrate", "service_completed_successfully")]
+    after = [a for a in appliers if "migrate" in waits_for(a, "service_completed_successfully")]
+    assert before and after, "roles.sql runs before and after migrate"
+    assert set(after) <= waits_for("worker", "service_completed_successfully")
+
+
 # -- the image and its commands --------------------------------------------------------------------
 
 
@@ -536,14 +640,49 @@ def test_the_migration_job_runs_migrate_once_with_the_worker_image() -> None:
     assert job["spec"]["backoffLimit"] >= 1 and job["spec"]["activeDeadlineSeconds"] > 0
 
 
+def test_the_migration_job_creates_the_roles_before_migrating_and_grants_after() -> None:
+    """roles.sql (in the image) runs as an administrator before `eventsink migrate` (the migrator must
+    exist and own the schema) and again after it (grants on the tables it created); the administrator's
+    credential reaches only those steps, as a libpq service file, never the command line or env."""
+    spec = k8s("Job")["spec"]["template"]["spec"]
+    order = [c["name"] for c in all_containers("Job")]
+    assert [c["name"] for c in spec["containers"]] == [order[-1]], "the last step is the pod's container"
+    copied = [a.split() for ins, a in final_stage() if ins == "COPY" and "roles.sql" in a]
+    assert len(copied) == 1 and (ROOT / copied[0][0]).resolve() == (DEPLOY / "sql" / "roles.sql").resolve()
+    in_image = copied[0][-1]
+    appliers = []
+    for container in all_containers("Job"):
+        command = container.get("command") or []
+        if command[:1] != ["psql"]:
+            continue
+        assert f"--file={in_image}" in command and "ON_ERROR_STOP=1" in command, container["name"]
+        assert container["image"] == workload("Job")[1]["image"], "roles.sql of the version being migrated"
+        env = {v["name"]: v["value"] for v in container["env"]}
+        assert set(env) == {"PGSERVICEFILE", "PGSERVICE"}, "the credential comes from a service file"
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        volume = next(v for v in spec["volumes"] if v["name"] == mounts[str(Path(env["PGSERVICEFILE"]).parent)])
+        [item] = volume["secret"]["items"]
+        assert item["path"] == Path(env["PGSERVICEFILE"]).name
+        service = secret_data(volume["secret"]["secretName"])[item["key"]]
+        assert f"[{env['PGSERVICE']}]" in service and "password=" in service
+        appliers.append(container["name"])
+    migrate = order.index(EVENTSINK_CONTAINER["Job"])
+    assert any(order.index(a) < migrate for a in appliers) and any(order.index(a) > migrate for a in appliers)
+    admin_volumes = {v["name"] for v in spec["volumes"] if "secret" in v and "ADMIN_PG_SERVICE" in str(v)}
+    assert not admin_volumes & {m["name"] for m in workload("Job")[1]["volumeMounts"]}, "migrate never sees it"
+
+
 # -- resources and files ---------------------------------------------------------------------------
 
 
 def test_containers_request_resources_and_cap_memory() -> None:
     for kind in ("Deployment", "Job"):
-        resources = workload(kind)[1]["resources"]
-        assert {"cpu", "memory"} <= set(resources["requests"]), kind
-        assert "memory" in resources["limits"], kind
+        for container in all_containers(kind):
+            resources = container["resources"]
+            assert {"cpu", "memory"} <= set(resources["requests"]), f"{kind} {container['name']}"
+            assert "memory" in resources["limits"], f"{kind} {container['name']}"
+            security = container["securityContext"]
+            assert security["allowPrivilegeEscalation"] is False and security["readOnlyRootFilesystem"] is True
 
 
 def test_the_worker_writes_its_data_dir_on_a_volume_under_a_read_only_root(
