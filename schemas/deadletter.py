@@ -44,6 +44,8 @@ class Reason(StrEnum):
     UNKNOWN_FIELD = "unknown_field"
     # schema_version newer than the worker knows: replayable once workers that know it run.
     UNSUPPORTED_VERSION = "unsupported_version"
+    # Value format confluent-json: the value lacks Confluent's header (magic byte 0, schema id).
+    INVALID_FRAME = "invalid_frame"
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,13 +10,16 @@ from pydantic import BaseModel
 
 from schemas.analysis import AnalysisEvent
 from schemas.chat import ChatEvent
-from schemas.codec import UNKNOWN_FIELDS
+from schemas.codec import UNKNOWN_FIELDS, Decoded, Rejected
+from schemas.framing import DECODERS, ValueFormat
 from schemas.metric import MetricEvent
 from sinks.core.sink import RowWriter
 from sinks.writers.analysis import AnalysisWriter
 from sinks.writers.chat import ChatWriter
 from sinks.writers.metric import MetricWriter
 from streams.settings import Settings
+
+Decoder = Callable[[bytes | None, type[Any], bytes | None, dict[str, Any] | None], Decoded[Any] | Rejected]
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,13 @@ class Kind:
     writer: RowWriter
     # Deployment settings handed to decoding and the model's validators (`schemas.codec.decode`).
     context: dict[str, Any] = field(default_factory=dict)
+    # EVENTSINK_<KIND>_VALUE_FORMAT; `decode` is chosen once for it (`schemas.framing.DECODERS`), so
+    # the default `json` calls `schemas.codec.decode` itself. Every reader of the topic uses it.
+    value_format: ValueFormat = "json"
+    decode: Decoder = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "decode", DECODERS[self.value_format])
 
 
 def all_kinds(settings: Settings) -> list[Kind]:
@@ -39,6 +50,7 @@ def all_kinds(settings: Settings) -> list[Kind]:
             MetricEvent,
             MetricWriter(),
             {UNKNOWN_FIELDS: s.metric_unknown_fields},
+            s.metric_value_format,
         ),
         Kind(
             "chat",
@@ -47,6 +59,7 @@ def all_kinds(settings: Settings) -> list[Kind]:
             ChatEvent,
             ChatWriter(),
             {"max_content_bytes": s.chat_max_content_bytes, UNKNOWN_FIELDS: s.chat_unknown_fields},
+            s.chat_value_format,
         ),
         Kind(
             "analysis",
@@ -55,6 +68,7 @@ def all_kinds(settings: Settings) -> list[Kind]:
             AnalysisEvent,
             AnalysisWriter(),
             {UNKNOWN_FIELDS: s.analysis_unknown_fields},
+            s.analysis_value_format,
         ),
     ]
 

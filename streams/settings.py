@@ -15,6 +15,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from schemas.codec import UnknownFields
+from schemas.framing import ValueFormat
 from sinks import secrets
 from sinks.dsn import redact_dsn
 
@@ -103,6 +104,11 @@ class Settings(BaseSettings):
     metric_unknown_fields: UnknownFields = "keep"
     chat_unknown_fields: UnknownFields = "keep"
     analysis_unknown_fields: UnknownFields = "keep"
+    # How a kind's values are written: plain UTF-8 JSON, or JSON behind the header of Confluent's
+    # Schema Registry serializers (schemas/framing.py). Per kind; `json` stays strict.
+    metric_value_format: ValueFormat = "json"
+    chat_value_format: ValueFormat = "json"
+    analysis_value_format: ValueFormat = "json"
     topic_partitions: int = Field(8, ge=1, description="partitions of topics eventsink creates")
     topic_replication: int = Field(1, ge=1)
 

@@ -28,6 +28,9 @@ def untrue(reason: str, detail: str, value: bytes | None, key: bytes | None) -> 
         return f"detail with control characters: {detail!r}"
     if value is None:
         return None if reason == Reason.INVALID_JSON else f"{reason} for a record without a value"
+    if reason == Reason.INVALID_FRAME:  # value format confluent-json: magic byte 0 and a 4-byte schema id
+        framed = len(value) >= 5 and value[0] == 0
+        return "invalid_frame for a value with Confluent's header" if framed else None
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError:

@@ -12,6 +12,7 @@ from rich.text import Text
 
 from schemas.codec import printable
 from schemas.deadletter import Reason
+from schemas.framing import unframe
 from sinks.core import deadletters
 from streams import aio
 from streams.cli.console import err, out, progress_bar, settings
@@ -47,6 +48,19 @@ def _text(data: bytes | None, limit: int) -> str:
     return (data or b"").decode("utf-8", "replace")[:limit]
 
 
+def _confluent_sources(s: Settings) -> set[str]:
+    """Source topics whose kind reads values framed by Confluent's serializers (confluent-json)."""
+    from streams.kinds import all_kinds
+
+    return {kind.topic for kind in all_kinds(s) if kind.value_format == "confluent-json"}
+
+
+def _framed(data: bytes | None) -> tuple[bytes | None, int | None]:
+    """(the JSON, the schema id) of a Confluent-framed value; (the value, None) when it is not framed."""
+    framed = unframe(data) if data is not None else None
+    return (data, None) if framed is None or not isinstance(framed, tuple) else (framed[1], framed[0])
+
+
 @click.group()
 def dlq() -> None:
     """Inspect and replay dead-letter topics."""
@@ -63,10 +77,14 @@ def list_(topic: str, reason: str | None, tenant: str | None, since: str | None,
     """What failed, why, and where it came from (newest last)."""
     picked = tool.select(_read(settings(), topic), reason, tenant, _since(since))
     shown = sorted(picked, key=lambda letter: letter.timestamp_ms)[-limit:]
+    confluent = _confluent_sources(settings())
     if as_json:
         for letter in shown:
             info = letter.info
             stored = letter.stored
+            # A letter of a confluent-json kind: its JSON without the header, and the header's id.
+            value, schema_id = _framed(letter.value) if info.source_topic in confluent else (letter.value, None)
+            extra = {"confluent_schema_id": schema_id} if info.source_topic in confluent else {}
             click.echo(
                 orjson.dumps(
                     {
@@ -81,7 +99,8 @@ def list_(topic: str, reason: str | None, tenant: str | None, since: str | None,
                         "consumer_group": info.consumer_group,
                         "stored": None if stored is None else stored.decode("utf-8", "replace"),
                         "key": _text(letter.key, 2000),
-                        "value": _text(letter.value, 2000),
+                        "value": _text(value, 2000),
+                        **extra,
                     }
                 ).decode()
             )

@@ -119,6 +119,7 @@ def tail_command(
                 partitions=partitions or None,
                 filters=Filters(tenant, grep),
                 context=kind.context,
+                decoder=kind.decode,
                 security=s.kafka_security(),
                 on_unreadable=lambda u: err.print(
                     f"[yellow]{u.topic}[{u.partition}]@{u.offset}: the Kafka client cannot read this record batch "

@@ -35,7 +35,7 @@ from functools import cached_property
 from typing import Any, Protocol
 from uuid import UUID
 
-from schemas.codec import Decoded, decode
+from schemas.codec import Decoded
 from schemas.deadletter import DeadLetterInfo, Reason
 from sinks.writers.lifecycle import State, fold, step_of, superseded
 from streams.kinds import Kind
@@ -234,7 +234,7 @@ def expect(kind: Kind, records: Iterable[SourceRecord], dead: Iterable[SourceRec
                 db_rejected.add((info.source_partition, info.source_offset))
     for r in records:
         out.records += 1
-        result = decode(r.value, kind.model, r.key, kind.context)
+        result = kind.decode(r.value, kind.model, r.key, kind.context)
         if isinstance(result, Decoded):
             e = result.event
             out.events.setdefault((e.tenant_id, e.dedupe_id), []).append(  # type: ignore[attr-defined]

@@ -109,10 +109,13 @@ def _as_stored(event: BaseModel) -> dict[str, Any]:
     return out
 
 
-def to_row(record: Any, model: type[BaseModel], context: dict[str, Any] | None) -> TailRow:
+def to_row(
+    record: Any, model: type[BaseModel], context: dict[str, Any] | None, decoder: Callable[..., Any] = decode
+) -> TailRow:
+    """`decoder`: the kind's (`streams.kinds.Kind.decode`, which knows its value format)."""
     headers = list(record.headers or ())
     dlq = DeadLetterInfo.from_headers(headers) if any(k.startswith(HEADER_PREFIX) for k, _ in headers) else None
-    result = decode(record.value, model, record.key, context)
+    result = decoder(record.value, model, record.key, context)
     row = TailRow(
         record.topic,
         record.partition,
@@ -138,6 +141,7 @@ async def tail(
     partitions: Iterable[int] | None = None,
     filters: Filters | None = None,
     context: dict[str, Any] | None = None,
+    decoder: Callable[..., Any] = decode,
     security: Mapping[str, Any] | None = None,
     on_unreadable: Callable[[Unreadable], None] | None = None,
     on_live: Callable[[], None] | None = None,
@@ -153,7 +157,7 @@ async def tail(
         async for chunk in reader.read(topic, start=start, partitions=partitions, follow=follow):
             while reader.unreadable and on_unreadable is not None:
                 on_unreadable(reader.unreadable.pop(0))
-            rows = [row for row in (to_row(r, model, context) for r in chunk) if filters.match(row)]
+            rows = [row for row in (to_row(r, model, context, decoder) for r in chunk) if filters.match(row)]
             if backlog is None:
                 for row in rows:
                     emit(row)

@@ -242,6 +242,7 @@ class Runtime:
                 labelled_tenants=s.telemetry_tenant_set,
             ),
             decode_context=kind.context,
+            decoder=kind.decode,
             on_crash=self.crash,
             budget=self.budget,
         )

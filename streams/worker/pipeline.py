@@ -38,7 +38,7 @@ from uuid import UUID
 from pydantic import BaseModel
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
-from schemas.codec import Decoded, decode, dedupe_digest
+from schemas.codec import Decoded, Rejected, decode, dedupe_digest
 from schemas.deadletter import DeadLetter
 from sinks.core.batch import Batch, Cached, LogIdentity, Record, WriteResult
 from sinks.core.sink import Sink
@@ -153,6 +153,8 @@ class Pipeline:
         control: PartitionControl,
         config: PipelineConfig,
         decode_context: dict[str, Any] | None = None,
+        # The kind's decoder (`streams.kinds.Kind.decode`: `decode` itself for value format json).
+        decoder: Callable[..., Decoded[Any] | Rejected] = decode,
         on_crash: Callable[[BaseException], Awaitable[None]] | None = None,
         budget: Budget | None = None,
     ) -> None:
@@ -163,6 +165,7 @@ class Pipeline:
         self.control = control
         self.config = config
         self.decode_context = decode_context or None
+        self.decoder = decoder
         self.on_crash = on_crash
         self.budget = budget or Budget(DEFAULT_BUDGET_BYTES)
         # Told (partition, next offset) after each commit: Kafka's offsets follow the ledger.
@@ -228,7 +231,7 @@ class Pipeline:
             self._ingest(st, records)
 
     def _ingest(self, st: _Partition, records: Sequence[Any]) -> None:
-        model, topic, context = self.model, self.topic, self.decode_context
+        model, topic, context, decode = self.model, self.topic, self.decode_context, self.decoder
         batch_size, hold_records = self.config.batch_size, self.config.hold_records
         p, buffer = st.number, st.buffer
         now = time.monotonic()
