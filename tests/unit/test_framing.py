@@ -148,5 +148,5 @@ def test_the_setting_chooses_each_kinds_decoder_and_json_is_decode_itself(monkey
     # The default costs nothing: the worker calls the codec's decode directly.
     assert kinds["metric"].decode is decode and kinds["analysis"].decode is decode
     monkeypatch.setenv("EVENTSINK_METRIC_VALUE_FORMAT", "avro")
-    with pytest.raises(SettingsError, match="METRIC_VALUE_FORMAT|metric_value_format"):
+    with pytest.raises(SettingsError, match=r"METRIC_VALUE_FORMAT|metric_value_format"):
         load()
