@@ -64,6 +64,7 @@ def lock() -> dict[str, tuple[Version, str]]:
     return pins
 
 
+@cache
 def imports(package: str) -> dict[str, set[str]]:
     """Third-party top-level modules imported anywhere under `package` (lazy imports too) → files."""
     found: dict[str, set[str]] = {}
@@ -84,8 +85,13 @@ def imports(package: str) -> dict[str, set[str]]:
     return found
 
 
+@cache
+def top_level() -> dict[str, list[str]]:
+    return metadata.packages_distributions()
+
+
 def distributions(module: str) -> set[str]:
-    dists = metadata.packages_distributions().get(module)
+    dists = top_level().get(module)
     assert dists, f"{module} is imported, but no installed distribution provides it"
     return {canonicalize_name(d) for d in dists}
 
@@ -123,33 +129,47 @@ def test_the_lock_pins_every_requirement_of_pyproject_within_its_range() -> None
             )
 
 
+def closure(roots: list[Requirement]) -> set[str]:
+    """The installed distributions `roots` need, their extras and their own requirements included."""
+    env = default_environment()
+    todo = [(canonicalize_name(r.name), frozenset(r.extras)) for r in roots]
+    seen: set[tuple[str, frozenset[str]]] = set()
+    while todo:
+        name, extras = todo.pop()
+        if (name, extras) in seen:
+            continue
+        seen.add((name, extras))
+        for text in metadata.requires(name) or []:
+            req = Requirement(text)
+            if req.marker is None or any(req.marker.evaluate({**env, "extra": e}) for e in {"", *extras}):
+                todo.append((canonicalize_name(req.name), frozenset(req.extras)))
+    return {name for name, _ in seen}
+
+
+@cache
+def installed_for_the_code() -> set[str]:
+    """What `make` installs (`.[embedded,test]`) and what the code imports, with all they require."""
+    roots = [r for g in ("dependencies", "embedded", "test") for r in requirements(g)]
+    imported = [d for package in GROUPS for module in imports(package) for d in distributions(module)]
+    return closure(roots + [Requirement(d) for d in imported])
+
+
 def test_the_lock_pins_every_distribution_the_code_imports_and_what_those_require() -> None:
     """The closure of the imported distributions' own requirements, as installed, is pinned too."""
     pins = lock()
-    env = default_environment()
-    todo = [d for package in GROUPS for module in imports(package) for d in distributions(module)]
-    seen: set[str] = set()
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        assert name in pins, f"{name} is installed for the code but not pinned in requirements.lock"
-        for text in metadata.requires(name) or []:
-            req = Requirement(text)
-            if req.marker is None or req.marker.evaluate({**env, "extra": ""}):
-                todo.append(canonicalize_name(req.name))
-    assert {"mode-streaming", "pydantic-core", "aiokafka", "faust-streaming"} <= seen
+    needed = installed_for_the_code()
+    assert {"mode-streaming", "pydantic-core", "aiokafka", "faust-streaming", "httpx2"} <= needed
+    missing = sorted(needed - set(pins))
+    assert not missing, f"installed for the code but not pinned in requirements.lock (run `make lock`): {missing}"
 
 
 def test_what_is_installed_is_what_the_lock_pins() -> None:
     """The venv the tests run in was installed from the lock (make's stamp depends on it)."""
     differ = []
-    for name, (version, _marker) in lock().items():
-        try:
-            installed = Version(metadata.version(name))
-        except metadata.PackageNotFoundError:
-            continue  # an extra this venv does not install (bench, dev) or another platform's
+    pins = lock()
+    for name in sorted(installed_for_the_code()):
+        version, _ = pins[name]
+        installed = Version(metadata.version(name))
         if installed != version:
             differ.append(f"{name} {installed} (lock: {version})")
     assert not differ, f"installed versions differ from requirements.lock (rerun make): {differ}"
