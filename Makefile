@@ -43,8 +43,9 @@ promtool:
 	@command -v promtool >/dev/null 2>&1 || { \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 			echo "installing promtool (Debian package prometheus)"; \
-			DEBIAN_FRONTEND=noninteractive apt-get update -qq \
-			&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+			{ DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+			  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; } >/dev/null \
+			|| echo "promtool could not be installed: the rule tests fail under CI=true, skip elsewhere"; \
 		else echo "promtool is not installed (Debian package prometheus): the rule tests will skip"; fi; }
 
 run: $(STAMP)
