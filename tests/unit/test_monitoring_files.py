@@ -140,3 +140,13 @@ def test_compose_provisions_prometheus_and_grafana_with_these_files() -> None:
         assert (DEPLOY.parent / mount).exists(), mount
     scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     assert scrape["scrape_configs"][0]["job_name"] == "eventsink"  # the alerts' up{job="eventsink"}
+
+
+def test_without_promtool_the_rule_tests_fail_in_ci_and_skip_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="promtool is missing in CI"):
+        promtool()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="promtool is not installed"):
+        promtool()
