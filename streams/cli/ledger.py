@@ -177,11 +177,11 @@ def reset(topic: str, partition: int | None, dry_run: bool) -> None:
                 f"{', '.join(map(str, unchanged))}",
                 highlight=False,
             )
-        err.print(
-            f"{'would reset' if dry_run else 'reset'} {len(done)} partition(s) of {topic}"
-            + ("" if dry_run else f"; running workers resume them within {s.log_check_s:g}s"),
-            highlight=False,
-        )
+        if not dry_run:
+            err.print(
+                f"reset {len(done)} partition(s) of {topic}; running workers resume them within {s.log_check_s:g}s",
+                highlight=False,
+            )
 
 
 @ledger_command.command("skip")
@@ -215,11 +215,18 @@ def skip(topic: str, partition: int, to: int, dry_run: bool, lose_live_records: 
             "records published later",
             param_hint="--to",
         )
-    if to >= start and not lose_live_records:
-        below = f"--to {start - 1} at most" if start > 0 else "nothing, it deleted no record"
+    row = next((r for r in aio.run(_rows(s.dsn, s.group_id, topic)) if r.partition == partition), None)
+    last = row.last_offset if row else ledger.NOTHING_APPLIED
+    if last >= to:
         raise click.BadParameter(
-            f"the broker still has {where} offsets {start} to {to} (its log starts at {start}): skip {below}, "
-            f"or add {OVERRIDE} to give up on records a worker can still apply",
+            f"the ledger of {where} is already at or past offset {to} (at {last})", param_hint="--to"
+        )
+    if to >= start and not lose_live_records:
+        first = max(start, last + 1)
+        allowed = f"--to {start - 1} at most" if start - 1 > last else "no offset after the ledger was deleted"
+        raise click.BadParameter(
+            f"the broker still has {where} offsets {first} to {to} (its log starts at {start}, the ledger is at "
+            f"{last}): {allowed}; add {OVERRIDE} to give up on records a worker can still apply",
             param_hint="--to",
         )
     who = _operator(s)
@@ -227,16 +234,18 @@ def skip(topic: str, partition: int, to: int, dry_run: bool, lose_live_records: 
         reason = (
             f"the broker's log starts at {start}: the offsets before it were deleted before they were applied"
             if to < start
-            else f"{OVERRIDE}: offsets {start} to {to} were still on the broker (log start {start}, end {end})"
+            else f"{OVERRIDE}: the broker still had the offsets from {start} on (its log ended at {end - 1})"
         )
         change = ledger.skip(conn, s.group_id, topic, partition, to, reason, who)
         if change is None:
             raise click.BadParameter(f"the ledger of {where} is already at or past offset {to}", param_hint="--to")
         err.print(
-            f"{where}: {'would record' if dry_run else 'recorded'} {to - change.before_offset} offset(s) "
-            f"{change.before_offset + 1} to {to} as lost; last offset {change.before_offset} -> {to}",
+            f"{where}: {to - change.before_offset} offset(s), {change.before_offset + 1} to {to}, given up as lost; "
+            f"last offset {change.before_offset} -> {to} ({reason})",
             highlight=False,
         )
+        if not dry_run:
+            err.print("recorded as lost; the change is listed by `eventsink ledger history`")
 
 
 @ledger_command.command("history")

@@ -128,7 +128,8 @@ def main() -> None:
         err.print("aborted")
         sys.exit(130)
     except click.ClickException as exc:
-        err.print(f"[red]error:[/red] {scrub(exc.format_message())}", highlight=False)
+        # One line, however long: a usage error says what is valid on the line a script greps.
+        err.print(f"[red]error:[/red] {scrub(exc.format_message())}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
