@@ -20,7 +20,13 @@ def _kind_of(s: Settings, topic: str, type_: str | None) -> Kind:
     """What TOPIC carries: one of eventsink's topics says it; another existing topic needs --type."""
     ours = names.any_kind(s, topic)
     if type_ is None and ours is None:
-        raise names.unknown_topic(s, topic)
+        try:
+            names.broker_partitions(s, topic)
+        except click.BadParameter:
+            raise names.unknown_topic(s, topic) from None
+        raise click.BadParameter(
+            f"{topic!r} is not one of eventsink's topics: give --type metric|chat|analysis", param_hint="TOPIC"
+        )
     names.broker_partitions(s, topic)
     if type_ is None and ours is not None:
         return ours
