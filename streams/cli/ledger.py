@@ -184,6 +184,26 @@ def reset(topic: str, partition: int | None, dry_run: bool) -> None:
             )
 
 
+def skip_refusal(where: str, to: int, start: int, end: int, last: int, lose_live_records: bool) -> str | None:
+    """Why `skip --to` cannot be right for a partition whose log runs from `start` to `end` - 1 and
+    whose ledger is at `last`, or None. Only offsets the broker deleted may be given up, unless the
+    operator says they give up on records it still has; never offsets not written yet."""
+    if to >= end:
+        return (
+            f"{where} ends at offset {end - 1}: offset {to} is not written yet, and skipping it would drop "
+            "records published later"
+        )
+    if last >= to:
+        return f"the ledger of {where} is already at or past offset {to} (at {last})"
+    if to >= start and not lose_live_records:
+        allowed = f"--to {start - 1} at most" if start - 1 > last else "no offset after the ledger was deleted"
+        return (
+            f"the broker still has {where} offsets {max(start, last + 1)} to {to} (its log starts at {start}, the "
+            f"ledger is at {last}): {allowed}; add {OVERRIDE} to give up on records a worker can still apply"
+        )
+    return None
+
+
 @ledger_command.command("skip")
 @click.option("--topic", required=True)
 @click.option("--partition", type=click.IntRange(min=0), required=True)
@@ -209,26 +229,10 @@ def skip(topic: str, partition: int, to: int, dry_run: bool, lose_live_records: 
     starts, ends = aio.run(_log_bounds(s, topic, [partition]))
     start, end = starts[partition], ends[partition]
     where = f"{topic}[{partition}]"
-    if to >= end:
-        raise click.BadParameter(
-            f"{where} ends at offset {end - 1}: offset {to} is not written yet, and skipping it would drop "
-            "records published later",
-            param_hint="--to",
-        )
     row = next((r for r in aio.run(_rows(s.dsn, s.group_id, topic)) if r.partition == partition), None)
-    last = row.last_offset if row else ledger.NOTHING_APPLIED
-    if last >= to:
-        raise click.BadParameter(
-            f"the ledger of {where} is already at or past offset {to} (at {last})", param_hint="--to"
-        )
-    if to >= start and not lose_live_records:
-        first = max(start, last + 1)
-        allowed = f"--to {start - 1} at most" if start - 1 > last else "no offset after the ledger was deleted"
-        raise click.BadParameter(
-            f"the broker still has {where} offsets {first} to {to} (its log starts at {start}, the ledger is at "
-            f"{last}): {allowed}; add {OVERRIDE} to give up on records a worker can still apply",
-            param_hint="--to",
-        )
+    refused = skip_refusal(where, to, start, end, row.last_offset if row else ledger.NOTHING_APPLIED, lose_live_records)
+    if refused is not None:
+        raise click.BadParameter(refused, param_hint="--to")
     who = _operator(s)
     with _change(s, dry_run) as conn:
         reason = (
