@@ -6,6 +6,7 @@ The real CLI, the real broker, the real PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import uuid
 from collections.abc import Callable
@@ -14,7 +15,7 @@ import orjson
 import psycopg
 import pytest
 
-from tests.helpers import Scenario, WorkerProcess, count_by_tenant, ledger, wait_applied
+from tests.helpers import Scenario, WorkerProcess, commit_group_offsets, count_by_tenant, ledger, wait_applied
 from tests.workload import Sent, create_topics, metric_json, send_raw
 
 OVERRIDE = "--lose-records-the-broker-still-has"
@@ -195,3 +196,16 @@ def test_a_dry_run_shows_the_real_runs_plan_and_the_change_is_recorded_and_liste
     assert change["command"].startswith("eventsink ledger skip --topic") and OVERRIDE in change["reason"]
     table = s.cli("ledger", "history")
     assert table.returncode == 0 and "alice" in table.stdout and f"{s.topic}[2]" in table.stdout
+
+
+def test_a_group_the_broker_knows_is_a_group_before_the_ledger_counts_anything(scenario: Scenario) -> None:
+    s, sent = scenario, Sent()
+    create_topics(s)
+    a = sent.tenants[0]
+    send_raw(s, sent, [(a.encode(), metric_json(a, f"a{i}")) for i in range(3)], partition=0, one_by_one=True)
+    other = f"other-{s.name}"
+    asyncio.run(commit_group_offsets(s.bootstrap, other, s.topic, {0: 1, 1: 0, 2: 0, 3: 0}))
+    done = s.cli("lag", "--group", other, "--topic", s.topic, "--json")
+    assert done.returncode == 0, done.stderr
+    lags = {p["partition"]: p for p in orjson.loads(done.stdout)["partitions"]}
+    assert (lags[0]["committed"], lags[0]["kafka_lag"], lags[0]["ledger_lag"]) == (1, 2, 3)
