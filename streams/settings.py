@@ -135,6 +135,9 @@ class Settings(BaseSettings):
     # Offsets deleted by the broker (retention) before they were applied: stop the partition until
     # an operator decides (`eventsink ledger skip`), or skip them and record the loss.
     on_data_loss: Literal["stop", "skip"] = "stop"
+    # Who an operator's change of the ledger is recorded as (`eventsink ledger history`); the OS
+    # user when unset.
+    operator: str | None = None
 
     # Dedupe cache (the database is the real dedupe; this only saves it work).
     dedupe_window_s: float = Field(900.0, gt=0)

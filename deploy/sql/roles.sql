@@ -70,5 +70,9 @@ BEGIN
         -- Workers never say how far retention went; they (and verify) may read it.
         REVOKE INSERT, UPDATE ON eventsink.retention_horizons FROM eventsink_writer;
     END IF;
+    IF to_regclass('eventsink.ledger_changes') IS NOT NULL THEN
+        -- The record of operators' ledger changes is appended to, never rewritten.
+        REVOKE UPDATE, DELETE ON eventsink.ledger_changes FROM eventsink_writer;
+    END IF;
 END
 $$;

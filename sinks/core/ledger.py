@@ -7,7 +7,7 @@ cluster id, once known). It moves only inside `Sink.write`'s transaction, with t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from uuid import UUID
 
@@ -62,9 +62,7 @@ ORDER BY consumer_group, topic, partition
 RESET = """
 UPDATE eventsink.offsets_ledger
 SET last_offset = %(to)s, topic_id = NULL, cluster_id = NULL, updated_at = now()
-WHERE consumer_group = %(group)s AND topic = %(topic)s
-  AND (%(partition)s::int IS NULL OR partition = %(partition)s)
-RETURNING partition, last_offset
+WHERE consumer_group = %(group)s AND topic = %(topic)s AND partition = %(partition)s
 """
 
 # What `eventsink ledger skip` does: offsets after the ledger up to `to` are accepted as lost.
@@ -74,9 +72,26 @@ SET lost = lost + (%(to)s - last_offset), last_offset = %(to)s, updated_at = now
 WHERE consumer_group = %(group)s AND topic = %(topic)s AND partition = %(partition)s AND last_offset < %(to)s
 """
 LAST_OFFSET = """
-SELECT last_offset FROM eventsink.offsets_ledger
+SELECT last_offset, topic_id, cluster_id FROM eventsink.offsets_ledger
 WHERE consumer_group = %s AND topic = %s AND partition = %s
 FOR UPDATE
+"""
+# Every change an operator makes to the ledger, in the change's transaction (migration 0007).
+RECORD_CHANGE = """
+INSERT INTO eventsink.ledger_changes (
+    operator, command, action, consumer_group, topic, partition, before_offset, after_offset,
+    before_topic_id, after_topic_id, before_cluster_id, after_cluster_id, reason)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+RETURNING changed_at
+"""
+HISTORY = """
+SELECT changed_at, operator, command, action, consumer_group, topic, partition, before_offset, after_offset,
+       before_topic_id, after_topic_id, before_cluster_id, after_cluster_id, reason
+FROM eventsink.ledger_changes
+WHERE (%(group)s::text IS NULL OR consumer_group = %(group)s)
+  AND (%(topic)s::text IS NULL OR topic = %(topic)s)
+ORDER BY id DESC
+LIMIT %(limit)s
 """
 
 NOTHING_APPLIED = -1
@@ -168,24 +183,134 @@ async def rows(conn: psycopg.AsyncConnection, group: str | None = None, topic: s
     return [LedgerRow(*r) for r in await cur.fetchall()]
 
 
-def skip(conn: psycopg.Connection, group: str, topic: str, partition: int, to: int, reason: str) -> int | None:
-    """Accept the offsets after the ledger up to `to` as lost: recorded, and the partition resumes
-    after `to` (the caller commits). Returns how many offsets, or None if the ledger is at or
-    past `to` already."""
+@dataclass(frozen=True, slots=True)
+class Operator:
+    """Who changes the ledger, and the command they typed: recorded with every change."""
+
+    name: str
+    command: str
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One partition's ledger row changed by an operator (a row of eventsink.ledger_changes)."""
+
+    changed_at: datetime | None
+    operator: str
+    command: str
+    action: str  # skip | reset
+    consumer_group: str
+    topic: str
+    partition: int
+    before_offset: int
+    after_offset: int
+    before_topic_id: UUID | None
+    after_topic_id: UUID | None
+    before_cluster_id: str | None
+    after_cluster_id: str | None
+    reason: str
+
+
+def _record(conn: psycopg.Connection, change: Change) -> Change:
+    row = conn.execute(
+        RECORD_CHANGE,
+        (
+            change.operator,
+            change.command,
+            change.action,
+            change.consumer_group,
+            change.topic,
+            change.partition,
+            change.before_offset,
+            change.after_offset,
+            change.before_topic_id,
+            change.after_topic_id,
+            change.before_cluster_id,
+            change.after_cluster_id,
+            change.reason,
+        ),
+    ).fetchone()
+    assert row is not None
+    return replace(change, changed_at=row[0])
+
+
+def skip(
+    conn: psycopg.Connection, group: str, topic: str, partition: int, to: int, reason: str, who: Operator
+) -> Change | None:
+    """Accept the offsets after the ledger up to `to` as lost: recorded (lost_ranges, the ledger's
+    `lost`, ledger_changes) and the partition resumes after `to` (the caller commits). None if
+    the ledger is at or past `to` already."""
     row = conn.execute(LAST_OFFSET, (group, topic, partition)).fetchone()
     last = int(row[0]) if row else NOTHING_APPLIED
     if last >= to:
         return None
     if row is None:
         conn.execute(CREATE, (group, topic, partition))
-    conn.execute(RECORD_LOST, (group, topic, partition, last + 1, to, reason))
+    conn.execute(RECORD_LOST, (group, topic, partition, last + 1, to, "operator"))
     conn.execute(SKIP, {"group": group, "topic": topic, "partition": partition, "to": to})
-    return to - last
+    topic_id, cluster = (row[1], row[2]) if row else (None, None)
+    return _record(
+        conn,
+        Change(
+            None,
+            who.name,
+            who.command,
+            "skip",
+            group,
+            topic,
+            partition,
+            last,
+            to,
+            topic_id,
+            topic_id,
+            cluster,
+            cluster,
+            reason,
+        ),
+    )
 
 
 def reset(
-    conn: psycopg.Connection, group: str, topic: str, partition: int | None = None, to: int = NOTHING_APPLIED
-) -> list[tuple[int, int]]:
-    """Start the partitions' logs again after `to` (the caller commits); (partition, offset) reset."""
-    cur = conn.execute(RESET, {"group": group, "topic": topic, "partition": partition, "to": to})
-    return [(int(p), int(o)) for p, o in cur.fetchall()]
+    conn: psycopg.Connection,
+    group: str,
+    topic: str,
+    partitions: dict[int, str],
+    who: Operator,
+    to: int = NOTHING_APPLIED,
+) -> list[Change]:
+    """Start each partition's log again after `to`, forgetting the log it counted (the caller
+    commits). `partitions`: partition -> why its log changed, recorded with the change."""
+    done = []
+    for partition, reason in sorted(partitions.items()):
+        row = conn.execute(LAST_OFFSET, (group, topic, partition)).fetchone()
+        if row is None:
+            continue
+        conn.execute(RESET, {"group": group, "topic": topic, "partition": partition, "to": to})
+        done.append(
+            _record(
+                conn,
+                Change(
+                    None,
+                    who.name,
+                    who.command,
+                    "reset",
+                    group,
+                    topic,
+                    partition,
+                    int(row[0]),
+                    to,
+                    row[1],
+                    None,
+                    row[2],
+                    None,
+                    reason,
+                ),
+            )
+        )
+    return done
+
+
+def history(conn: psycopg.Connection, group: str | None, topic: str | None, limit: int) -> list[Change]:
+    """The latest changes operators made to the ledger, newest first."""
+    cur = conn.execute(HISTORY, {"group": group, "topic": topic, "limit": limit})
+    return [Change(*r) for r in cur.fetchall()]

@@ -10,6 +10,7 @@ import orjson
 import psycopg
 from rich.table import Table
 
+from streams.cli import names
 from streams.cli.console import err, out, settings
 
 # A conversation as its tenant sees it: another tenant's is not found.
@@ -35,11 +36,11 @@ def chat() -> None:
 @chat.command("history")
 @click.argument("conversation_id", type=click.UUID)
 @click.option(
-    "--tenant", required=True, type=click.UUID, help="The tenant asking: another's conversation is not found."
+    "--tenant", required=True, type=names.TENANT, help="The tenant asking: another's conversation is not found."
 )
 @click.option("--last", type=click.IntRange(min=1), default=10, show_default=True, help="How many messages.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per message.")
-def history(conversation_id: UUID, tenant: UUID, last: int, as_json: bool) -> None:
+def history(conversation_id: UUID, tenant: str, last: int, as_json: bool) -> None:
     """Print the last messages of a conversation, oldest first."""
     s = settings()
     params = {"conversation": conversation_id, "tenant": tenant, "last": last}

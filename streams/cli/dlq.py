@@ -15,6 +15,7 @@ from schemas.deadletter import Reason
 from schemas.framing import unframe
 from sinks.core import deadletters
 from streams import aio
+from streams.cli import names
 from streams.cli.console import err, out, progress_bar, settings
 from streams.publish.publisher import Publisher
 from streams.settings import Settings
@@ -75,7 +76,9 @@ def dlq() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per record.")
 def list_(topic: str, reason: str | None, tenant: str | None, since: str | None, limit: int, as_json: bool) -> None:
     """What failed, why, and where it came from (newest last)."""
-    picked = tool.select(_read(settings(), topic), reason, tenant, _since(since))
+    s = settings()
+    names.dlq_kind(s, topic)  # `dlq list metrics` (no .dlq) is a usage error, not a list of non-letters
+    picked = tool.select(_read(s, topic), reason, tenant, _since(since))
     shown = sorted(picked, key=lambda letter: letter.timestamp_ms)[-limit:]
     confluent = _confluent_sources(settings())
     if as_json:

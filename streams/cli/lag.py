@@ -8,7 +8,8 @@ import click
 import orjson
 from rich.table import Table
 
-from streams.cli.console import out, settings
+from streams.cli import names
+from streams.cli.console import err, out, settings
 from streams.kinds import kinds
 from streams.tools.lag import collect
 
@@ -21,7 +22,7 @@ from streams.tools.lag import collect
     "--max-lag",
     type=click.IntRange(min=0),
     default=None,
-    help="Exit with status 2 when the total lag in PostgreSQL terms exceeds this.",
+    help="Exit with status 2 when the total lag in PostgreSQL terms exceeds this, or a partition is stopped.",
 )
 def lag(group: str | None, topics: tuple[str, ...], as_json: bool, max_lag: int | None) -> None:
     """Lag per topic and partition: end offset, Kafka's committed offset, the ledger's applied offset.
@@ -30,18 +31,24 @@ def lag(group: str | None, topics: tuple[str, ...], as_json: bool, max_lag: int 
     end offsets while they are being written to; numbers settle when the topic is quiescent.
     """
     s = settings()
-    group = group or s.group_id
-    wanted = list(topics) or [k.topic for k in kinds(s)]
+    group = names.group(s, group)
+    wanted = [names.source_kind(s, t, "--topic").topic for t in topics]
+    for topic in wanted:
+        names.broker_partitions(s, topic, "--topic")
+    wanted = wanted or [k.topic for k in kinds(s)]
     rows = collect(s.bootstrap_list, s.dsn, group, wanted, s.kafka_security())
+    if not rows:  # a total of 0 would read as "no lag" when nothing was looked at
+        raise click.ClickException(f"none of {', '.join(wanted)} exists on the broker: no lag to report")
     kafka_total = sum(r.kafka_lag for r in rows)
     ledger_total = sum(r.ledger_lag for r in rows)
+    stopped = [r for r in rows if r.stopped]
     if as_json:
         click.echo(
             orjson.dumps(
                 {
                     "group": group,
                     "partitions": [r.as_dict() for r in rows],
-                    "total": {"kafka_lag": kafka_total, "ledger_lag": ledger_total},
+                    "total": {"kafka_lag": kafka_total, "ledger_lag": ledger_total, "stopped": len(stopped)},
                 }
             ).decode()
         )
@@ -65,10 +72,16 @@ def lag(group: str | None, topics: tuple[str, ...], as_json: bool, max_lag: int 
                 "-" if r.committed is None else str(r.committed),
                 str(r.applied),
                 str(r.kafka_lag),
-                str(r.ledger_lag),
+                f"{r.ledger_lag} (stopped)" if r.stopped else str(r.ledger_lag),
             )
         table.add_section()
         table.add_row("total", "", "", "", "", str(kafka_total), str(ledger_total), style="bold")
         out.print(table)
-    if max_lag is not None and ledger_total > max_lag:
+        for r in stopped:
+            # The worker applies nothing of it until an operator acts: lag that never shrinks.
+            err.print(
+                f"[red]{r.topic}[{r.partition}] is stopped, {r.stopped}; see `eventsink ledger reset`[/]",
+                highlight=False,
+            )
+    if max_lag is not None and (ledger_total > max_lag or stopped):
         sys.exit(2)

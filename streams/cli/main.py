@@ -9,6 +9,7 @@ from rich.table import Table
 
 from sinks import migrate as migrations
 from sinks.secrets import scrub
+from streams.cli import names
 from streams.cli.backup import backup, restore
 from streams.cli.chat import chat
 from streams.cli.console import err, out, scrub_output, settings
@@ -39,6 +40,10 @@ def cli() -> None:
 @click.option("--down-to", type=int, default=None, help="Undo applied migrations above this version.")
 def migrate(show_status: bool, target: int | None, down_to: int | None) -> None:
     """Apply the database migrations (safe to run twice, and concurrently)."""
+    if target is not None:
+        names.migration_version(target, "--to")
+    if down_to is not None:
+        names.migration_version(down_to, "--down-to", none_is_valid=True)
     s = settings()
     if show_status:
         table = Table("version", "name", "applied at", "reversible")
@@ -49,14 +54,14 @@ def migrate(show_status: bool, target: int | None, down_to: int | None) -> None:
         return
     if down_to is not None:
         undone = migrations.rollback(s.dsn, down_to)
-        names = ", ".join(f"{m.version:04d}_{m.name}" for m in undone) or "-"
-        err.print(f"rolled back {len(undone)} migration(s): {names}")
+        listed = ", ".join(f"{m.version:04d}_{m.name}" for m in undone) or "-"
+        err.print(f"rolled back {len(undone)} migration(s): {listed}")
         return
     applied = migrations.migrate(s.dsn, target)
-    names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied)
+    listed = ", ".join(f"{m.version:04d}_{m.name}" for m in applied)
     err.print(
         f"database {s.dsn_display}: applied {len(applied)} migration(s)"
-        + (f": {names}" if applied else " (up to date)")
+        + (f": {listed}" if applied else " (up to date)")
     )
 
 
@@ -123,7 +128,8 @@ def main() -> None:
         err.print("aborted")
         sys.exit(130)
     except click.ClickException as exc:
-        err.print(f"[red]error:[/red] {scrub(exc.format_message())}", highlight=False)
+        # One line, however long: a usage error says what is valid on the line a script greps.
+        err.print(f"[red]error:[/red] {scrub(exc.format_message())}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -9,6 +9,7 @@ import click
 from rich.markup import escape
 
 from schemas.codec import Decoded, printable
+from streams.cli import names
 from streams.cli.console import err, out, settings
 from streams.kinds import Kind, all_kinds
 from streams.settings import Settings
@@ -16,12 +17,20 @@ from streams.tools.tail import Filters, Start, TailRow, json_line, parse_since, 
 
 
 def _kind_of(s: Settings, topic: str, type_: str | None) -> Kind:
-    for kind in all_kinds(s):
-        if (type_ and kind.name == type_) or (not type_ and topic in (kind.topic, kind.dlq_topic)):
-            return kind
-    if type_ is None:
-        raise click.UsageError(f"cannot tell what {topic!r} carries: give --type metric|chat|analysis")
-    raise click.UsageError(f"unknown --type {type_!r}")
+    """What TOPIC carries: one of eventsink's topics says it; another existing topic needs --type."""
+    ours = names.any_kind(s, topic)
+    if type_ is None and ours is None:
+        try:
+            names.broker_partitions(s, topic)
+        except click.BadParameter:
+            raise names.unknown_topic(s, topic) from None
+        raise click.BadParameter(
+            f"{topic!r} is not one of eventsink's topics: give --type metric|chat|analysis", param_hint="TOPIC"
+        )
+    names.broker_partitions(s, topic)
+    if type_ is None and ours is not None:
+        return ours
+    return next(kind for kind in all_kinds(s) if kind.name == type_)
 
 
 def _summary(event: Any) -> str:
@@ -54,7 +63,7 @@ def pretty(row: TailRow) -> str:
 
 @click.command("tail")
 @click.argument("topic")
-@click.option("--tenant", default=None, help="Only this tenant's records.")
+@click.option("--tenant", type=names.TENANT, default=None, help="Only this tenant's records (a UUID).")
 @click.option(
     "--type",
     "type_",
@@ -91,6 +100,8 @@ def tail_command(
         raise click.UsageError("use one of --from-beginning, --since and --last")
     s = settings()
     kind = _kind_of(s, topic, type_)
+    if partitions:
+        names.partitions(s, topic, partitions)
     try:
         start = Start(
             from_beginning=from_beginning,

@@ -8,15 +8,15 @@ import click
 import orjson
 from rich.table import Table
 
+from streams.cli import names
 from streams.cli.console import err, out, settings
-from streams.kinds import all_kinds
 from streams.tools.tail import parse_since
 from streams.tools.verify import verify as run_verify
 
 
 @click.command()
 @click.argument("topic")
-@click.option("--tenant", default=None, help="Only this tenant.")
+@click.option("--tenant", type=names.TENANT, default=None, help="Only this tenant (a UUID).")
 @click.option("--since", default=None, help="Only records since a time: 10m, 2h, 1d, or a timestamp.")
 @click.option(
     "--group", default=None, help="Consumer group whose ledger tells what is pending (default: EVENTSINK_GROUP_ID)."
@@ -30,11 +30,9 @@ def verify(topic: str, tenant: str | None, since: str | None, group: str | None,
     the events). Exits with status 1 when anything is missing or duplicated.
     """
     s = settings()
-    kind = next((k for k in all_kinds(s) if topic in (k.topic, k.name)), None)
-    if kind is None:
-        raise click.UsageError(
-            f"{topic!r} is not one of eventsink's topics: {', '.join(k.topic for k in all_kinds(s))}"
-        )
+    kind = names.source_kind(s, topic)
+    names.broker_partitions(s, kind.topic)
+    group = names.group(s, group)
     try:
         since_at = parse_since(since) if since else None
     except ValueError as exc:
@@ -43,7 +41,7 @@ def verify(topic: str, tenant: str | None, since: str | None, group: str | None,
         report = run_verify(
             s.bootstrap_list,
             s.dsn,
-            group or s.group_id,
+            group,
             kind,
             tenant=tenant,
             since=since_at,
@@ -51,6 +49,11 @@ def verify(topic: str, tenant: str | None, since: str | None, group: str | None,
         )
     except LookupError as exc:
         raise click.ClickException(str(exc)) from None
+    if report.totals().seen == 0:
+        # Nothing read is nothing verified: never "consistent".
+        of = f" of tenant {tenant}" if tenant else ""
+        since_text = f" since {since}" if since else ""
+        raise click.ClickException(f"{kind.topic} holds no records{of}{since_text}: nothing to verify")
     if as_json:
         click.echo(orjson.dumps(report.as_dict()).decode())
     else:

@@ -13,11 +13,12 @@ are unknown (None), and the worker falls back to comparing offsets with the ledg
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
 
+from aiokafka import AIOKafkaClient
 from aiokafka.errors import IncompatibleBrokerVersion
 from aiokafka.protocol.abstract import AbstractType
 from aiokafka.protocol.api import Request, RequestStruct, Response
@@ -133,3 +134,36 @@ async def identities(client: Any, topics: Iterable[str]) -> dict[str, TopicIdent
         if error_code == 0:
             found[name] = TopicIdentity(None if topic_id == _NO_ID else topic_id, cluster)
     return found
+
+
+async def broker_identities(
+    bootstrap: list[str], security: Mapping[str, Any], topics: Iterable[str]
+) -> dict[str, TopicIdentity]:
+    """`identities` through a client of its own (a connection per call): for the command line."""
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, **dict(security))
+    try:
+        await client.bootstrap()
+        return await identities(client, topics)
+    finally:
+        await client.close()
+
+
+def log_changed(
+    ledger_last: int,
+    ledger_topic_id: uuid.UUID | None,
+    ledger_cluster_id: str | None,
+    now: TopicIdentity | None,
+    end_offset: int | None,
+) -> str | None:
+    """Why a partition's log is not the one its ledger row counted, or None if it is (or nothing
+    was applied yet). The worker's rule (`streams.worker.positioning`): ids where the broker
+    reports them; otherwise a log that ends below the ledger is taken for a new one."""
+    if ledger_last < 0:
+        return None
+    if now is not None and now.topic_id is not None and ledger_topic_id not in (None, now.topic_id):
+        return f"topic id is {now.topic_id}, the ledger counted {ledger_topic_id} (recreated topic)"
+    if now is not None and now.cluster_id is not None and ledger_cluster_id not in (None, now.cluster_id):
+        return f"cluster is {now.cluster_id}, the ledger counted {ledger_cluster_id}"
+    if (now is None or now.topic_id is None) and end_offset is not None and end_offset < ledger_last + 1:
+        return f"the log ends at {end_offset}, below the ledger's {ledger_last + 1} (recreated topic?)"
+    return None

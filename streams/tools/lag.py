@@ -15,6 +15,7 @@ import psycopg
 
 from sinks.core import ledger as offsets
 from streams import aio
+from streams.tools.identity import broker_identities, log_changed
 from streams.tools.reader import Reader
 
 
@@ -25,6 +26,9 @@ class PartitionLag:
     end_offset: int
     committed: int | None  # the group's committed offset in Kafka (next to read)
     applied: int  # the ledger's last applied offset + 1 (next to apply)
+    # Why workers stop this partition until an operator acts (its log is not the one the ledger
+    # counted: `eventsink ledger reset`), None while it runs. A stopped partition's whole log waits.
+    stopped: str | None = None
 
     @property
     def kafka_lag(self) -> int:
@@ -60,14 +64,24 @@ def collect(
     bootstrap: list[str], dsn: str, group: str, topics: list[str], security: Mapping[str, Any] | None = None
 ) -> list[PartitionLag]:
     kafka = aio.run(_kafka_offsets(bootstrap, group, topics, security or {}))
+    try:
+        now = aio.run(broker_identities(bootstrap, security or {}, topics))
+    except Exception:  # no ids: the rule falls back on offsets, as the worker's does
+        now = {}
 
-    async def ledger() -> dict[tuple[str, int], int]:
+    async def ledger() -> dict[tuple[str, int], offsets.LedgerRow]:
         async with await psycopg.AsyncConnection.connect(dsn) as conn:
-            return {(r.topic, r.partition): r.last_offset + 1 for r in await offsets.rows(conn, group)}
+            return {(r.topic, r.partition): r for r in await offsets.rows(conn, group)}
 
-    applied = aio.run(ledger())
-    # Records the broker no longer has (retention) can be neither applied nor waited for.
-    return [
-        PartitionLag(topic, partition, end, committed, max(start, applied.get((topic, partition), 0)))
-        for (topic, partition), (start, end, committed) in sorted(kafka.items())
-    ]
+    rows = aio.run(ledger())
+    found = []
+    for (topic, partition), (start, end, committed) in sorted(kafka.items()):
+        row = rows.get((topic, partition))
+        # The worker's own rule (`streams.worker.positioning`): such a partition waits for a reset.
+        stopped = log_changed(row.last_offset, row.topic_id, row.cluster_id, now.get(topic), end) if row else None
+        # Records the broker no longer has (retention) can be neither applied nor waited for.
+        applied = start if stopped else max(start, row.last_offset + 1 if row else 0)
+        found.append(
+            PartitionLag(topic, partition, end, committed, applied, f"log_changed: {stopped}" if stopped else None)
+        )
+    return found

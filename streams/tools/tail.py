@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 import orjson
 from pydantic import BaseModel
@@ -36,13 +37,22 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
+def _canonical(tenant: str | None) -> str | None:
+    try:
+        return str(UUID(tenant)) if tenant else None
+    except ValueError:
+        return None
+
+
 @dataclass
 class Filters:
     tenant: str | None = None
     grep: str | None = None
 
     def match(self, row: TailRow) -> bool:
-        if self.tenant is not None and self.tenant.lower() not in (row.tenant or "").lower():
+        # A record's tenant in any spelling a worker accepts in a key (`schemas.codec`), as `tenant`
+        # is (canonical UUID text, `streams.cli.names.tenant`).
+        if self.tenant is not None and _canonical(row.tenant) != self.tenant:
             return False
         return self.grep is None or self.grep in row.text
 

@@ -24,7 +24,7 @@ from faust.types import TP
 from sinks.core.batch import LogIdentity
 from sinks.core.ledger import Position
 from streams import logs
-from streams.tools.identity import TopicIdentity, identities
+from streams.tools.identity import TopicIdentity, identities, log_changed
 from streams.tools.reader import Reader
 
 if TYPE_CHECKING:
@@ -116,22 +116,22 @@ class Positioning:
     async def _changed(self, topic: str, partitions: list[int], ledger: Mapping[int, Position]) -> dict[int, str]:
         """Partitions whose log is not the one their ledger row counted, with why."""
         now = self._identities.get(topic)
+        counted = {p: ledger[p] for p in partitions if p in ledger and ledger[p].last_offset >= 0}
+        # The rule `eventsink lag` and `eventsink ledger reset` apply too (`log_changed`): ids first,
+        # and end offsets (one request) only where the broker reports no topic id.
         changed = {}
-        for p in partitions:
-            position = ledger.get(p)
-            if position is None or position.last_offset < 0:
-                continue
-            if now is not None and now.topic_id is not None and position.topic_id not in (None, now.topic_id):
-                changed[p] = f"topic id is {now.topic_id}, the ledger counted {position.topic_id} (recreated topic)"
-            elif now is not None and now.cluster_id is not None and position.cluster_id not in (None, now.cluster_id):
-                changed[p] = f"cluster is {now.cluster_id}, the ledger counted {position.cluster_id}"
-        unknown = [p for p in partitions if p not in changed and ledger.get(p) is not None]
+        for p, pos in counted.items():
+            why = log_changed(pos.last_offset, pos.topic_id, pos.cluster_id, now, None)
+            if why is not None:
+                changed[p] = why
+        unknown = [p for p in counted if p not in changed]
         if unknown and (now is None or now.topic_id is None):
             ends = await self._end_offsets(topic, unknown)
             for p in unknown:
-                last = ledger[p].last_offset
-                if p in ends and ends[p] < last + 1:
-                    changed[p] = f"the log ends at {ends[p]}, below the ledger's {last + 1} (recreated topic?)"
+                pos = counted[p]
+                why = log_changed(pos.last_offset, pos.topic_id, pos.cluster_id, now, ends.get(p))
+                if why is not None:
+                    changed[p] = why
         return changed
 
     # -- while running --------------------------------------------------------------------------

@@ -162,7 +162,11 @@ def test_topics_create_is_explicit_and_idempotent(scenario: Scenario) -> None:
 def test_tail_guesses_the_kind_or_asks_for_it(scenario: Scenario) -> None:
     s = scenario
     create_topics(s)
-    asked = s.cli("tail", f"other-{uuid.uuid4().hex[:6]}")
-    assert asked.returncode == 2 and "--type" in asked.stderr
+    other = f"other-{uuid.uuid4().hex[:6]}"
+    send_raw(s, Sent(), [(None, b"{}")], topic=other)  # a topic that is not eventsink's
+    asked = s.cli("tail", other)
+    assert asked.returncode == 2 and "give --type metric|chat|analysis" in asked.stderr, asked.stderr
+    typo = s.cli("tail", f"other-{uuid.uuid4().hex[:6]}")
+    assert typo.returncode == 2 and "eventsink's topics are" in typo.stderr, typo.stderr
     missing = s.cli("tail", f"other-{uuid.uuid4().hex[:6]}", "--type", "chat")
-    assert missing.returncode == 1 and "does not exist" in missing.stderr
+    assert missing.returncode == 2 and "does not exist on the broker" in missing.stderr

@@ -58,8 +58,12 @@ def test_a_batch_the_client_cannot_read_stops_only_its_partition_until_skipped(s
         assert status == 200 and orjson.loads(body)["stopped_partitions"] == {f"{s.topic}[{bad}]": "unreadable"}
         assert total(samples(w), "eventsink_fetch_errors_total") >= 1
         skip = ["ledger", "skip", "--topic", s.topic, "--partition", str(bad), "--to", str(bad_offset)]
+        # The broker still has the batch: refused unless the operator says they give up on it.
+        refused = s.cli(*skip)
+        assert refused.returncode == 2 and "--lose-records-the-broker-still-has" in refused.stderr, refused.stderr
+        skip.append("--lose-records-the-broker-still-has")
         dry = s.cli(*skip, "--dry-run")
-        assert dry.returncode == 0 and "would record 1 offset(s)" in dry.stderr, dry.stderr
+        assert dry.returncode == 0 and "1 offset(s)" in dry.stderr and "dry run: nothing changed" in dry.stderr
         assert ledger(s.dsn, s.group, s.topic)[bad]["last_offset"] == bad_offset - 1  # nothing changed
         skipped = s.cli(*skip)
         assert skipped.returncode == 0 and "recorded as lost" in skipped.stderr, skipped.stderr

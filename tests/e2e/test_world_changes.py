@@ -80,6 +80,9 @@ def test_a_recreated_topic_stops_its_partitions_until_an_operator_resets_the_led
         publish(s, old, 400, duplicates=0.0, seed=201)
         wait_applied(s.dsn, s.group, s.topic, old.last_offsets)
         counted = sorted(old.last_offsets)  # the partitions the old tenants' keys hash to
+        # Not recreated yet: a reset would apply the log again from offset 0.
+        unchanged = s.cli("ledger", "reset", "--topic", s.topic, "--dry-run")
+        assert unchanged.returncode == 2 and "the broker serves the log the ledger counted" in unchanged.stderr
         asyncio.run(_recreate(s.bootstrap, s.topic, 4))
         new = Sent(tenants=old.tenants)  # same tenants, same partitions, new events
         publish(s, new, 300, duplicates=0.0, seed=202)
@@ -99,11 +102,27 @@ def test_a_recreated_topic_stops_its_partitions_until_an_operator_resets_the_led
         assert stored(s, old) == old.unique, "a record of the new log was applied past a ledger of the old one"
         assert any(e.get("event") == "partition stopped" and e.get("reason") == "log_changed" for e in w.logs())
 
+        # lag sees them stopped, not caught up: the new log waits whole, and a lag check fails.
+        lagged = s.cli("lag", "--json")
+        assert lagged.returncode == 0, lagged.stderr
+        lags = {p["partition"]: p for p in orjson.loads(lagged.stdout)["partitions"]}
+        assert sorted(p for p, v in lags.items() if v["stopped"]) == counted
+        assert all(lags[p]["stopped"].startswith("log_changed: topic id is") for p in counted)
+        assert all(lags[p]["ledger_lag"] == lags[p]["end_offset"] for p in counted)
+        check = s.cli("lag", "--max-lag", "1000000")
+        assert check.returncode == 2 and "is stopped, log_changed" in check.stderr, check.stderr
+
         dry = s.cli("ledger", "reset", "--topic", s.topic, "--dry-run")
         assert dry.returncode == 0 and "dry run: nothing changed" in dry.stderr, dry.stderr
         assert stored(s, old) == old.unique
-        done = s.cli("ledger", "reset", "--topic", s.topic)
+        done = s.cli("ledger", "reset", "--topic", s.topic, EVENTSINK_OPERATOR="bob")
         assert done.returncode == 0 and f"reset {len(counted)} partition(s)" in done.stderr, done.stderr
+        assert dry.stderr.strip().splitlines()[:-1] == done.stderr.strip().splitlines()[:-1]  # the same plan
+        history = [orjson.loads(line) for line in s.cli("ledger", "history", "--json").stdout.splitlines()]
+        resets = sorted(
+            (c["partition"], c["before_offset"], c["after_offset"]) for c in history if c["operator"] == "bob"
+        )
+        assert resets == [(p, old.last_offsets[p], -1) for p in counted]
         wait_until(lambda: stored(s, old) == old.unique + new.unique, 90, what="the new log applied after the reset")
         wait_applied(s.dsn, s.group, s.topic, new.last_offsets)
         assert total(samples(w), "eventsink_partition_blocked", topic=s.topic) == 0

@@ -84,3 +84,26 @@ def test_an_irreversible_migration_stops_a_rollback(empty_db: str, tmp_path: Pat
     with pytest.raises(MigrationError, match="irreversible"):
         m.rollback(empty_db, 0, folder=tmp_path)
     assert "keep" in tables(empty_db)
+
+
+def test_the_ledger_changes_migration_runs_twice_and_goes_back(empty_db: str) -> None:
+    m.migrate(empty_db)
+    ledger_changes = next(x for x in m.available() if x.name == "ledger_changes")
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        conn.execute(ledger_changes.up)  # type: ignore[arg-type]  # again: nothing to do, no error
+        assert ledger_changes.down is not None
+        conn.execute(ledger_changes.down)  # type: ignore[arg-type]
+        assert conn.execute("SELECT to_regclass('eventsink.ledger_changes')").fetchone() == (None,)
+        conn.execute(ledger_changes.up)  # type: ignore[arg-type]
+        assert conn.execute("SELECT to_regclass('eventsink.ledger_changes')").fetchone() != (None,)
+
+
+def test_the_writer_role_appends_to_the_record_of_ledger_changes_and_never_rewrites_it(writer_url: str) -> None:
+    with psycopg.connect(writer_url) as conn:
+        conn.execute(
+            "INSERT INTO eventsink.ledger_changes (operator, command, action, consumer_group, topic, partition, "
+            "before_offset, after_offset, reason) VALUES ('t', 'eventsink ledger skip', 'skip', %s, 't', 0, -1, 0, '')",
+            (f"g-{uuid.uuid4().hex[:8]}",),
+        )
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("UPDATE eventsink.ledger_changes SET operator = 'someone else'")

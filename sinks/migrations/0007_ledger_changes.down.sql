@@ -1,0 +1,1 @@
+DROP TABLE IF EXISTS eventsink.ledger_changes;

@@ -1,0 +1,211 @@
+"""The commands operators type refuse mistakes: a name that matches nothing is a usage error, a
+check that read nothing never says all is well, and a change to the ledger that can lose or
+re-apply data is refused unless it can be right, and is recorded when it is made.
+
+The real CLI, the real broker, the real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import uuid
+from collections.abc import Callable
+
+import orjson
+import psycopg
+import pytest
+
+from tests.helpers import Scenario, WorkerProcess, commit_group_offsets, count_by_tenant, ledger, wait_applied
+from tests.workload import Sent, create_topics, metric_json, send_raw
+
+OVERRIDE = "--lose-records-the-broker-still-has"
+NOT_A_UUID = "not-a-uuid"
+
+
+def usage_error(done: subprocess.CompletedProcess[str]) -> str:
+    """The one line a usage error prints (asserted: exit 2, nothing on stdout, one line)."""
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+    assert done.stdout == "" and len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    return lines[0]
+
+
+def lost(s: Scenario, partition: int) -> int:
+    """The ledger's count of offsets given up as lost in a partition of the scenario's topic."""
+    with psycopg.connect(s.dsn) as conn:
+        row = conn.execute(
+            "SELECT lost FROM eventsink.offsets_ledger WHERE consumer_group = %s AND topic = %s AND partition = %s",
+            (s.group, s.topic, partition),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+Args = Callable[[Scenario], list[str]]
+
+# Every command that takes a topic, a tenant, a group, a partition or a migration version, with
+# one that does not exist; and what the one line says exists or is valid ({topic}, {dlq}: the
+# scenario's).
+MISTAKES: dict[str, tuple[Args, str]] = {
+    "verify topic": (lambda s: ["verify", "metrcs"], "eventsink's topics are metrics-"),
+    "verify a DLQ": (lambda s: ["verify", s.dlq_topic], "give its source topic '{topic}'"),
+    "verify tenant": (lambda s: ["verify", s.topic, "--tenant", NOT_A_UUID], "is not a tenant id: give a UUID"),
+    "verify group": (lambda s: ["verify", s.topic, "--group", "nosuch"], "no consumer group 'nosuch'"),
+    "tail topic": (lambda s: ["tail", "metrcs"], "no topic 'metrcs': eventsink's topics are"),
+    "tail typed topic": (lambda s: ["tail", "nosuch", "--type", "metric"], "'nosuch' does not exist on the broker"),
+    "tail tenant": (lambda s: ["tail", s.topic, "--tenant", NOT_A_UUID], "is not a tenant id"),
+    "tail partition": (
+        lambda s: ["tail", s.topic, "--partition", "9"],
+        "has no partition 9: its partitions are 0 to 3",
+    ),
+    "lag topic": (lambda s: ["lag", "--topic", "nosuch", "--max-lag", "0"], "no topic 'nosuch'"),
+    "lag group": (lambda s: ["lag", "--group", "nosuch", "--max-lag", "0"], "no consumer group 'nosuch'"),
+    "ledger show topic": (lambda s: ["ledger", "show", "--topic", "nosuch"], "counts no topic 'nosuch'"),
+    "ledger show group": (lambda s: ["ledger", "show", "--group", "nosuch"], "no consumer group 'nosuch'"),
+    "ledger history group": (lambda s: ["ledger", "history", "--group", "nosuch"], "no consumer group 'nosuch'"),
+    "ledger reset topic": (lambda s: ["ledger", "reset", "--topic", "nosuch"], "no topic 'nosuch'"),
+    "ledger reset partition": (
+        lambda s: ["ledger", "reset", "--topic", s.topic, "--partition", "9"],
+        "has no partition of",
+    ),
+    "ledger skip topic": (
+        lambda s: ["ledger", "skip", "--topic", "nosuch", "--partition", "0", "--to", "1"],
+        "no topic 'nosuch'",
+    ),
+    "ledger skip partition": (
+        lambda s: ["ledger", "skip", "--topic", s.topic, "--partition", "9", "--to", "1"],
+        "has no partition 9: its partitions are 0 to 3",
+    ),
+    "migrate to": (lambda s: ["migrate", "--to", "999"], "no migration 999: versions are 1 to"),
+    "migrate down to": (lambda s: ["migrate", "--down-to", "999"], "no migration 999: versions are 0 to"),
+    "chat history tenant": (
+        lambda s: ["chat", "history", str(uuid.uuid4()), "--tenant", NOT_A_UUID],
+        "is not a tenant id",
+    ),
+    "dlq list a source topic": (lambda s: ["dlq", "list", s.topic], "its dead letters are in '{dlq}'"),
+}
+
+
+@pytest.mark.parametrize("mistake", sorted(MISTAKES))
+def test_a_name_that_matches_nothing_is_a_usage_error_saying_what_is_valid(scenario: Scenario, mistake: str) -> None:
+    s = scenario
+    create_topics(s)
+    args, says = MISTAKES[mistake]
+    assert says.format(topic=s.topic, dlq=s.dlq_topic) in usage_error(s.cli(*args(s)))
+
+
+def test_a_tenant_in_any_spelling_a_worker_accepts_is_the_same_tenant(scenario: Scenario) -> None:
+    s, sent = scenario, Sent()
+    create_topics(s)
+    a, b = sent.tenants[0], sent.tenants[1]
+    send_raw(s, sent, [(a.encode(), metric_json(a, f"a{i}")) for i in range(3)], partition=0)
+    send_raw(s, sent, [(b.encode(), metric_json(b, f"b{i}")) for i in range(2)], partition=0)
+    # A worker takes this key as tenant a's too (the record is invalid: dead-lettered under a).
+    send_raw(s, sent, [(uuid.UUID(a).hex.upper().encode(), b"not json")], partition=0)
+    spellings = [a, uuid.UUID(a).hex, a.upper(), f"{{{a}}}", f"urn:uuid:{a}"]
+    for spelling in spellings:
+        done = s.cli("tail", s.topic, "--from-beginning", "--format", "json", "--tenant", spelling)
+        assert done.returncode == 0, done.stderr
+        rows = [orjson.loads(line) for line in done.stdout.splitlines()]
+        assert [(r["offset"], r["valid"]) for r in rows] == [(0, True), (1, True), (2, True), (5, False)], spelling
+    reports = []
+    for spelling in spellings:
+        done = s.cli("verify", s.topic, "--json", "--tenant", spelling)
+        assert done.stdout, done.stderr
+        reports.append(orjson.loads(done.stdout)["tenants"])
+    assert all(r == reports[0] for r in reports)
+    assert [(t["tenant"], t["seen"]) for t in reports[0]] == [(a, 4)]
+
+
+def test_a_check_that_read_nothing_never_says_consistent(scenario: Scenario) -> None:
+    s, sent = scenario, Sent()
+    create_topics(s)
+    nobody = str(uuid.uuid4())
+    empty = s.cli("verify", s.topic)
+    assert empty.returncode == 1 and "consistent" not in empty.stderr
+    assert "holds no records: nothing to verify" in empty.stderr
+    a = sent.tenants[0]
+    send_raw(s, sent, [(a.encode(), metric_json(a, "a0"))], partition=0)
+    none_of_theirs = s.cli("verify", s.topic, "--tenant", nobody)
+    assert none_of_theirs.returncode == 1 and "consistent" not in none_of_theirs.stderr
+    assert f"holds no records of tenant {nobody}" in none_of_theirs.stderr
+
+
+def test_skipping_offsets_the_broker_still_has_is_refused_and_they_are_then_applied(scenario: Scenario) -> None:
+    """The mistake of issue 18: `ledger skip --to` past the ledger, over records the broker has
+    (or has not written yet). Refused; the records are then applied by the next worker."""
+    s, sent = scenario, Sent()
+    create_topics(s)
+    tenant = sent.tenants[0]
+    records = [(tenant.encode(), metric_json(tenant, f"a{i}")) for i in range(10)]
+    send_raw(s, sent, records, partition=1, unique={tenant: 10}, one_by_one=True)
+    w = WorkerProcess(s.env(), s.data_dir / "w1.log").start()
+    try:
+        wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
+    finally:
+        assert w.stop() == 0
+    last = sent.last_offsets[1]
+    skip = ["ledger", "skip", "--topic", s.topic, "--partition", "1"]
+    assert "is not written yet" in usage_error(s.cli(*skip, "--to", str(last + 50)))
+    assert "is not written yet" in usage_error(s.cli(*skip, "--to", str(last + 50), OVERRIDE))
+    assert "already at or past offset" in usage_error(s.cli(*skip, "--to", str(last)))
+    # The log was not recreated: a reset would apply it again from offset 0.
+    assert "refused" in usage_error(s.cli("ledger", "reset", "--topic", s.topic))
+    more = [(tenant.encode(), metric_json(tenant, f"b{i}")) for i in range(20)]
+    send_raw(s, sent, more, partition=1, unique={tenant: 20}, one_by_one=True)
+    for dry in ([], ["--dry-run"]):
+        refused = usage_error(s.cli(*skip, "--to", str(last + 10), *dry))
+        assert f"the broker still has {s.topic}[1] offsets {last + 1} to {last + 10}" in refused and OVERRIDE in refused
+    assert ledger(s.dsn, s.group, s.topic)[1]["last_offset"] == last  # nothing changed
+    w = WorkerProcess(s.env(), s.data_dir / "w2.log").start()
+    try:
+        wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
+    finally:
+        assert w.stop() == 0
+    assert count_by_tenant(s.dsn, [tenant]) == {tenant: 30}
+    assert lost(s, 1) == 0
+
+
+def test_a_dry_run_shows_the_real_runs_plan_and_the_change_is_recorded_and_listed(scenario: Scenario) -> None:
+    s, sent = scenario, Sent()
+    create_topics(s)
+    tenant = sent.tenants[0]
+    send_raw(s, sent, [(tenant.encode(), metric_json(tenant, f"a{i}")) for i in range(8)], partition=2, one_by_one=True)
+    skip = ["ledger", "skip", "--topic", s.topic, "--partition", "2", "--to", "4", OVERRIDE]
+    dry = s.cli(*skip, "--dry-run", EVENTSINK_OPERATOR="alice")
+    assert dry.returncode == 0, dry.stderr
+    assert ledger(s.dsn, s.group, s.topic) == {}
+    nothing = s.cli("ledger", "history", "--topic", s.topic, "--json")
+    assert nothing.returncode == 0 and nothing.stdout == "", nothing.stderr
+    done = s.cli(*skip, EVENTSINK_OPERATOR="alice")
+    assert done.returncode == 0, done.stderr
+    planned, made = dry.stderr.strip().splitlines(), done.stderr.strip().splitlines()
+    assert planned[:-1] == made[:-1] and planned[-1] == "dry run: nothing changed"
+    assert f"{s.topic}[2]: 5 offset(s), 0 to 4, given up as lost; last offset -1 -> 4" in made[0]
+    assert ledger(s.dsn, s.group, s.topic)[2]["last_offset"] == 4 and lost(s, 2) == 5
+    listed = s.cli("ledger", "history", "--topic", s.topic, "--json")
+    assert listed.returncode == 0, listed.stderr
+    [change] = [orjson.loads(line) for line in listed.stdout.splitlines()]
+    assert (change["operator"], change["action"], change["consumer_group"], change["partition"]) == (
+        "alice",
+        "skip",
+        s.group,
+        2,
+    )
+    assert (change["before_offset"], change["after_offset"]) == (-1, 4)
+    assert change["command"].startswith("eventsink ledger skip --topic") and OVERRIDE in change["reason"]
+    table = s.cli("ledger", "history")
+    assert table.returncode == 0 and "alice" in table.stdout and f"{s.topic}[2]" in table.stdout
+
+
+def test_a_group_the_broker_knows_is_a_group_before_the_ledger_counts_anything(scenario: Scenario) -> None:
+    s, sent = scenario, Sent()
+    create_topics(s)
+    a = sent.tenants[0]
+    send_raw(s, sent, [(a.encode(), metric_json(a, f"a{i}")) for i in range(3)], partition=0, one_by_one=True)
+    other = f"other-{s.name}"
+    asyncio.run(commit_group_offsets(s.bootstrap, other, s.topic, {0: 1, 1: 0, 2: 0, 3: 0}))
+    done = s.cli("lag", "--group", other, "--topic", s.topic, "--json")
+    assert done.returncode == 0, done.stderr
+    lags = {p["partition"]: p for p in orjson.loads(done.stdout)["partitions"]}
+    assert (lags[0]["committed"], lags[0]["kafka_lag"], lags[0]["ledger_lag"]) == (1, 2, 3)
