@@ -84,4 +84,4 @@ def lag(group: str | None, topics: tuple[str, ...], as_json: bool, max_lag: int 
                 highlight=False,
             )
     if max_lag is not None and (ledger_total > max_lag or stopped):
-        sys.exit(2)
+        sys.exit(1)  # the check failed; 2 is kept for usage errors, as in every command
