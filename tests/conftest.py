@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -161,6 +161,21 @@ def pgbouncer(pg_admin_dsn: str) -> Iterator[PgBouncer]:
         pytest.skip("the tests' PostgreSQL listens on a Unix socket only (embedded): PgBouncer needs TCP here")
     with PgBouncer(pg_admin_dsn) as bouncer:
         yield bouncer
+
+
+@pytest.fixture(params=["direct", "pgbouncer"])
+def route(request: pytest.FixtureRequest, database_url: str) -> Iterator[Callable[[str], str]]:
+    """How a test's workers reach PostgreSQL: the DSN as it is, or through PgBouncer in
+    transaction pooling (a supported deployment: README, Deploying). The PgBouncer variant checks
+    at the end that the test's transactions did pass through it."""
+    if request.param == "direct":
+        yield lambda dsn: dsn
+        return
+    bouncer: PgBouncer = request.getfixturevalue("pgbouncer")
+    database = database_of(database_url)
+    before = bouncer.transactions(database)
+    yield bouncer.dsn
+    assert bouncer.transactions(database) > before, "nothing went through PgBouncer"
 
 
 @pytest.fixture(autouse=True)

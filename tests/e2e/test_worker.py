@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import orjson
@@ -55,7 +56,10 @@ def drained(w: WorkerProcess, topic: str | None = None) -> dict[str, int]:
     return entries[-1]
 
 
-def test_events_land_exactly_once_and_invalid_ones_reach_the_dlq(scenario: Scenario) -> None:
+def test_events_land_exactly_once_and_invalid_ones_reach_the_dlq(
+    scenario: Scenario, route: Callable[[str], str]
+) -> None:
+    """Directly connected, and through PgBouncer in transaction pooling."""
     s, sent = scenario, Sent()
     create_topics(s)
     publish(s, sent, 3000, duplicates=0.1, invalid=0.05, seed=7)
@@ -64,7 +68,7 @@ def test_events_land_exactly_once_and_invalid_ones_reach_the_dlq(scenario: Scena
     send_raw(
         s, sent, [(a.encode(), metric_json(a, "shared")), (b.encode(), metric_json(b, "shared"))], unique={a: 1, b: 1}
     )
-    w = worker(s)
+    w = worker(s, DATABASE_URL=route(s.worker_dsn))
     try:
         wait_applied_exactly_once(s, sent)
     finally:
