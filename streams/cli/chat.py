@@ -10,7 +10,8 @@ import orjson
 import psycopg
 from rich.table import Table
 
-from streams.cli.console import err, out, settings
+from streams.cli.console import READ_DSN_HELP, err, out, settings
+from streams.tools import source
 
 # A conversation as its tenant sees it: another tenant's is not found.
 HISTORY = """
@@ -39,11 +40,14 @@ def chat() -> None:
 )
 @click.option("--last", type=click.IntRange(min=1), default=10, show_default=True, help="How many messages.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per message.")
-def history(conversation_id: UUID, tenant: UUID, last: int, as_json: bool) -> None:
-    """Print the last messages of a conversation, oldest first."""
+@click.option("--read-dsn", default=None, help=READ_DSN_HELP)
+def history(conversation_id: UUID, tenant: UUID, last: int, as_json: bool, read_dsn: str | None) -> None:
+    """Print the last messages of a conversation, oldest first, and which server was read (primary
+    or standby: a standby may not have replayed the latest messages yet)."""
     s = settings()
     params = {"conversation": conversation_id, "tenant": tenant, "last": last}
-    with psycopg.connect(s.dsn) as conn:
+    with psycopg.connect(source.read_dsn(read_dsn, s.read_dsn)) as conn:
+        err.print(f"read PostgreSQL at {source.read_from(conn)}", highlight=False)
         session = conn.execute(SESSION, params).fetchone()
         rows = conn.execute(HISTORY, params).fetchall()[::-1] if session else []
     if session is None:

@@ -81,6 +81,13 @@ def scrub_output() -> None:
             setattr(sys, name, ScrubbedStream(stream))
 
 
+# The read-only tools' option for a standby (`streams.tools.source`).
+READ_DSN_HELP = (
+    "Read from this PostgreSQL instead (a standby, or several hosts with target_session_attrs=prefer-standby); "
+    "default EVENTSINK_READ_DATABASE_URL, else DATABASE_URL. Prefer the variable: a password here is visible in ps."
+)
+
+
 def settings() -> Settings:
     try:
         loaded = load()

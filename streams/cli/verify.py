@@ -8,8 +8,9 @@ import click
 import orjson
 from rich.table import Table
 
-from streams.cli.console import err, out, settings
+from streams.cli.console import READ_DSN_HELP, err, out, settings
 from streams.kinds import all_kinds
+from streams.tools import source
 from streams.tools.tail import parse_since
 from streams.tools.verify import verify as run_verify
 
@@ -22,12 +23,16 @@ from streams.tools.verify import verify as run_verify
     "--group", default=None, help="Consumer group whose ledger tells what is pending (default: EVENTSINK_GROUP_ID)."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def verify(topic: str, tenant: str | None, since: str | None, group: str | None, as_json: bool) -> None:
+@click.option("--read-dsn", default=None, help=READ_DSN_HELP)
+def verify(
+    topic: str, tenant: str | None, since: str | None, group: str | None, as_json: bool, read_dsn: str | None
+) -> None:
     """Read TOPIC from the start (no consumer group, no commit) and check the database against it.
 
     Per tenant: records seen, distinct valid events, applied, dead-lettered, pending (past the
     ledger), missing and duplicated (including chat counters and analysis rows that disagree with
-    the events). Exits with status 1 when anything is missing or duplicated.
+    the events). Exits with status 1 when anything is missing or duplicated. It says which server
+    it read, primary or standby (a standby may lag: what it has not replayed yet is pending).
     """
     s = settings()
     kind = next((k for k in all_kinds(s) if topic in (k.topic, k.name)), None)
@@ -42,7 +47,7 @@ def verify(topic: str, tenant: str | None, since: str | None, group: str | None,
     try:
         report = run_verify(
             s.bootstrap_list,
-            s.dsn,
+            source.read_dsn(read_dsn, s.read_dsn),
             group or s.group_id,
             kind,
             tenant=tenant,
@@ -70,6 +75,7 @@ def verify(topic: str, tenant: str | None, since: str | None, group: str | None,
                 style=style,
             )
         out.print(table)
+        err.print(f"read PostgreSQL at {report.read_from}", highlight=False)
         for problem in report.problems[:20]:
             err.print(f"[red]- {problem}[/]", highlight=False)
         if report.dlq_repeats:
