@@ -73,6 +73,10 @@ def open_pool(
             "keepalives_count": 3,
             "connect_timeout": 10,
             "application_name": name,
+            # No statement prepared by name on the server: through a pooler in transaction mode
+            # (PgBouncer 1.18) the next transaction runs on another server connection, where the
+            # name is missing or another client's. A batch runs a handful of statements.
+            "prepare_threshold": None,
         },
         reconnect_timeout=float("inf"),
     )

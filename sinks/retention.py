@@ -145,7 +145,9 @@ def _in_batches(
 def _by_age(dsn: str, days: float, batch: int) -> Iterator[tuple[psycopg.Connection, dict[str, Any]]]:
     """An autocommit connection, and the parameters of the statements that pick rows by age:
     older than `days`, `batch` rows per run."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    # prepare_threshold=None: a statement repeated per batch is never prepared by name (through
+    # PgBouncer the next batch may run on another server connection, which does not know it).
+    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
         yield conn, {"age": timedelta(days=days), "batch": batch}
 
 
@@ -186,7 +188,9 @@ def expire_metrics(
     next run, if it is still older than the cut): the database's dedupe only knows what it holds.
     """
     result = RetentionResult()
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    # prepare_threshold=None: a statement repeated per batch is never prepared by name (through
+    # PgBouncer the next batch may run on another server connection, which does not know it).
+    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
         (cut,) = conn.execute(CUT, {"age": timedelta(days=days)}).fetchone()  # type: ignore[misc]
         result.metrics_cut = cut
         tenants = [row[0] for row in conn.execute(METRIC_TENANTS)]

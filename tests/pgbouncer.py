@@ -43,6 +43,10 @@ admin_users = postgres
 pool_mode = transaction
 default_pool_size = {pool}
 max_client_conn = 500
+; 1: each transaction takes the server connection idle the longest, so that a client's
+; consecutive transactions land on different ones even when it is alone (0, the default, reuses
+; the last one used)
+server_round_robin = {round_robin}
 ; what libpq clients send that 1.18 would refuse; dropped, never applied (eventsink sets its own
 ; settings per transaction, sinks/local_settings.py)
 ignore_startup_parameters = extra_float_digits,options,search_path
@@ -60,11 +64,12 @@ class PgBouncer:
     """`with PgBouncer(server_dsn) as bouncer:` then `bouncer.dsn(some_dsn)` reaches the same
     database and role through PgBouncer."""
 
-    def __init__(self, server_dsn: str, pool_size: int = POOL_SIZE) -> None:
+    def __init__(self, server_dsn: str, pool_size: int = POOL_SIZE, round_robin: bool = False) -> None:
         params = conninfo_to_dict(server_dsn)
         self.server_host = str(params.get("host") or "127.0.0.1")
         self.server_port = int(params.get("port") or 5432)
         self.pool_size = pool_size
+        self.round_robin = round_robin
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="eventsink-pgbouncer-"))
         self.proc: subprocess.Popen[bytes] | None = None
@@ -88,7 +93,12 @@ class PgBouncer:
         config = self.dir / "pgbouncer.ini"
         config.write_text(
             CONFIG.format(
-                host=self.server_host, port=self.server_port, listen=self.port, dir=self.dir, pool=self.pool_size
+                round_robin=int(self.round_robin),
+                host=self.server_host,
+                port=self.server_port,
+                listen=self.port,
+                dir=self.dir,
+                pool=self.pool_size,
             )
         )
         (self.dir / "users.txt").write_text("".join(f'"{u}" ""\n' for u in USERS))
@@ -154,6 +164,21 @@ class PgBouncer:
     def transactions(self, database: str) -> int:
         """Transactions PgBouncer has passed to `database` since it started."""
         return sum(int(r["total_xact_count"]) for r in self.show("STATS") if r["database"] == database)
+
+    def filled(self, dsn: str) -> str:
+        """`dsn` through PgBouncer, once its pool has opened every server connection (as many
+        clients in a transaction at once as it has): with round robin, a lone client's
+        consecutive transactions then run on different server connections."""
+        through = self.dsn(dsn)
+        clients = [psycopg.connect(through) for _ in range(self.pool_size)]
+        try:
+            pids = {c.execute("SELECT pg_backend_pid()").fetchone() for c in clients}
+            assert len(pids) == self.pool_size, pids
+        finally:
+            for c in clients:
+                c.rollback()  # ended, not abandoned: a server connection left in a transaction is closed
+                c.close()
+        return through
 
     def log(self) -> str:
         try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from sinks.core.sink import Sink
 from sinks.errors import MigrationError, TransientSinkError
 from sinks.local_settings import SEARCH_PATH
 from sinks.migrate import migrate, rollback, status
+from sinks.retention import expire_metrics
 from sinks.writers.metric import MetricWriter
 from tests.helpers import eventsink, writers_pool
 from tests.pg.test_sink_edges import Letters, batch, metric, record
@@ -144,3 +146,60 @@ def test_migrate_backup_and_restore_refuse_pgbouncer_with_one_clear_line(
     # Read-only `migrate --status` has no session state: it works through the pooler.
     done = eventsink("migrate", "--status", env=through)
     assert done.returncode == 0 and "pending" not in done.stdout, done.stdout
+
+
+async def test_many_batches_on_few_server_connections_apply_every_record_once(
+    pgbouncer: PgBouncer, database_url: str
+) -> None:
+    """A statement run often enough is prepared by the driver on its connection: through a
+    pooler, the next transaction meets another server connection, where that name is missing
+    or taken by another client's. Every record must still apply once, and none be dead-lettered."""
+    if any("ON COMMIT DELETE ROWS" in ddl for ddl in WRITER.stage_ddl):
+        pytest.xfail(
+            "the staging table is created once per client connection and lives on one server connection: "
+            "it must be created in the batch's own transaction (ON COMMIT DROP) to survive transaction pooling"
+        )
+    group, topic, tenant = f"g-{uuid.uuid4().hex[:8]}", f"m-{uuid.uuid4().hex[:8]}", uuid.uuid4()
+    letters = Letters()
+    # Round robin: a client's consecutive transactions run on different server connections.
+    with PgBouncer(database_url, round_robin=True) as moving:
+        async with writers_pool(moving.filled(database_url), WRITER, max_size=6) as pool:
+            sink = Sink(pool, group, WRITER, letters)
+
+            async def partition(p: int) -> int:
+                applied = 0
+                for b in range(15):
+                    records = [record(b * 10 + i, metric(tenant, f"p{p}-{b}-{i}")) for i in range(10)]
+                    result = await sink.write(Batch(topic, p, b * 10, b * 10 + 9, records))
+                    applied += len(result.applied)
+                return applied
+
+            applied = await asyncio.gather(*(partition(p) for p in range(6)))
+    assert not letters, letters[:3]
+    assert applied == [150] * 6
+    with psycopg.connect(database_url) as conn:
+        stored = conn.execute("SELECT count(*) FROM eventsink.metrics_raw WHERE tenant_id = %s", (tenant,)).fetchone()
+    assert stored == (900,)
+
+
+def test_retention_runs_its_batches_through_pgbouncer(pgbouncer: PgBouncer, database_url: str) -> None:
+    assert pgbouncer  # installed (or skipped) like the others
+    """Retention repeats one statement per batch on one connection: through a pooler each may run
+    on another server connection (no statement prepared by name may be counted on)."""
+    tenant = uuid.uuid4()
+    old = datetime.now(UTC) - timedelta(days=40)
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "INSERT INTO eventsink.metrics_raw (tenant_id, dedupe_id, name, value, occurred_at, kafka_topic, "
+            "kafka_partition, kafka_offset) SELECT %s, 'old-' || i, 'cpu', i, %s, 't', 0, i "
+            "FROM generate_series(1, 30) AS i",
+            (tenant, old),
+        )
+    batches: list[int] = []
+    # Alone, a client keeps getting the server connection it last used: round robin moves it.
+    with PgBouncer(database_url, round_robin=True) as moving:
+        done = expire_metrics(moving.filled(database_url), 30, batch=3, progress=lambda table, n: batches.append(n))
+    assert done.metrics >= 30 and len(batches) >= 10
+    with psycopg.connect(database_url) as conn:
+        left = conn.execute("SELECT count(*) FROM eventsink.metrics_raw WHERE tenant_id = %s", (tenant,)).fetchone()
+    assert left == (0,)
