@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from sinks.migrate import migrate
 from streams.dev import embedded
 from tests import strategies  # noqa: F401  (registers the hypothesis profiles: --hypothesis-profile=thorough)
 from tests.helpers import Scenario, WorkerProcess
-from tests.pgbouncer import PgBouncer, executable
+from tests.pgbouncer import PgBouncer, Route, executable
 
 USE_CONTAINERS = os.environ.get("EVENTSINK_TESTCONTAINERS") == "1"
 ROLES = Path(__file__).resolve().parent.parent / "deploy" / "sql" / "roles.sql"
@@ -164,17 +164,17 @@ def pgbouncer(pg_admin_dsn: str) -> Iterator[PgBouncer]:
 
 
 @pytest.fixture(params=["direct", "pgbouncer"])
-def route(request: pytest.FixtureRequest, database_url: str) -> Iterator[Callable[[str], str]]:
+def route(request: pytest.FixtureRequest, database_url: str) -> Iterator[Route]:
     """How a test's workers reach PostgreSQL: the DSN as it is, or through PgBouncer in
     transaction pooling (a supported deployment: README, Deploying). The PgBouncer variant checks
     at the end that the test's transactions did pass through it."""
     if request.param == "direct":
-        yield lambda dsn: dsn
+        yield Route("direct", lambda dsn: dsn)
         return
     bouncer: PgBouncer = request.getfixturevalue("pgbouncer")
     database = database_of(database_url)
     before = bouncer.transactions(database)
-    yield bouncer.dsn
+    yield Route("pgbouncer", bouncer.dsn)
     assert bouncer.transactions(database) > before, "nothing went through PgBouncer"
 
 

@@ -15,6 +15,8 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,18 @@ server_round_robin = {round_robin}
 ; settings per transaction, sinks/local_settings.py)
 ignore_startup_parameters = extra_float_digits,options,search_path
 """
+
+
+@dataclass(frozen=True)
+class Route:
+    """How a test's workers reach PostgreSQL (the `route` fixture): `route(dsn)` is the DSN to give
+    them, `route.name` is `direct` or `pgbouncer`."""
+
+    name: str
+    through: Callable[[str], str]
+
+    def __call__(self, dsn: str) -> str:
+        return self.through(dsn)
 
 
 def executable() -> str | None:

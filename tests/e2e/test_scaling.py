@@ -7,12 +7,12 @@ import signal
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Callable
 
 import orjson
 import pytest
 
 from tests.helpers import Scenario, WorkerProcess, ledger_totals, wait_applied, wait_until
+from tests.pgbouncer import Route
 from tests.workload import Feeder, Sent, assert_exactly_once, create_topics, publish
 
 pytestmark = pytest.mark.e2e
@@ -26,9 +26,7 @@ def readyz(port: str) -> dict:
         return {}
 
 
-def test_workers_joining_and_leaving_mid_stream_apply_everything_once(
-    scenario: Scenario, route: Callable[[str], str]
-) -> None:
+def test_workers_joining_and_leaving_mid_stream_apply_everything_once(scenario: Scenario, route: Route) -> None:
     """Directly connected, and through PgBouncer in transaction pooling (two workers' pools share
     its three server connections)."""
     s, sent = scenario, Sent()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from datetime import UTC, datetime
 
 import orjson
@@ -23,6 +22,7 @@ from tests.helpers import (
     wait_applied,
     wait_until,
 )
+from tests.pgbouncer import Route
 from tests.proxy import TcpProxy, pg_address, proxied
 from tests.workload import Sent, assert_exactly_once, create_topics, metric_json, publish, send_raw
 
@@ -56,9 +56,7 @@ def drained(w: WorkerProcess, topic: str | None = None) -> dict[str, int]:
     return entries[-1]
 
 
-def test_events_land_exactly_once_and_invalid_ones_reach_the_dlq(
-    scenario: Scenario, route: Callable[[str], str]
-) -> None:
+def test_events_land_exactly_once_and_invalid_ones_reach_the_dlq(scenario: Scenario, route: Route) -> None:
     """Directly connected, and through PgBouncer in transaction pooling."""
     s, sent = scenario, Sent()
     create_topics(s)
