@@ -10,7 +10,7 @@ import orjson
 import psycopg
 from rich.table import Table
 
-from streams.cli.console import READ_DSN_HELP, err, out, settings
+from streams.cli.console import READ_DSN_HELP, dsn_to_read, err, out, settings
 from streams.tools import source
 
 # A conversation as its tenant sees it: another tenant's is not found.
@@ -46,7 +46,7 @@ def history(conversation_id: UUID, tenant: UUID, last: int, as_json: bool, read_
     or standby: a standby may not have replayed the latest messages yet)."""
     s = settings()
     params = {"conversation": conversation_id, "tenant": tenant, "last": last}
-    with psycopg.connect(source.read_dsn(read_dsn, s.read_dsn)) as conn:
+    with psycopg.connect(dsn_to_read(read_dsn, s)) as conn:
         err.print(f"read PostgreSQL at {source.read_from(conn)}", highlight=False)
         session = conn.execute(SESSION, params).fetchone()
         rows = conn.execute(HISTORY, params).fetchall()[::-1] if session else []

@@ -8,9 +8,8 @@ import click
 import orjson
 from rich.table import Table
 
-from streams.cli.console import READ_DSN_HELP, err, out, settings
+from streams.cli.console import READ_DSN_HELP, dsn_to_read, err, out, settings
 from streams.kinds import all_kinds
-from streams.tools import source
 from streams.tools.tail import parse_since
 from streams.tools.verify import verify as run_verify
 
@@ -47,7 +46,7 @@ def verify(
     try:
         report = run_verify(
             s.bootstrap_list,
-            source.read_dsn(read_dsn, s.read_dsn),
+            dsn_to_read(read_dsn, s),
             group or s.group_id,
             kind,
             tenant=tenant,

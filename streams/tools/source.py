@@ -10,8 +10,6 @@ from typing import Any
 
 import psycopg
 
-from sinks.secrets import register_dsn
-
 ROLE = "SELECT pg_is_in_recovery()"
 
 
@@ -34,12 +32,3 @@ class ReadFrom:
 def read_from(conn: psycopg.Connection[Any]) -> ReadFrom:
     row = conn.execute(ROLE).fetchone()
     return ReadFrom(f"{conn.info.host}:{conn.info.port}", bool(row and row[0]))
-
-
-def read_dsn(option: str | None, default: str) -> str:
-    """The DSN a tool reads with: `--read-dsn` when given (its secrets then masked like the
-    settings' own), else the settings' (EVENTSINK_READ_DATABASE_URL, else DATABASE_URL)."""
-    if option is None:
-        return default
-    register_dsn(option)
-    return option

@@ -116,3 +116,12 @@ def test_verify_reads_a_standby_and_reports_it(
     done = s.cli("verify", s.topic, "--read-dsn", primary)
     assert done.returncode == 0, done.stderr
     assert f"read PostgreSQL at 127.0.0.1:{replicated.ports['primary']} (primary)" in done.stderr, done.stderr
+
+
+def test_an_unparseable_read_dsn_is_a_usage_error_that_quotes_nothing(database_url: str) -> None:
+    secret = f"pw-{uuid.uuid4().hex}"
+    for args in (("chat", "history", str(uuid.uuid4()), "--tenant", str(uuid.uuid4())), ("verify", "metrics")):
+        done = eventsink(*args, "--read-dsn", f"password={secret} host", env={"DATABASE_URL": database_url})
+        assert done.returncode == 2, (args, done.stderr)
+        assert "--read-dsn" in done.stderr and "not a PostgreSQL connection string" in done.stderr, done.stderr
+        assert secret not in done.stdout + done.stderr
