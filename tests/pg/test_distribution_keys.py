@@ -8,6 +8,8 @@ from __future__ import annotations
 import psycopg
 import pytest
 
+from sinks.migrate import available
+
 # Tables that hold no tenant's rows: on Citus they are reference tables (one copy on every node,
 # written in the same transaction as any shard) or stay on the coordinator. A new table either
 # has tenant_id in every key or is added here with its reason.
@@ -94,3 +96,13 @@ def test_each_reference_table_exists(database_url: str, table: str) -> None:
     """An exception for a table that is gone would hide nothing now but mislead later."""
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT to_regclass(%s)", (f"eventsink.{table}",)).fetchone() != (None,)
+
+
+def test_the_key_migration_run_again_changes_nothing(own_database: str) -> None:
+    """0008 is idempotent: on a schema that has its keys, running it again rebuilds no index."""
+    keys = "SELECT conname, conindid FROM pg_constraint WHERE connamespace = 'eventsink'::regnamespace ORDER BY 1"
+    migration = next(m for m in available() if m.name == "tenant_keys")
+    with psycopg.connect(own_database, autocommit=True) as conn:
+        before = conn.execute(keys).fetchall()
+        conn.execute(migration.up)  # type: ignore[arg-type]
+        assert conn.execute(keys).fetchall() == before
