@@ -17,7 +17,7 @@ from streams.tools import source
 HISTORY = """
 SELECT m.occurred_at, m.role, m.model, m.content, m.prompt_tokens, m.completion_tokens
 FROM eventsink.chat_messages m
-JOIN eventsink.chat_sessions s ON s.id = m.session_id
+JOIN eventsink.chat_sessions s ON s.tenant_id = m.tenant_id AND s.id = m.session_id  -- their key since 0008
 WHERE m.session_id = %(conversation)s AND s.tenant_id = %(tenant)s
 ORDER BY m.occurred_at DESC, m.id DESC
 LIMIT %(last)s

@@ -235,7 +235,7 @@ def _archived(conn: psycopg.Connection, events: dict[Key, list[Seen]]) -> dict[K
 def _check_sessions(conn: psycopg.Connection, report: VerifyReport, expected: dict[UUID, Session]) -> None:
     rows = conn.execute(
         "SELECT s.id, s.message_count, s.prompt_tokens, s.completion_tokens, "
-        "(SELECT count(*) FROM eventsink.chat_messages m WHERE m.session_id = s.id) "
+        "(SELECT count(*) FROM eventsink.chat_messages m WHERE m.tenant_id = s.tenant_id AND m.session_id = s.id) "
         "FROM eventsink.chat_sessions s WHERE s.id = ANY(%s)",
         (list(expected),),
     )
