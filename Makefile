@@ -17,7 +17,7 @@ LOCK_ARGS ?=
 TEST_PROCESSES ?= 8
 XDIST := $(if $(filter 0,$(TEST_PROCESSES)),,-n $(TEST_PROCESSES) --dist load --maxschedchunk 1)
 
-.PHONY: run test test-unit test-fast bench lint clean lock promtool
+.PHONY: run test test-unit test-fast services bench lint clean lock promtool
 
 $(STAMP): pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
@@ -51,15 +51,27 @@ promtool:
 run: $(STAMP)
 	$(BIN)/eventsink run
 
-test: $(STAMP) promtool
+test: $(STAMP) promtool services
 	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
+
+# System packages the suite runs for real: PgBouncer (tests/pgbouncer.py). Installed with apt-get
+# when missing and we are root (CI); otherwise the tests that need it are skipped and say why.
+services:
+	@if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null \
+			&& (systemctl disable --now pgbouncer >/dev/null 2>&1 || service pgbouncer stop >/dev/null 2>&1 || true); \
+		else \
+			echo "pgbouncer is not installed (apt-get install pgbouncer, as root): its tests will be skipped"; \
+		fi; \
+	fi
 
 # Seconds, no services: schemas, the analysis state machine, configuration and deploy files.
 test-unit: $(STAMP) promtool
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 # Everything but the multi-process end-to-end suites.
-test-fast: $(STAMP)
+test-fast: $(STAMP) services
 	$(BIN)/python -m pytest $(XDIST) -m "not e2e" $(PYTEST_ARGS)
 
 # About 30 minutes: the metric comparison (eventsink, reference loop, Quix Streams), the mixed

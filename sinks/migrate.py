@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 
+from sinks.direct import POOLER_HINT, through_pooler
 from sinks.errors import MigrationError
 
 SCHEMA = "eventsink"
@@ -82,6 +83,16 @@ def _locked(conn: psycopg.Connection) -> dict[int, tuple[str, str, datetime]]:
     return {row[0]: (row[1], row[2], row[3]) for row in conn.execute(APPLIED)}
 
 
+def _direct(conn: psycopg.Connection) -> psycopg.Connection:
+    """`conn`, unless it reaches a pooler: the session lock would stay on a server connection the
+    pooler lends to others, and the unlock could run on another one (the next migrate would then
+    wait for ever)."""
+    if through_pooler(conn):
+        conn.close()
+        raise MigrationError(POOLER_HINT.format(what="migrate", why="a session-level lock serialises migrations"))
+    return conn
+
+
 def _unlock(conn: psycopg.Connection) -> None:
     if not conn.closed:
         conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
@@ -90,7 +101,7 @@ def _unlock(conn: psycopg.Connection) -> None:
 def migrate(dsn: str, target: int | None = None, folder: Path | None = None) -> list[Migration]:
     """Apply pending migrations up to `target` (all by default); return those applied."""
     done: list[Migration] = []
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with _direct(psycopg.connect(dsn, autocommit=True)) as conn:
         try:
             applied = _locked(conn)
             for migration in available(folder):
@@ -122,7 +133,7 @@ def rollback(dsn: str, target: int, folder: Path | None = None) -> list[Migratio
     """Undo applied migrations above `target`, newest first."""
     undone: list[Migration] = []
     by_version = {m.version: m for m in available(folder)}
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with _direct(psycopg.connect(dsn, autocommit=True)) as conn:
         try:
             applied = _locked(conn)
             for version in sorted(applied, reverse=True):

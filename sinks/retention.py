@@ -9,8 +9,10 @@ and is no longer idle once the worker commits.
 Metric retention fixes its cut (`now() - days`) once per run and records it in
 `eventsink.retention_horizons` before deleting, so `eventsink verify` knows that an event
 older than it may have been pruned rather than lost. It walks the tenants and deletes each
-one's old rows through the `(tenant_id, occurred_at)` index the table already has: a batch
-reads only rows it deletes, and the hot insert path pays for no extra index.
+one's old rows through the `(tenant_id, occurred_at)` index the table already has, and deletes
+them by their key `(tenant_id, id)`: a batch reads only rows it deletes, and the hot insert path
+pays for no extra index. (Every statement names the tenant with the id: on tables distributed by
+tenant, README "Outgrowing one PostgreSQL", each row is then found on its own shard.)
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ WHERE last_message_at < now() - %(age)s
 """
 DELETE_IDLE_SESSIONS = """
 WITH doomed AS (
-    SELECT id FROM eventsink.chat_sessions
+    SELECT tenant_id, id FROM eventsink.chat_sessions
     WHERE last_message_at < now() - %(age)s
     ORDER BY id
     LIMIT %(batch)s
@@ -37,7 +39,7 @@ WITH doomed AS (
 )
 DELETE FROM eventsink.chat_sessions s
 USING doomed
-WHERE s.id = doomed.id AND s.last_message_at < now() - %(age)s
+WHERE s.tenant_id = doomed.tenant_id AND s.id = doomed.id AND s.last_message_at < now() - %(age)s
 RETURNING s.message_count
 """
 COUNT_DELETED_ANALYSES = """
@@ -46,7 +48,7 @@ WHERE status = 'deleted' AND deleted_at < now() - %(age)s
 """
 ARCHIVE_DELETED_ANALYSES = """
 WITH doomed AS (
-    SELECT id FROM eventsink.analysis_requests
+    SELECT tenant_id, id FROM eventsink.analysis_requests
     WHERE status = 'deleted' AND deleted_at < now() - %(age)s
     ORDER BY id
     LIMIT %(batch)s
@@ -54,7 +56,7 @@ WITH doomed AS (
 ), moved AS (
     DELETE FROM eventsink.analysis_requests r
     USING doomed
-    WHERE r.id = doomed.id
+    WHERE r.tenant_id = doomed.tenant_id AND r.id = doomed.id
     RETURNING r.*
 ), archived AS (
     INSERT INTO eventsink.analysis_requests_archive
@@ -63,11 +65,11 @@ WITH doomed AS (
     SELECT id, tenant_id, status, progress, result, error, kind, media_url, version,
            created_at, updated_at, deleted_at
     FROM moved
-    RETURNING id
+    RETURNING tenant_id, id
 ), forgotten AS (
     DELETE FROM eventsink.analysis_events e
     USING archived
-    WHERE e.analysis_id = archived.id
+    WHERE e.tenant_id = archived.tenant_id AND e.analysis_id = archived.id
 )
 SELECT id FROM archived
 """
@@ -100,7 +102,7 @@ WITH doomed AS (
 )
 DELETE FROM eventsink.metrics_raw m
 USING doomed
-WHERE m.id = doomed.id AND m.occurred_at < %(cut)s
+WHERE m.tenant_id = %(tenant)s AND m.id = doomed.id AND m.occurred_at < %(cut)s
 RETURNING m.id
 """
 # Only forward: rows older than an earlier, later cut were pruned then.
@@ -143,7 +145,9 @@ def _in_batches(
 def _by_age(dsn: str, days: float, batch: int) -> Iterator[tuple[psycopg.Connection, dict[str, Any]]]:
     """An autocommit connection, and the parameters of the statements that pick rows by age:
     older than `days`, `batch` rows per run."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    # prepare_threshold=None: a statement repeated per batch is never prepared by name (through
+    # PgBouncer the next batch may run on another server connection, which does not know it).
+    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
         yield conn, {"age": timedelta(days=days), "batch": batch}
 
 
@@ -184,7 +188,9 @@ def expire_metrics(
     next run, if it is still older than the cut): the database's dedupe only knows what it holds.
     """
     result = RetentionResult()
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    # prepare_threshold=None: a statement repeated per batch is never prepared by name (through
+    # PgBouncer the next batch may run on another server connection, which does not know it).
+    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
         (cut,) = conn.execute(CUT, {"age": timedelta(days=days)}).fetchone()  # type: ignore[misc]
         result.metrics_cut = cut
         tenants = [row[0] for row in conn.execute(METRIC_TENANTS)]

@@ -27,6 +27,7 @@ SECURE_KAFKA = ("SSL", "SASL_SSL")
 # secret: its content is masked wherever it would appear (`sinks.secrets`).
 FILE_SECRETS = {
     "database_url": ("DATABASE_URL", "EVENTSINK_DATABASE_URL"),
+    "read_database_url": ("EVENTSINK_READ_DATABASE_URL",),
     "kafka_sasl_password": ("EVENTSINK_KAFKA_SASL_PASSWORD",),
     "kafka_ssl_password": ("EVENTSINK_KAFKA_SSL_PASSWORD",),
 }
@@ -74,6 +75,9 @@ class Settings(BaseSettings):
         SecretStr("postgresql://postgres@127.0.0.1:5432/eventsink"),
         validation_alias=_env("DATABASE_URL"),
     )
+    # Where the analysts' read-only tools (`verify`, `chat history`) read: a standby, or a DSN
+    # with several hosts and target_session_attrs=prefer-standby. Unset: DATABASE_URL.
+    read_database_url: SecretStr | None = None
     env: Literal["development", "production"] = "development"
 
     # Kafka security (aiokafka and Faust alike).
@@ -198,6 +202,20 @@ class Settings(BaseSettings):
             ) from None
         return value
 
+    @field_validator("read_database_url", mode="after")
+    @classmethod
+    def _remember_read_dsn_secrets(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            secrets.register_dsn(value.get_secret_value())
+            try:
+                secrets.dsn_secrets(value.get_secret_value())
+            except Exception as exc:
+                raise ValueError(
+                    "EVENTSINK_READ_DATABASE_URL is not a valid PostgreSQL connection string "
+                    f"({secrets.libpq_message(str(exc))})"
+                ) from None
+        return value
+
     @field_validator("kafka_sasl_password", "kafka_ssl_password", mode="after")
     @classmethod
     def _remember_secret(cls, value: SecretStr | None) -> SecretStr | None:
@@ -258,6 +276,11 @@ class Settings(BaseSettings):
     @property
     def dsn(self) -> str:
         return self.database_url.get_secret_value()
+
+    @property
+    def read_dsn(self) -> str:
+        """Where read-only tools read (EVENTSINK_READ_DATABASE_URL, else DATABASE_URL)."""
+        return self.read_database_url.get_secret_value() if self.read_database_url else self.dsn
 
     @property
     def dsn_display(self) -> str:

@@ -17,12 +17,14 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from sinks.dsn import database_of, with_database, with_user
 from sinks.migrate import migrate
 from streams.dev import embedded
 from tests import strategies  # noqa: F401  (registers the hypothesis profiles: --hypothesis-profile=thorough)
 from tests.helpers import Scenario, WorkerProcess
+from tests.pgbouncer import PgBouncer, Route, executable
 
 USE_CONTAINERS = os.environ.get("EVENTSINK_TESTCONTAINERS") == "1"
 ROLES = Path(__file__).resolve().parent.parent / "deploy" / "sql" / "roles.sql"
@@ -144,6 +146,36 @@ def writer_url(database_url: str) -> str:
     except psycopg.Error as exc:
         warnings.warn(f"workers run as the admin role: the writer role is unusable here ({exc})", stacklevel=1)
         return database_url
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(pg_admin_dsn: str) -> Iterator[PgBouncer]:
+    """PgBouncer in transaction pooling in front of the tests' server (`tests/pgbouncer.py`).
+    Skipped where it is not installed, except in CI (`CI` set), where `make test` installs it."""
+    if executable() is None:
+        message = "pgbouncer is not installed: `make test` installs it as root (apt-get install pgbouncer)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    if str(conninfo_to_dict(pg_admin_dsn).get("host", "")).startswith("/"):
+        pytest.skip("the tests' PostgreSQL listens on a Unix socket only (embedded): PgBouncer needs TCP here")
+    with PgBouncer(pg_admin_dsn) as bouncer:
+        yield bouncer
+
+
+@pytest.fixture(params=["direct", "pgbouncer"])
+def route(request: pytest.FixtureRequest, database_url: str) -> Iterator[Route]:
+    """How a test's workers reach PostgreSQL: the DSN as it is, or through PgBouncer in
+    transaction pooling (a supported deployment: README, Deploying). The PgBouncer variant checks
+    at the end that the test's transactions did pass through it."""
+    if request.param == "direct":
+        yield Route("direct", lambda dsn: dsn)
+        return
+    bouncer: PgBouncer = request.getfixturevalue("pgbouncer")
+    database = database_of(database_url)
+    before = bouncer.transactions(database)
+    yield Route("pgbouncer", bouncer.dsn)
+    assert bouncer.transactions(database) > before, "nothing went through PgBouncer"
 
 
 @pytest.fixture(autouse=True)

@@ -26,12 +26,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool
 
 from schemas.deadletter import DeadLetter, Reason
 from sinks.core import ledger
 from sinks.core.batch import Batch, Outcome, Record, WriteResult
 from sinks.errors import LogChanged, OffsetGap, SinkError, TransientSinkError, describe, is_transient
+from sinks.pool import Pool
 
 # Given a batch's dead letters and the batch's connection (inside its transaction): deliver them.
 DeadLetterHandler = Callable[[list[DeadLetter], psycopg.AsyncConnection], Awaitable[None]]
@@ -67,7 +67,7 @@ class Sink:
 
     def __init__(
         self,
-        pool: AsyncConnectionPool,
+        pool: Pool,
         consumer_group: str,
         writer: RowWriter,
         on_dead_letters: DeadLetterHandler = _no_dead_letters,
@@ -108,6 +108,7 @@ class Sink:
         topic, partition = batch.topic, batch.partition
         async with self.pool.connection(timeout=self.connection_timeout) as conn:
             async with conn.transaction():
+                await self.pool.local.apply(conn)  # per transaction: holds through PgBouncer too
                 position = await ledger.lock(conn, self.group, topic, partition)
                 await self._check_log(conn, batch, position)
                 last = position.last_offset

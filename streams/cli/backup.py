@@ -36,6 +36,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from sinks import migrate as migrations
+from sinks.direct import POOLER_HINT, through_pooler
 from sinks.dsn import database_of, redact_dsn
 from sinks.secrets import SECRET_PARAMS, register_dsn, scrub
 from streams.cli.console import err, out, settings
@@ -248,6 +249,10 @@ def backup(file: Path, force: bool) -> None:
     ):
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
+        if through_pooler(conn):
+            raise click.ClickException(
+                POOLER_HINT.format(what="backup", why="pg_dump's session settings and its snapshot, taken beside ours")
+            )
         server_major = conn.info.server_version // 10000
         tool, tool_major = pg_tool("pg_dump", server_major, env)
         tables = [r[0] for r in conn.execute(TABLES, (SCHEMA,))]
@@ -304,6 +309,10 @@ class _Target:
 
 def _inspect(dsn: str, timeout: float) -> _Target:
     with psycopg.connect(dsn, connect_timeout=int(timeout), autocommit=True) as conn:
+        if through_pooler(conn):
+            raise click.ClickException(
+                POOLER_HINT.format(what="restore", why="pg_restore's session settings before its one transaction")
+            )
         tables = {}
         for (name,) in conn.execute(TABLES, (SCHEMA,)).fetchall():
             query = sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(sql.Identifier(SCHEMA, name))

@@ -11,13 +11,14 @@ import psycopg
 from rich.table import Table
 
 from streams.cli import names
-from streams.cli.console import err, out, settings
+from streams.cli.console import READ_DSN_HELP, dsn_to_read, err, out, settings
+from streams.tools import source
 
 # A conversation as its tenant sees it: another tenant's is not found.
 HISTORY = """
 SELECT m.occurred_at, m.role, m.model, m.content, m.prompt_tokens, m.completion_tokens
 FROM eventsink.chat_messages m
-JOIN eventsink.chat_sessions s ON s.id = m.session_id
+JOIN eventsink.chat_sessions s ON s.tenant_id = m.tenant_id AND s.id = m.session_id  -- their key since 0008
 WHERE m.session_id = %(conversation)s AND s.tenant_id = %(tenant)s
 ORDER BY m.occurred_at DESC, m.id DESC
 LIMIT %(last)s
@@ -40,11 +41,14 @@ def chat() -> None:
 )
 @click.option("--last", type=click.IntRange(min=1), default=10, show_default=True, help="How many messages.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per message.")
-def history(conversation_id: UUID, tenant: str, last: int, as_json: bool) -> None:
-    """Print the last messages of a conversation, oldest first."""
+@click.option("--read-dsn", default=None, help=READ_DSN_HELP)
+def history(conversation_id: UUID, tenant: str, last: int, as_json: bool, read_dsn: str | None) -> None:
+    """Print the last messages of a conversation, oldest first, and which server was read (primary
+    or standby: a standby may not have replayed the latest messages yet)."""
     s = settings()
     params = {"conversation": conversation_id, "tenant": tenant, "last": last}
-    with psycopg.connect(s.dsn) as conn:
+    with psycopg.connect(dsn_to_read(read_dsn, s)) as conn:
+        err.print(f"read PostgreSQL at {source.read_from(conn)}", highlight=False)
         session = conn.execute(SESSION, params).fetchone()
         rows = conn.execute(HISTORY, params).fetchall()[::-1] if session else []
     if session is None:

@@ -6,10 +6,11 @@ import sys
 from typing import Any, TextIO
 
 import click
+from psycopg.conninfo import conninfo_to_dict
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from sinks.secrets import MIN_LENGTH, scrub
+from sinks.secrets import MIN_LENGTH, register_dsn, scrub
 from streams import logs
 from streams.settings import Settings, SettingsError, deprecated_names, load
 
@@ -79,6 +80,27 @@ def scrub_output() -> None:
         stream = getattr(sys, name)
         if stream is not None and not isinstance(stream, ScrubbedStream):
             setattr(sys, name, ScrubbedStream(stream))
+
+
+# The read-only tools' option for a standby (`streams.tools.source`).
+READ_DSN_HELP = (
+    "Read from this PostgreSQL instead (a standby, or several hosts with target_session_attrs=prefer-standby); "
+    "default EVENTSINK_READ_DATABASE_URL, else DATABASE_URL. Prefer the variable: a password here is visible in ps."
+)
+
+
+def dsn_to_read(option: str | None, loaded: Settings) -> str:
+    """The DSN a read-only tool reads with: `--read-dsn` when given (its secrets then masked like
+    the settings' own), else EVENTSINK_READ_DATABASE_URL, else DATABASE_URL."""
+    if option is None:
+        return loaded.read_dsn
+    register_dsn(option)
+    try:
+        conninfo_to_dict(option)
+    except Exception:
+        message = "not a PostgreSQL connection string (a URL or key=value pairs)"
+        raise click.BadParameter(message, param_hint="--read-dsn") from None
+    return option
 
 
 def settings() -> Settings:

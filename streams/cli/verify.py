@@ -9,7 +9,7 @@ import orjson
 from rich.table import Table
 
 from streams.cli import names
-from streams.cli.console import err, out, settings
+from streams.cli.console import READ_DSN_HELP, dsn_to_read, err, out, settings
 from streams.tools.tail import parse_since
 from streams.tools.verify import verify as run_verify
 
@@ -22,12 +22,16 @@ from streams.tools.verify import verify as run_verify
     "--group", default=None, help="Consumer group whose ledger tells what is pending (default: EVENTSINK_GROUP_ID)."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def verify(topic: str, tenant: str | None, since: str | None, group: str | None, as_json: bool) -> None:
+@click.option("--read-dsn", default=None, help=READ_DSN_HELP)
+def verify(
+    topic: str, tenant: str | None, since: str | None, group: str | None, as_json: bool, read_dsn: str | None
+) -> None:
     """Read TOPIC from the start (no consumer group, no commit) and check the database against it.
 
     Per tenant: records seen, distinct valid events, applied, dead-lettered, pending (past the
     ledger), missing and duplicated (including chat counters and analysis rows that disagree with
-    the events). Exits with status 1 when anything is missing or duplicated.
+    the events). Exits with status 1 when anything is missing or duplicated. It says which server
+    it read, primary or standby (a standby may lag: what it has not replayed yet is pending).
     """
     s = settings()
     kind = names.source_kind(s, topic)
@@ -40,7 +44,7 @@ def verify(topic: str, tenant: str | None, since: str | None, group: str | None,
     try:
         report = run_verify(
             s.bootstrap_list,
-            s.dsn,
+            dsn_to_read(read_dsn, s),
             group,
             kind,
             tenant=tenant,
@@ -73,6 +77,7 @@ def verify(topic: str, tenant: str | None, since: str | None, group: str | None,
                 style=style,
             )
         out.print(table)
+        err.print(f"read PostgreSQL at {report.read_from}", highlight=False)
         for problem in report.problems[:20]:
             err.print(f"[red]- {problem}[/]", highlight=False)
         if report.dlq_repeats:

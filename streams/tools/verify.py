@@ -28,6 +28,7 @@ from streams import aio
 from streams.kinds import Kind
 from streams.tools.expected import Analysis, Expected, Key, Seen, Session, read_expected
 from streams.tools.reader import Reader, Unreadable
+from streams.tools.source import ReadFrom, read_from
 
 
 @dataclass
@@ -60,6 +61,8 @@ class VerifyReport:
     lost: list[tuple[int, int, int, str]] = field(default_factory=list)
     # Record batches the Kafka client could not read: (partition, offset, why).
     unreadable: list[tuple[int, int, str]] = field(default_factory=list)
+    # The PostgreSQL server read, and whether it was the primary or a standby.
+    read_from: ReadFrom | None = None
 
     @property
     def lost_offsets(self) -> int:
@@ -94,6 +97,7 @@ class VerifyReport:
             "tenants": [asdict(t) for t in sorted(self.tenants.values(), key=lambda t: t.tenant)],
             "total": asdict(self.totals()),
             "problems": self.problems[:100],
+            "read_from": self.read_from.as_dict() if self.read_from else None,
         }
 
 
@@ -139,6 +143,7 @@ def verify(
     dlq_sources = expected.dead_lettered
     report.dlq_repeats = sum(n - 1 for n in dlq_sources.values())
     with psycopg.connect(dsn) as conn:
+        report.read_from = read_from(conn)
         # Read after the topic: whatever the ledger covers now was delivered before we looked.
         ledger = _ledger(conn, group, kind.topic)
         report.lost = [tuple(r) for r in conn.execute(LOST, (group, kind.topic))]  # type: ignore[misc]
@@ -230,7 +235,7 @@ def _archived(conn: psycopg.Connection, events: dict[Key, list[Seen]]) -> dict[K
 def _check_sessions(conn: psycopg.Connection, report: VerifyReport, expected: dict[UUID, Session]) -> None:
     rows = conn.execute(
         "SELECT s.id, s.message_count, s.prompt_tokens, s.completion_tokens, "
-        "(SELECT count(*) FROM eventsink.chat_messages m WHERE m.session_id = s.id) "
+        "(SELECT count(*) FROM eventsink.chat_messages m WHERE m.tenant_id = s.tenant_id AND m.session_id = s.id) "
         "FROM eventsink.chat_sessions s WHERE s.id = ANY(%s)",
         (list(expected),),
     )

@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from tests.helpers import Scenario, WorkerProcess, ledger_totals, wait_applied, wait_until
+from tests.pgbouncer import Route
 from tests.workload import Feeder, Sent, assert_exactly_once, create_topics, publish
 
 pytestmark = pytest.mark.e2e
@@ -25,16 +26,19 @@ def readyz(port: str) -> dict:
         return {}
 
 
-def test_workers_joining_and_leaving_mid_stream_apply_everything_once(scenario: Scenario) -> None:
+def test_workers_joining_and_leaving_mid_stream_apply_everything_once(scenario: Scenario, route: Route) -> None:
+    """Directly connected, and through PgBouncer in transaction pooling (two workers' pools share
+    its three server connections)."""
     s, sent = scenario, Sent()
     create_topics(s)
-    first = WorkerProcess(s.env(), s.data_dir / "first.log").start()
+    dsn = route(s.worker_dsn)
+    first = WorkerProcess(s.env(dsn), s.data_dir / "first.log").start()
     feeder = Feeder(s, sent, chunk=500, rate=500, invalid=0.01, seed=31).start()
     second = None
     try:
         wait_until(lambda: first.assigned(s.topic), 60, what="the first worker's assignment")
         wait_until(lambda: applied(s) > 0, 60, what="the first worker's commits")
-        second = WorkerProcess(s.env(), s.data_dir / "second.log").start()  # joins mid-stream
+        second = WorkerProcess(s.env(dsn), s.data_dir / "second.log").start()  # joins mid-stream
         wait_until(lambda: second.assigned(s.topic), 90, what="the second worker's assignment")
         wait_until(lambda: 0 < len(first.assigned(s.topic)[-1]) < 4, 60, what="the partitions split")
         split_at = applied(s)

@@ -22,6 +22,7 @@ from tests.helpers import (
     wait_applied,
     wait_until,
 )
+from tests.pgbouncer import Route
 from tests.proxy import TcpProxy, pg_address, proxied
 from tests.workload import Sent, assert_exactly_once, create_topics, metric_json, publish, send_raw
 
@@ -55,7 +56,8 @@ def drained(w: WorkerProcess, topic: str | None = None) -> dict[str, int]:
     return entries[-1]
 
 
-def test_events_land_exactly_once_and_invalid_ones_reach_the_dlq(scenario: Scenario) -> None:
+def test_events_land_exactly_once_and_invalid_ones_reach_the_dlq(scenario: Scenario, route: Route) -> None:
+    """Directly connected, and through PgBouncer in transaction pooling."""
     s, sent = scenario, Sent()
     create_topics(s)
     publish(s, sent, 3000, duplicates=0.1, invalid=0.05, seed=7)
@@ -64,7 +66,7 @@ def test_events_land_exactly_once_and_invalid_ones_reach_the_dlq(scenario: Scena
     send_raw(
         s, sent, [(a.encode(), metric_json(a, "shared")), (b.encode(), metric_json(b, "shared"))], unique={a: 1, b: 1}
     )
-    w = worker(s)
+    w = worker(s, DATABASE_URL=route(s.worker_dsn))
     try:
         wait_applied_exactly_once(s, sent)
     finally:

@@ -15,13 +15,14 @@ from sinks.writers.analysis import SELECT_ROWS
 from streams.dev.loadgen.analysis import AnalysisLoad
 from streams.dev.loadgen.chat import ChatLoad
 from tests.helpers import Scenario, WorkerProcess, expected, ledger_totals, read_topic, wait_applied
+from tests.pgbouncer import Route
 from tests.workload import Sent, publish_analysis, publish_chat, send_raw
 
 pytestmark = pytest.mark.e2e
 
 
-def worker(s: Scenario, tag: str = "w") -> WorkerProcess:
-    return WorkerProcess(s.env(), s.data_dir / f"{tag}.log").start()
+def worker(s: Scenario, tag: str = "w", dsn: str | None = None) -> WorkerProcess:
+    return WorkerProcess(s.env(dsn), s.data_dir / f"{tag}.log").start()
 
 
 def sessions(dsn: str, ids: list[str]) -> dict[str, tuple]:
@@ -42,14 +43,17 @@ def analyses(dsn: str, ids: list[str]) -> dict[str, tuple]:
         return {str(r[0]): r[1:] for r in conn.execute(SELECT_ROWS, (ids,))}
 
 
-def test_chat_and_analysis_traffic_lands_exactly_once(scenario: Scenario) -> None:
+def test_chat_and_analysis_traffic_lands_exactly_once(scenario: Scenario, route: Route) -> None:
+    """Directly connected, and through PgBouncer in transaction pooling."""
     s = scenario
     tenants = [str(uuid.uuid4()) for _ in range(4)]
-    chat = publish_chat(s, ChatLoad(conversations=120, duplicates=0.15, invalid=0.05, seed=11, tenant_ids=tenants))
+    # Seeds make the conversation and analysis ids: each variant its own (both use one database).
+    seed = {"direct": 11, "pgbouncer": 31}[route.name]
+    chat = publish_chat(s, ChatLoad(conversations=120, duplicates=0.15, invalid=0.05, seed=seed, tenant_ids=tenants))
     found = publish_analysis(
-        s, AnalysisLoad(analyses=100, duplicates=0.15, out_of_order=0.5, seed=12, tenant_ids=tenants)
+        s, AnalysisLoad(analyses=100, duplicates=0.15, out_of_order=0.5, seed=seed + 1, tenant_ids=tenants)
     )
-    w = worker(s)
+    w = worker(s, dsn=route(s.worker_dsn))
     try:
         wait_applied(s.dsn, s.group, s.chat_topic, chat.last_offsets)
         wait_applied(s.dsn, s.group, s.analysis_topic, found.last_offsets)
