@@ -5,6 +5,12 @@ pipeline sees one format from the whole worker. Secrets (`sinks.secrets`) are re
 from every value of the event at any depth, then from the rendered line (which catches an object
 whose `str()` or `repr()` the renderer calls, and the escaped forms JSON gives a secret).
 Warnings and uncaught exceptions (in any thread) go through the same path.
+
+Levels say who must act: error is for a person on call, and every error of ours says what to do.
+Libraries log what is routine for a worker at error level (aiokafka: each failed connection
+attempt while a broker is away, `Unclosed AIOKafkaConsumer` after a client failed to start): their
+known noise is demoted (`_demoted`), while the failure itself is reported by us (a command's last
+line, the worker's reachability checks) with the fix.
 """
 
 from __future__ import annotations
@@ -20,6 +26,33 @@ import structlog
 from sinks.secrets import scrub, scrub_data
 
 _QUIET = {"aiokafka": logging.WARNING, "kafka": logging.WARNING, "psycopg.pool": logging.WARNING}
+
+
+def _demoted(record: logging.LogRecord) -> int | None:
+    """The level a known library message deserves, below the one it came with (None: as it came)."""
+    name = record.name
+    if name == "asyncio" and str(record.msg).startswith(("Unclosed AIOKafka", "Unclosed AIOKafkaProducer")):
+        # aiokafka's __del__ for a client whose start failed: the failure is reported on its own.
+        return logging.DEBUG
+    if name.startswith("aiokafka"):
+        if "because it is rebalancing" in str(record.msg):
+            return logging.INFO  # a heartbeat during a rebalance (a member joined or left): routine
+        if record.levelno >= logging.ERROR and record.exc_info is None:
+            # A retry's symptom (connection refused, node not ready, coordinator dead), repeated each
+            # attempt; aiokafka's unexpected errors come with a traceback and keep their level.
+            return logging.WARNING
+    return None
+
+
+class _Demote(logging.Filter):
+    """Rewrites the level of known library noise, and drops it when it falls below the root's."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        level = _demoted(record)
+        if level is None or level >= record.levelno:
+            return True
+        record.levelno, record.levelname = level, logging.getLevelName(level)
+        return level >= logging.getLogger().getEffectiveLevel()
 
 
 def _scrub(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -95,6 +128,7 @@ def configure(level: str = "INFO", fmt: str = "auto", stream: TextIO | None = No
     )
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
+    handler.addFilter(_Demote())
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level.upper())

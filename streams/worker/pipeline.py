@@ -566,7 +566,8 @@ class Pipeline:
                 # forever would stall the partition; the worker restarts from the ledger instead.
                 raise
 
-            log.error(
+            # Nothing is lost and nobody must act: the next owner of the partition starts at the ledger.
+            (log.info if st.revoked else log.warning)(
                 "batch abandoned (revoked or shutting down); the ledger will have it delivered again",
                 topic=self.topic,
                 partition=batch.partition,
@@ -655,7 +656,8 @@ class Pipeline:
             batch.gap_verified = True
             return True
         telemetry.OFFSET_GAPS.labels(self.topic, "repositioned").inc()
-        log.error("batch would skip records; seeking to the ledger", **where, next_available=first)
+        # Routine after a rebalance (the new owner's fetch ran ahead of the ledger): nobody must act.
+        log.info("batch would skip records; seeking to the ledger", **where, next_available=first)
         self._seek_back(st, batch, first)
         await self.control.seek(p, gap.expected)
         return False

@@ -48,10 +48,29 @@ def test_an_unreachable_database_is_a_clear_error_without_the_password(database_
 def test_help_and_invalid_settings_never_show_the_password(database_url: str) -> None:
     env = {"DATABASE_URL": with_password(database_url), "EVENTSINK_BATCH_SIZE": "zero"}
     bad = eventsink("migrate", env=env)
-    assert bad.returncode == 1 and "batch_size" in bad.stderr
+    assert bad.returncode == 2 and "EVENTSINK_BATCH_SIZE" in bad.stderr
     assert PASSWORD not in bad.stdout + bad.stderr
     helped = eventsink("--help", env=env)
     assert helped.returncode == 0 and "produce" in helped.stdout and PASSWORD not in helped.stdout
+
+
+def test_invalid_settings_are_a_usage_error_naming_the_variable_on_one_line(database_url: str) -> None:
+    for command in (["migrate", "--status"], ["worker"], ["lag"]):
+        done = eventsink(*command, env={"DATABASE_URL": database_url, "EVENTSINK_ENV": "prod"})
+        assert done.returncode == 2, (command, done.stderr)
+        assert done.stderr.strip().splitlines() == [
+            "error: invalid settings: EVENTSINK_ENV must be one of development, production"
+        ]
+
+
+def test_a_misspelt_variable_is_warned_about_once_with_the_closest_name(database_url: str) -> None:
+    env = {"DATABASE_URL": database_url, "EVENTSINK_BACTH_SIZE": "10"}
+    for command in (["migrate", "--status"], ["schema", "export", "--check"], ["produce", "chat", "--help"]):
+        done = eventsink(*command, env=env)
+        assert done.returncode == 0, (command, done.stderr)
+        warnings = [orjson.loads(line) for line in done.stderr.splitlines() if "EVENTSINK_BACTH_SIZE" in line]
+        assert len(warnings) == 1, (command, done.stderr)
+        assert warnings[0]["level"] == "warning" and warnings[0]["did_you_mean"] == "EVENTSINK_BATCH_SIZE"
 
 
 def test_produce_reports_what_it_sent(scenario: Scenario) -> None:
