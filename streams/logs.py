@@ -34,6 +34,10 @@ def _demoted(record: logging.LogRecord) -> int | None:
     if name == "asyncio" and str(record.msg).startswith(("Unclosed AIOKafka", "Unclosed AIOKafkaProducer")):
         # aiokafka's __del__ for a client whose start failed: the failure is reported on its own.
         return logging.DEBUG
+    if name == "faust.tables.recovery" and "Worker ready" in str(record.msg):
+        # Tables recovered, whether or not the database answers: the worker says "worker ready"
+        # itself when it is (`streams.worker.reachability`).
+        return logging.DEBUG
     if name.startswith("aiokafka"):
         if "because it is rebalancing" in str(record.msg):
             return logging.INFO  # a heartbeat during a rebalance (a member joined or left): routine
@@ -44,15 +48,34 @@ def _demoted(record: logging.LogRecord) -> int | None:
     return None
 
 
+# A demoted message repeated (aiokafka retries every few milliseconds while a broker is away) is
+# logged once per this many seconds.
+REPEAT_S = 60.0
+
+
 class _Demote(logging.Filter):
-    """Rewrites the level of known library noise, and drops it when it falls below the root's."""
+    """Rewrites the level of known library noise, drops it when it falls below the root's, and
+    lets the same demoted message through once per `REPEAT_S`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: dict[tuple[str, str], float] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         level = _demoted(record)
         if level is None or level >= record.levelno:
             return True
         record.levelno, record.levelname = level, logging.getLevelName(level)
-        return level >= logging.getLogger().getEffectiveLevel()
+        if level < logging.getLogger().getEffectiveLevel():
+            return False
+        key = (record.name, str(record.msg))
+        last = self._last.get(key)
+        if last is not None and record.created - last < REPEAT_S:
+            return False
+        if len(self._last) > 1000:  # templates, not messages: a bound that is never reached
+            self._last.clear()
+        self._last[key] = record.created
+        return True
 
 
 def _scrub(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
