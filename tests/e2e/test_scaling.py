@@ -26,6 +26,8 @@ def readyz(port: str) -> dict:
 
 
 def test_workers_joining_and_leaving_mid_stream_apply_everything_once(scenario: Scenario) -> None:
+    """A worker joins, then one leaves, while records flow: every event applied once, and nothing in
+    either worker's log at error level (a rebalance is routine: nobody must be called for it)."""
     s, sent = scenario, Sent()
     create_topics(s)
     first = WorkerProcess(s.env(), s.data_dir / "first.log").start()
@@ -52,12 +54,17 @@ def test_workers_joining_and_leaving_mid_stream_apply_everything_once(scenario: 
         publish(s, sent, 500, seed=1033)
         wait_applied(s.dsn, s.group, s.topic, sent.last_offsets, timeout=120)
         assert_exactly_once(s, sent)
+        assert second.stop() == 0
     finally:
         if feeder.alive():
             feeder.stop()
         for w in (first, second):
             if w is not None and w.alive():
                 w.stop()
+    for w in (first, second):
+        assert w is not None and w.logged("worker ready") >= 1
+        paging = [e for e in w.logs() if e.get("level") not in ("debug", "info", "warning")]
+        assert paging == [], f"{w.log_path.name}: {paging[:3]}"
 
 
 def applied(s: Scenario) -> int:
