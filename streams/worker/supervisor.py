@@ -110,4 +110,6 @@ def run(settings: Settings, processes: int) -> int:
         time.sleep(0.2)
     codes = [c.proc.returncode for c in children if c.proc]
     log.info("worker processes stopped", statuses=codes)
+    if signal.SIGINT in stopping:  # Ctrl-C reaches the children too: they exit 130, as every command does
+        return 130 if all(code in (0, 130) for code in codes) else 1
     return 0 if all(code == 0 for code in codes) else 1

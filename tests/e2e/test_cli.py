@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import orjson
 import pytest
@@ -16,7 +19,9 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from streams.dev.embedded import free_port, port_free
 from streams.settings import Settings
-from tests.helpers import Scenario, eventsink
+from streams.tools.reader import Reader
+from tests.helpers import Scenario, WorkerProcess, eventsink, read_topic, wait_applied, wait_until
+from tests.workload import create_topics
 
 PASSWORD = "pw-" + uuid.uuid4().hex
 
@@ -186,3 +191,76 @@ def test_a_worker_whose_web_port_is_taken_says_so(database_url: str) -> None:
         done = eventsink("worker", env={"DATABASE_URL": database_url, "EVENTSINK_WEB_PORT": str(port)}, timeout=60)
     assert done.returncode == 2
     assert "the web port is taken" in done.stdout + done.stderr and "EVENTSINK_WEB_PORT" in done.stdout + done.stderr
+
+
+def end_offsets(s: Scenario) -> dict[int, int]:
+    async def read() -> dict[int, int]:
+        async with Reader(s.bootstrap) as reader:
+            return await reader.end_offsets(s.topic)
+
+    return asyncio.run(read())
+
+
+def started(args: list[str], env: dict[str, str], out: Path, err: Path) -> subprocess.Popen[bytes]:
+    """`eventsink ARGS` running, its stdout and stderr in files the test reads as they grow."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", *args],
+        env={**env, "EVENTSINK_LOG_FORMAT": "json"},
+        stdin=subprocess.DEVNULL,
+        stdout=out.open("wb"),
+        stderr=err.open("wb"),
+        start_new_session=True,
+    )
+
+
+def interrupted(proc: subprocess.Popen[bytes], timeout: float = 90) -> int:
+    """Ctrl-C (SIGINT), then its exit status."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"{proc.args[3:5]} did not stop within {timeout}s of SIGINT") from None
+
+
+@pytest.mark.e2e
+def test_ctrl_c_exits_130_and_says_what_was_done(scenario: Scenario, tmp_path: Path) -> None:
+    s = scenario
+    create_topics(s)
+    env = s.env()
+
+    # produce: what it sent before it was stopped is what the topic holds.
+    producing = started(
+        ["produce", "metrics", "--count", "1000000", "--rate", "400", "--json"],
+        env,
+        tmp_path / "produce.out",
+        tmp_path / "produce.err",
+    )
+    wait_until(lambda: sum(end_offsets(s).values()) >= 200, 90, what="records sent")
+    assert interrupted(producing) == 130, (tmp_path / "produce.err").read_text()
+    report = orjson.loads((tmp_path / "produce.out").read_text())
+    assert report["interrupted"] is True and 0 < report["acknowledged"] <= report["sent"] < 1_000_000
+    assert report["sent"] == report["unique"] + report["duplicates"] + report["invalid"]
+    assert len(asyncio.run(read_topic(s.bootstrap, s.topic))) == report["sent"]
+    assert "interrupted" in (tmp_path / "produce.err").read_text()
+
+    # tail --follow: Ctrl-C is how it ends; it says how many records it showed.
+    tailing = started(
+        ["tail", s.topic, "--from-beginning", "--follow", "--format", "json"],
+        env,
+        tmp_path / "tail.out",
+        tmp_path / "tail.err",
+    )
+    wait_until(lambda: "following new records" in (tmp_path / "tail.err").read_text(), 90, what="the backlog shown")
+    assert interrupted(tailing) == 130, (tmp_path / "tail.err").read_text()
+    shown = len((tmp_path / "tail.out").read_text().splitlines())
+    assert shown == report["sent"]
+    assert f"stopped after {shown} records of {s.topic}" in (tmp_path / "tail.err").read_text()
+
+    # worker: drains, logs what it applied, exits 130.
+    w = WorkerProcess(env, tmp_path / "worker.log").start()
+    wait_until(lambda: w.logged("worker ready"), 90, what="the worker ready")
+    wait_applied(s.dsn, s.group, s.topic, dict.fromkeys(range(4), -1))  # nothing to wait for but the ledger
+    assert w.proc is not None and interrupted(w.proc) == 130
+    assert w.logged("drained") >= 1
