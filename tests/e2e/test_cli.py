@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import os
 import re
+import shlex
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import uuid
@@ -17,6 +19,7 @@ import orjson
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from sinks.dsn import redact_dsn
 from streams.dev.embedded import free_port, port_free
 from streams.settings import Settings
 from streams.tools.reader import Reader
@@ -108,6 +111,7 @@ def test_run_starts_a_broker_runs_a_worker_and_stops_everything(scenario: Scenar
     env.update(DATABASE_URL=scenario.dsn, EVENTSINK_LOG_FORMAT="json")
     env.pop("EVENTSINK_WEB_PORT", None)
     # Twice on one database: the second broker's topics are new, the first run's ledger stays.
+    logs: list[Path] = []
     for _ in range(2):
         with contextlib.ExitStack() as taken:
             # A worker already running on this host holds the default web port: the demo goes on.
@@ -133,6 +137,71 @@ def test_run_starts_a_broker_runs_a_worker_and_stops_everything(scenario: Scenar
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
         leftover = subprocess.run(["pgrep", "-f", f"{port}"], capture_output=True, text=True)
         assert leftover.stdout.strip() == ""
+        # It says which group it ran as, and how the other commands find it: they read its ledger.
+        exported = exports(done.stderr)
+        assert exported["KAFKA_BOOTSTRAP_SERVERS"] == f"127.0.0.1:{port}"
+        assert exported["DATABASE_URL"] == redact_dsn(scenario.dsn)
+        group = exported["EVENTSINK_GROUP_ID"]
+        assert group.startswith("eventsink-run-") and f"consumer group {group}" in done.stderr
+        shown = eventsink("ledger", "show", "--json", env=exported)
+        assert shown.returncode == 0, shown.stderr
+        assert sum(orjson.loads(line)["events"] for line in shown.stdout.splitlines()) == sent_records(out)
+        # Each run logs to a file of its own, readable by this user only, and says where.
+        logs.append(Path(scenario.data_dir) / re.search(r"logs in (\S+worker\.log)", out).group(1))  # type: ignore[union-attr]
+    assert len(set(logs)) == 2 and all(log.stat().st_size > 0 for log in logs)
+    assert all(stat.S_IMODE(log.stat().st_mode) == 0o600 for log in logs)
+
+
+def exports(text: str) -> dict[str, str]:
+    """The variables of the `export NAME=value` lines `eventsink run` printed."""
+    return {m[1]: shlex.split(m[2])[0] for m in re.finditer(r"^export (\w+)=(.*)$", text, re.M)}
+
+
+def sent_records(text: str) -> int:
+    return int(re.search(r"(\d+) records published", text).group(1))  # type: ignore[union-attr]
+
+
+@pytest.mark.e2e
+def test_run_keep_running_shows_its_group_and_outlives_its_worker(scenario: Scenario, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "EVENTSINK_GROUP_ID")}
+    env.update(DATABASE_URL=scenario.dsn, EVENTSINK_WEB_PORT=str(free_port()))
+    err = tmp_path / "run.err"
+    running = subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "run", "--count", "300", "--keep-running"],
+        env={**env, "EVENTSINK_LOG_FORMAT": "json"},
+        stdin=subprocess.DEVNULL,
+        stdout=(tmp_path / "run.out").open("wb"),
+        stderr=err.open("wb"),
+        cwd=tmp_path,
+        start_new_session=True,
+    )
+    try:
+        wait_until(lambda: "worker still running" in err.read_text(), 240, what="the summary")
+        text = err.read_text()
+        exported = exports(text)
+        host, port = exported["KAFKA_BOOTSTRAP_SERVERS"].split(":")
+        lag = eventsink("lag", "--json", env=exported)
+        assert lag.returncode == 0, lag.stderr
+        report = orjson.loads(lag.stdout)
+        assert report["group"] == exported["EVENTSINK_GROUP_ID"] != "eventsink"
+        # The run's group, caught up: every partition applied (group `eventsink` would read 0 everywhere).
+        assert report["total"]["ledger_lag"] == 0 and sum(r["applied"] for r in report["partitions"]) > 0
+        shown = eventsink("ledger", "show", "--json", env=exported)
+        assert sum(orjson.loads(line)["events"] for line in shown.stdout.splitlines()) == sent_records(text)
+
+        # Its worker killed: the broker stays up for a worker started by hand.
+        os.kill(int(re.search(r"worker started \(pid (\d+)", text).group(1)), signal.SIGKILL)  # type: ignore[union-attr]
+        wait_until(lambda: "the broker and the database stay up" in err.read_text(), 60, what="the worker's exit noted")
+        socket.create_connection((host, int(port)), timeout=5).close()
+        assert running.poll() is None
+        assert interrupted(running) == 130, err.read_text()[-2000:]
+    finally:
+        if running.poll() is None:
+            running.kill()
+            running.wait()
+    assert "interrupted:" in err.read_text() and "records applied by group eventsink-run-" in err.read_text()
+    with pytest.raises(OSError):
+        socket.create_connection((host, int(port)), timeout=1).close()
 
 
 def test_chat_history_prints_the_last_messages_in_order_to_their_tenant_only(database_url: str) -> None:
