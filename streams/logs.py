@@ -100,13 +100,13 @@ def _log_uncaught(log: logging.Logger) -> None:
         if issubclass(kind, KeyboardInterrupt):
             sys.__excepthook__(kind, exc, tb)
             return
-        log.critical("uncaught exception", exc_info=(kind, exc, tb))
+        log.critical("uncaught exception (a bug: report it with this traceback)", exc_info=(kind, exc, tb))
 
     def thread_hook(args: threading.ExceptHookArgs) -> None:
         if args.exc_type is SystemExit:
             return
         log.error(
-            "uncaught exception in thread %s",
+            "uncaught exception in thread %s (a bug: report it with this traceback)",
             getattr(args.thread, "name", "?"),
             exc_info=(args.exc_type, args.exc_value, args.exc_traceback),  # type: ignore[arg-type]
         )

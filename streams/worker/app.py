@@ -233,7 +233,11 @@ class Runtime:
         its supervisor starts it again, from the ledger."""
         if self.crashed is None:
             self.crashed = exc
-            log.critical("a pipeline crashed; the worker exits so that it restarts from the ledger", exc_info=exc)
+            log.critical(
+                "a pipeline crashed; the worker exits so that it restarts from the ledger",
+                exc_info=exc,
+                fix="a bug: nothing is lost (the ledger has what was applied); report it with this traceback",
+            )
             await self.app.crash(exc)
 
     async def commit_offsets(self) -> None:

@@ -420,6 +420,8 @@ class LedgerConsumer(faust_aiokafka.Consumer):
             error=f"{type(exc).__name__}: {exc}",
             consecutive=self.fetch_errors,
             exc_info=exc,
+            fix="a partition whose records the client cannot read is stopped (see `partition stopped`); if this "
+            "repeats for every fetch, /healthz fails and the worker should be restarted",
         )
         reported = getattr(self.app, "on_unreadable", None)
         while self.unreadable:

@@ -364,7 +364,7 @@ class Pipeline:
             st.held = True
             self.control.hold(p)
         telemetry.PARTITION_BLOCKED.labels(self.topic, str(p), reason).set(1)
-        log.error("partition stopped", topic=self.topic, partition=p, reason=reason, detail=detail)
+        log.error("partition stopped", topic=self.topic, partition=p, reason=reason, detail=detail, fix=detail)
 
     async def unblock(self, p: int, next_offset: int) -> None:
         """Resume a stopped partition from `next_offset` (the ledger's, after an operator's reset)."""
@@ -417,7 +417,13 @@ class Pipeline:
         except Exception as exc:
             self.crashed = exc
             telemetry.PIPELINE_CRASHES.labels(self.topic).inc()
-            log.error("partition pipeline crashed", topic=self.topic, partition=st.number, exc_info=exc)
+            log.error(
+                "partition pipeline crashed",
+                topic=self.topic,
+                partition=st.number,
+                exc_info=exc,
+                fix="a bug: the worker restarts from the ledger, nothing is lost; report it with this traceback",
+            )
             if self.on_crash is not None:
                 await self.on_crash(exc)
 
@@ -606,7 +612,13 @@ class Pipeline:
             if kind == "transient":
                 log.warning("batch not committed; retrying", **fields)
             else:
-                log.error("batch failed unexpectedly; retrying", exc_info=exc, **fields)
+                log.error(
+                    "batch failed unexpectedly; retrying",
+                    exc_info=exc,
+                    fix="a bug or a database answer eventsink does not know: after a few attempts the worker "
+                    "restarts from the ledger, nothing is lost; report it with this traceback",
+                    **fields,
+                )
 
         return before_sleep
 
@@ -642,7 +654,14 @@ class Pipeline:
                     until=lost[1],
                 )
                 return False
-            log.error("records lost to retention; recorded, going on", topic=self.topic, partition=p, offsets=lost)
+            log.error(
+                "records lost to retention; recorded, going on",
+                topic=self.topic,
+                partition=p,
+                offsets=lost,
+                fix="the topic's retention deleted records before they were applied: keep it longer than workers "
+                "may lag or stop (the loss is in eventsink.lost_ranges, `eventsink ledger show`)",
+            )
             batch.lost = lost
             if first >= batch.first_offset:
                 return True
