@@ -333,3 +333,9 @@ def test_ctrl_c_exits_130_and_says_what_was_done(scenario: Scenario, tmp_path: P
     wait_applied(s.dsn, s.group, s.topic, dict.fromkeys(range(4), -1))  # nothing to wait for but the ledger
     assert w.proc is not None and interrupted(w.proc) == 130
     assert w.logged("drained") >= 1
+
+    # worker --processes: its children drain on the signal it forwards; it exits 130 too.
+    supervised = started(["worker", "--processes", "2"], env, tmp_path / "sup.out", tmp_path / "sup.err")
+    wait_until(lambda: (tmp_path / "sup.err").read_text().count('"worker ready"') == 2, 90, what="both ready")
+    assert interrupted(supervised) == 130, (tmp_path / "sup.err").read_text()[-2000:]
+    assert "worker processes stopped" in (tmp_path / "sup.err").read_text()
