@@ -142,7 +142,7 @@ def _stop_worker(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _ledger(dsn: str, group: str) -> dict[str, tuple[Any, ...]]:
-    with psycopg.connect(dsn) as conn:
+    with psycopg.connect(dsn, connect_timeout=10) as conn:
         return {row[0]: row[1:] for row in conn.execute(LEDGER, (group,))}
 
 
