@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import ssl
+import types
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 from uuid import UUID
 
 from psycopg.conninfo import conninfo_to_dict
@@ -23,6 +25,8 @@ SECURE_SSLMODES = ("require", "verify-ca", "verify-full")
 # Old environment variable names that still work, and the names that replace them.
 DEPRECATED_NAMES = {"EVENTSINK_METRICS_TENANTS": "EVENTSINK_TELEMETRY_TENANTS"}
 SECURE_KAFKA = ("SSL", "SASL_SSL")
+# EVENTSINK_* variables read by something other than Settings (the test suite's fixtures).
+OTHER_NAMES = frozenset({"EVENTSINK_TESTCONTAINERS"})
 # Settings that may come from a file: X_FILE=/path (Docker and Kubernetes secrets). Each one is a
 # secret: its content is masked wherever it would appear (`sinks.secrets`).
 FILE_SECRETS = {
@@ -198,7 +202,7 @@ class Settings(BaseSettings):
         except Exception as exc:
             # libpq's complaint quotes the text around the error, maybe a piece of the password.
             raise ValueError(
-                f"DATABASE_URL is not a valid PostgreSQL connection string ({secrets.libpq_message(str(exc))})"
+                f"DATABASE_URL is not a valid PostgreSQL connection string ({secrets.libpq_message(str(exc)).strip()})"
             ) from None
         return value
 
@@ -367,16 +371,103 @@ def deprecated_names(environ: dict[str, str] | None = None) -> dict[str, str]:
     return {old: new for old, new in DEPRECATED_NAMES.items() if old in env}
 
 
+def _field_variables(name: str, field: FieldInfo) -> list[str]:
+    """The environment variables of a field, the preferred one first (upper case)."""
+    alias = field.validation_alias
+    if isinstance(alias, AliasChoices):
+        return [str(choice).upper() for choice in alias.choices]
+    if isinstance(alias, str):
+        return [alias.upper()]
+    return [f"{Settings.model_config.get('env_prefix', '')}{name}".upper()]
+
+
+def variable_names() -> frozenset[str]:
+    """Every environment variable Settings reads (upper case), `X_FILE` secrets included."""
+    names = {v for name, field in Settings.model_fields.items() for v in _field_variables(name, field)}
+    names.update(f"{name}_FILE" for group in FILE_SECRETS.values() for name in group)
+    return frozenset(names)
+
+
+def unknown_variables(environ: dict[str, str] | None = None) -> dict[str, str | None]:
+    """EVENTSINK_* variables set that no setting reads (a misspelling, silently ignored
+    otherwise), each with the closest valid name, or None when none is close."""
+    env = os.environ if environ is None else environ
+    prefix = "EVENTSINK_"
+    known = variable_names() | OTHER_NAMES
+    # Compared without the prefix every candidate shares, which would make any name look close.
+    candidates = sorted(n.removeprefix(prefix) for n in known - set(DEPRECATED_NAMES) if n.startswith(prefix))
+    unknown: dict[str, str | None] = {}
+    for name in sorted(env):
+        upper = name.upper()  # pydantic-settings reads variables case-insensitively
+        if upper.startswith(prefix) and upper not in known:
+            close = difflib.get_close_matches(upper.removeprefix(prefix), candidates, n=1, cutoff=0.6)
+            unknown[name] = prefix + close[0] if close else None
+    return unknown
+
+
+def _variable_of(loc: tuple[Any, ...], environ: dict[str, str]) -> str:
+    """The environment variable an error's location names: the one set, when a field has several."""
+    if not loc:
+        return ""
+    head = str(loc[0])
+    for name, field in Settings.model_fields.items():
+        variables = _field_variables(name, field)
+        if head == name or head.upper() in variables:
+            present = sorted((k for k in environ if k.upper() in variables), key=lambda k: variables.index(k.upper()))
+            return (present or variables)[0]
+    return head
+
+
+def _plain(annotation: Any) -> Any:
+    """`X | None` -> X."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        return args[0] if len(args) == 1 else annotation
+    return annotation
+
+
+def _bounds(field: FieldInfo) -> str:
+    low = high = ""
+    for rule in field.metadata:
+        if getattr(rule, "ge", None) is not None:
+            low = f"at least {rule.ge:,}"
+        elif getattr(rule, "gt", None) is not None:
+            low = f"above {rule.gt:,}"
+        if getattr(rule, "le", None) is not None:
+            high = f"at most {rule.le:,}"
+        elif getattr(rule, "lt", None) is not None:
+            high = f"below {rule.lt:,}"
+    return " and ".join(b for b in (low, high) if b)
+
+
+def valid_values(field: FieldInfo) -> str:
+    """What a field accepts, in words: `one of a, b`, `an integer, at least 1 and at most 50,000`."""
+    annotation = _plain(field.annotation)
+    if get_origin(annotation) is Literal:
+        return "one of " + ", ".join(str(a) for a in get_args(annotation))
+    words = {int: "an integer", float: "a number", bool: "true or false", Path: "a path", str: "text"}
+    word = words.get(annotation, "")
+    bounds = _bounds(field)
+    return f"{word}, {bounds}" if word and bounds else word or bounds
+
+
 class SettingsError(ValueError):
     """The environment does not make valid settings; the message names each problem, no values."""
+
+
+def _problem(error: Any, environ: dict[str, str]) -> str:
+    message = " ".join(str(error["msg"]).removeprefix("Value error, ").split())  # one line
+    variable = _variable_of(tuple(error["loc"]), environ)
+    if not variable or message.startswith(variable):
+        return message
+    field = next((f for n, f in Settings.model_fields.items() if variable.upper() in _field_variables(n, f)), None)
+    valid = valid_values(field) if field is not None and error["type"] != "value_error" else ""
+    return f"{variable} must be {valid}" if valid else f"{variable}: {message}"
 
 
 def load(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        problems = [
-            (f"{'.'.join(str(p) for p in e['loc'])}: " if e["loc"] else "") + e["msg"].removeprefix("Value error, ")
-            for e in exc.errors(include_input=False, include_url=False)
-        ]
-        raise SettingsError("; ".join(problems)) from None
+        problems = [_problem(e, dict(os.environ)) for e in exc.errors(include_input=False, include_url=False)]
+        raise SettingsError("; ".join(dict.fromkeys(problems))) from None

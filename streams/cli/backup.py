@@ -55,6 +55,17 @@ WHERE n.nspname = %s AND c.relkind IN ('r', 'p') ORDER BY c.relname
 """
 
 
+# A backup holds every row (tenants' data): its files are private to the user who took it.
+PRIVATE = 0o600
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
 def manifest_path(file: Path) -> Path:
     return file.with_name(file.name + ".manifest.json")
 
@@ -268,6 +279,9 @@ def backup(file: Path, force: bool) -> None:
             taken.update(counts=_counts(conn, tables), version=_migration_version(conn))
 
         try:
+            # Readable by this user only, from its first byte: pg_dump writes into the file as it is.
+            partial.unlink(missing_ok=True)
+            os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE))
             # The dump and the counts read the same snapshot, which lives as long as this transaction.
             _run(command, env, f"pg_dump {SCHEMA} of {s.dsn_display}", watch=partial, meanwhile=count)
         except BaseException:
@@ -290,7 +304,7 @@ def backup(file: Path, force: bool) -> None:
         "sha256": _sha256(file),
         "tables": counts,
     }
-    manifest_path(file).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+    _write_private(manifest_path(file), orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
     out.print(_rows_table(f"{file.name}: schema {SCHEMA}", counts))
     err.print(
         f"backed up {s.dsn_display}: {len(counts)} tables, {sum(counts.values()):,} rows, {_size(size)} in "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from typing import Any, TextIO
 
@@ -12,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from sinks.secrets import MIN_LENGTH, register_dsn, scrub
 from streams import logs
-from streams.settings import Settings, SettingsError, deprecated_names, load
+from streams.settings import Settings, SettingsError, deprecated_names, load, unknown_variables
 
 # Wide when not a terminal, so that tables piped or captured are not folded at 80 columns.
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
@@ -103,23 +105,58 @@ def dsn_to_read(option: str | None, loaded: Settings) -> str:
     return option
 
 
+class SettingsProblem(click.ClickException):
+    """Settings the environment cannot make: a usage error (exit status 2), on one line."""
+
+    exit_code = 2
+
+
+_warned: set[str] = set()  # what this process already warned about (commands load settings more than once)
+
+
 def settings() -> Settings:
     try:
         loaded = load()
     except SettingsError as exc:
-        raise click.ClickException(f"invalid settings: {scrub(str(exc))}") from None
+        raise SettingsProblem(f"invalid settings: {scrub(str(exc))}") from None
     logs.configure(loaded.log_level, loaded.log_format)
     log = logs.get(__name__)
-    for old, new in deprecated_names().items():
-        log.warning("deprecated setting name", name=old, use=new)
-    for name in loaded.short_secrets():
-        log.warning(
-            "a secret too short to be masked wherever it appears",
-            setting=name,
-            minimum=MIN_LENGTH,
-            why="it is masked where it is labelled as a secret (a password parameter, a URL user info) only",
-        )
+    if "settings" not in _warned:
+        _warned.add("settings")
+        for old, new in deprecated_names().items():
+            log.warning("deprecated setting name", name=old, use=new)
+        for name in loaded.short_secrets():
+            log.warning(
+                "a secret too short to be masked wherever it appears",
+                setting=name,
+                minimum=MIN_LENGTH,
+                why="it is masked where it is labelled as a secret (a password parameter, a URL user info) only",
+            )
     return loaded
+
+
+def warn_unknown_variables() -> None:
+    """Once, as a command starts: EVENTSINK_* variables no setting reads, which would otherwise be
+    ignored without a word (a misspelt EVENTSINK_BACTH_SIZE leaves the batch size at its default)."""
+    unknown = unknown_variables()
+    if not unknown or "unknown" in _warned:
+        return
+    _warned.add("unknown")
+    # Logs as the settings will configure them, read leniently: the settings may be invalid.
+    level = os.environ.get("EVENTSINK_LOG_LEVEL", "INFO").upper()
+    fmt = os.environ.get("EVENTSINK_LOG_FORMAT", "auto").lower()
+    logs.configure(
+        level if isinstance(logging.getLevelName(level), int) else "INFO",
+        fmt if fmt in ("auto", "json", "console") else "auto",
+    )
+    log = logs.get("streams.settings")
+    for name, close in unknown.items():
+        log.warning(
+            "unknown EVENTSINK_* variable ignored: no setting has this name",
+            variable=name,
+            did_you_mean=close,
+            fix=f"rename it {close}" if close else "see the settings in README.md (Configuration)",
+        )
 
 
 def progress_bar(total: int | None = None) -> Progress:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from sinks import migrate as migrations
@@ -12,7 +14,7 @@ from sinks.secrets import scrub
 from streams.cli import names
 from streams.cli.backup import backup, restore
 from streams.cli.chat import chat
-from streams.cli.console import err, out, scrub_output, settings
+from streams.cli.console import err, out, scrub_output, settings, warn_unknown_variables
 from streams.cli.dlq import dlq
 from streams.cli.lag import lag
 from streams.cli.ledger import ledger_command
@@ -22,6 +24,10 @@ from streams.cli.schema import schema
 from streams.cli.tail import tail_command
 from streams.cli.topics import topics
 from streams.cli.verify import verify
+from streams.settings import SettingsError
+
+# Exit statuses, the same for every command.
+DONE, FAILED, USAGE, INTERRUPTED = 0, 1, 2, 130
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -120,23 +126,53 @@ for command in (
     cli.add_command(command)
 
 
+def explain(exc: BaseException) -> str:
+    """What failed, once (an exception's text often repeats its class name), and what to do."""
+    text = " ".join(scrub(str(exc)).split())  # one line: libpq's messages span several
+    name = type(exc).__name__
+    what = text if text.startswith(name) else f"{name}: {text}" if text else name
+    from aiokafka.errors import KafkaConnectionError, KafkaError
+    from psycopg import OperationalError
+
+    if isinstance(exc, KafkaConnectionError) or (isinstance(exc, KafkaError) and "bootstrap" in text):
+        servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092 (the default)")
+        return (
+            f"{what}: no Kafka broker answered at {servers}; start it, or set KAFKA_BOOTSTRAP_SERVERS (and "
+            "EVENTSINK_KAFKA_SECURITY_PROTOCOL) to where it listens"
+        )
+    if isinstance(exc, OperationalError):
+        return (
+            f"{what}: check DATABASE_URL (host, port, database, user, password, sslmode) and that PostgreSQL "
+            "is running and reachable from here"
+        )
+    return what
+
+
 def main() -> None:
+    """Exit statuses: 0 done, 1 failed, 2 usage (settings included), 130 interrupted (Ctrl-C)."""
     scrub_output()
+    warn_unknown_variables()
     try:
         code = cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        err.print("aborted")
-        sys.exit(130)
+    except click.exceptions.Abort as exc:  # click's form of Ctrl-C (and of EOF at a prompt)
+        err.print("interrupted" if isinstance(exc.__context__, KeyboardInterrupt) else "aborted")
+        sys.exit(INTERRUPTED)
     except click.ClickException as exc:
-        # One line, however long: a usage error says what is valid on the line a script greps.
-        err.print(f"[red]error:[/red] {scrub(exc.format_message())}", highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
+        fail(scrub(exc.format_message()), exc.exit_code)
     except KeyboardInterrupt:
-        sys.exit(130)
+        err.print("interrupted")
+        sys.exit(INTERRUPTED)
+    except SettingsError as exc:  # found after loading (a client certificate that does not load)
+        fail(f"invalid settings: {scrub(str(exc))}", USAGE)
     except Exception as exc:  # last resort: never print a DSN or password
-        err.print(f"[red]error:[/red] {type(exc).__name__}: {scrub(str(exc))}", highlight=False)
-        sys.exit(1)
-    sys.exit(code if isinstance(code, int) else 0)
+        fail(explain(exc), FAILED)
+    sys.exit(code if isinstance(code, int) else DONE)
+
+
+def fail(message: str, status: int) -> None:
+    """One line on stderr (never folded: scripts grep it), then exit."""
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(status)
 
 
 if __name__ == "__main__":

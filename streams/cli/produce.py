@@ -47,25 +47,51 @@ def common(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _run(
     topic: str,
     total: int | None,
-    make: Callable[[Publisher, str, Callable[[int], None]], Awaitable[Any]],
+    make: Callable[[Publisher, str, Callable[[int], None], Any], Awaitable[Any]],
+    report: Any,
     as_json: bool,
     what: str,
 ) -> None:
+    """Send the load, then say what was sent: all of it, or what was sent before Ctrl-C stopped it
+    (then the command exits 130, as every command does)."""
     s = settings()
+    acknowledged = 0
 
     async def go() -> Any:
         with progress_bar() as bar:
             task = bar.add_task(topic, total=total)
-            async with Publisher(s.bootstrap_list, **s.kafka_security()) as pub:
-                return await make(pub, topic, lambda n: bar.update(task, completed=n))
 
-    report = aio.run(go())
+            def progress(n: int) -> None:
+                nonlocal acknowledged
+                acknowledged = n
+                bar.update(task, completed=n)
+
+            async with Publisher(s.bootstrap_list, **s.kafka_security()) as pub:
+                return await make(pub, topic, progress, report)
+
+    try:
+        aio.run(go())
+    except KeyboardInterrupt:
+        _say(report, topic, what, as_json, stopped_after=acknowledged)
+        raise
+    _say(report, topic, what, as_json)
+
+
+def _say(report: Any, topic: str, what: str, as_json: bool, stopped_after: int | None = None) -> None:
     if as_json:
-        click.echo(orjson.dumps(report.as_dict()).decode())
+        extra = {} if stopped_after is None else {"interrupted": True, "acknowledged": stopped_after}
+        click.echo(orjson.dumps({**report.as_dict(), **extra}).decode())
+        return
+    counts = f"{report.unique} unique {what}, {report.duplicates} duplicates, {report.invalid} invalid"
+    if stopped_after is not None:
+        err.print(
+            f"stopped: {report.sent} records sent to {topic} before the interruption ({counts}); "
+            f"{stopped_after} of them acknowledged by the broker by then, the rest flushed as the producer closed",
+            highlight=False,
+        )
         return
     err.print(
-        f"sent {report.sent} records to {topic} in {report.seconds:.1f}s: {report.unique} unique {what}, "
-        f"{report.duplicates} duplicates, {report.invalid} invalid "
+        f"sent {report.sent} records to {topic} in {report.seconds:.1f}s: {counts} "
         f"({report.sent / max(report.seconds, 1e-9):,.0f} records/s)"
     )
 
@@ -83,10 +109,17 @@ def produce() -> None:
 @common
 def metrics(count: int, invalid: float, as_json: bool, **shared: Any) -> None:
     """Publish metric events."""
-    from streams.dev.loadgen.metric import MetricLoad, produce_metrics
+    from streams.dev.loadgen.metric import LoadReport, MetricLoad, produce_metrics
 
     load = MetricLoad(count=count, invalid=invalid, **shared)
-    _run(settings().metrics_topic, count, lambda p, t, cb: produce_metrics(p, t, load, cb), as_json, "events")
+    _run(
+        settings().metrics_topic,
+        count,
+        lambda p, t, cb, r: produce_metrics(p, t, load, cb, r),
+        LoadReport(),
+        as_json,
+        "events",
+    )
 
 
 @produce.command("chat")
@@ -96,7 +129,7 @@ def metrics(count: int, invalid: float, as_json: bool, **shared: Any) -> None:
 @common
 def chat(conversations: int, turns: tuple[int, int], invalid: float, as_json: bool, **shared: Any) -> None:
     """Publish conversations: several turns each, interleaved as live traffic would be."""
-    from streams.dev.loadgen.chat import ChatLoad, produce_chat
+    from streams.dev.loadgen.chat import ChatLoad, ChatReport, produce_chat
 
     s = settings()
     load = ChatLoad(
@@ -107,7 +140,7 @@ def chat(conversations: int, turns: tuple[int, int], invalid: float, as_json: bo
         max_content_bytes=s.chat_max_content_bytes,
         **shared,
     )
-    _run(s.chat_topic, None, lambda p, t, cb: produce_chat(p, t, load, cb), as_json, "messages")
+    _run(s.chat_topic, None, lambda p, t, cb, r: produce_chat(p, t, load, cb, r), ChatReport(), as_json, "messages")
 
 
 @produce.command("analysis")
@@ -122,7 +155,14 @@ def chat(conversations: int, turns: tuple[int, int], invalid: float, as_json: bo
 @common
 def analysis(analyses: int, out_of_order: float, as_json: bool, **shared: Any) -> None:
     """Publish analyses walking through their states (pending, processing, completed|failed, deleted)."""
-    from streams.dev.loadgen.analysis import AnalysisLoad, produce_analysis
+    from streams.dev.loadgen.analysis import AnalysisLoad, AnalysisReport, produce_analysis
 
     load = AnalysisLoad(analyses=analyses, out_of_order=out_of_order, **shared)
-    _run(settings().analysis_topic, None, lambda p, t, cb: produce_analysis(p, t, load, cb), as_json, "events")
+    _run(
+        settings().analysis_topic,
+        None,
+        lambda p, t, cb, r: produce_analysis(p, t, load, cb, r),
+        AnalysisReport(),
+        as_json,
+        "events",
+    )

@@ -111,7 +111,11 @@ def tail_command(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--since") from None
 
+    shown = 0
+
     def emit(row: TailRow) -> None:
+        nonlocal shown
+        shown += 1
         if fmt == "json":
             click.echo(json_line(row))
         else:
@@ -145,5 +149,6 @@ def tail_command(
         )
     except LookupError as exc:
         raise click.ClickException(str(exc)) from None
-    except KeyboardInterrupt:
-        pass
+    except KeyboardInterrupt:  # Ctrl-C is how --follow ends: say what was shown, exit 130 as every command
+        err.print(f"stopped after {shown} records of {topic}", highlight=False)
+        raise

@@ -28,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 
+from streams import logs
 from streams.aiokafka_internals import instrument, unreadable
 
 Security = Mapping[str, Any]  # aiokafka client arguments: security_protocol, ssl_context, sasl_*
@@ -53,6 +54,7 @@ class Start:
 
 
 FROM_BEGINNING = Start(from_beginning=True)
+log = logs.get(__name__)
 
 
 class Reader:
@@ -64,6 +66,9 @@ class Reader:
         self._consumer: AIOKafkaConsumer | None = None
         self._admin: AIOKafkaAdminClient | None = None
         self._turn = asyncio.Lock()
+        # Two callers asking for the consumer at once (two partitions' holes resolved together)
+        # would each start one, and the first would be left open: one opens, the other waits.
+        self._opening = asyncio.Lock()
         # Record batches the Kafka client could not read (a header key that is not UTF-8, a
         # corrupt batch), stepped over by `read`: what a caller reports instead of crashing.
         self.unreadable: list[Unreadable] = []
@@ -85,6 +90,14 @@ class Reader:
 
     async def consumer(self) -> AIOKafkaConsumer:
         if self._consumer is None:
+            async with self._opening:
+                if self._consumer is None:
+                    await self._open_consumer()
+        assert self._consumer is not None
+        return self._consumer
+
+    async def _open_consumer(self) -> None:
+        if self._consumer is None:
             instrument()
             consumer = AIOKafkaConsumer(
                 bootstrap_servers=self.bootstrap,
@@ -93,16 +106,24 @@ class Reader:
                 isolation_level="read_committed",
                 **self.security,
             )
-            await consumer.start()
+            try:
+                await consumer.start()
+            except BaseException:
+                await _quietly(consumer.stop())  # a client that failed to start is still open
+                raise
             await asyncio.sleep(0)  # aiokafka 0.14: stop() right after start() raises otherwise
             self._consumer = consumer
-        return self._consumer
 
     async def admin(self) -> AIOKafkaAdminClient:
-        if self._admin is None:
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.security)
-            await admin.start()
-            self._admin = admin
+        async with self._opening:
+            if self._admin is None:
+                admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.security)
+                try:
+                    await admin.start()
+                except BaseException:
+                    await _quietly(admin.close())
+                    raise
+                self._admin = admin
         return self._admin
 
     # -- metadata -------------------------------------------------------------------------
@@ -253,6 +274,14 @@ class Reader:
                 raise TimeoutError(f"no record of {topic}[{partition}] at or after {offset} within {timeout}s")
             finally:
                 _idle(consumer)
+
+
+async def _quietly(closing: Any) -> None:
+    """Close a client whose start failed; that failure, not this one, is the one to report."""
+    try:
+        await closing
+    except Exception as exc:
+        log.debug("closing a client that failed to start failed too", error=f"{type(exc).__name__}: {exc}")
 
 
 def _idle(consumer: AIOKafkaConsumer) -> None:

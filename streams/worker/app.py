@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from faust.types import TP
 
 from sinks.core.batch import LogIdentity
@@ -25,11 +26,13 @@ from streams.worker.faust_internals import (
     LeanTableManager,
     LedgerConsumer,
     RawSchema,
+    broker_metadata,
     commit_offsets,
     consumer_state,
 )
 from streams.worker.pipeline import Pipeline, PipelineConfig
 from streams.worker.positioning import Positioning
+from streams.worker.reachability import Check, Reachability
 
 log = logs.get(__name__)
 
@@ -138,6 +141,30 @@ class Runtime:
         self.pipelines: dict[str, Pipeline] = {}
         # What ended a pipeline unexpectedly; the worker is exiting because of it.
         self.crashed: BaseException | None = None
+        # Faust has started every agent; "worker ready" waits for the database and the broker too.
+        self.started = False
+        self.reachability = Reachability(
+            [
+                Check(
+                    "database",
+                    self._probe_database,
+                    settings.dsn_display,
+                    "check DATABASE_URL (host, port, database, user, password, sslmode) and that PostgreSQL "
+                    "runs and accepts connections from this host",
+                ),
+                Check(
+                    "broker",
+                    lambda: broker_metadata(app),
+                    settings.kafka_bootstrap_servers,
+                    "check that the brokers of KAFKA_BOOTSTRAP_SERVERS run and are reachable from this host "
+                    "(and EVENTSINK_KAFKA_SECURITY_PROTOCOL)",
+                    failures_before_error=2,  # one slow metadata answer is not an outage
+                ),
+            ],
+            timeout_s=settings.db_connect_timeout_s + 5,
+            on_reachable=self._say_ready,
+        )
+        self._watcher: asyncio.Task[None] | None = None
         for kind in self.kinds:
             self._register(kind, partitions[kind.topic])
         app.ledger_positioner = self.positioning.targets
@@ -154,25 +181,63 @@ class Runtime:
         await self.ensure_open()
         if self._committer is None:
             self._committer = asyncio.create_task(self._commit_offsets_periodically())
+        if self._watcher is None:
+            self._watcher = asyncio.create_task(self.reachability.run(), name="reachability")
         self.positioning.start()
 
     async def release(self) -> None:
         self._users -= 1
         if self._users <= 0 and self._opened:
             self._opened = False
-            if self._committer is not None:
-                self._committer.cancel()
-                self._committer = None
+            for task in (self._committer, self._watcher):
+                if task is not None:
+                    task.cancel()
+            self._committer = self._watcher = None
             await self.positioning.stop()
             await self.commit_offsets()
             await self.pool.close()
+
+    def on_started(self) -> None:
+        """Faust started every agent. Ready only if the database and the broker answer too; else
+        the reachability check has said (or will say) what is wrong, and says ready when it clears."""
+        self.started = True
+        if self.reachability.reachable:
+            self._say_ready()
+
+    def _say_ready(self) -> None:
+        if self.started:
+            log.info(
+                "worker ready",
+                group=self.settings.group_id,
+                kafka=self.settings.kafka_bootstrap_servers,
+                database=self.settings.dsn_display,
+            )
+
+    async def _probe_database(self) -> None:
+        try:
+            async with self.pool.connection(timeout=2.0) as conn:
+                await conn.execute("SELECT 1")
+            return
+        except Exception:
+            pass  # busy, or unreachable: a connection of our own tells which, and why
+        conn = await psycopg.AsyncConnection.connect(
+            self.settings.dsn, connect_timeout=max(1, round(self.settings.db_connect_timeout_s)), autocommit=True
+        )
+        try:
+            await conn.execute("SELECT 1")
+        finally:
+            await conn.close()
 
     async def crash(self, exc: BaseException) -> None:
         """Something escaped a pipeline: /healthz says so, and the worker exits non-zero so that
         its supervisor starts it again, from the ledger."""
         if self.crashed is None:
             self.crashed = exc
-            log.critical("a pipeline crashed; the worker exits so that it restarts from the ledger", exc_info=exc)
+            log.critical(
+                "a pipeline crashed; the worker exits so that it restarts from the ledger",
+                exc_info=exc,
+                fix="a bug: nothing is lost (the ledger has what was applied); report it with this traceback",
+            )
             await self.app.crash(exc)
 
     async def commit_offsets(self) -> None:

@@ -306,6 +306,15 @@ class LedgerConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer._fetch_max_wait_ms = cast(LedgerConsumer, self.consumer).fetch_max_wait_ms
         return consumer
 
+    async def on_thread_stop(self) -> None:
+        """aiokafka's fetcher, closing, awaits the fetch tasks it cancelled and lets their
+        CancelledError out (a fetch was backing off from an unreachable broker): the thread would
+        end without telling the worker it stopped, which then waits mode's 60 s shutdown timeout."""
+        try:
+            await super().on_thread_stop()
+        except asyncio.CancelledError:
+            log.info("the Kafka consumer stopped with a fetch still pending (the broker is unreachable?)")
+
     async def _fetch_records(
         self, consumer: Any, active_partitions: Any, timeout: float | None = None, max_records: int | None = None
     ) -> Any:
@@ -411,6 +420,8 @@ class LedgerConsumer(faust_aiokafka.Consumer):
             error=f"{type(exc).__name__}: {exc}",
             consecutive=self.fetch_errors,
             exc_info=exc,
+            fix="a partition whose records the client cannot read is stopped (see `partition stopped`); if this "
+            "repeats for every fetch, /healthz fails and the worker should be restarted",
         )
         reported = getattr(self.app, "on_unreadable", None)
         while self.unreadable:

@@ -367,7 +367,7 @@ class Pipeline:
             st.held = True
             self.control.hold(p)
         telemetry.PARTITION_BLOCKED.labels(self.topic, str(p), reason).set(1)
-        log.error("partition stopped", topic=self.topic, partition=p, reason=reason, detail=detail)
+        log.error("partition stopped", topic=self.topic, partition=p, reason=reason, detail=detail, fix=detail)
 
     async def unblock(self, p: int, next_offset: int) -> None:
         """Resume a stopped partition from `next_offset` (the ledger's, after an operator's reset)."""
@@ -420,7 +420,13 @@ class Pipeline:
         except Exception as exc:
             self.crashed = exc
             telemetry.PIPELINE_CRASHES.labels(self.topic).inc()
-            log.error("partition pipeline crashed", topic=self.topic, partition=st.number, exc_info=exc)
+            log.error(
+                "partition pipeline crashed",
+                topic=self.topic,
+                partition=st.number,
+                exc_info=exc,
+                fix="a bug: the worker restarts from the ledger, nothing is lost; report it with this traceback",
+            )
             if self.on_crash is not None:
                 await self.on_crash(exc)
 
@@ -569,7 +575,8 @@ class Pipeline:
                 # forever would stall the partition; the worker restarts from the ledger instead.
                 raise
 
-            log.error(
+            # Nothing is lost and nobody must act: the next owner of the partition starts at the ledger.
+            (log.info if st.revoked else log.warning)(
                 "batch abandoned (revoked or shutting down); the ledger will have it delivered again",
                 topic=self.topic,
                 partition=batch.partition,
@@ -608,7 +615,13 @@ class Pipeline:
             if kind == "transient":
                 log.warning("batch not committed; retrying", **fields)
             else:
-                log.error("batch failed unexpectedly; retrying", exc_info=exc, **fields)
+                log.error(
+                    "batch failed unexpectedly; retrying",
+                    exc_info=exc,
+                    fix="a bug or a database answer eventsink does not know: after a few attempts the worker "
+                    "restarts from the ledger, nothing is lost; report it with this traceback",
+                    **fields,
+                )
 
         return before_sleep
 
@@ -644,7 +657,14 @@ class Pipeline:
                     until=lost[1],
                 )
                 return False
-            log.error("records lost to retention; recorded, going on", topic=self.topic, partition=p, offsets=lost)
+            log.error(
+                "records lost to retention; recorded, going on",
+                topic=self.topic,
+                partition=p,
+                offsets=lost,
+                fix="the topic's retention deleted records before they were applied: keep it longer than workers "
+                "may lag or stop (the loss is in eventsink.lost_ranges, `eventsink ledger show`)",
+            )
             batch.lost = lost
             if first >= batch.first_offset:
                 return True
@@ -658,7 +678,8 @@ class Pipeline:
             batch.gap_verified = True
             return True
         telemetry.OFFSET_GAPS.labels(self.topic, "repositioned").inc()
-        log.error("batch would skip records; seeking to the ledger", **where, next_available=first)
+        # Routine after a rebalance (the new owner's fetch ran ahead of the ledger): nobody must act.
+        log.info("batch would skip records; seeking to the ledger", **where, next_available=first)
         self._seek_back(st, batch, first)
         await self.control.seek(p, gap.expected)
         return False

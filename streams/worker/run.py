@@ -1,10 +1,21 @@
-"""`eventsink worker`: topics checked, Faust app built, run until SIGTERM/SIGINT drains it."""
+"""`eventsink worker`: topics checked, Faust app built, run until SIGTERM/SIGINT drains it.
+
+SIGTERM drains and exits 0; SIGINT (Ctrl-C) the same, exiting 130 as every command does. Either
+way the worker is gone within EVENTSINK_DRAIN_TIMEOUT_S + SHUTDOWN_MARGIN_S: past it (a broker
+or a database that stopped answering holds a library's shutdown), it says so and exits at once,
+as a kill would, which loses nothing: the next owner of its partitions starts at the ledger.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import logging
+import os
+import signal
 import socket
+import threading
+from typing import Any
 
 import faust
 
@@ -15,6 +26,10 @@ from streams.worker.app import build, changelog_specs, source_and_dlq_specs
 from streams.worker.faust_internals import UnsupportedFaust, check_version
 
 log = logs.get(__name__)
+
+# After the drain: Faust commits offsets, leaves the group, stops its producer and web server.
+SHUTDOWN_MARGIN_S = 10.0
+INTERRUPTED = 130  # the exit status of a command stopped by Ctrl-C
 
 
 def new_loop(settings: Settings) -> asyncio.AbstractEventLoop:
@@ -93,8 +108,10 @@ def run(settings: Settings) -> None:
         batch_size=settings.batch_size,
         batch_max_wait_ms=settings.batch_max_wait_ms,
     )
-    worker = faust.Worker(
+    worker = EventsinkWorker(
         app,
+        runtime,
+        settings.drain_timeout_s + SHUTDOWN_MARGIN_S,
         loop=loop,
         loglevel=settings.log_level,
         quiet=True,
@@ -105,7 +122,47 @@ def run(settings: Settings) -> None:
     # worker's own structured logs say what it does.
     worker.spinner = None
     _tune_gc(settings.gc_young_threshold)
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as done:
+        if worker.stop_signal == signal.SIGINT and not done.code:
+            raise SystemExit(INTERRUPTED) from None
+        raise
+
+
+class EventsinkWorker(faust.Worker):
+    """Faust's worker, with the exit bounded in time and "ready" said only when it is."""
+
+    def __init__(self, app: Any, runtime: Any, stop_within_s: float, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.runtime = runtime
+        self.stop_within_s = stop_within_s
+        self.stop_signal: signal.Signals | None = None
+
+    def _schedule_shutdown(self, sig: signal.Signals) -> None:
+        if self.stop_signal is None:
+            self.stop_signal = sig
+            deadline = threading.Timer(self.stop_within_s, self._exit_now)
+            deadline.daemon = True
+            deadline.start()
+        super()._schedule_shutdown(sig)
+
+    def _exit_now(self) -> None:
+        log.error(
+            "the worker did not stop in time; exiting now",
+            signal=self.stop_signal.name if self.stop_signal else None,
+            within_s=self.stop_within_s,
+            unreachable=self.runtime.reachability.problems,
+            fix="nothing is lost (the next owner of its partitions starts at the ledger); if the broker or the "
+            "database is unreachable, restore it",
+        )
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(INTERRUPTED if self.stop_signal == signal.SIGINT else 1)
+
+    def _on_startup_end_spinner(self) -> None:
+        # Instead of Faust's "Ready": the worker is ready when the database and the broker answer.
+        self.runtime.on_started()
 
 
 def _tune_gc(young: int) -> None:

@@ -85,7 +85,12 @@ def run(settings: Settings, processes: int) -> int:
             deadline = deadline or now + settings.drain_timeout_s + 15
             if now > deadline:
                 for c in running:
-                    log.error("worker process did not stop in time; killing it", index=c.index, pid=c.proc.pid)  # type: ignore[union-attr]
+                    log.error(
+                        "worker process did not stop in time; killing it",
+                        index=c.index,
+                        pid=c.proc.pid,  # type: ignore[union-attr]
+                        fix="nothing is lost (the next owner starts at the ledger); its last lines say what held it",
+                    )
                     c.proc.kill()  # type: ignore[union-attr]
             time.sleep(0.2)
             continue
@@ -103,6 +108,7 @@ def run(settings: Settings, processes: int) -> int:
                     status=child.proc.returncode,
                     uptime_s=round(uptime, 1),
                     retry_in_s=child.backoff_s,
+                    fix="its last lines above say why; nothing is lost (it restarts from the ledger)",
                 )
             elif now >= child.restart_at:
                 child.restarts += 1
@@ -110,4 +116,6 @@ def run(settings: Settings, processes: int) -> int:
         time.sleep(0.2)
     codes = [c.proc.returncode for c in children if c.proc]
     log.info("worker processes stopped", statuses=codes)
+    if signal.SIGINT in stopping:  # Ctrl-C reaches the children too: they exit 130, as every command does
+        return 130 if all(code in (0, 130) for code in codes) else 1
     return 0 if all(code == 0 for code in codes) else 1

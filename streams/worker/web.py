@@ -3,7 +3,8 @@
 /healthz says whether the process should be left running: 503 once a pipeline crashed (the
 worker is exiting to restart from the ledger) or while fetching from the broker keeps failing;
 its body lists the partitions that are stalled (records waiting, ledger not advancing) or
-stopped for an operator, which a restart would not cure and so do not fail it. /readyz says
+stopped for an operator, and the database or broker it cannot reach, which a restart would not
+cure and so do not fail it (`degraded`). /readyz says
 whether the worker can do its job: the broker and PostgreSQL answer, and it holds partitions (a
 worker without any, in a group with more workers than partitions, is idle and reports so). Every body is scrubbed of
 secrets (`sinks.secrets`): a check's error is a library's text, which could quote one.
@@ -91,9 +92,12 @@ def health(runtime: Runtime) -> dict[str, Any]:
         problems.append(f"a pipeline crashed: {type(runtime.crashed).__name__}: {runtime.crashed}"[:300])
     if fetch_errors >= FETCH_ERRORS_UNHEALTHY:
         problems.append(f"fetching from the broker failed {fetch_errors} times in a row")
+    # The database or the broker not answering: nothing is applied, and a restart would not cure it.
+    unreachable = runtime.reachability.problems
     return {
-        "status": "failing" if problems else ("degraded" if stalled or blocked else "ok"),
+        "status": "failing" if problems else ("degraded" if stalled or blocked or unreachable else "ok"),
         "problems": problems,
+        "unreachable": unreachable,
         "stalled_partitions": stalled,
         "stopped_partitions": blocked,
         "pid": os.getpid(),

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import stat
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -119,6 +123,25 @@ def test_backup_refuses_a_database_without_the_schema_and_an_existing_file(
     done = eventsink("backup", str(existing), env={"DATABASE_URL": database_url})
     assert done.returncode == 1 and "--force" in done.stderr
     assert existing.read_text() == "keep me"
+
+
+def test_a_backup_and_its_manifest_are_readable_by_their_owner_only(database_url: str, tmp_path: Path) -> None:
+    dump = tmp_path / "eventsink.dump"
+    dump.write_text("an older, world-readable file")
+    dump.chmod(0o644)
+    # What a usual umask makes of a new file, and what the backup must not be.
+    done = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "backup", str(dump), "--force"],
+        env={**os.environ, "DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        timeout=180,
+        preexec_fn=lambda: os.umask(0o022),
+    )
+    assert done.returncode == 0, done.stderr
+    for path in (dump, manifest_path(dump)):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert orjson.loads(manifest_path(dump).read_bytes())["bytes"] == dump.stat().st_size
 
 
 def test_restore_refuses_a_backup_that_does_not_match_its_manifest(

@@ -27,8 +27,10 @@ def readyz(port: str) -> dict:
 
 
 def test_workers_joining_and_leaving_mid_stream_apply_everything_once(scenario: Scenario, route: Route) -> None:
-    """Directly connected, and through PgBouncer in transaction pooling (two workers' pools share
-    its three server connections)."""
+    """A worker joins, then one leaves, while records flow: every event applied once, and nothing in
+    either worker's log at error level (a rebalance is routine: nobody must be called for it).
+    Directly connected, and through PgBouncer in transaction pooling (two workers' pools share its
+    three server connections)."""
     s, sent = scenario, Sent()
     create_topics(s)
     dsn = route(s.worker_dsn)
@@ -56,12 +58,17 @@ def test_workers_joining_and_leaving_mid_stream_apply_everything_once(scenario: 
         publish(s, sent, 500, seed=1033)
         wait_applied(s.dsn, s.group, s.topic, sent.last_offsets, timeout=120)
         assert_exactly_once(s, sent)
+        assert second.stop() == 0
     finally:
         if feeder.alive():
             feeder.stop()
         for w in (first, second):
             if w is not None and w.alive():
                 w.stop()
+    for w in (first, second):
+        assert w is not None and w.logged("worker ready") >= 1
+        paging = [e for e in w.logs() if e.get("level") not in ("debug", "info", "warning")]
+        assert paging == [], f"{w.log_path.name}: {paging[:3]}"
 
 
 def applied(s: Scenario) -> int:

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import urllib.request
 import uuid
 from collections import Counter
 from datetime import UTC, datetime
+from pathlib import Path
 
 import orjson
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from schemas.deadletter import Reason
+from streams.dev.embedded import EmbeddedKafka
+from streams.worker.run import SHUTDOWN_MARGIN_S
 from tests.helpers import (
     Scenario,
     WorkerProcess,
@@ -329,3 +336,68 @@ def test_sigterm_finishes_the_batch_in_flight_and_exits(scenario: Scenario) -> N
         wait_applied_exactly_once(s, sent)
     finally:
         w2.stop()
+
+
+def health(w: WorkerProcess) -> dict:
+    try:
+        with urllib.request.urlopen(f"{w.web}/healthz", timeout=5) as r:
+            return orjson.loads(r.read())
+    except Exception:
+        return {}
+
+
+def test_a_worker_that_cannot_reach_its_database_says_so_and_never_says_ready(scenario: Scenario) -> None:
+    s = scenario
+    create_topics(s)
+    params = conninfo_to_dict(s.worker_dsn)
+    params["host"] = "db.invalid"  # a name that never resolves (RFC 6761)
+    w = worker(s, "bad-host", DATABASE_URL=make_conninfo(**params))
+    unreachable = "the database cannot be reached: nothing is applied until it answers"
+    try:
+        said = wait_until(
+            lambda: [e for e in w.logs() if e.get("event") == unreachable], 90, what="the worker to say what is wrong"
+        )
+        assert said[0]["level"] == "error" and "db.invalid" in said[0]["where"]
+        assert "resolve" in said[0]["error"] and "DATABASE_URL" in said[0]["fix"]
+        wait_until(lambda: w.assigned(s.topic), 90, what="partitions assigned all the same")
+        report = wait_until(lambda: health(w).get("unreachable"), 60, what="/healthz to report the database")
+        assert "db.invalid" in report["database"]
+        assert health(w)["status"] != "ok"
+    finally:
+        assert w.stop() == 0
+    assert not any("ready" in str(e.get("event", "")).lower() for e in w.logs() if e.get("level") != "debug")
+
+    good = worker(s, "good")
+    try:
+        wait_until(lambda: good.logged("worker ready"), 90, what="a worker with a database to say it is ready")
+        assert health(good)["status"] == "ok"
+    finally:
+        good.stop()
+
+
+def test_a_worker_whose_broker_is_gone_stops_within_the_drain_timeout(scenario: Scenario, tmp_path: Path) -> None:
+    """With the broker gone, a worker given SIGTERM took about 65 s (mode waited 60 s for a consumer
+    thread that had died): it must be gone within EVENTSINK_DRAIN_TIMEOUT_S + SHUTDOWN_MARGIN_S."""
+    s = scenario
+    broker = EmbeddedKafka(log_path=tmp_path / "own-tansu.log").start()
+    try:
+        drain_s = 5
+        w = worker(s, "orphan", KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap, EVENTSINK_DRAIN_TIMEOUT_S=str(drain_s))
+        wait_until(lambda: w.assigned(s.topic), 90, what="the worker's assignment")
+        wait_until(lambda: w.logged("worker ready"), 60, what="the worker ready")
+    finally:
+        broker.stop()
+    gone = "the broker cannot be reached: nothing is applied until it answers"
+    said = wait_until(lambda: [e for e in w.logs() if e.get("event") == gone], 90, what="the worker to say so")
+    assert said[0]["level"] == "error" and broker.bootstrap in said[0]["where"]
+    assert "KAFKA_BOOTSTRAP_SERVERS" in said[0]["fix"]
+    assert w.proc is not None
+    w.proc.send_signal(signal.SIGTERM)
+    bound = drain_s + SHUTDOWN_MARGIN_S + 5  # the worker's own deadline, and a margin for a loaded machine
+    try:
+        w.proc.wait(bound)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"still running {bound}s after SIGTERM") from None
+    assert w.proc.returncode in (0, 1)
+    library = [e for e in w.logs() if e.get("level") == "error" and not str(e.get("logger", "")).startswith("streams")]
+    assert library == [], library[:3]

@@ -76,10 +76,14 @@ def _at(body: dict) -> datetime:
 
 
 async def produce_analysis(
-    publisher: Publisher, topic: str, load: AnalysisLoad, on_progress: Callable[[int], None] | None = None
+    publisher: Publisher,
+    topic: str,
+    load: AnalysisLoad,
+    on_progress: Callable[[int], None] | None = None,
+    report: AnalysisReport | None = None,
 ) -> AnalysisReport:
     rng, tenants, run = load.start()
-    report = AnalysisReport()
+    report = report if report is not None else AnalysisReport()
     queues: dict[str, list[dict]] = {}
     base = datetime.now(UTC) - timedelta(hours=2)
     for i in range(load.analyses):

@@ -104,11 +104,15 @@ def _invalid(rng: random.Random, body: dict, limit: int, n: int) -> tuple[str, d
 
 
 async def produce_chat(
-    publisher: Publisher, topic: str, load: ChatLoad, on_progress: Callable[[int], None] | None = None
+    publisher: Publisher,
+    topic: str,
+    load: ChatLoad,
+    on_progress: Callable[[int], None] | None = None,
+    report: ChatReport | None = None,
 ) -> ChatReport:
     """Interleave the turns of `load.conversations` conversations, as live traffic would."""
     rng, tenants, run = load.start()
-    report = ChatReport()
+    report = report if report is not None else ChatReport()
     conversations: dict[str, Conversation] = {}
     remaining: dict[str, int] = {}
     for _ in range(load.conversations):

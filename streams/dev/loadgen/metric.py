@@ -208,10 +208,11 @@ async def produce_metrics(
     topic: str,
     load: MetricLoad,
     on_progress: Callable[[int], None] | None = None,
+    report: LoadReport | None = None,
 ) -> LoadReport:
     """Send `load.count` records: new events, re-sends of earlier ones, invalid records."""
     rng, tenants, run = load.start()
-    report = LoadReport()
+    report = report if report is not None else LoadReport()
     poison = poison_records(rng, tenants[0], 64)
     sent_events: list[tuple[bytes, bytes]] = []
     sender = Sender(publisher, topic, report, load.rate, on_progress)

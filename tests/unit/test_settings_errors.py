@@ -1,0 +1,87 @@
+"""Settings errors name the environment variable and what it accepts; misspelt variables are named."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from streams.settings import SettingsError, load, unknown_variables, variable_names
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.upper().startswith(("EVENTSINK_", "KAFKA_", "DATABASE_URL")):
+            monkeypatch.delenv(name)
+
+
+def refusal(monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as refused:
+        load()
+    message = str(refused.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("EVENTSINK_ENV", "prod", "EVENTSINK_ENV must be one of development, production"),
+        ("EVENTSINK_BATCH_SIZE", "zero", "EVENTSINK_BATCH_SIZE must be an integer, at least 1 and at most 50,000"),
+        ("EVENTSINK_BATCH_SIZE", "0", "EVENTSINK_BATCH_SIZE must be an integer, at least 1 and at most 50,000"),
+        ("EVENTSINK_DRAIN_TIMEOUT_S", "-1", "EVENTSINK_DRAIN_TIMEOUT_S must be a number, above 0"),
+        ("EVENTSINK_WEB_ENABLED", "maybe", "EVENTSINK_WEB_ENABLED must be true or false"),
+        ("EVENTSINK_ON_DATA_LOSS", "ignore", "EVENTSINK_ON_DATA_LOSS must be one of stop, skip"),
+        ("EVENTSINK_CHAT_UNKNOWN_FIELDS", "drop", "EVENTSINK_CHAT_UNKNOWN_FIELDS must be one of keep, ignore, reject"),
+    ],
+)
+def test_an_invalid_value_names_the_variable_and_what_it_accepts(
+    variable: str, value: str, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert refusal(monkeypatch, **{variable: value}) == expected
+
+
+def test_the_variable_named_is_the_one_set_and_every_problem_is_on_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    message = refusal(
+        monkeypatch,
+        EVENTSINK_DATABASE_URL="postgresql://u:pa ss@h/db",
+        eventsink_web_port="0",
+        EVENTSINK_KAFKA_SECURITY_PROTOCOL="TLS",
+    )
+    assert message.startswith("EVENTSINK_DATABASE_URL: DATABASE_URL is not a valid PostgreSQL connection string")
+    assert "eventsink_web_port must be an integer, at least 1 and at most 65,535" in message
+    assert "EVENTSINK_KAFKA_SECURITY_PROTOCOL must be one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL" in message
+    assert "pa ss" not in message
+    assert "web_port:" not in message and "env:" not in message  # field names are not what people set
+
+
+def test_misspelt_eventsink_variables_are_named_with_the_closest_valid_one() -> None:
+    environ = {
+        "EVENTSINK_BACTH_SIZE": "10",
+        "EVENTSINK_DRAIN_TIMEOUT": "5",
+        "eventsink_grup_id": "g",
+        "EVENTSINK_NOTHING_LIKE_IT_AT_ALL": "x",
+        # What is read is not reported: aliases, *_FILE secrets, old names, any case.
+        "EVENTSINK_BATCH_SIZE": "10",
+        "EVENTSINK_DATABASE_URL": "postgresql://h/db",
+        "EVENTSINK_KAFKA_SASL_PASSWORD_FILE": "/run/secrets/sasl",
+        "EVENTSINK_METRICS_TENANTS": "",
+        "eventsink_log_level": "INFO",
+        "EVENTSINK_TESTCONTAINERS": "1",
+        "KAFKA_BOOTSTRAP_SERVERS": "k:9092",
+    }
+    assert unknown_variables(environ) == {
+        "EVENTSINK_BACTH_SIZE": "EVENTSINK_BATCH_SIZE",
+        "EVENTSINK_DRAIN_TIMEOUT": "EVENTSINK_DRAIN_TIMEOUT_S",
+        "EVENTSINK_NOTHING_LIKE_IT_AT_ALL": None,
+        "eventsink_grup_id": "EVENTSINK_GROUP_ID",
+    }
+
+
+def test_every_setting_has_a_variable_the_warning_knows() -> None:
+    names = variable_names()
+    assert {"KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "DATABASE_URL_FILE", "EVENTSINK_BATCH_SIZE"} <= names
+    assert unknown_variables({name: "" for name in names}) == {}
