@@ -12,8 +12,27 @@ from psycopg_pool import AsyncConnectionPool
 from sinks.secrets import register_dsn
 
 
+class ReadOnlyNode(psycopg.OperationalError):
+    """The connection reaches a standby (or a node that a failover demoted): it cannot write."""
+
+
 def _dumps(obj: object) -> str:
     return orjson.dumps(obj).decode()
+
+
+async def _writable(conn: psycopg.AsyncConnection) -> None:
+    """Raise `ReadOnlyNode` unless the connection's server takes writes. `target_session_attrs=
+    read-write` asks the same of libpq when connecting, but a DSN may not say it, and a node that
+    was primary when the connection was made may have been demoted since."""
+    autocommit = conn.autocommit
+    await conn.set_autocommit(True)  # the check opens no transaction
+    try:
+        cur = await conn.execute("SELECT pg_is_in_recovery()")
+        row = await cur.fetchone()
+    finally:
+        await conn.set_autocommit(autocommit)
+    if row is None or row[0]:
+        raise ReadOnlyNode("the server is a standby (read-only); looking for the primary")
 
 
 def open_pool(
@@ -27,7 +46,13 @@ def open_pool(
     idle_in_transaction_timeout_ms: int = 60_000,
     name: str = "eventsink",
 ) -> AsyncConnectionPool:
-    """Create (but do not open) a pool whose connections have the staging tables ready.
+    """Create (but do not open) a pool whose connections reach a primary, with the session's
+    timeouts set and `stage_ddl` (none by default) run on each.
+
+    Every connection is checked when made and again each time it is handed out (one round
+    trip): a lost one, or one that reaches a node that became a standby, is discarded, and the
+    pool connects again; with a multi-host DSN and `target_session_attrs=read-write`, libpq tries
+    the hosts in turn and keeps the one that takes writes.
 
     TCP keepalives make a connection that a network fault left half-open fail within seconds
     instead of hanging a batch until the kernel gives up. A lock timeout makes a writer that waits
@@ -39,6 +64,7 @@ def open_pool(
     ddl = tuple(stage_ddl)
 
     async def configure(conn: psycopg.AsyncConnection) -> None:
+        await _writable(conn)
         set_json_dumps(_dumps, context=conn)
         await conn.execute(f"SET statement_timeout = {int(statement_timeout_ms)}")
         await conn.execute(f"SET lock_timeout = {int(lock_timeout_ms)}")
@@ -54,6 +80,7 @@ def open_pool(
         open=False,
         name=name,
         configure=configure,
+        check=_writable,
         kwargs={
             "autocommit": False,
             "keepalives": 1,
