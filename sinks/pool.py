@@ -12,6 +12,9 @@ from psycopg_pool import AsyncConnectionPool
 from sinks.secrets import register_dsn
 
 
+RECONNECT_CHAIN_S = 2.0
+
+
 class ReadOnlyNode(psycopg.OperationalError):
     """The connection reaches a standby (or a node that a failover demoted): it cannot write."""
 
@@ -90,5 +93,9 @@ def open_pool(
             "connect_timeout": 10,
             "application_name": name,
         },
-        reconnect_timeout=float("inf"),
+        # How long one chain of reconnection attempts (at 0, 1, 2 s) lasts before the pool gives up on it; the
+        # next request for a connection starts a new chain at once. psycopg_pool doubles the wait
+        # between the attempts of a chain without limit: an endless chain (the old setting) waited
+        # 8, 16, 32 s... between attempts after an outage, long after a failover was over.
+        reconnect_timeout=RECONNECT_CHAIN_S,
     )
