@@ -30,7 +30,8 @@ async def _writable(conn: psycopg.AsyncConnection) -> None:
     autocommit = conn.autocommit
     await conn.set_autocommit(True)  # the check opens no transaction
     try:
-        cur = await conn.execute("SELECT pg_is_in_recovery()")
+        # A standby's transactions are read-only, and so are those of a server told to refuse writes.
+        cur = await conn.execute("SELECT pg_is_in_recovery() OR current_setting('transaction_read_only')::bool")
         row = await cur.fetchone()
     finally:
         await conn.set_autocommit(autocommit)
