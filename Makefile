@@ -24,6 +24,7 @@ run: $(STAMP)
 	$(BIN)/eventsink run
 
 test: $(STAMP)
+	@.ci/packages
 	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # Seconds, no services: schemas, the analysis state machine, configuration and deploy files.

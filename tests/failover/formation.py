@@ -50,7 +50,7 @@ MONITOR_TIMEOUTS = {
 def missing() -> str | None:
     """Why a formation cannot run here, or None. CI installs the package (`.ci/packages`)."""
     if shutil.which("pg_autoctl") is None or not (PG_BIN / "postgres").exists():
-        return f"pg_autoctl is not installed (Debian package {PACKAGE}; `.ci/packages` installs it as root)"
+        return f"pg_autoctl is not installed (Debian package {PACKAGE}; `make test` installs it as root, see .ci/packages)"
     if os.geteuid() != 0:
         try:
             import pwd
