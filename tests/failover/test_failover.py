@@ -49,14 +49,16 @@ def progressed(s: Scenario, since: int) -> bool:
 @dataclass
 class Watch:
     """From `started` (a failover begun, a node killed): when a node other than `old` first
-    takes writes, when the worker's first commit lands on it, and what /healthz said meanwhile."""
+    takes writes (out of recovery, and no longer read-only: pg_auto_failover keeps a promoted
+    node read-only until the old primary is known demoted), when the worker's first commit lands
+    on it, and what /healthz said meanwhile."""
 
     f: Formation
     s: Scenario
     w: WorkerProcess
     old: Node
     started: float = field(default_factory=time.monotonic)
-    promoted_s: float | None = None
+    writable_s: float | None = None
     first_commit_s: float | None = None
     health: list[tuple[int, dict]] = field(default_factory=list)
     _done: threading.Event = field(default_factory=threading.Event)
@@ -74,7 +76,8 @@ class Watch:
                 try:
                     with psycopg.connect(node.dsn, autocommit=True, connect_timeout=1) as conn:
                         row = conn.execute(
-                            "SELECT pg_is_in_recovery(), (SELECT coalesce(sum(events), 0) FROM "
+                            "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only')::bool, "
+                            "(SELECT coalesce(sum(events), 0) FROM "
                             "eventsink.offsets_ledger WHERE consumer_group = %s)",
                             (self.s.group,),
                         ).fetchone()
@@ -84,7 +87,7 @@ class Watch:
                 if row[0]:
                     continue
                 if base is None:
-                    base, self.promoted_s = row[1], time.monotonic() - self.started
+                    base, self.writable_s = row[1], time.monotonic() - self.started
                 elif row[1] > base:
                     self.first_commit_s = time.monotonic() - self.started
             time.sleep(0.1)
@@ -117,7 +120,7 @@ def test_planned_failovers_back_and_forth(ha_scenario: Scenario, formation: Form
                 seen = pending.result(200)
                 assert seen.first_commit_s is not None, f"no commit on the new primary after failover {n + 1}"
                 assert f.settled() is not old
-                timings.append((seen.promoted_s, seen.first_commit_s))
+                timings.append((seen.writable_s, seen.first_commit_s))
                 assert traffic.alive(), "the traffic ended before the failovers were over"
         assert_exact(s, traffic)
         assert w.alive(), "the worker died: it must ride through a failover"
@@ -127,7 +130,7 @@ def test_planned_failovers_back_and_forth(ha_scenario: Scenario, formation: Form
             traffic.stop()
         w.stop()
     record_property("failover_timings_s", timings)
-    print("planned failovers: (promoted, first commit on the new primary) seconds after the command:", timings)
+    print("planned failovers: (new primary writable, first commit on it) seconds after the command:", timings)
     # A node kept alive by a backend that cannot exit (a session-lived temporary table waiting for
     # a promoted synchronous standby) would not finish a fast shutdown.
     assert f.stop() == {"node1": True, "node2": True, "monitor": True}
@@ -162,7 +165,7 @@ def test_primary_node_crash(ha_scenario: Scenario, formation: Formation, record_
         if traffic.alive():
             traffic.stop()
         w.stop()
-    record_property("crash_timings_s", (seen.promoted_s, seen.first_commit_s))
-    print(f"crash: promoted after {seen.promoted_s} s, first commit on the new primary after {seen.first_commit_s} s")
+    record_property("crash_timings_s", (seen.writable_s, seen.first_commit_s))
+    print(f"crash: new primary writable after {seen.writable_s} s, first commit on it after {seen.first_commit_s} s")
     clean = f.stop()
     assert clean["node2"] and clean["monitor"], clean  # node1, the crashed one, had nothing left
