@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import psycopg
 import pytest
 
 from tests.faults.traffic import Traffic, oracle, settled
 from tests.helpers import Scenario, WorkerProcess, ledger_totals, wait_until
+from tests.web import get
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -61,6 +63,10 @@ def test_a_locked_table_stops_only_its_own_kind(isolated: Scenario) -> None:
                     wait_until(lambda k=k, b=before: applied(s, topics[k]) > b, 60, what=f"{k} applied while {table} is locked")
                     mid = applied(s, topics[k])
                     wait_until(lambda k=k, b=mid: applied(s, topics[k]) > b, 60, what=f"{k} applied again while {table} is locked")
+                # The locked kind's writers hold every connection of its pool: the database still
+                # answers /readyz on a connection of its own.
+                status, body = get(f"{w.web}/readyz")
+                assert orjson.loads(body)["checks"]["database"] == "ok", body
                 assert traffic.alive(), "the traffic ended before the locks were over"
             finally:
                 lock.release()
