@@ -74,7 +74,9 @@ async def per_transaction(dsn: str, way: str, batch: list[Record], n: int) -> li
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dsn", default=os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
+    parser.add_argument(
+        "--dsn", default=os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    )
     parser.add_argument("--transactions", type=int, default=300)
     args = parser.parse_args()
     print(f"{'rows':>5} {'staging table':<22} {'median ms':>10} {'p90 ms':>8}")

@@ -11,7 +11,6 @@ from psycopg_pool import AsyncConnectionPool
 
 from sinks.secrets import register_dsn
 
-
 RECONNECT_CHAIN_S = 2.0
 
 

@@ -20,9 +20,11 @@ backend stuck on a synchronous standby that was promoted, a half-open connection
 that exceeded it, was lost, or reaches a node that became a standby (a failover) is closed, never
 given back to the pool, and the retry connects to whichever node takes writes. A batch that ran
 out of time (statement timeout, or the client's bound) is split in halves, each its own
-transaction: a batch too large for the time a slow table gives it still gets written. Anything else raised while applying records fails the bulk
-statement; the batch is then redone record by record in savepoints, and each record that still
-fails, whatever it raised, becomes a dead letter alone while the rest commits. So a batch ends,
+transaction: a batch too large for the time a slow table gives it still gets written.
+
+Anything else raised while applying records fails the bulk statement; the batch is then redone
+record by record in savepoints, and each record that still fails, whatever it raised, becomes a
+dead letter alone while the rest commits. So a batch ends,
 within two attempts, either committed or as a transient error: never in an endless retry.
 """
 

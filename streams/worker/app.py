@@ -122,15 +122,19 @@ class Runtime:
         )
         self.pools = {
             kind.name: open_pool(
-                settings.dsn, max_size=settings.pool_max_size, name=f"eventsink-{settings.group_id}-{kind.name}",
+                settings.dsn,
+                max_size=settings.pool_max_size,
+                name=f"eventsink-{settings.group_id}-{kind.name}",
                 **pool_options,  # type: ignore[arg-type]
-            )  # fmt: skip
+            )
             for kind in self.kinds
         }
         self.check_pool = open_pool(
-            settings.dsn, max_size=1, name=f"eventsink-{settings.group_id}-checks",
+            settings.dsn,
+            max_size=1,
+            name=f"eventsink-{settings.group_id}-checks",
             **{**pool_options, "min_size": 0},  # type: ignore[arg-type]
-        )  # fmt: skip
+        )
         # The consumer (built by Faust when first used) and every pipeline share one byte budget.
         self.budget: Budget = app.consumer.budget  # type: ignore[attr-defined]
         self.budget.limit = settings.buffer_max_bytes

@@ -95,7 +95,7 @@ def _database_health(runtime: Runtime) -> tuple[dict[str, str], list[str]]:
         what = "no primary reachable" if h.unreachable_since is not None else "batches not committed"
         failing[topic] = f"{what} for {h.failing_for():.1f} s: {h.last_error}"[:400]
         if unreachable >= bound:
-            problems.append(f"{topic}: no database node taking writes reachable for {unreachable:.0f} s (over {bound:g} s)")
+            problems.append(f"{topic}: no node taking writes reachable for {unreachable:.0f} s (over {bound:g} s)")
     return failing, problems
 
 

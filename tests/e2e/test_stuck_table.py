@@ -17,7 +17,11 @@ from tests.web import get
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 # The table each kind cannot write while it is locked.
-TABLES = {"metric": "eventsink.metrics_raw", "chat": "eventsink.chat_sessions", "analysis": "eventsink.analysis_requests"}
+TABLES = {
+    "metric": "eventsink.metrics_raw",
+    "chat": "eventsink.chat_sessions",
+    "analysis": "eventsink.analysis_requests",
+}
 
 
 def applied(s: Scenario, topic: str) -> int:
@@ -60,12 +64,13 @@ def test_a_locked_table_stops_only_its_own_kind(isolated: Scenario) -> None:
                 # While the lock is held, each other kind's rows keep arriving (twice over: batches
                 # that started before the lock do not count).
                 for k, before in others.items():
-                    wait_until(lambda k=k, b=before: applied(s, topics[k]) > b, 60, what=f"{k} applied while {table} is locked")
+                    what = f"{k} applied while {table} is locked"
+                    wait_until(lambda k=k, b=before: applied(s, topics[k]) > b, 60, what=what)
                     mid = applied(s, topics[k])
-                    wait_until(lambda k=k, b=mid: applied(s, topics[k]) > b, 60, what=f"{k} applied again while {table} is locked")
+                    wait_until(lambda k=k, b=mid: applied(s, topics[k]) > b, 60, what=f"{what}, again")
                 # The locked kind's writers hold every connection of its pool: the database still
                 # answers /readyz on a connection of its own.
-                status, body = get(f"{w.web}/readyz")
+                _, body = get(f"{w.web}/readyz")
                 assert orjson.loads(body)["checks"]["database"] == "ok", body
                 assert traffic.alive(), "the traffic ended before the locks were over"
             finally:
@@ -78,4 +83,3 @@ def test_a_locked_table_stops_only_its_own_kind(isolated: Scenario) -> None:
         if traffic.alive():
             traffic.stop()
         w.stop()
-

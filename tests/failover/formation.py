@@ -50,7 +50,7 @@ MONITOR_TIMEOUTS = {
 def missing() -> str | None:
     """Why a formation cannot run here, or None. CI installs the package (`.ci/packages`)."""
     if shutil.which("pg_autoctl") is None or not (PG_BIN / "postgres").exists():
-        return f"pg_autoctl is not installed (Debian package {PACKAGE}; `make test` installs it as root, see .ci/packages)"
+        return f"pg_autoctl is not installed (Debian package {PACKAGE}; `make test` installs it as root)"
     if os.geteuid() != 0:
         try:
             import pwd
@@ -142,8 +142,7 @@ class Formation:
         hosts = ",".join("127.0.0.1" for _ in self.nodes)
         ports = ",".join(str(n.port) for n in self.nodes)
         return (
-            f"host={hosts} port={ports} dbname={DBNAME} user=postgres "
-            "target_session_attrs=read-write connect_timeout=3"
+            f"host={hosts} port={ports} dbname={DBNAME} user=postgres target_session_attrs=read-write connect_timeout=3"
         )
 
     # -- processes ------------------------------------------------------------------------------

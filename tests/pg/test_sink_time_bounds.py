@@ -40,7 +40,8 @@ def rows(dsn: str, tenant: uuid.UUID) -> int:
 def ledger_at(dsn: str, group: str, topic: str) -> int | None:
     with psycopg.connect(dsn) as conn:
         row = conn.execute(
-            "SELECT last_offset FROM eventsink.offsets_ledger WHERE consumer_group = %s AND topic = %s AND partition = 0",
+            "SELECT last_offset FROM eventsink.offsets_ledger "
+            "WHERE consumer_group = %s AND topic = %s AND partition = 0",
             (group, topic),
         ).fetchone()
         return int(row[0]) if row else None
