@@ -35,6 +35,9 @@ async def _writable(conn: psycopg.AsyncConnection) -> None:
     finally:
         await conn.set_autocommit(autocommit)
     if row is None or row[0]:
+        # Closed, so that the pool discards it: a connection that fails the check but looks
+        # healthy would be put back and handed out again, until the request times out.
+        await conn.close()
         raise ReadOnlyNode("the server is a standby (read-only); looking for the primary")
 
 

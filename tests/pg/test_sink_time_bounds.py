@@ -105,3 +105,21 @@ async def test_the_pool_hands_out_no_connection_to_a_read_only_server(own_databa
         with psycopg.connect(own_database, autocommit=True) as conn:
             conn.execute("SET default_transaction_read_only = off")
             conn.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+
+
+async def test_a_pooled_connection_that_became_read_only_is_not_handed_out_again(own_database: str) -> None:
+    """As a connection to a primary that a failover demoted: idle in the pool, it now reaches a
+    server that refuses writes. The pool's check discards it; the batch is written on a new one."""
+    async with writers_pool(own_database, WRITER, max_size=1) as pool:
+        async with pool.connection() as conn:
+            before = (await (await conn.execute("SELECT pg_backend_pid()")).fetchone())[0]  # type: ignore[index]
+            await conn.execute("SET default_transaction_read_only = on")  # the session's, kept after commit
+            await conn.commit()
+        sink = Sink(pool, "g-demoted", WRITER, DeadLetters())
+        tenant = uuid.uuid4()
+        result = await sink.write(batch("metrics", 0, [(0, metric(tenant, "a"))]))
+        assert [r.offset for r in result.applied] == [0]
+        async with pool.connection() as conn:
+            after = (await (await conn.execute("SELECT pg_backend_pid()")).fetchone())[0]  # type: ignore[index]
+        assert after != before
+    assert rows(own_database, tenant) == 1
