@@ -16,10 +16,19 @@ class DatabaseHealth:
     # time.monotonic() of the first "no primary reachable" since the last commit.
     unreachable_since: float | None = None
     last_error: str = ""
+    last_failure_at: float = 0.0
 
     def committed(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
         self.failing_since = self.unreachable_since = None
         self.last_error = ""
+
+    def stale(self, after: float) -> bool:
+        """No failure for `after` seconds though nothing committed since: the batches that failed
+        are no longer being retried here (their partitions went to another worker)."""
+        return self.failing_since is not None and time.monotonic() - self.last_failure_at > after
 
     def failed(self, error: str, *, unreachable: bool) -> None:
         now = time.monotonic()
@@ -28,6 +37,7 @@ class DatabaseHealth:
         if unreachable and self.unreachable_since is None:
             self.unreachable_since = now
         self.last_error = error[:300]
+        self.last_failure_at = now
 
     def failing_for(self) -> float:
         return 0.0 if self.failing_since is None else time.monotonic() - self.failing_since

@@ -86,10 +86,17 @@ def _database_health(runtime: Runtime) -> tuple[dict[str, str], list[str]]:
     """Per topic whose batches fail to commit, since when and why; and the problem to report
     once no node taking writes has been reachable for longer than the settings allow."""
     failing, problems = {}, []
-    bound = runtime.settings.db_unreachable_unhealthy_s
+    s = runtime.settings
+    bound = s.db_unreachable_unhealthy_s
+    # A batch being retried fails again at least this often (backoff, waiting for a connection,
+    # the transaction's bound); failures older than that were of partitions this worker lost.
+    retried_within = s.retry_max_s + s.db_connect_timeout_s + s.db_transaction_timeout_s + 10
     for topic, sink in runtime.sinks.items():
         h = sink.health
         if h.failing_since is None:
+            continue
+        if h.stale(retried_within):
+            h.clear()
             continue
         unreachable = h.unreachable_for()
         what = "no primary reachable" if h.unreachable_since is not None else "batches not committed"
