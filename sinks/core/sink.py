@@ -24,8 +24,8 @@ transaction: a batch too large for the time a slow table gives it still gets wri
 
 Anything else raised while applying records fails the bulk statement; the batch is then redone
 record by record in savepoints, and each record that still fails, whatever it raised, becomes a
-dead letter alone while the rest commits. So a batch ends,
-within two attempts, either committed or as a transient error: never in an endless retry.
+dead letter alone while the rest commits. So a batch ends, within two attempts (per part, once
+split), either committed or as a transient error: never in an endless retry.
 """
 
 from __future__ import annotations
