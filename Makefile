@@ -52,6 +52,7 @@ run: $(STAMP)
 	$(BIN)/eventsink run
 
 test: $(STAMP) promtool services
+	@.ci/packages
 	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # System packages the suite runs for real: PgBouncer (tests/pgbouncer.py). Installed with apt-get

@@ -75,6 +75,40 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+# Errors after which the connection is worth nothing: it is lost (08), its server is shutting
+# down or restarting (57P01-57P03), or it reaches a server that became a standby (25006: a
+# failover demoted it). The caller closes it, and the next one goes to whichever node takes writes.
+_CONNECTION_STATES = frozenset({"57P01", "57P02", "57P03", "25006"})
+
+
+def connection_is_spent(exc: BaseException) -> bool:
+    """True when the connection that raised `exc` must be closed, not given back to the pool."""
+    if isinstance(exc, TimeoutError):
+        return True  # a round trip past its bound: the connection's state is unknown
+    if isinstance(exc, psycopg.Error):
+        sqlstate = exc.sqlstate
+        if not sqlstate:
+            return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+        return sqlstate[:2] == "08" or sqlstate in _CONNECTION_STATES
+    return isinstance(exc, OSError)
+
+
+def no_primary(exc: BaseException) -> bool:
+    """True when `exc` says no node taking writes could be reached (as opposed to a database that
+    answers but refuses for now: a lock or statement timeout, a missing table)."""
+    if isinstance(exc, psycopg_pool.PoolTimeout):
+        return True  # no connection could be made (nor freed) in time
+    return connection_is_spent(exc)
+
+
+def timed_out(exc: BaseException) -> bool:
+    """True for a statement that ran out of time (the server's `statement_timeout`, or the client's
+    bound): a smaller batch may fit where the whole one did not."""
+    if isinstance(exc, TimeoutError):
+        return True
+    return isinstance(exc, psycopg.Error) and exc.sqlstate == "57014"
+
+
 def describe(exc: BaseException) -> str:
     """One line saying what refused a record, for its dead letter."""
     text = str(exc).strip()

@@ -13,6 +13,12 @@ from psycopg_pool import AsyncConnectionPool
 from sinks.local_settings import LocalSettings
 from sinks.secrets import register_dsn
 
+RECONNECT_CHAIN_S = 2.0
+
+
+class ReadOnlyNode(psycopg.OperationalError):
+    """The connection reaches a standby (or a node that a failover demoted): it cannot write."""
+
 
 def _dumps(obj: object) -> str:
     return orjson.dumps(obj).decode()
@@ -27,6 +33,25 @@ class Pool(AsyncConnectionPool):
         self.local = local
 
 
+async def _writable(conn: psycopg.AsyncConnection) -> None:
+    """Raise `ReadOnlyNode` unless the connection's server takes writes. `target_session_attrs=
+    read-write` asks the same of libpq when connecting, but a DSN may not say it, and a node that
+    was primary when the connection was made may have been demoted since."""
+    autocommit = conn.autocommit
+    await conn.set_autocommit(True)  # the check opens no transaction
+    try:
+        # A standby's transactions are read-only, and so are those of a server told to refuse writes.
+        cur = await conn.execute("SELECT pg_is_in_recovery() OR current_setting('transaction_read_only')::bool")
+        row = await cur.fetchone()
+    finally:
+        await conn.set_autocommit(autocommit)
+    if row is None or row[0]:
+        # Closed, so that the pool discards it: a connection that fails the check but looks
+        # healthy would be put back and handed out again, until the request times out.
+        await conn.close()
+        raise ReadOnlyNode("the server is a standby (read-only); looking for the primary")
+
+
 def open_pool(
     dsn: str,
     *,
@@ -38,7 +63,14 @@ def open_pool(
     idle_in_transaction_timeout_ms: int = 60_000,
     name: str = "eventsink",
 ) -> Pool:
-    """Create (but do not open) a pool whose connections have the staging tables ready.
+    """Create (but do not open) a pool whose connections reach a primary, carrying the settings
+    each batch transaction sets for itself (`Pool.local`), with `stage_ddl` (none by default) run
+    on each.
+
+    Every connection is checked when made and again each time it is handed out (one round
+    trip): a lost one, or one that reaches a node that became a standby, is discarded, and the
+    pool connects again; with a multi-host DSN and `target_session_attrs=read-write`, libpq tries
+    the hosts in turn and keeps the one that takes writes.
 
     TCP keepalives make a connection that a network fault left half-open fail within seconds
     instead of hanging a batch until the kernel gives up. A lock timeout makes a writer that waits
@@ -51,6 +83,7 @@ def open_pool(
     ddl = tuple(stage_ddl)
 
     async def configure(conn: psycopg.AsyncConnection) -> None:
+        await _writable(conn)
         set_json_dumps(_dumps, context=conn)
         for statement in ddl:
             await conn.execute(statement)
@@ -65,6 +98,7 @@ def open_pool(
         open=False,
         name=name,
         configure=configure,
+        check=_writable,
         kwargs={
             "autocommit": False,
             "keepalives": 1,
@@ -78,5 +112,9 @@ def open_pool(
             # name is missing or another client's. A batch runs a handful of statements.
             "prepare_threshold": None,
         },
-        reconnect_timeout=float("inf"),
+        # How long one chain of reconnection attempts (at 0, 1, 2 s) lasts before the pool gives up on it; the
+        # next request for a connection starts a new chain at once. psycopg_pool doubles the wait
+        # between the attempts of a chain without limit: an endless chain (the old setting) waited
+        # 8, 16, 32 s... between attempts after an outage, long after a failover was over.
+        reconnect_timeout=RECONNECT_CHAIN_S,
     )

@@ -162,6 +162,13 @@ class Settings(BaseSettings):
     # delivery timeout (30 s), during which a batch's transaction waits for the broker.
     idle_in_transaction_timeout_ms: int = Field(60_000, ge=31_000)
     db_connect_timeout_s: float = Field(10.0, gt=0)
+    # The client's bound on one batch's transaction, whatever the server does (it may not answer:
+    # a backend stuck on a promoted synchronous standby, a half-open connection). Past it the
+    # connection is closed and the batch retried. Above the statement and lock timeouts.
+    db_transaction_timeout_s: float = Field(120.0, gt=0)
+    # /healthz answers 503 once no node taking writes has been reachable this long: a supervisor
+    # restarts the worker (its DNS, its connections, its state all new).
+    db_unreachable_unhealthy_s: float = Field(300.0, gt=0)
     retry_initial_s: float = Field(0.2, gt=0)
     retry_max_s: float = Field(30.0, gt=0)
 

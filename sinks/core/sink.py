@@ -14,15 +14,25 @@
 
 Failures are typed by what to do about them (`sinks.errors.is_transient`). A transient one
 (connection lost, timeout, conflict, a missing table) is raised as `TransientSinkError` and the
-caller retries the whole batch. Anything else raised while applying records fails the bulk
-statement; the batch is then redone record by record in savepoints, and each record that still
-fails, whatever it raised, becomes a dead letter alone while the rest commits. So a batch ends,
-within two attempts, either committed or as a transient error: never in an endless retry.
+caller retries the whole batch. Every transaction has a client-side bound
+(`transaction_timeout`), so no write waits for ever on a server that stopped answering (a
+backend stuck on a synchronous standby that was promoted, a half-open connection); a connection
+that exceeded it, was lost, or reaches a node that became a standby (a failover) is closed, never
+given back to the pool, and the retry connects to whichever node takes writes. A batch that ran
+out of time (statement timeout, or the client's bound) is split in halves, each its own
+transaction: a batch too large for the time a slow table gives it still gets written.
+
+Anything else raised while applying records fails the bulk statement; the batch is then redone
+record by record in savepoints, and each record that still fails, whatever it raised, becomes a
+dead letter alone while the rest commits. So a batch ends, within two attempts (per part, once
+split), either committed or as a transient error: never in an endless retry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 import psycopg
@@ -30,7 +40,19 @@ import psycopg
 from schemas.deadletter import DeadLetter, Reason
 from sinks.core import ledger
 from sinks.core.batch import Batch, Outcome, Record, WriteResult
-from sinks.errors import LogChanged, OffsetGap, SinkError, TransientSinkError, describe, is_transient
+from sinks.errors import (
+    LogChanged,
+    OffsetGap,
+    SinkError,
+    TransientSinkError,
+    connection_is_spent,
+    describe,
+    is_transient,
+    no_primary,
+    timed_out,
+)
+from sinks.health import DatabaseHealth
+from sinks.secrets import scrub
 from sinks.pool import Pool
 
 # Given a batch's dead letters and the batch's connection (inside its transaction): deliver them.
@@ -72,20 +94,59 @@ class Sink:
         writer: RowWriter,
         on_dead_letters: DeadLetterHandler = _no_dead_letters,
         connection_timeout: float = 10.0,
+        transaction_timeout: float = 120.0,
     ) -> None:
         self.pool = pool
         self.group = consumer_group
         self.writer = writer
         self.on_dead_letters = on_dead_letters
         self.connection_timeout = connection_timeout
+        self.transaction_timeout = transaction_timeout
+        self.health = DatabaseHealth()
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
+        """A pool connection for one transaction, bounded by `transaction_timeout`; closed
+        (not given back) when the block ends on an error that leaves it worth nothing."""
+        async with self.pool.connection(timeout=self.connection_timeout) as conn:
+            try:
+                async with asyncio.timeout(self.transaction_timeout):
+                    yield conn
+            except BaseException as exc:
+                if connection_is_spent(exc) and not conn.closed:
+                    await conn.close()  # the pool discards a closed connection
+                raise
 
     async def write(self, batch: Batch[Any]) -> WriteResult[Any]:
-        """Apply the batch in one transaction; see the module's docstring.
+        """Apply the batch in one transaction (or, if it runs out of time, in halves); see the
+        module's docstring.
 
         Raises `TransientSinkError` (retry the batch later), `OffsetGap` (the batch does not
         follow the ledger) or `LogChanged` (another log than the ledger's); nothing else for
         what a record causes.
         """
+        try:
+            return await self._write_once(batch)
+        except TransientSinkError as exc:
+            if len(batch) < 2 or exc.__cause__ is None or not timed_out(exc.__cause__):
+                raise
+        # Each half commits alone; if the second fails, a retry of the whole batch finds the
+        # first one applied (at or below the ledger) and skips it.
+        first, second = _halves(batch)
+        done = await self.write(first)
+        return _merged(done, await self.write(second))
+
+    async def _write_once(self, batch: Batch[Any]) -> WriteResult[Any]:
+        try:
+            result = await self._write_transaction(batch)
+        except TransientSinkError as exc:
+            cause = exc.__cause__ or exc
+            self.health.failed(scrub(str(exc)), unreachable=no_primary(cause))
+            raise
+        self.health.committed()
+        return result
+
+    async def _write_transaction(self, batch: Batch[Any]) -> WriteResult[Any]:
         try:
             try:
                 return await self._write(batch, isolate=False)
@@ -101,12 +162,12 @@ class Sink:
             raise
 
     async def positions(self, topic: str) -> dict[int, ledger.Position]:
-        async with self.pool.connection(timeout=self.connection_timeout) as conn:
+        async with self._connection() as conn:
             return await ledger.positions(conn, self.group, topic)
 
     async def _write(self, batch: Batch[Any], *, isolate: bool) -> WriteResult[Any]:
         topic, partition = batch.topic, batch.partition
-        async with self.pool.connection(timeout=self.connection_timeout) as conn:
+        async with self._connection() as conn:
             async with conn.transaction():
                 await self.pool.local.apply(conn)  # per transaction: holds through PgBouncer too
                 position = await ledger.lock(conn, self.group, topic, partition)
@@ -214,6 +275,43 @@ class Sink:
             outcome.rejected.update(one.rejected)
             outcome.superseded |= one.superseded
         return outcome
+
+
+def _halves(batch: Batch[Any]) -> tuple[Batch[Any], Batch[Any]]:
+    """The batch cut at its middle record into two consecutive batches of the same range. The
+    first keeps what concerns the batch's start (a verified hole, a lost range before it)."""
+    offsets = sorted(
+        [r.offset for r in batch.records] + [d.offset for d in batch.rejected] + [c.record.offset for c in batch.cached]
+    )
+    mid = offsets[len(offsets) // 2 - 1]
+    first: Batch[Any] = Batch(
+        batch.topic, batch.partition, batch.first_offset, mid, gap_verified=batch.gap_verified, lost=batch.lost,
+        identity=batch.identity,
+    )  # fmt: skip
+    second: Batch[Any] = Batch(batch.topic, batch.partition, mid + 1, batch.last_offset, identity=batch.identity)
+    for part, keep in ((first, lambda o: o <= mid), (second, lambda o: o > mid)):
+        part.records = [r for r in batch.records if keep(r.offset)]
+        part.rejected = [d for d in batch.rejected if keep(d.offset)]
+        part.cached = [c for c in batch.cached if keep(c.record.offset)]
+    return first, second
+
+
+def _merged(a: WriteResult[Any], b: WriteResult[Any]) -> WriteResult[Any]:
+    """The result of a batch written as two consecutive halves."""
+    return WriteResult(
+        a.topic,
+        a.partition,
+        a.ledger_before,
+        b.ledger_after,
+        redelivered=a.redelivered + b.redelivered,
+        applied=a.applied + b.applied,
+        duplicates=a.duplicates + b.duplicates,
+        cached_duplicates=a.cached_duplicates + b.cached_duplicates,
+        cache_misses=a.cache_misses + b.cache_misses,
+        dead_letters=a.dead_letters + b.dead_letters,
+        superseded=a.superseded + b.superseded,
+        lost=a.lost + b.lost,
+    )
 
 
 def _sort_key(record: Record[Any]) -> tuple:

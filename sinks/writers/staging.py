@@ -1,5 +1,13 @@
-"""Staging: a batch's rows copied (binary COPY) into a session-local temporary table, from which
-one set-based statement applies them.
+"""Staging: a batch's rows copied (binary COPY) into a temporary table of the batch's own
+transaction, from which one set-based statement applies them.
+
+The table is created by the transaction and dropped by its commit (`ON COMMIT DROP`), never kept
+by the session: a backend that holds a temporary table drops it in a last transaction when it
+exits, and under synchronous replication that commit waits for the standby; if the standby was
+just promoted (a failover), the backend never exits and the old primary cannot shut down. A
+session-lived table also breaks under PgBouncer's transaction pooling (the next transaction may
+run on another server connection). Creating it per transaction costs a little catalog work,
+measured by `bench/staging_ddl.py` (see bench/RESULTS.md).
 
 The staging table, the COPY's column types and each record's row tuple are all generated from
 the event model's columns (`schemas.columns.columns_of`), plus the record's Kafka offset: one
@@ -40,9 +48,9 @@ class Staging:
 
     @property
     def ddl(self) -> str:
-        """Created once per connection; emptied by every commit."""
+        """Created by the transaction that stages, dropped by its commit (or its rollback)."""
         body = ",\n    ".join(f"{c.name} {c.pg_type}" for c in self.columns)
-        return f"CREATE TEMP TABLE IF NOT EXISTS {self.table} (\n    {body}\n) ON COMMIT DELETE ROWS"
+        return f"CREATE TEMP TABLE {self.table} (\n    {body}\n) ON COMMIT DROP"
 
     @property
     def copy(self) -> str:
@@ -53,8 +61,8 @@ class Staging:
         return [c.pg_type for c in self.columns]
 
     @property
-    def clear(self) -> str:
-        return f"TRUNCATE {self.table}"
+    def drop(self) -> str:
+        return f"DROP TABLE {self.table}"
 
     def rows(self, records: Iterable[Record[Any]]) -> Iterable[tuple[Any, ...]]:
         """Each record's row: its event's fields in column order, then its offset."""
@@ -63,7 +71,9 @@ class Staging:
             yield (*fields(record.event), record.offset)
 
     async def stage(self, conn: AsyncConnection, records: Sequence[Record[Any]]) -> AsyncCursor:
-        """COPY the records into the staging table; return a binary cursor for what follows."""
+        """Create the staging table, COPY the records into it; return a binary cursor for what
+        follows. Once per transaction (or savepoint: see `StagedWriter.upsert_one`)."""
+        await conn.execute(self.ddl)
         cur = conn.cursor(binary=True)
         async with cur.copy(self.copy) as copy:
             copy.set_types(self.types)
@@ -88,7 +98,8 @@ class StagedWriter(Generic[E]):
 
     def __init_subclass__(cls, *, kind: str, staging: Staging, ordered: bool = False, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls.kind, cls.staging, cls.stage_ddl, cls.ordered = kind, staging, (staging.ddl,), ordered
+        # Nothing to create per connection: the staging table is the transaction's (`Staging.stage`).
+        cls.kind, cls.staging, cls.stage_ddl, cls.ordered = kind, staging, (), ordered
 
     async def upsert(self, conn: AsyncConnection, topic: str, partition: int, records: Records[E]) -> Outcome:
         if not records:
@@ -103,10 +114,10 @@ class StagedWriter(Generic[E]):
         """Nothing to take ahead unless the kind says so: a row that takes only its own key's lock."""
 
     async def upsert_one(self, conn: AsyncConnection, topic: str, partition: int, record: Record[E]) -> Outcome:
-        """One record through the bulk path, for a batch redone row by row.
-
-        The staging table empties only at commit; in that redo it still holds the rows of the
-        records tried before in the same transaction.
+        """One record through the bulk path, for a batch redone row by row, each record in a
+        savepoint of the same transaction: the staging table it created is dropped before the
+        next record creates its own (a record that failed took its table with its savepoint).
         """
-        await conn.execute(self.staging.clear)
-        return await self.upsert(conn, topic, partition, [record])
+        outcome = await self.upsert(conn, topic, partition, [record])
+        await conn.execute(self.staging.drop)
+        return outcome

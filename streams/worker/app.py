@@ -114,15 +114,29 @@ class Runtime:
         self.settings = settings
         self.app = app
         self.kinds = kinds(settings)
-        self.pool = open_pool(
-            settings.dsn,
-            stage_ddl=[ddl for k in self.kinds for ddl in k.writer.stage_ddl],
+        # A pool per kind, each of EVENTSINK_POOL_MAX_SIZE connections (also each kind's writers
+        # in flight), and one connection for /readyz: a table held by a lock, a slow trigger or a
+        # burst of one kind cannot take the connections the other kinds write with.
+        pool_options = dict(
             min_size=settings.pool_min_size,
-            max_size=settings.pool_max_size,
             statement_timeout_ms=settings.statement_timeout_ms,
             lock_timeout_ms=settings.lock_timeout_ms,
             idle_in_transaction_timeout_ms=settings.idle_in_transaction_timeout_ms,
-            name=f"eventsink-{settings.group_id}",
+        )
+        self.pools = {
+            kind.name: open_pool(
+                settings.dsn,
+                max_size=settings.pool_max_size,
+                name=f"eventsink-{settings.group_id}-{kind.name}",
+                **pool_options,  # type: ignore[arg-type]
+            )
+            for kind in self.kinds
+        }
+        self.check_pool = open_pool(
+            settings.dsn,
+            max_size=1,
+            name=f"eventsink-{settings.group_id}-checks",
+            **{**pool_options, "min_size": 0},  # type: ignore[arg-type]
         )
         # The consumer (built by Faust when first used) and every pipeline share one byte budget.
         self.budget: Budget = app.consumer.budget  # type: ignore[attr-defined]
@@ -195,7 +209,7 @@ class Runtime:
             self._committer = self._watcher = None
             await self.positioning.stop()
             await self.commit_offsets()
-            await self.pool.close()
+            await asyncio.gather(*(pool.close() for pool in self.all_pools()))
 
     def on_started(self) -> None:
         """Faust started every agent. Ready only if the database and the broker answer too; else
@@ -259,7 +273,11 @@ class Runtime:
     async def ensure_open(self) -> None:
         if not self._opened:
             self._opened = True
-            await self.pool.open(wait=False)
+            for pool in self.all_pools():
+                await pool.open(wait=False)
+
+    def all_pools(self) -> list[Any]:
+        return [*self.pools.values(), self.check_pool]
 
     async def _drain_before_shutdown(self, app: Any, **_: Any) -> None:
         """Faust's `on_before_shutdown`: the consumer has stopped, the producer still runs. Every
@@ -279,13 +297,14 @@ class Runtime:
             help=f"committed (tenant_id, dedupe_id) digests of {kind.topic}, per batch",
         )
         sink = Sink(
-            self.pool,
+            self.pools[kind.name],
             s.group_id,
             kind.writer,
             on_dead_letters=DeadLetterPublisher(
                 app, kind.dlq_topic, kind.topic, s.group_id, max_record_bytes=int(app.conf.producer_max_request_size)
             ),
             connection_timeout=s.db_connect_timeout_s,
+            transaction_timeout=s.db_transaction_timeout_s,
         )
         pipeline = Pipeline(
             topic=kind.topic,

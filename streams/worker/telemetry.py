@@ -129,6 +129,18 @@ LEDGER_LAG = Gauge(
 POOL_CONNECTIONS = Gauge(
     "eventsink_db_pool_connections", "Database pool connections by state", ["state"], registry=REGISTRY
 )
+DB_UNREACHABLE = Gauge(
+    "eventsink_db_unreachable_seconds",
+    "How long a topic's writers have found no database node that takes writes (0 when they commit)",
+    ["topic"],
+    registry=REGISTRY,
+)
+DB_FAILING = Gauge(
+    "eventsink_db_failing_seconds",
+    "How long a topic's batches have failed to commit, whatever the cause (0 when they commit)",
+    ["topic"],
+    registry=REGISTRY,
+)
 POOL_WAITING = Gauge("eventsink_db_pool_waiting", "Requests waiting for a pool connection", registry=REGISTRY)
 REBALANCES = Counter("eventsink_rebalances", "Partition assignments received", registry=REGISTRY)
 ASSIGNED_PARTITIONS = Gauge(

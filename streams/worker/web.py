@@ -1,13 +1,17 @@
 """A worker's HTTP endpoints, on Faust's web server: /metrics, /healthz, /readyz.
 
 /healthz says whether the process should be left running: 503 once a pipeline crashed (the
-worker is exiting to restart from the ledger) or while fetching from the broker keeps failing;
-its body lists the partitions that are stalled (records waiting, ledger not advancing) or
-stopped for an operator, and the database or broker it cannot reach, which a restart would not
-cure and so do not fail it (`degraded`). /readyz says
-whether the worker can do its job: the broker and PostgreSQL answer, and it holds partitions (a
-worker without any, in a group with more workers than partitions, is idle and reports so). Every body is scrubbed of
-secrets (`sinks.secrets`): a check's error is a library's text, which could quote one.
+worker is exiting to restart from the ledger), while fetching from the broker keeps failing, or
+once no database node taking writes has been reachable for EVENTSINK_DB_UNREACHABLE_UNHEALTHY_S
+(a supervisor then restarts a worker that may be stuck); "degraded" while a kind's batches fail
+to commit (its `database` entry says since when and why: no primary reachable during a failover,
+a lock or statement timeout); its body lists the partitions that are stalled (records waiting,
+ledger not advancing) or stopped for an operator, and the database or broker it cannot reach,
+which a restart would not cure and so do not fail it (`degraded`). /readyz says whether the
+worker can do its job: the broker and PostgreSQL answer (on a connection of its own, so that writers holding every connection of their pools do not read as a
+database that is down), and it holds partitions (a worker without any, in a group with more
+workers than partitions, is idle and reports so). Every body is scrubbed of secrets
+(`sinks.secrets`): a check's error is a library's text, which could quote one.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")
 
 async def _database(runtime: Runtime) -> str | None:
     try:
-        async with runtime.pool.connection(timeout=CHECK_TIMEOUT_S) as conn:
+        async with runtime.check_pool.connection(timeout=CHECK_TIMEOUT_S) as conn:
             await asyncio.wait_for(conn.execute("SELECT 1"), CHECK_TIMEOUT_S)
         return None
     except Exception as exc:
@@ -78,6 +82,30 @@ FETCH_ERRORS_UNHEALTHY = 5
 STALLED_AFTER_S = 60.0
 
 
+def _database_health(runtime: Runtime) -> tuple[dict[str, str], list[str]]:
+    """Per topic whose batches fail to commit, since when and why; and the problem to report
+    once no node taking writes has been reachable for longer than the settings allow."""
+    failing, problems = {}, []
+    s = runtime.settings
+    bound = s.db_unreachable_unhealthy_s
+    # A batch being retried fails again at least this often (backoff, waiting for a connection,
+    # the transaction's bound); failures older than that were of partitions this worker lost.
+    retried_within = s.retry_max_s + s.db_connect_timeout_s + s.db_transaction_timeout_s + 10
+    for topic, sink in runtime.sinks.items():
+        h = sink.health
+        if h.failing_since is None:
+            continue
+        if h.stale(retried_within):
+            h.clear()
+            continue
+        unreachable = h.unreachable_for()
+        what = "no primary reachable" if h.unreachable_since is not None else "batches not committed"
+        failing[topic] = f"{what} for {h.failing_for():.1f} s: {h.last_error}"[:400]
+        if unreachable >= bound:
+            problems.append(f"{topic}: no node taking writes reachable for {unreachable:.0f} s (over {bound:g} s)")
+    return failing, problems
+
+
 def health(runtime: Runtime) -> dict[str, Any]:
     stalled, blocked = {}, {}
     for topic, pipeline in runtime.pipelines.items():
@@ -92,12 +120,15 @@ def health(runtime: Runtime) -> dict[str, Any]:
         problems.append(f"a pipeline crashed: {type(runtime.crashed).__name__}: {runtime.crashed}"[:300])
     if fetch_errors >= FETCH_ERRORS_UNHEALTHY:
         problems.append(f"fetching from the broker failed {fetch_errors} times in a row")
+    database, unreachable = _database_health(runtime)
+    problems.extend(unreachable)
     # The database or the broker not answering: nothing is applied, and a restart would not cure it.
-    unreachable = runtime.reachability.problems
+    reachability = runtime.reachability.problems
     return {
-        "status": "failing" if problems else ("degraded" if stalled or blocked or unreachable else "ok"),
+        "status": "failing" if problems else ("degraded" if stalled or blocked or database or reachability else "ok"),
         "problems": problems,
-        "unreachable": unreachable,
+        "database": database,
+        "unreachable": reachability,
         "stalled_partitions": stalled,
         "stopped_partitions": blocked,
         "pid": os.getpid(),
@@ -142,11 +173,18 @@ def refresh_gauges(runtime: Runtime) -> None:
                 except KeyError:
                     pass
         runtime.exported[topic] = set(mine)
-    stats = runtime.pool.get_stats()
-    size, idle = stats.get("pool_size", 0), stats.get("pool_available", 0)
+    for topic, sink in runtime.sinks.items():
+        telemetry.DB_UNREACHABLE.labels(topic).set(sink.health.unreachable_for())
+        telemetry.DB_FAILING.labels(topic).set(sink.health.failing_for())
+    size = idle = waiting = 0
+    for pool in runtime.all_pools():
+        stats = pool.get_stats()
+        size += stats.get("pool_size", 0)
+        idle += stats.get("pool_available", 0)
+        waiting += stats.get("requests_waiting", 0)
     telemetry.POOL_CONNECTIONS.labels("in_use").set(size - idle)
     telemetry.POOL_CONNECTIONS.labels("idle").set(idle)
-    telemetry.POOL_WAITING.set(stats.get("requests_waiting", 0))
+    telemetry.POOL_WAITING.set(waiting)
 
 
 def register(runtime: Runtime) -> None:

@@ -1,0 +1,125 @@
+"""No write waits for ever, and a batch too large for the time it is given is split (issue 19
+and 20): a slow trigger on the test's own database makes every insert slow."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import psycopg
+import pytest
+from psycopg_pool import PoolTimeout
+
+from sinks.core.sink import Sink
+from sinks.dsn import database_of
+from sinks.errors import TransientSinkError
+from sinks.pool import open_pool
+from sinks.writers.metric import MetricWriter
+from tests.helpers import writers_pool
+from tests.pg.test_sink import DeadLetters, batch, metric
+
+WRITER = MetricWriter()
+SLOW = """
+CREATE FUNCTION eventsink.slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_sleep({seconds}); RETURN NEW; END $$;
+CREATE TRIGGER slow BEFORE INSERT ON eventsink.metrics_raw FOR EACH ROW EXECUTE FUNCTION eventsink.slow_insert();
+"""
+
+
+def slow_inserts(dsn: str, seconds: float) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(SLOW.format(seconds=seconds))  # type: ignore[arg-type]
+
+
+def rows(dsn: str, tenant: uuid.UUID) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT count(*) FROM eventsink.metrics_raw WHERE tenant_id = %s", (tenant,)).fetchone()
+        return int(row[0]) if row else 0
+
+
+def ledger_at(dsn: str, group: str, topic: str) -> int | None:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT last_offset FROM eventsink.offsets_ledger "
+            "WHERE consumer_group = %s AND topic = %s AND partition = 0",
+            (group, topic),
+        ).fetchone()
+        return int(row[0]) if row else None
+
+
+@pytest.fixture
+async def slow_pool(own_database: str) -> AsyncIterator[object]:
+    # 40 inserts of 50 ms each: 2 s, twice the statement timeout. Ten of them fit.
+    slow_inserts(own_database, 0.05)
+    async with writers_pool(own_database, WRITER, max_size=1, statement_timeout_ms=1000) as p:
+        yield p
+
+
+async def test_a_batch_slower_than_the_statement_timeout_is_written_in_parts(own_database: str, slow_pool) -> None:  # type: ignore[no-untyped-def]
+    tenant, topic, group = uuid.uuid4(), "metrics", "g-split"
+    sink = Sink(slow_pool, group, WRITER, DeadLetters())
+    records = [(o, metric(tenant, f"d{o}", float(o))) for o in range(0, 40)]
+    result = await sink.write(batch(topic, 0, records))
+    assert sorted(r.offset for r in result.applied) == list(range(0, 40))
+    assert (result.ledger_before, result.ledger_after) == (-1, 39)
+    assert rows(own_database, tenant) == 40
+    assert ledger_at(own_database, group, topic) == 39
+    assert sink.health.failing_since is None  # it committed in the end
+
+
+async def test_a_transaction_past_the_client_bound_is_abandoned_and_its_connection_closed(own_database: str) -> None:
+    """The server would answer, late (a 3 s insert, no statement timeout to speak of): the client
+    gives up after its own bound, and the connection does not go back to the pool."""
+    slow_inserts(own_database, 3)
+    async with writers_pool(own_database, WRITER, max_size=1, statement_timeout_ms=600_000) as pool:
+        async with pool.connection() as conn:
+            before = (await (await conn.execute("SELECT pg_backend_pid()")).fetchone())[0]  # type: ignore[index]
+        sink = Sink(pool, "g-bound", WRITER, DeadLetters(), transaction_timeout=0.5)
+        tenant = uuid.uuid4()
+        with pytest.raises(TransientSinkError) as raised:
+            await sink.write(batch("metrics", 0, [(0, metric(tenant, "a"))]))
+        assert isinstance(raised.value.__cause__, TimeoutError)
+        assert sink.health.failing_since is not None and sink.health.unreachable_since is not None
+        async with pool.connection(timeout=10) as conn:
+            after = (await (await conn.execute("SELECT pg_backend_pid()")).fetchone())[0]  # type: ignore[index]
+        assert after != before  # a new connection: the one that ran out of time was closed
+    assert rows(own_database, tenant) == 0
+
+
+async def test_the_pool_hands_out_no_connection_to_a_read_only_server(own_database: str) -> None:
+    """A server that takes no writes (here: every transaction read-only, as on a standby) gets
+    no connection from the pool; the wait ends in PoolTimeout, a transient error."""
+    name = database_of(own_database)
+    with psycopg.connect(own_database, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    pool = open_pool(own_database, max_size=1, name="read-only-test")
+    await pool.open(wait=False)
+    try:
+        sink = Sink(pool, "g-ro", WRITER, DeadLetters(), connection_timeout=2)
+        with pytest.raises(TransientSinkError) as raised:
+            await sink.write(batch("metrics", 0, [(0, metric(uuid.uuid4(), "a"))]))
+        assert isinstance(raised.value.__cause__, PoolTimeout)  # no connection was handed out
+        assert sink.health.unreachable_since is not None
+    finally:
+        await pool.close()
+        with psycopg.connect(own_database, autocommit=True) as conn:
+            conn.execute("SET default_transaction_read_only = off")
+            conn.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+
+
+async def test_a_pooled_connection_that_became_read_only_is_not_handed_out_again(own_database: str) -> None:
+    """As a connection to a primary that a failover demoted: idle in the pool, it now reaches a
+    server that refuses writes. The pool's check discards it; the batch is written on a new one."""
+    async with writers_pool(own_database, WRITER, max_size=1) as pool:
+        async with pool.connection() as conn:
+            before = (await (await conn.execute("SELECT pg_backend_pid()")).fetchone())[0]  # type: ignore[index]
+            await conn.execute("SET default_transaction_read_only = on")  # the session's, kept after commit
+            await conn.commit()
+        sink = Sink(pool, "g-demoted", WRITER, DeadLetters())
+        tenant = uuid.uuid4()
+        result = await sink.write(batch("metrics", 0, [(0, metric(tenant, "a"))]))
+        assert [r.offset for r in result.applied] == [0]
+        async with pool.connection() as conn:
+            after = (await (await conn.execute("SELECT pg_backend_pid()")).fetchone())[0]  # type: ignore[index]
+        assert after != before
+    assert rows(own_database, tenant) == 1

@@ -1,0 +1,29 @@
+"""`sinks.health.DatabaseHealth`: what /healthz reports of a kind's database writes."""
+
+from __future__ import annotations
+
+import time
+
+from sinks.health import DatabaseHealth
+
+
+def test_failures_until_a_commit() -> None:
+    h = DatabaseHealth()
+    assert h.failing_since is None and h.failing_for() == 0.0
+    h.failed("QueryCanceled: statement timeout", unreachable=False)
+    assert h.failing_since is not None and h.unreachable_since is None
+    h.failed("PoolTimeout: couldn't get a connection", unreachable=True)
+    first = h.failing_since
+    h.failed("OperationalError: connection refused", unreachable=True)
+    assert h.failing_since == first  # since the first failure, not the last
+    assert h.unreachable_for() >= 0.0 and "connection refused" in h.last_error
+    h.committed()
+    assert (h.failing_since, h.unreachable_since, h.last_error) == (None, None, "")
+
+
+def test_failures_no_longer_retried_are_stale() -> None:
+    h = DatabaseHealth()
+    h.failed("x", unreachable=True)
+    assert not h.stale(60)
+    h.last_failure_at = time.monotonic() - 61
+    assert h.stale(60)
