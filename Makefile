@@ -17,7 +17,7 @@ LOCK_ARGS ?=
 TEST_PROCESSES ?= 8
 XDIST := $(if $(filter 0,$(TEST_PROCESSES)),,-n $(TEST_PROCESSES) --dist load --maxschedchunk 1)
 
-.PHONY: run test test-unit test-fast services bench lint clean lock promtool
+.PHONY: run test test-unit test-fast packages bench lint clean lock
 
 $(STAMP): pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
@@ -36,43 +36,24 @@ lock:
 	$(BIN)/uv pip compile pyproject.toml --all-extras --universal --python-version 3.11 \
 		--custom-compile-command 'make lock' --quiet $(LOCK_ARGS) -o $(LOCK)
 
-# promtool checks and unit-tests the alert rules (tests/unit/test_monitoring_files.py); Debian's
-# prometheus package ships it. Installed when missing and this is a root shell with apt-get (CI);
-# elsewhere those tests skip and say why.
-promtool:
-	@command -v promtool >/dev/null 2>&1 || { \
-		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			echo "installing promtool (Debian package prometheus)"; \
-			{ DEBIAN_FRONTEND=noninteractive apt-get update -qq \
-			  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; } >/dev/null \
-			|| echo "promtool could not be installed: the rule tests fail under CI=true, skip elsewhere"; \
-		else echo "promtool is not installed (Debian package prometheus): the rule tests will skip"; fi; }
+# Debian packages the suite runs for real (PgBouncer, pg_auto_failover, promtool): installed with
+# apt-get when missing and this is a root shell (CI); elsewhere the tests that need them skip and
+# say why (under CI=true they fail). See .ci/packages.
+packages:
+	@.ci/packages
 
 run: $(STAMP)
 	$(BIN)/eventsink run
 
-test: $(STAMP) promtool services
-	@.ci/packages
+test: $(STAMP) packages
 	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
-# System packages the suite runs for real: PgBouncer (tests/pgbouncer.py). Installed with apt-get
-# when missing and we are root (CI); otherwise the tests that need it are skipped and say why.
-services:
-	@if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then \
-		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null \
-			&& (systemctl disable --now pgbouncer >/dev/null 2>&1 || service pgbouncer stop >/dev/null 2>&1 || true); \
-		else \
-			echo "pgbouncer is not installed (apt-get install pgbouncer, as root): its tests will be skipped"; \
-		fi; \
-	fi
-
 # Seconds, no services: schemas, the analysis state machine, configuration and deploy files.
-test-unit: $(STAMP) promtool
+test-unit: $(STAMP) packages
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 # Everything but the multi-process end-to-end suites.
-test-fast: $(STAMP) services
+test-fast: $(STAMP) packages
 	$(BIN)/python -m pytest $(XDIST) -m "not e2e" $(PYTEST_ARGS)
 
 # About 30 minutes: the metric comparison (eventsink, reference loop, Quix Streams), the mixed

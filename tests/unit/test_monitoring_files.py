@@ -60,14 +60,14 @@ def test_alert_rules_cover_the_issue_and_use_real_metrics() -> None:
 
 
 def promtool() -> str:
-    """promtool's path. CI installs it (.ci/run: `make promtool`), so there its absence fails the
+    """promtool's path. CI installs it (.ci/run: `make test` runs `make packages`), so there its absence fails the
     test; elsewhere the test skips, saying how to get it."""
     found = shutil.which("promtool")
     if found:
         return found
     if os.environ.get("CI") == "true":
-        pytest.fail("promtool is missing in CI: `make promtool` (as root) installs Debian's prometheus package")
-    pytest.skip("promtool is not installed: `make promtool` as root, or apt-get install prometheus")
+        pytest.fail("promtool is missing in CI: `make packages` (as root) installs Debian's prometheus package")
+    pytest.skip("promtool is not installed: `make packages` as root, or apt-get install prometheus")
 
 
 def rule_files() -> list[Path]:
