@@ -159,7 +159,9 @@ def pgbouncer(pg_admin_dsn: str) -> Iterator[PgBouncer]:
         pytest.skip(message)
     if str(conninfo_to_dict(pg_admin_dsn).get("host", "")).startswith("/"):
         pytest.skip("the tests' PostgreSQL listens on a Unix socket only (embedded): PgBouncer needs TCP here")
-    with PgBouncer(pg_admin_dsn) as bouncer:
+    # Round robin: a client's consecutive transactions meet different server connections, so that
+    # nothing a worker keeps in a session (a prepared statement, a temporary table) goes unnoticed.
+    with PgBouncer(pg_admin_dsn, round_robin=True) as bouncer:
         yield bouncer
 
 
