@@ -2,8 +2,11 @@
 
 1. lock the partition's ledger row (late writers of the same partition queue behind it), and
    refuse a batch from another log than the one the ledger counted (`LogChanged`);
-2. refuse a batch that would leave a hole after the ledger (`OffsetGap`), unless the stream side
-   verified the hole (nothing there, or offsets the broker deleted: recorded as lost);
+2. check what the stream side claims of the batch's offsets (`sinks.core.claims`): refuse a
+   batch whose records skip offsets no claimed hole explains (`ClaimRefused`), and one that would
+   leave a hole after the ledger (`OffsetGap`) unless a claim names that hole as it stands under
+   the lock (nothing there after exactly this ledger offset, or offsets the broker deleted right
+   after it: recorded as lost);
 3. skip records at or below the ledger: they were applied by an earlier transaction;
 4. trust the dedupe cache only where the ledger confirms it: a cached duplicate committed past
    the ledger (the database went back in time) is applied like any other record;
@@ -29,9 +32,17 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from schemas.deadletter import DeadLetter, Reason
-from sinks.core import ledger
+from sinks.core import claims, ledger
 from sinks.core.batch import Batch, Outcome, Record, WriteResult
-from sinks.errors import LogChanged, OffsetGap, SinkError, TransientSinkError, describe, is_transient
+from sinks.errors import (
+    ClaimRefused,
+    LogChanged,
+    OffsetGap,
+    SinkError,
+    TransientSinkError,
+    describe,
+    is_transient,
+)
 
 # Given a batch's dead letters and the batch's connection (inside its transaction): deliver them.
 DeadLetterHandler = Callable[[list[DeadLetter], psycopg.AsyncConnection], Awaitable[None]]
@@ -83,8 +94,8 @@ class Sink:
         """Apply the batch in one transaction; see the module's docstring.
 
         Raises `TransientSinkError` (retry the batch later), `OffsetGap` (the batch does not
-        follow the ledger) or `LogChanged` (another log than the ledger's); nothing else for
-        what a record causes.
+        follow the ledger), `ClaimRefused` (its offsets are not what it claims) or `LogChanged`
+        (another log than the ledger's); nothing else for what a record causes.
         """
         try:
             try:
@@ -93,7 +104,7 @@ class Sink:
                 if is_transient(exc) or isinstance(exc, SinkError):
                     raise
                 return await self._write(batch, isolate=True)
-        except (OffsetGap, LogChanged, TransientSinkError):
+        except (OffsetGap, ClaimRefused, LogChanged, TransientSinkError):
             raise
         except Exception as exc:
             if is_transient(exc):
@@ -106,12 +117,13 @@ class Sink:
 
     async def _write(self, batch: Batch[Any], *, isolate: bool) -> WriteResult[Any]:
         topic, partition = batch.topic, batch.partition
+        claims.check_range(batch)  # needs no ledger: refused before a connection is taken
         async with self.pool.connection(timeout=self.connection_timeout) as conn:
             async with conn.transaction():
                 position = await ledger.lock(conn, self.group, topic, partition)
                 await self._check_log(conn, batch, position)
                 last = position.last_offset
-                lost = self._check_follows(batch, last)
+                lost = claims.check_follows(batch, last)
                 result: WriteResult[Any] = WriteResult(topic, partition, last, max(last, batch.last_offset))
                 if batch.last_offset <= last:
                     result.redelivered = len(batch)
@@ -153,8 +165,8 @@ class Sink:
                 if dead:
                     await self.on_dead_letters(dead, conn)
                 if lost is not None:
-                    await ledger.record_lost(conn, self.group, topic, partition, *lost, "retention")
-                    result.lost = lost[1] - lost[0] + 1
+                    await ledger.record_lost(conn, self.group, topic, partition, lost.first, lost.last, "retention")
+                    result.lost = lost.last - lost.first + 1
                 await ledger.advance(
                     conn,
                     self.group,
@@ -181,18 +193,6 @@ class Sink:
             now.cluster_id is not None and position.cluster_id is None
         ):
             await ledger.identify(conn, self.group, topic, partition, now.topic_id, now.cluster_id)
-
-    @staticmethod
-    def _check_follows(batch: Batch[Any], last: int) -> tuple[int, int] | None:
-        """The lost range to record, if any; raises `OffsetGap` for an unverified hole."""
-        expected = last + 1
-        if batch.first_offset <= expected:
-            return None
-        if batch.lost is not None and batch.lost[0] == expected and batch.lost[1] < batch.first_offset:
-            return batch.lost
-        if batch.gap_verified and batch.lost is None:
-            return None
-        raise OffsetGap(batch.topic, batch.partition, expected, batch.first_offset)
 
     async def _one_by_one(
         self, conn: psycopg.AsyncConnection, topic: str, partition: int, records: Sequence[Record[Any]]

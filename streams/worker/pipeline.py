@@ -40,11 +40,11 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 
 from schemas.codec import Decoded, decode, dedupe_digest
 from schemas.deadletter import DeadLetter
-from sinks.core.batch import Batch, Cached, LogIdentity, Record, WriteResult
+from sinks.core.batch import Batch, Cached, Hole, LogIdentity, Record, WriteResult
 from sinks.core.sink import Sink
 from sinks.errors import LogChanged, OffsetGap, TransientSinkError
 from streams import logs
-from streams.worker import telemetry
+from streams.worker import holes, telemetry
 from streams.worker.budget import DEFAULT_BUDGET_BYTES, Budget, record_bytes
 from streams.worker.dedupe_cache import DedupeCache
 
@@ -98,9 +98,10 @@ class _Entry:
     item: Record[Any] | DeadLetter
     digest: bytes | None
     nbytes: int  # what it weighs in the budget
-    # A hole precedes this record: one the consumer saw in the broker's log (a batch may span
-    # it), or one nothing verified (a batch must start here, where the sink checks it).
-    log_gap: bool = False
+    # A hole precedes this record: one the consumer saw in the broker's log after the record at
+    # `hole_after` (a batch may span it; the sink checks it as a claimed `Hole`), or one nothing
+    # verified (a batch must start here, where the sink checks it against the ledger).
+    hole_after: int | None = None
     unverified_gap: bool = False
 
 
@@ -241,7 +242,8 @@ class Pipeline:
                     self._stale(1, nbytes)
                     continue
                 st.expect = None
-            log_gap = unverified = False
+            hole_after: int | None = None
+            unverified = False
             previous = st.previous
             if previous is not None and offset != previous + 1:
                 if offset <= previous:
@@ -249,7 +251,7 @@ class Pipeline:
                     self._drop(st, [e for e in buffer if e.offset >= offset])
                     buffer[:] = [e for e in buffer if e.offset < offset]
                 elif self.control.log_gap(p, previous, offset):
-                    log_gap = True
+                    hole_after = previous
                     self._m_log_gaps.inc()
                 else:
                     unverified = True
@@ -264,12 +266,12 @@ class Pipeline:
                     Record(offset, ev, key, value, headers),
                     dedupe_digest(ev.tenant_id, ev.dedupe_id),  # type: ignore[attr-defined]
                     nbytes,
-                    log_gap,
+                    hole_after,
                     unverified,
                 )
             else:
                 dead = DeadLetter(decoded.reason, decoded.detail, topic, p, offset, key, value, headers)
-                entry = _Entry(offset, dead, None, nbytes, log_gap, unverified)
+                entry = _Entry(offset, dead, None, nbytes, hole_after, unverified)
             if unverified and buffer:
                 st.cut = True
             if not buffer:
@@ -509,7 +511,9 @@ class Pipeline:
 
     def _build(self, p: int, entries: list[_Entry]) -> tuple[Batch[Any], dict[int, bytes]]:
         batch: Batch[Any] = Batch(self.topic, p, entries[0].offset, entries[-1].offset)
-        batch.gap_verified = entries[0].log_gap
+        # The consumer's holes, the first one included: that one claims to follow the record
+        # delivered before the batch, which the sink accepts only if the ledger is at it.
+        batch.holes = tuple(Hole(e.hole_after, e.offset) for e in entries if e.hole_after is not None)
         batch.identity = self.control.identity()
         digests: dict[int, bytes] = {}
         committed_at = self.cache.committed_at if self.cache.enabled else None
@@ -574,19 +578,43 @@ class Pipeline:
                 last_offset=batch.last_offset,
                 error=str(exc),
             )
+            # What follows the abandoned batch cannot follow the ledger: it comes again too.
+            self._drop(st, st.buffer)
+            st.buffer.clear()
+            st.first_at = None
+            st.cut = False
+            st.previous = None
         return None
 
+    # Times one batch may meet `OffsetGap` and have its hole resolved before the partition stops
+    # (the broker and the ledger keep disagreeing: a bug, or another writer moving the ledger).
+    GAP_RESOLUTIONS = 3
+
     async def _attempt(self, st: _Partition, batch: Batch[Any]) -> WriteResult[Any] | None:
-        while True:
+        gap: OffsetGap | None = None
+        for _ in range(self.GAP_RESOLUTIONS + 1):
             try:
                 async with self._slots:
                     return await self.sink.write(batch)
-            except OffsetGap as gap:
-                if not await self._resolve_gap(st, batch, gap):
+            except OffsetGap as exc:
+                gap = exc
+                if not await self._resolve_gap(st, batch, exc):
                     return None
             except LogChanged as exc:
                 self.block(st.number, "log_changed", str(exc))
                 return None
+        assert gap is not None
+        telemetry.OFFSET_GAPS.labels(self.topic, "unresolved").inc()
+        self.block(
+            st.number,
+            "gap_unresolved",
+            f"the broker says offsets {gap.expected}..{batch.first_offset - 1} hold nothing to apply, the ledger "
+            f"refused the batch at {batch.first_offset} {self.GAP_RESOLUTIONS + 1} times; look at them "
+            f"(eventsink tail, eventsink ledger show) and restart the worker, or go on without them: eventsink "
+            f"ledger skip --topic {self.topic} --partition {st.number} --to {batch.first_offset - 1}",
+            until=batch.first_offset - 1,
+        )
+        return None
 
     def _log_retry(self, partition: int, first_offset: int) -> Callable[[RetryCallState], None]:
         def before_sleep(state: RetryCallState) -> None:
@@ -612,8 +640,8 @@ class Pipeline:
     # -- holes ----------------------------------------------------------------------------------
 
     async def _resolve_gap(self, st: _Partition, batch: Batch[Any], gap: OffsetGap) -> bool:
-        """Ask the broker what lies between the ledger and the batch. True: the batch may be
-        written again as it now is (the hole is verified, or its loss is to be recorded)."""
+        """Ask the broker what lies between the ledger and the batch (`holes.find`). True: the
+        batch may be written again with the claim found (the sink checks it against the ledger)."""
         p = batch.partition
         if gap.expected < self.applied.get(p, gap.expected):
             # The ledger is behind what this worker committed: the database went back in time.
@@ -626,34 +654,42 @@ class Pipeline:
             )
             self.cache.forget([p])
             self.applied[p] = gap.expected
-        first, log_start = await self.control.first_offset_from(p, gap.expected)
-        if log_start > gap.expected:
-            lost = (gap.expected, log_start - 1)
+        found = await holes.find(self.control.first_offset_from, p, gap.expected, batch.first_offset)
+        where = {"topic": self.topic, "partition": p, "expected": gap.expected, "first_offset": batch.first_offset}
+        if isinstance(found, holes.Lost):
+            lost = found.lost
             telemetry.OFFSET_GAPS.labels(self.topic, "lost").inc()
             if self.config.on_data_loss == "stop":
-                telemetry.RECORDS_LOST.labels(self.topic, str(p)).inc(lost[1] - lost[0] + 1)
+                telemetry.RECORDS_LOST.labels(self.topic, str(p)).inc(lost.last - lost.first + 1)
                 self.block(
                     p,
                     "data_lost",
-                    f"offsets {lost[0]}..{lost[1]} were deleted by the broker (retention) before they were applied; "
-                    f"to go on without them: eventsink ledger skip --topic {self.topic} --partition {p} "
-                    f"--to {lost[1]}",
-                    until=lost[1],
+                    f"offsets {lost.first}..{lost.last} were deleted by the broker (retention) before they were "
+                    f"applied; to go on without them: eventsink ledger skip --topic {self.topic} --partition {p} "
+                    f"--to {lost.last}",
+                    until=lost.last,
                 )
                 return False
-            log.error("records lost to retention; recorded, going on", topic=self.topic, partition=p, offsets=lost)
+            log.error(
+                "records lost to retention; recorded, going on",
+                topic=self.topic,
+                partition=p,
+                offsets=(lost.first, lost.last),
+            )
+            if found.seek_to is not None:
+                self._seek_back(st, batch, found.seek_to)
+                await self.control.seek(p, found.seek_to)
+                return False
             batch.lost = lost
-            if first >= batch.first_offset:
-                return True
-            self._seek_back(st, batch, first)
-            await self.control.seek(p, first)
-            return False
-        where = {"topic": self.topic, "partition": p, "expected": gap.expected, "first_offset": batch.first_offset}
-        if first >= batch.first_offset:
+            if found.hole is not None:
+                batch.holes += (found.hole,)
+            return True
+        if isinstance(found, holes.Empty):
             telemetry.OFFSET_GAPS.labels(self.topic, "verified").inc()
             log.warning("offset gap has no records in it; applying", **where)
-            batch.gap_verified = True
+            batch.holes += (found.hole,)
             return True
+        first = found.first_available
         telemetry.OFFSET_GAPS.labels(self.topic, "repositioned").inc()
         log.error("batch would skip records; seeking to the ledger", **where, next_available=first)
         self._seek_back(st, batch, first)

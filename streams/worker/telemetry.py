@@ -41,7 +41,8 @@ BATCH_RETRIES = Counter(
 OFFSET_GAPS = Counter(
     "eventsink_offset_gaps",
     "Batches that did not follow the ledger, by what the broker said was in between "
-    "(verified: nothing; repositioned: records, sought back; lost: deleted by retention)",
+    "(verified: nothing; repositioned: records, sought back; lost: deleted by retention; "
+    "unresolved: the ledger kept refusing what the broker said, the partition stopped)",
     ["topic", "outcome"],
     registry=REGISTRY,
 )
@@ -60,7 +61,8 @@ RECORDS_LOST = Counter(
 )
 PARTITION_BLOCKED = Gauge(
     "eventsink_partition_blocked",
-    "1 while a partition is stopped and waits for an operator (reason: log_changed, data_lost)",
+    "1 while a partition is stopped and waits for an operator "
+    "(reason: log_changed, data_lost, unreadable, gap_unresolved)",
     ["topic", "partition", "reason"],
     registry=REGISTRY,
 )
