@@ -591,19 +591,24 @@ class Pipeline:
     GAP_RESOLUTIONS = 3
 
     async def _attempt(self, st: _Partition, batch: Batch[Any]) -> WriteResult[Any] | None:
-        gap: OffsetGap | None = None
-        for _ in range(self.GAP_RESOLUTIONS + 1):
+        resolutions = 0
+        while True:
             try:
                 async with self._slots:
                     return await self.sink.write(batch)
-            except OffsetGap as exc:
-                gap = exc
-                if not await self._resolve_gap(st, batch, exc):
+            except OffsetGap as gap:
+                if resolutions == self.GAP_RESOLUTIONS:
+                    self._gap_unresolved(st, batch, gap)
+                    return None
+                resolutions += 1
+                if not await self._resolve_gap(st, batch, gap):
                     return None
             except LogChanged as exc:
                 self.block(st.number, "log_changed", str(exc))
                 return None
-        assert gap is not None
+
+    def _gap_unresolved(self, st: _Partition, batch: Batch[Any], gap: OffsetGap) -> None:
+        """Stop the partition visibly rather than ask the broker again and again."""
         telemetry.OFFSET_GAPS.labels(self.topic, "unresolved").inc()
         self.block(
             st.number,
@@ -614,7 +619,6 @@ class Pipeline:
             f"ledger skip --topic {self.topic} --partition {st.number} --to {batch.first_offset - 1}",
             until=batch.first_offset - 1,
         )
-        return None
 
     def _log_retry(self, partition: int, first_offset: int) -> Callable[[RetryCallState], None]:
         def before_sleep(state: RetryCallState) -> None:

@@ -133,6 +133,11 @@ POOL_CONNECTIONS = Gauge(
 )
 POOL_WAITING = Gauge("eventsink_db_pool_waiting", "Requests waiting for a pool connection", registry=REGISTRY)
 REBALANCES = Counter("eventsink_rebalances", "Partition assignments received", registry=REGISTRY)
+KAFKA_COMMIT_FAILURES = Counter(
+    "eventsink_kafka_commit_failures",
+    "Kafka offset commits (monitoring only) the broker refused; their offsets are committed next time",
+    registry=REGISTRY,
+)
 ASSIGNED_PARTITIONS = Gauge(
     "eventsink_assigned_partitions", "Partitions assigned to this worker", ["topic"], registry=REGISTRY
 )

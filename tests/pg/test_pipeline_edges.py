@@ -225,3 +225,44 @@ async def test_an_applied_batch_leaves_memory_without_waiting_for_the_cycle_coll
     finally:
         gc.enable()
     await p.drain()
+
+
+class MovingLedger(RetainedLog):
+    """A partition with nothing before offset 100, whose ledger another writer moves by one each
+    time the pipeline asks the broker about the hole: every answer is outdated once the batch
+    reaches the sink, which refuses it each time."""
+
+    def __init__(self, dsn: str, group: str, topic: str) -> None:
+        super().__init__(start=0)
+        self.dsn, self.group, self.topic = dsn, group, topic
+        self.asked = 0
+
+    async def first_offset_from(self, partition: int, offset: int) -> tuple[int, int]:
+        self.asked += 1
+        async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+            await conn.execute(
+                "INSERT INTO eventsink.offsets_ledger (consumer_group, topic, partition, last_offset) "
+                "VALUES (%s, %s, 0, %s) ON CONFLICT (consumer_group, topic, partition) "
+                "DO UPDATE SET last_offset = eventsink.offsets_ledger.last_offset + 1",
+                (self.group, self.topic, offset),
+            )
+        return 100, 0
+
+
+async def test_a_hole_the_ledger_keeps_refusing_stops_the_partition_instead_of_spinning(
+    sink: Sink, database_url: str
+) -> None:
+    topic, tenant = f"m-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
+    log = MovingLedger(database_url, sink.group, topic)
+    p = pipeline(sink, log, topic, "skip")
+    p.on_assigned({0})
+    p.ingest(messages(tenant, range(100, 130)))
+    await until(lambda: p.blocked() == {0: "gap_unresolved"})
+    assert log.asked == Pipeline.GAP_RESOLUTIONS
+    assert 0 in log.held
+    assert ledger(database_url, sink.group, topic) == (Pipeline.GAP_RESOLUTIONS - 1, 0)  # only the other writer's
+    await p.drain()
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM eventsink.metrics_raw WHERE tenant_id = %s", (tenant,)
+        ).fetchone() == (0,)
