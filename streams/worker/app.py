@@ -27,6 +27,7 @@ from streams.worker.faust_internals import (
     RawSchema,
     commit_offsets,
     consumer_state,
+    group_generation,
 )
 from streams.worker.pipeline import Pipeline, PipelineConfig
 from streams.worker.positioning import Positioning
@@ -145,6 +146,7 @@ class Runtime:
         app.on_partitions_revoked.connect(self._on_revoked)
         app.on_partitions_assigned.connect(self._on_assigned)
         app.on_before_shutdown.connect(self._drain_before_shutdown)
+        telemetry.GROUP_GENERATION.set_function(lambda: group_generation(app))
         if settings.web_enabled:
             web.register(self)
 

@@ -133,6 +133,9 @@ POOL_CONNECTIONS = Gauge(
 )
 POOL_WAITING = Gauge("eventsink_db_pool_waiting", "Requests waiting for a pool connection", registry=REGISTRY)
 REBALANCES = Counter("eventsink_rebalances", "Partition assignments received", registry=REGISTRY)
+GROUP_GENERATION = Gauge(
+    "eventsink_group_generation", "The consumer group generation the worker is in (-1: not joined)", registry=REGISTRY
+)
 KAFKA_COMMIT_FAILURES = Counter(
     "eventsink_kafka_commit_failures",
     "Kafka offset commits (monitoring only) the broker refused; their offsets are committed next time",
