@@ -46,6 +46,7 @@ from sinks.errors import LogChanged, OffsetGap, TransientSinkError
 from streams import logs
 from streams.worker import holes, telemetry
 from streams.worker.budget import DEFAULT_BUDGET_BYTES, Budget, record_bytes
+from streams.worker.cursor import Cursor, Step
 from streams.worker.dedupe_cache import DedupeCache
 
 log = logs.get(__name__)
@@ -114,10 +115,7 @@ class _Partition:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     writing: bool = False
-    previous: int | None = None  # offset of the last record delivered
-    # After a seek: the offset expected next; records above it are stale deliveries.
-    expect: int | None = None
-    expect_since: float = 0.0
+    cursor: Cursor = field(default_factory=Cursor)  # where its deliveries stand
     held: bool = False
     # The buffer holds a hole nothing verified: what precedes it is written without waiting.
     cut: bool = False
@@ -126,8 +124,6 @@ class _Partition:
     blocked_until: int | None = None
     # When the ledger last advanced, or records started waiting after an idle spell.
     progress_at: float = field(default_factory=time.monotonic)
-    delivered_at: float = field(default_factory=time.monotonic)  # when a record last arrived
-    starved_end: int | None = None  # the end offset when the last starvation seek was made
 
     def waiting(self) -> bool:
         return bool(self.buffer) or self.writing
@@ -231,32 +227,29 @@ class Pipeline:
     def _ingest(self, st: _Partition, records: Sequence[Any]) -> None:
         model, topic, context = self.model, self.topic, self.decode_context
         batch_size, hold_records = self.config.batch_size, self.config.hold_records
-        p, buffer = st.number, st.buffer
+        p, buffer, cursor = st.number, st.buffer, st.cursor
         now = time.monotonic()
-        st.delivered_at = now
+        cursor.delivered_at = now
         for record in records:
             offset = record.offset
             nbytes = record_bytes(record)
-            if st.expect is not None:
-                if offset > st.expect:
-                    self._stale(1, nbytes)
-                    continue
-                st.expect = None
             hole_after: int | None = None
             unverified = False
-            previous = st.previous
-            if previous is not None and offset != previous + 1:
-                if offset <= previous:
+            step = cursor.step(offset)
+            if step is not Step.NEXT:
+                if step is Step.STALE:
+                    self._stale(1, nbytes)
+                    continue
+                if step is Step.BACK:
                     # The partition was sought back: everything from here on comes again.
                     self._drop(st, [e for e in buffer if e.offset >= offset])
                     buffer[:] = [e for e in buffer if e.offset < offset]
-                elif self.control.log_gap(p, previous, offset):
-                    hole_after = previous
+                elif self.control.log_gap(p, cursor.before, offset):  # type: ignore[arg-type]
+                    hole_after = cursor.before
                     self._m_log_gaps.inc()
                 else:
                     unverified = True
-                    log.debug("hole in delivery", topic=topic, partition=p, previous=previous, offset=offset)
-            st.previous = offset
+                    log.debug("hole in delivery", topic=topic, partition=p, previous=cursor.before, offset=offset)
             key, value, headers = record.key, record.value, _headers(record.headers)
             decoded = telemetry.count_unknown_fields(topic, decode(value, model, key, context))
             if isinstance(decoded, Decoded):
@@ -375,8 +368,7 @@ class Pipeline:
             return
         log.warning("partition resumed", topic=self.topic, partition=p, reason=st.blocked, offset=next_offset)
         self._clear_block(st)
-        st.previous = None
-        st.expect, st.expect_since = next_offset, time.monotonic()
+        st.cursor.sought(next_offset)
         await self.control.seek(p, next_offset)
         st.held = False
         self.control.release(p)
@@ -436,10 +428,11 @@ class Pipeline:
                 return
             if self._stopping:
                 return
-            if st.expect is not None and time.monotonic() - st.expect_since > 15.0:
+            if st.cursor.seek_overdue(self.SEEK_AGAIN_AFTER_S):
                 # The seek did not bring the expected record: ask again.
-                log.warning("seeking to the ledger again", topic=self.topic, partition=st.number, offset=st.expect)
-                st.expect_since = time.monotonic()
+                log.warning(
+                    "seeking to the ledger again", topic=self.topic, partition=st.number, offset=st.cursor.expect
+                )
                 await self._seek_to_ledger(st)
             elif self._starved(st):
                 # Records exist past what was applied, yet none arrives: whatever lost them on
@@ -451,9 +444,7 @@ class Pipeline:
                     end_offset=self.control.end_offset(st.number),
                     applied=self.applied.get(st.number),
                 )
-                st.delivered_at = time.monotonic()
-                st.starved_end = self.control.end_offset(st.number)
-                st.previous = None
+                st.cursor.reseek_starved(self.control.end_offset(st.number))
                 await self._seek_to_ledger(st)
             st.wake.clear()
             timeout = max_wait if st.first_at is None else max(0.0, st.first_at + max_wait - time.monotonic())
@@ -462,16 +453,14 @@ class Pipeline:
             except TimeoutError:
                 pass
 
+    SEEK_AGAIN_AFTER_S = 15.0
     STARVED_AFTER_S = 30.0
 
     def _starved(self, st: _Partition) -> bool:
-        if st.buffer or st.writing or st.held or st.blocked is not None or st.expect is not None:
-            return False
-        if time.monotonic() - st.delivered_at < self.STARVED_AFTER_S:
+        if st.buffer or st.writing or st.held or st.blocked is not None:
             return False
         end, applied = self.control.end_offset(st.number), self.applied.get(st.number)
-        # Once per end offset: a log ending in transaction markers stays "behind" after a seek.
-        return end is not None and applied is not None and end > applied and end != st.starved_end
+        return st.cursor.starved(end, applied, self.STARVED_AFTER_S)
 
     def _take(self, st: _Partition) -> list[_Entry]:
         """The next batch: up to batch_size records, never across a hole nothing verified."""
@@ -583,7 +572,7 @@ class Pipeline:
             st.buffer.clear()
             st.first_at = None
             st.cut = False
-            st.previous = None
+            st.cursor.lose_track()
         return None
 
     # Times one batch may meet `OffsetGap` and have its hole resolved before the partition stops
@@ -708,8 +697,7 @@ class Pipeline:
         st.buffer.clear()
         st.first_at = None
         st.cut = False
-        st.previous = None
-        st.expect, st.expect_since = first, time.monotonic()
+        st.cursor.sought(first)
 
     async def _seek_to_ledger(self, st: _Partition) -> None:
         try:
