@@ -90,6 +90,17 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+# Raised by our own code, whatever the record: a writer after a bad deploy (a renamed field, a
+# missing import) would raise one for every record, and dead-lettering would drain the stream.
+_BUGS = (AttributeError, NameError, ImportError, AssertionError, NotImplementedError)
+
+
+def is_bug(exc: BaseException) -> bool:
+    """True when no record's value can have caused the error: never dead-letter the record for
+    it (the pipeline retries a few times, then the worker restarts from the ledger)."""
+    return isinstance(exc, _BUGS)
+
+
 def describe(exc: BaseException) -> str:
     """One line saying what refused a record, for its dead letter."""
     text = str(exc).strip()

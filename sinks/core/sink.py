@@ -19,8 +19,10 @@ Failures are typed by what to do about them (`sinks.errors.is_transient`). A tra
 (connection lost, timeout, conflict, a missing table) is raised as `TransientSinkError` and the
 caller retries the whole batch. Anything else raised while applying records fails the bulk
 statement; the batch is then redone record by record in savepoints, and each record that still
-fails, whatever it raised, becomes a dead letter alone while the rest commits. So a batch ends,
-within two attempts, either committed or as a transient error: never in an endless retry.
+fails becomes a dead letter alone while the rest commits, unless no record's value can have
+caused it: an error of our own code (`sinks.errors.is_bug`) is raised, never dead-lettered. So
+a batch ends, within two attempts, either committed, or as a transient error, or as a bug the
+pipeline gives up on after a few attempts (the worker restarts): never in an endless retry.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from sinks.errors import (
     SinkError,
     TransientSinkError,
     describe,
+    is_bug,
     is_transient,
 )
 
@@ -205,7 +208,7 @@ class Sink:
                 async with conn.transaction():
                     one = await self.writer.upsert_one(conn, topic, partition, record)
             except Exception as exc:
-                if is_transient(exc):
+                if is_transient(exc) or is_bug(exc):
                     raise
                 outcome.rejected[record.offset] = (Reason.DB_REJECTED, describe(exc))
                 continue

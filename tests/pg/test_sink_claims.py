@@ -171,3 +171,29 @@ async def test_an_error_every_record_meets_waits_and_dead_letters_nothing(deploy
     assert [d.offset for d in letters] == [106]  # the one record that is invalid, and only it
     assert stored(own_database, t) == {"earlier": 1.5, **{f"e{i}": 1.5 for i in range(5)}}
     assert ledger_row(own_database, "g", topic)[:3] == (106, 7, 6)
+
+
+class BrokenWriter:
+    """The metric writer after a bad deploy: its code fails for every record, whatever it holds."""
+
+    kind, stage_ddl, ordered = WRITER.kind, WRITER.stage_ddl, WRITER.ordered
+
+    async def upsert(self, *args: object) -> None:
+        raise AttributeError("'MetricEvent' object has no attribute 'renamed_field'")
+
+    async def prepare(self, *args: object) -> None:
+        pass
+
+    upsert_one = upsert
+
+
+async def test_an_error_of_our_own_code_dead_letters_nothing(database_url: str) -> None:
+    letters = Letters()
+    t, topic = uuid.uuid4(), f"m-{uuid.uuid4().hex[:8]}"
+    async with writers_pool(database_url, WRITER) as pool:
+        sink = Sink(pool, f"g-{uuid.uuid4().hex[:8]}", BrokenWriter(), letters)  # type: ignore[arg-type]
+        with pytest.raises(AttributeError):
+            await sink.write(batch(topic, *(record(i, metric(t, f"e{i}")) for i in range(3))))
+    assert letters == []
+    assert stored(database_url, t) == {}
+    assert ledger_row(database_url, sink.group, topic) is None

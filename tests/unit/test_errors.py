@@ -7,7 +7,7 @@ import psycopg_pool
 import pytest
 from psycopg import errors
 
-from sinks.errors import TransientSinkError, describe, is_transient
+from sinks.errors import TransientSinkError, describe, is_bug, is_transient
 
 
 @pytest.mark.parametrize(
@@ -69,3 +69,10 @@ def test_the_detail_names_the_sqlstate_or_the_client_error() -> None:
         'database refused the record (23514): new row violates check constraint "x"'
     )
     assert describe(OverflowError("int too large")) == "the record could not be written: OverflowError: int too large"
+
+
+def test_errors_of_our_own_code_are_bugs_not_the_records() -> None:
+    assert is_bug(AttributeError("'MetricEvent' object has no attribute 'x'"))
+    assert is_bug(NameError("name 'x' is not defined"))
+    assert not is_bug(OverflowError("Python int too large to convert to C long"))
+    assert not is_bug(errors.lookup("23514")())
