@@ -40,11 +40,12 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 
 from schemas.codec import Decoded, decode, dedupe_digest
 from schemas.deadletter import DeadLetter
-from sinks.core.batch import Batch, Cached, Hole, LogIdentity, Record, WriteResult
+from sinks.core.batch import Batch, LogIdentity, Record, WriteResult
 from sinks.core.sink import Sink
 from sinks.errors import LogChanged, OffsetGap, TransientSinkError
 from streams import logs
-from streams.worker import holes, telemetry
+from streams.worker import batches, holes, telemetry
+from streams.worker.batches import Entry
 from streams.worker.budget import DEFAULT_BUDGET_BYTES, Budget, record_bytes
 from streams.worker.cursor import Cursor, Step
 from streams.worker.dedupe_cache import DedupeCache
@@ -93,23 +94,10 @@ class PipelineConfig:
     labelled_tenants: frozenset[UUID] = frozenset()
 
 
-@dataclass(slots=True)
-class _Entry:
-    offset: int
-    item: Record[Any] | DeadLetter
-    digest: bytes | None
-    nbytes: int  # what it weighs in the budget
-    # A hole precedes this record: one the consumer saw in the broker's log after the record at
-    # `hole_after` (a batch may span it; the sink checks it as a claimed `Hole`), or one nothing
-    # verified (a batch must start here, where the sink checks it against the ledger).
-    hole_after: int | None = None
-    unverified_gap: bool = False
-
-
 @dataclass(eq=False)
 class _Partition:
     number: int
-    buffer: list[_Entry] = field(default_factory=list)
+    buffer: list[Entry] = field(default_factory=list)
     nbytes: int = 0  # what the buffer weighs
     first_at: float | None = None  # when the oldest buffered record arrived
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -254,7 +242,7 @@ class Pipeline:
             decoded = telemetry.count_unknown_fields(topic, decode(value, model, key, context))
             if isinstance(decoded, Decoded):
                 ev = decoded.event
-                entry = _Entry(
+                entry = Entry(
                     offset,
                     Record(offset, ev, key, value, headers),
                     dedupe_digest(ev.tenant_id, ev.dedupe_id),  # type: ignore[attr-defined]
@@ -264,7 +252,7 @@ class Pipeline:
                 )
             else:
                 dead = DeadLetter(decoded.reason, decoded.detail, topic, p, offset, key, value, headers)
-                entry = _Entry(offset, dead, None, nbytes, hole_after, unverified)
+                entry = Entry(offset, dead, None, nbytes, hole_after, unverified)
             if unverified and buffer:
                 st.cut = True
             if not buffer:
@@ -291,7 +279,7 @@ class Pipeline:
         self.totals["stale"] += n
         self.budget.give(nbytes)
 
-    def _drop(self, st: _Partition, entries: Sequence[_Entry]) -> None:
+    def _drop(self, st: _Partition, entries: Sequence[Entry]) -> None:
         nbytes = sum(e.nbytes for e in entries)
         st.nbytes -= nbytes
         self._stale(len(entries), nbytes)
@@ -462,7 +450,7 @@ class Pipeline:
         end, applied = self.control.end_offset(st.number), self.applied.get(st.number)
         return st.cursor.starved(end, applied, self.STARVED_AFTER_S)
 
-    def _take(self, st: _Partition) -> list[_Entry]:
+    def _take(self, st: _Partition) -> list[Entry]:
         """The next batch: up to batch_size records, never across a hole nothing verified."""
         buffer, limit = st.buffer, self.config.batch_size
         n = 1
@@ -475,7 +463,7 @@ class Pipeline:
         st.cut = any(e.unverified_gap for e in buffer[1:])
         return entries
 
-    async def _write(self, st: _Partition, entries: list[_Entry]) -> None:
+    async def _write(self, st: _Partition, entries: list[Entry]) -> None:
         p = st.number
         if self.cache.enabled and not self.cache.loaded(p):
             await self._load_cache(p)
@@ -498,26 +486,9 @@ class Pipeline:
         position = ledger.get(p)
         self.cache.load(p, position.last_offset if position else -1)
 
-    def _build(self, p: int, entries: list[_Entry]) -> tuple[Batch[Any], dict[int, bytes]]:
-        batch: Batch[Any] = Batch(self.topic, p, entries[0].offset, entries[-1].offset)
-        # The consumer's holes, the first one included: that one claims to follow the record
-        # delivered before the batch, which the sink accepts only if the ledger is at it.
-        batch.holes = tuple(Hole(e.hole_after, e.offset) for e in entries if e.hole_after is not None)
-        batch.identity = self.control.identity()
-        digests: dict[int, bytes] = {}
+    def _build(self, p: int, entries: list[Entry]) -> tuple[Batch[Any], dict[int, bytes]]:
         committed_at = self.cache.committed_at if self.cache.enabled else None
-        for e in entries:
-            item = e.item
-            if isinstance(item, DeadLetter):
-                batch.rejected.append(item)
-                continue
-            at = committed_at(p, e.digest) if committed_at is not None else None  # type: ignore[arg-type]
-            if at is not None:
-                batch.cached.append(Cached(item, at))
-            else:
-                batch.records.append(item)
-            digests[e.offset] = e.digest  # type: ignore[assignment]
-        return batch, digests
+        return batches.build(self.topic, p, entries, self.control.identity(), committed_at)
 
     # Attempts of one batch that may fail with something not transient before the partition's
     # pipeline gives up on it as a bug (`on_crash`: the worker restarts from the ledger).
