@@ -223,8 +223,10 @@ class Pipeline:
             nbytes = record_bytes(record)
             hole_after: int | None = None
             unverified = False
-            step = cursor.step(offset)
-            if step is not Step.NEXT:
+            previous = cursor.previous
+            if cursor.expect is None and previous is not None and offset == previous + 1:
+                cursor.previous = offset  # `Cursor.step`'s NEXT, inline: nearly every record
+            elif (step := cursor.step(offset)) is not Step.NEXT:
                 if step is Step.STALE:
                     self._stale(1, nbytes)
                     continue
