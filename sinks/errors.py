@@ -26,6 +26,17 @@ class OffsetGap(SinkError):
         self.first = first
 
 
+class ClaimRefused(SinkError):
+    """The batch's own claims about its offsets do not hold (an offset twice, a range the records
+    do not fill, a jump between records no verified hole explains): a bug on the stream side.
+    Nothing is applied."""
+
+    def __init__(self, topic: str, partition: int, why: str) -> None:
+        super().__init__(f"{topic}[{partition}]: batch refused: {why}")
+        self.topic = topic
+        self.partition = partition
+
+
 class LogChanged(SinkError):
     """The partition's log is not the one the ledger counted (the topic was deleted and created
     again, or the cluster was replaced): applying would skip or mix records. An operator decides
@@ -49,11 +60,15 @@ class MigrationError(SinkError):
 # rollback such as serialization failures and deadlocks (40), insufficient resources (53),
 # object in use or lock timeout (55), operator intervention such as a statement timeout or an
 # administrator's shutdown (57), system errors (58), and a transaction the server ended (25).
-_TRANSIENT_CLASSES = frozenset({"08", "25", "40", "53", "55", "57", "58"})
+# And what no record's value can cause, so that every record of every batch would meet it: the
+# statement or the schema is wrong (42: a bad deploy, a renamed table or column, a changed type)
+# or the server is (XX: internal error, corrupted data or index). Dead-lettering would drain the
+# stream into the DLQ; the partition waits instead (stalled, alerted on) until it is fixed.
+_TRANSIENT_CLASSES = frozenset({"08", "25", "40", "42", "53", "55", "57", "58", "XX"})
 # And what an operator must fix before anything can be written, which waiting loses nothing
-# to: a missing table or column (migrations not applied yet), a missing privilege, a wrong
-# password or database name.
-_TRANSIENT_STATES = frozenset({"42P01", "42703", "42883", "42501", "28000", "28P01", "3D000", "3F000"})
+# to: a wrong password, database or schema name (the missing table, column, function or
+# privilege are class 42, above).
+_TRANSIENT_STATES = frozenset({"28000", "28P01", "3D000", "3F000"})
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -107,6 +122,17 @@ def timed_out(exc: BaseException) -> bool:
     if isinstance(exc, TimeoutError):
         return True
     return isinstance(exc, psycopg.Error) and exc.sqlstate == "57014"
+
+
+# Raised by our own code, whatever the record: a writer after a bad deploy (a renamed field, a
+# missing import) would raise one for every record, and dead-lettering would drain the stream.
+_BUGS = (AttributeError, NameError, ImportError, AssertionError, NotImplementedError)
+
+
+def is_bug(exc: BaseException) -> bool:
+    """True when no record's value can have caused the error: never dead-letter the record for
+    it (the pipeline retries a few times, then the worker restarts from the ledger)."""
+    return isinstance(exc, _BUGS)
 
 
 def describe(exc: BaseException) -> str:

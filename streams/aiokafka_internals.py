@@ -1,17 +1,42 @@
-"""What eventsink changes in aiokafka's private classes, in one place (aiokafka 0.14).
+"""What eventsink changes in aiokafka's private classes, in one place (aiokafka 0.14.0).
 
 The worker (`streams.worker.faust_internals`) and the group-less reader (`streams.tools.reader`)
 both read records through aiokafka's fetcher; both need to know which partition raised when a
 record batch cannot be read, and the worker needs to know when a partition's fetch position was
 moved by anything but consumption. Tested in tests/unit/test_faust_internals.py.
+
+aiokafka is pinned (pyproject.toml) to the version whose internals were read: this module,
+`streams.worker.faust_internals` (the consumer thread, the fetcher, the coordinator's generation),
+`streams.tools.identity` (Metadata v12 declared with aiokafka's protocol types) and
+`streams.worker.deadletters` (aiokafka's record batch builder) rely on it. `check_version` refuses
+another one where the private API is first used: when a worker starts, and in `instrument`.
 """
 
 from __future__ import annotations
 
+from importlib import metadata
 from typing import Any
 
 from aiokafka.consumer.fetcher import FetchResult
 from aiokafka.consumer.subscription_state import TopicPartitionState
+
+AIOKAFKA_VERSION = "0.14.0"
+
+
+class UnsupportedAiokafka(RuntimeError):
+    """The installed aiokafka is not the one eventsink's private-API modules were written against."""
+
+
+def check_version() -> None:
+    """Refuse to run on an aiokafka whose internals were not read and tested."""
+    installed = metadata.version("aiokafka")
+    if installed != AIOKAFKA_VERSION:
+        raise UnsupportedAiokafka(
+            f"eventsink reaches into aiokafka's private API as of {AIOKAFKA_VERSION}, and aiokafka {installed} "
+            f"is installed: install aiokafka=={AIOKAFKA_VERSION}, or port streams/aiokafka_internals.py, "
+            "streams/worker/faust_internals.py and streams/tools/identity.py and run their tests "
+            "(tests/unit/test_faust_internals.py, tests/e2e/test_world_changes.py)"
+        )
 
 
 def unreadable(exc: BaseException) -> tuple[Any, int] | None:
@@ -30,6 +55,7 @@ def instrument() -> None:
       consumer can stop that partition alone (`LedgerConsumerThread._fetch_records`), and a
       reader can step over it (`streams.tools.reader`).
     """
+    check_version()
     if getattr(TopicPartitionState, "_eventsink_jumps_counted", False):
         return
 

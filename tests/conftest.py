@@ -23,7 +23,7 @@ from sinks.dsn import database_of, with_database, with_user
 from sinks.migrate import migrate
 from streams.dev import embedded
 from tests import strategies  # noqa: F401  (registers the hypothesis profiles: --hypothesis-profile=thorough)
-from tests.helpers import Scenario, WorkerProcess
+from tests.helpers import ADMIN_ALLOWED, Scenario, WorkerProcess
 from tests.pgbouncer import PgBouncer, Route, executable
 
 USE_CONTAINERS = os.environ.get("EVENTSINK_TESTCONTAINERS") == "1"
@@ -124,7 +124,8 @@ def own_database(pg_admin_dsn: str) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def writer_url(database_url: str) -> str:
-    """What workers connect as: the least-privilege writer role of deploy/sql/roles.sql.
+    """What workers connect as: the least-privilege writer role of deploy/sql/roles.sql. Without
+    it the run fails, unless EVENTSINK_TESTS_ALLOW_ADMIN=1 lets workers run as the admin role.
 
     The roles are cluster-wide and kept after the run (other runs may use them); the local and
     embedded servers authenticate them by trust, a managed server needs their passwords set.
@@ -144,6 +145,12 @@ def writer_url(database_url: str) -> str:
         psycopg.connect(writer).close()
         return writer
     except psycopg.Error as exc:
+        if not ADMIN_ALLOWED:
+            # Workers running as a superuser would pass tests the least-privilege role fails.
+            pytest.fail(
+                f"the writer role is unusable here ({exc}); set EVENTSINK_TESTS_ALLOW_ADMIN=1 to run the "
+                "workers as the admin role instead (the role tests then skip)"
+            )
         warnings.warn(f"workers run as the admin role: the writer role is unusable here ({exc})", stacklevel=1)
         return database_url
 

@@ -44,13 +44,35 @@ class LogIdentity:
     cluster_id: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Hole:
+    """The stream side's claim that the broker's log has no record after `after` and before
+    `before` (transaction markers, compaction, aborted records). The sink accepts it only where
+    it meets the ledger or the batch's own records exactly."""
+
+    after: int
+    before: int
+
+
+@dataclass(frozen=True, slots=True)
+class LostRange:
+    """The stream side's claim that offsets `first..last` were due but the broker deleted them
+    (retention): it reported `log_start` as the partition's first offset. The sink accepts it
+    only if it starts right after the ledger and ends right before that log start."""
+
+    first: int
+    last: int
+    log_start: int
+
+
 @dataclass(slots=True)
 class Batch(Generic[E]):
     """Consecutive records of one partition, from `first_offset` to `last_offset` inclusive.
 
     Every record of the range is accounted for exactly once: a valid record, a rejected one, or
-    a cached duplicate. Offsets of the range without a record are holes in the broker's log
-    (transaction markers, aborted or compacted records), which the stream side verified.
+    a cached duplicate. Every offset without a record, before the batch (after the ledger) or
+    inside it, is named by one of `holes` (or, after the ledger, by `lost`): the sink refuses a
+    batch whose offsets jump where no claim says why.
     """
 
     topic: str
@@ -60,12 +82,12 @@ class Batch(Generic[E]):
     records: list[Record[E]] = field(default_factory=list)
     rejected: list[DeadLetter] = field(default_factory=list)
     cached: list[Cached[E]] = field(default_factory=list)
-    # Set once the broker confirmed that nothing exists between the ledger and first_offset
-    # (compacted topics, transaction markers).
-    gap_verified: bool = False
-    # Offsets between the ledger and first_offset that were due but the broker no longer has
-    # (retention deleted them first): recorded as lost in the same transaction.
-    lost: tuple[int, int] | None = None
+    # Holes the broker confirmed, each between two offsets: before the first record (after the
+    # ledger, or after `lost`) and between records of the batch.
+    holes: tuple[Hole, ...] = ()
+    # Offsets after the ledger that were due but the broker no longer has (retention deleted
+    # them first): recorded as lost in the same transaction.
+    lost: LostRange | None = None
     identity: LogIdentity = field(default_factory=LogIdentity)
 
     def __len__(self) -> int:

@@ -2,8 +2,11 @@
 
 1. lock the partition's ledger row (late writers of the same partition queue behind it), and
    refuse a batch from another log than the one the ledger counted (`LogChanged`);
-2. refuse a batch that would leave a hole after the ledger (`OffsetGap`), unless the stream side
-   verified the hole (nothing there, or offsets the broker deleted: recorded as lost);
+2. check what the stream side claims of the batch's offsets (`sinks.core.claims`): refuse a
+   batch whose records skip offsets no claimed hole explains (`ClaimRefused`), and one that would
+   leave a hole after the ledger (`OffsetGap`) unless a claim names that hole as it stands under
+   the lock (nothing there after exactly this ledger offset, or offsets the broker deleted right
+   after it: recorded as lost);
 3. skip records at or below the ledger: they were applied by an earlier transaction;
 4. trust the dedupe cache only where the ledger confirms it: a cached duplicate committed past
    the ledger (the database went back in time) is applied like any other record;
@@ -23,9 +26,11 @@ out of time (statement timeout, or the client's bound) is split in halves, each 
 transaction: a batch too large for the time a slow table gives it still gets written.
 
 Anything else raised while applying records fails the bulk statement; the batch is then redone
-record by record in savepoints, and each record that still fails, whatever it raised, becomes a
-dead letter alone while the rest commits. So a batch ends, within two attempts (per part, once
-split), either committed or as a transient error: never in an endless retry.
+record by record in savepoints, and each record that still fails becomes a dead letter alone
+while the rest commits, unless no record's value can have caused it: an error of our own code
+(`sinks.errors.is_bug`) is raised, never dead-lettered. So a batch ends, within two attempts
+(per part, once split), either committed, or as a transient error, or as a bug the pipeline
+gives up on after a few attempts (the worker restarts): never in an endless retry.
 """
 
 from __future__ import annotations
@@ -38,22 +43,24 @@ from typing import Any, Protocol
 import psycopg
 
 from schemas.deadletter import DeadLetter, Reason
-from sinks.core import ledger
+from sinks.core import claims, ledger
 from sinks.core.batch import Batch, Outcome, Record, WriteResult
 from sinks.errors import (
+    ClaimRefused,
     LogChanged,
     OffsetGap,
     SinkError,
     TransientSinkError,
     connection_is_spent,
     describe,
+    is_bug,
     is_transient,
     no_primary,
     timed_out,
 )
 from sinks.health import DatabaseHealth
-from sinks.secrets import scrub
 from sinks.pool import Pool
+from sinks.secrets import scrub
 
 # Given a batch's dead letters and the batch's connection (inside its transaction): deliver them.
 DeadLetterHandler = Callable[[list[DeadLetter], psycopg.AsyncConnection], Awaitable[None]]
@@ -122,8 +129,8 @@ class Sink:
         module's docstring.
 
         Raises `TransientSinkError` (retry the batch later), `OffsetGap` (the batch does not
-        follow the ledger) or `LogChanged` (another log than the ledger's); nothing else for
-        what a record causes.
+        follow the ledger), `ClaimRefused` (its offsets are not what it claims) or `LogChanged`
+        (another log than the ledger's); nothing else for what a record causes.
         """
         try:
             return await self._write_once(batch)
@@ -154,7 +161,7 @@ class Sink:
                 if is_transient(exc) or isinstance(exc, SinkError):
                     raise
                 return await self._write(batch, isolate=True)
-        except (OffsetGap, LogChanged, TransientSinkError):
+        except (OffsetGap, ClaimRefused, LogChanged, TransientSinkError):
             raise
         except Exception as exc:
             if is_transient(exc):
@@ -167,13 +174,14 @@ class Sink:
 
     async def _write(self, batch: Batch[Any], *, isolate: bool) -> WriteResult[Any]:
         topic, partition = batch.topic, batch.partition
+        claims.check_range(batch)  # needs no ledger: refused before a connection is taken
         async with self._connection() as conn:
             async with conn.transaction():
                 await self.pool.local.apply(conn)  # per transaction: holds through PgBouncer too
                 position = await ledger.lock(conn, self.group, topic, partition)
                 await self._check_log(conn, batch, position)
                 last = position.last_offset
-                lost = self._check_follows(batch, last)
+                lost = claims.check_follows(batch, last)
                 result: WriteResult[Any] = WriteResult(topic, partition, last, max(last, batch.last_offset))
                 if batch.last_offset <= last:
                     result.redelivered = len(batch)
@@ -215,8 +223,8 @@ class Sink:
                 if dead:
                     await self.on_dead_letters(dead, conn)
                 if lost is not None:
-                    await ledger.record_lost(conn, self.group, topic, partition, *lost, "retention")
-                    result.lost = lost[1] - lost[0] + 1
+                    await ledger.record_lost(conn, self.group, topic, partition, lost.first, lost.last, "retention")
+                    result.lost = lost.last - lost.first + 1
                 await ledger.advance(
                     conn,
                     self.group,
@@ -244,18 +252,6 @@ class Sink:
         ):
             await ledger.identify(conn, self.group, topic, partition, now.topic_id, now.cluster_id)
 
-    @staticmethod
-    def _check_follows(batch: Batch[Any], last: int) -> tuple[int, int] | None:
-        """The lost range to record, if any; raises `OffsetGap` for an unverified hole."""
-        expected = last + 1
-        if batch.first_offset <= expected:
-            return None
-        if batch.lost is not None and batch.lost[0] == expected and batch.lost[1] < batch.first_offset:
-            return batch.lost
-        if batch.gap_verified and batch.lost is None:
-            return None
-        raise OffsetGap(batch.topic, batch.partition, expected, batch.first_offset)
-
     async def _one_by_one(
         self, conn: psycopg.AsyncConnection, topic: str, partition: int, records: Sequence[Record[Any]]
     ) -> Outcome:
@@ -267,7 +263,7 @@ class Sink:
                 async with conn.transaction():
                     one = await self.writer.upsert_one(conn, topic, partition, record)
             except Exception as exc:
-                if is_transient(exc):
+                if is_transient(exc) or is_bug(exc):
                     raise
                 outcome.rejected[record.offset] = (Reason.DB_REJECTED, describe(exc))
                 continue

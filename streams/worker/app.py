@@ -29,6 +29,7 @@ from streams.worker.faust_internals import (
     broker_metadata,
     commit_offsets,
     consumer_state,
+    group_generation,
 )
 from streams.worker.pipeline import Pipeline, PipelineConfig
 from streams.worker.positioning import Positioning
@@ -186,6 +187,7 @@ class Runtime:
         app.on_partitions_revoked.connect(self._on_revoked)
         app.on_partitions_assigned.connect(self._on_assigned)
         app.on_before_shutdown.connect(self._drain_before_shutdown)
+        telemetry.GROUP_GENERATION.set_function(lambda: group_generation(app))
         if settings.web_enabled:
             web.register(self)
 
@@ -255,12 +257,20 @@ class Runtime:
             await self.app.crash(exc)
 
     async def commit_offsets(self) -> None:
-        """Commit to Kafka, for the partitions still assigned, what the ledger has applied."""
+        """Commit to Kafka, for the partitions still assigned, what the ledger has applied.
+
+        Offsets the broker refused are kept for the next commit: an idle partition commits
+        nothing new, and its committed offset (the lag KEDA scales on) would stay stale."""
         if not self.kafka_offsets:
             return
         offsets, self.kafka_offsets = self.kafka_offsets, {}
         if await commit_offsets(self.app, offsets):
             self.kafka_committed.update(offsets)
+            return
+        telemetry.KAFKA_COMMIT_FAILURES.inc()
+        for tp, offset in offsets.items():
+            # A batch committed meanwhile set a newer offset: it wins.
+            self.kafka_offsets.setdefault(tp, offset)
 
     async def _commit_offsets_periodically(self) -> None:
         interval = float(self.app.conf.broker_commit_interval)
@@ -370,6 +380,8 @@ class Runtime:
             )
 
     async def _on_revoked(self, sender: Any, revoked: set[TP], **_: Any) -> None:
+        # Not ours to commit anymore (the new owner commits from its ledger).
+        self.kafka_offsets = {tp: o for tp, o in self.kafka_offsets.items() if tp not in revoked}
         for topic, pipeline in self.pipelines.items():
             pipeline.on_revoked({tp.partition for tp in revoked if tp.topic == topic})
         self.app.consumer.log_gaps.forget(revoked)  # type: ignore[attr-defined]

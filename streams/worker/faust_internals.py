@@ -665,6 +665,13 @@ def table_partition(topic: str, partition: int) -> Iterator[None]:
 # -- diagnostics ----------------------------------------------------------------------------
 
 
+def group_generation(app: faust.App) -> int:
+    """The consumer group generation the worker's Kafka consumer is in now (-1 before it joined):
+    it changes with every rebalance, before any member of the new generation gets a record."""
+    consumer = getattr(app.consumer, "_thread", None) and app.consumer._thread._consumer  # type: ignore[attr-defined]
+    return int(consumer._coordinator.generation) if consumer is not None else -1
+
+
 def consumer_state(app: faust.App) -> dict[str, Any]:
     """What Faust's consumer fetches and why not (for debugging stalls)."""
     consumer = app.consumer

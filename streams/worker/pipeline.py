@@ -40,12 +40,14 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 
 from schemas.codec import Decoded, Rejected, decode, dedupe_digest
 from schemas.deadletter import DeadLetter
-from sinks.core.batch import Batch, Cached, LogIdentity, Record, WriteResult
+from sinks.core.batch import Batch, LogIdentity, Record, WriteResult
 from sinks.core.sink import Sink
 from sinks.errors import LogChanged, OffsetGap, TransientSinkError
 from streams import logs
-from streams.worker import telemetry
+from streams.worker import batches, holes, telemetry
+from streams.worker.batches import Entry
 from streams.worker.budget import DEFAULT_BUDGET_BYTES, Budget, record_bytes
+from streams.worker.cursor import Cursor, Step
 from streams.worker.dedupe_cache import DedupeCache
 
 log = logs.get(__name__)
@@ -92,31 +94,16 @@ class PipelineConfig:
     labelled_tenants: frozenset[UUID] = frozenset()
 
 
-@dataclass(slots=True)
-class _Entry:
-    offset: int
-    item: Record[Any] | DeadLetter
-    digest: bytes | None
-    nbytes: int  # what it weighs in the budget
-    # A hole precedes this record: one the consumer saw in the broker's log (a batch may span
-    # it), or one nothing verified (a batch must start here, where the sink checks it).
-    log_gap: bool = False
-    unverified_gap: bool = False
-
-
 @dataclass(eq=False)
 class _Partition:
     number: int
-    buffer: list[_Entry] = field(default_factory=list)
+    buffer: list[Entry] = field(default_factory=list)
     nbytes: int = 0  # what the buffer weighs
     first_at: float | None = None  # when the oldest buffered record arrived
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     writing: bool = False
-    previous: int | None = None  # offset of the last record delivered
-    # After a seek: the offset expected next; records above it are stale deliveries.
-    expect: int | None = None
-    expect_since: float = 0.0
+    cursor: Cursor = field(default_factory=Cursor)  # where its deliveries stand
     held: bool = False
     # The buffer holds a hole nothing verified: what precedes it is written without waiting.
     cut: bool = False
@@ -125,8 +112,6 @@ class _Partition:
     blocked_until: int | None = None
     # When the ledger last advanced, or records started waiting after an idle spell.
     progress_at: float = field(default_factory=time.monotonic)
-    delivered_at: float = field(default_factory=time.monotonic)  # when a record last arrived
-    starved_end: int | None = None  # the end offset when the last starvation seek was made
 
     def waiting(self) -> bool:
         return bool(self.buffer) or self.writing
@@ -233,46 +218,46 @@ class Pipeline:
     def _ingest(self, st: _Partition, records: Sequence[Any]) -> None:
         model, topic, context, decode = self.model, self.topic, self.decode_context, self.decoder
         batch_size, hold_records = self.config.batch_size, self.config.hold_records
-        p, buffer = st.number, st.buffer
+        p, buffer, cursor = st.number, st.buffer, st.cursor
         now = time.monotonic()
-        st.delivered_at = now
+        cursor.delivered_at = now
         for record in records:
             offset = record.offset
             nbytes = record_bytes(record)
-            if st.expect is not None:
-                if offset > st.expect:
+            hole_after: int | None = None
+            unverified = False
+            previous = cursor.previous
+            if cursor.expect is None and previous is not None and offset == previous + 1:
+                cursor.previous = offset  # `Cursor.step`'s NEXT, inline: nearly every record
+            elif (step := cursor.step(offset)) is not Step.NEXT:
+                if step is Step.STALE:
                     self._stale(1, nbytes)
                     continue
-                st.expect = None
-            log_gap = unverified = False
-            previous = st.previous
-            if previous is not None and offset != previous + 1:
-                if offset <= previous:
+                if step is Step.BACK:
                     # The partition was sought back: everything from here on comes again.
                     self._drop(st, [e for e in buffer if e.offset >= offset])
                     buffer[:] = [e for e in buffer if e.offset < offset]
-                elif self.control.log_gap(p, previous, offset):
-                    log_gap = True
+                elif self.control.log_gap(p, cursor.before, offset):  # type: ignore[arg-type]
+                    hole_after = cursor.before
                     self._m_log_gaps.inc()
                 else:
                     unverified = True
-                    log.debug("hole in delivery", topic=topic, partition=p, previous=previous, offset=offset)
-            st.previous = offset
+                    log.debug("hole in delivery", topic=topic, partition=p, previous=cursor.before, offset=offset)
             key, value, headers = record.key, record.value, _headers(record.headers)
             decoded = telemetry.count_unknown_fields(topic, decode(value, model, key, context))
             if isinstance(decoded, Decoded):
                 ev = decoded.event
-                entry = _Entry(
+                entry = Entry(
                     offset,
                     Record(offset, ev, key, value, headers),
                     dedupe_digest(ev.tenant_id, ev.dedupe_id),  # type: ignore[attr-defined]
                     nbytes,
-                    log_gap,
+                    hole_after,
                     unverified,
                 )
             else:
                 dead = DeadLetter(decoded.reason, decoded.detail, topic, p, offset, key, value, headers)
-                entry = _Entry(offset, dead, None, nbytes, log_gap, unverified)
+                entry = Entry(offset, dead, None, nbytes, hole_after, unverified)
             if unverified and buffer:
                 st.cut = True
             if not buffer:
@@ -299,7 +284,7 @@ class Pipeline:
         self.totals["stale"] += n
         self.budget.give(nbytes)
 
-    def _drop(self, st: _Partition, entries: Sequence[_Entry]) -> None:
+    def _drop(self, st: _Partition, entries: Sequence[Entry]) -> None:
         nbytes = sum(e.nbytes for e in entries)
         st.nbytes -= nbytes
         self._stale(len(entries), nbytes)
@@ -376,8 +361,7 @@ class Pipeline:
             return
         log.warning("partition resumed", topic=self.topic, partition=p, reason=st.blocked, offset=next_offset)
         self._clear_block(st)
-        st.previous = None
-        st.expect, st.expect_since = next_offset, time.monotonic()
+        st.cursor.sought(next_offset)
         await self.control.seek(p, next_offset)
         st.held = False
         self.control.release(p)
@@ -443,10 +427,11 @@ class Pipeline:
                 return
             if self._stopping:
                 return
-            if st.expect is not None and time.monotonic() - st.expect_since > 15.0:
+            if st.cursor.seek_overdue(self.SEEK_AGAIN_AFTER_S):
                 # The seek did not bring the expected record: ask again.
-                log.warning("seeking to the ledger again", topic=self.topic, partition=st.number, offset=st.expect)
-                st.expect_since = time.monotonic()
+                log.warning(
+                    "seeking to the ledger again", topic=self.topic, partition=st.number, offset=st.cursor.expect
+                )
                 await self._seek_to_ledger(st)
             elif self._starved(st):
                 # Records exist past what was applied, yet none arrives: whatever lost them on
@@ -458,9 +443,7 @@ class Pipeline:
                     end_offset=self.control.end_offset(st.number),
                     applied=self.applied.get(st.number),
                 )
-                st.delivered_at = time.monotonic()
-                st.starved_end = self.control.end_offset(st.number)
-                st.previous = None
+                st.cursor.reseek_starved(self.control.end_offset(st.number))
                 await self._seek_to_ledger(st)
             st.wake.clear()
             timeout = max_wait if st.first_at is None else max(0.0, st.first_at + max_wait - time.monotonic())
@@ -469,18 +452,16 @@ class Pipeline:
             except TimeoutError:
                 pass
 
+    SEEK_AGAIN_AFTER_S = 15.0
     STARVED_AFTER_S = 30.0
 
     def _starved(self, st: _Partition) -> bool:
-        if st.buffer or st.writing or st.held or st.blocked is not None or st.expect is not None:
-            return False
-        if time.monotonic() - st.delivered_at < self.STARVED_AFTER_S:
+        if st.buffer or st.writing or st.held or st.blocked is not None:
             return False
         end, applied = self.control.end_offset(st.number), self.applied.get(st.number)
-        # Once per end offset: a log ending in transaction markers stays "behind" after a seek.
-        return end is not None and applied is not None and end > applied and end != st.starved_end
+        return st.cursor.starved(end, applied, self.STARVED_AFTER_S)
 
-    def _take(self, st: _Partition) -> list[_Entry]:
+    def _take(self, st: _Partition) -> list[Entry]:
         """The next batch: up to batch_size records, never across a hole nothing verified."""
         buffer, limit = st.buffer, self.config.batch_size
         n = 1
@@ -493,7 +474,7 @@ class Pipeline:
         st.cut = any(e.unverified_gap for e in buffer[1:])
         return entries
 
-    async def _write(self, st: _Partition, entries: list[_Entry]) -> None:
+    async def _write(self, st: _Partition, entries: list[Entry]) -> None:
         p = st.number
         if self.cache.enabled and not self.cache.loaded(p):
             await self._load_cache(p)
@@ -516,24 +497,9 @@ class Pipeline:
         position = ledger.get(p)
         self.cache.load(p, position.last_offset if position else -1)
 
-    def _build(self, p: int, entries: list[_Entry]) -> tuple[Batch[Any], dict[int, bytes]]:
-        batch: Batch[Any] = Batch(self.topic, p, entries[0].offset, entries[-1].offset)
-        batch.gap_verified = entries[0].log_gap
-        batch.identity = self.control.identity()
-        digests: dict[int, bytes] = {}
+    def _build(self, p: int, entries: list[Entry]) -> tuple[Batch[Any], dict[int, bytes]]:
         committed_at = self.cache.committed_at if self.cache.enabled else None
-        for e in entries:
-            item = e.item
-            if isinstance(item, DeadLetter):
-                batch.rejected.append(item)
-                continue
-            at = committed_at(p, e.digest) if committed_at is not None else None  # type: ignore[arg-type]
-            if at is not None:
-                batch.cached.append(Cached(item, at))
-            else:
-                batch.records.append(item)
-            digests[e.offset] = e.digest  # type: ignore[assignment]
-        return batch, digests
+        return batches.build(self.topic, p, entries, self.control.identity(), committed_at)
 
     # Attempts of one batch that may fail with something not transient before the partition's
     # pipeline gives up on it as a bug (`on_crash`: the worker restarts from the ledger).
@@ -584,19 +550,47 @@ class Pipeline:
                 last_offset=batch.last_offset,
                 error=str(exc),
             )
+            # What follows the abandoned batch cannot follow the ledger: it comes again too.
+            self._drop(st, st.buffer)
+            st.buffer.clear()
+            st.first_at = None
+            st.cut = False
+            st.cursor.lose_track()
         return None
 
+    # Times one batch may meet `OffsetGap` and have its hole resolved before the partition stops
+    # (the broker and the ledger keep disagreeing: a bug, or another writer moving the ledger).
+    GAP_RESOLUTIONS = 3
+
     async def _attempt(self, st: _Partition, batch: Batch[Any]) -> WriteResult[Any] | None:
+        resolutions = 0
         while True:
             try:
                 async with self._slots:
                     return await self.sink.write(batch)
             except OffsetGap as gap:
+                if resolutions == self.GAP_RESOLUTIONS:
+                    self._gap_unresolved(st, batch, gap)
+                    return None
+                resolutions += 1
                 if not await self._resolve_gap(st, batch, gap):
                     return None
             except LogChanged as exc:
                 self.block(st.number, "log_changed", str(exc))
                 return None
+
+    def _gap_unresolved(self, st: _Partition, batch: Batch[Any], gap: OffsetGap) -> None:
+        """Stop the partition visibly rather than ask the broker again and again."""
+        telemetry.OFFSET_GAPS.labels(self.topic, "unresolved").inc()
+        self.block(
+            st.number,
+            "gap_unresolved",
+            f"the broker says offsets {gap.expected}..{batch.first_offset - 1} hold nothing to apply, the ledger "
+            f"refused the batch at {batch.first_offset} {self.GAP_RESOLUTIONS + 1} times; look at them "
+            f"(eventsink tail, eventsink ledger show) and restart the worker, or go on without them: eventsink "
+            f"ledger skip --topic {self.topic} --partition {st.number} --to {batch.first_offset - 1}",
+            until=batch.first_offset - 1,
+        )
 
     def _log_retry(self, partition: int, first_offset: int) -> Callable[[RetryCallState], None]:
         def before_sleep(state: RetryCallState) -> None:
@@ -628,8 +622,8 @@ class Pipeline:
     # -- holes ----------------------------------------------------------------------------------
 
     async def _resolve_gap(self, st: _Partition, batch: Batch[Any], gap: OffsetGap) -> bool:
-        """Ask the broker what lies between the ledger and the batch. True: the batch may be
-        written again as it now is (the hole is verified, or its loss is to be recorded)."""
+        """Ask the broker what lies between the ledger and the batch (`holes.find`). True: the
+        batch may be written again with the claim found (the sink checks it against the ledger)."""
         p = batch.partition
         if gap.expected < self.applied.get(p, gap.expected):
             # The ledger is behind what this worker committed: the database went back in time.
@@ -642,41 +636,44 @@ class Pipeline:
             )
             self.cache.forget([p])
             self.applied[p] = gap.expected
-        first, log_start = await self.control.first_offset_from(p, gap.expected)
-        if log_start > gap.expected:
-            lost = (gap.expected, log_start - 1)
+        found = await holes.find(self.control.first_offset_from, p, gap.expected, batch.first_offset)
+        where = {"topic": self.topic, "partition": p, "expected": gap.expected, "first_offset": batch.first_offset}
+        if isinstance(found, holes.Lost):
+            lost = found.lost
             telemetry.OFFSET_GAPS.labels(self.topic, "lost").inc()
             if self.config.on_data_loss == "stop":
-                telemetry.RECORDS_LOST.labels(self.topic, str(p)).inc(lost[1] - lost[0] + 1)
+                telemetry.RECORDS_LOST.labels(self.topic, str(p)).inc(lost.last - lost.first + 1)
                 self.block(
                     p,
                     "data_lost",
-                    f"offsets {lost[0]}..{lost[1]} were deleted by the broker (retention) before they were applied; "
-                    f"to go on without them: eventsink ledger skip --topic {self.topic} --partition {p} "
-                    f"--to {lost[1]}",
-                    until=lost[1],
+                    f"offsets {lost.first}..{lost.last} were deleted by the broker (retention) before they were "
+                    f"applied; to go on without them: eventsink ledger skip --topic {self.topic} --partition {p} "
+                    f"--to {lost.last}",
+                    until=lost.last,
                 )
                 return False
             log.error(
                 "records lost to retention; recorded, going on",
                 topic=self.topic,
                 partition=p,
-                offsets=lost,
+                offsets=(lost.first, lost.last),
                 fix="the topic's retention deleted records before they were applied: keep it longer than workers "
                 "may lag or stop (the loss is in eventsink.lost_ranges, `eventsink ledger show`)",
             )
+            if found.seek_to is not None:
+                self._seek_back(st, batch, found.seek_to)
+                await self.control.seek(p, found.seek_to)
+                return False
             batch.lost = lost
-            if first >= batch.first_offset:
-                return True
-            self._seek_back(st, batch, first)
-            await self.control.seek(p, first)
-            return False
-        where = {"topic": self.topic, "partition": p, "expected": gap.expected, "first_offset": batch.first_offset}
-        if first >= batch.first_offset:
+            if found.hole is not None:
+                batch.holes += (found.hole,)
+            return True
+        if isinstance(found, holes.Empty):
             telemetry.OFFSET_GAPS.labels(self.topic, "verified").inc()
             log.warning("offset gap has no records in it; applying", **where)
-            batch.gap_verified = True
+            batch.holes += (found.hole,)
             return True
+        first = found.first_available
         telemetry.OFFSET_GAPS.labels(self.topic, "repositioned").inc()
         # Routine after a rebalance (the new owner's fetch ran ahead of the ledger): nobody must act.
         log.info("batch would skip records; seeking to the ledger", **where, next_available=first)
@@ -692,8 +689,7 @@ class Pipeline:
         st.buffer.clear()
         st.first_at = None
         st.cut = False
-        st.previous = None
-        st.expect, st.expect_since = first, time.monotonic()
+        st.cursor.sought(first)
 
     async def _seek_to_ledger(self, st: _Partition) -> None:
         try:

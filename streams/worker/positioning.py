@@ -188,7 +188,7 @@ class Positioning:
                 elif p not in changed and blocked.get(p) == "log_changed":
                     position = ledger.get(p)
                     await pipeline.unblock(p, (position.last_offset if position else -1) + 1)
-                elif blocked.get(p) in ("data_lost", "unreadable"):
+                elif blocked.get(p) in ("data_lost", "unreadable", "gap_unresolved"):
                     position, until = ledger.get(p), pipeline.blocked_until(p)
                     if position is not None and until is not None and position.last_offset >= until:
                         # An operator recorded the loss (`eventsink ledger skip`).

@@ -20,6 +20,8 @@ from typing import Any
 import faust
 
 from streams import logs
+from streams.aiokafka_internals import UnsupportedAiokafka
+from streams.aiokafka_internals import check_version as check_aiokafka
 from streams.settings import Settings
 from streams.tools.topics import ensure_topics, partition_counts
 from streams.worker.app import build, changelog_specs, source_and_dlq_specs
@@ -91,6 +93,11 @@ def run(settings: Settings) -> None:
         check_version()
     except UnsupportedFaust as exc:
         log.error("unsupported faust-streaming", error=str(exc))
+        raise SystemExit(2) from None
+    try:
+        check_aiokafka()
+    except UnsupportedAiokafka as exc:
+        log.error("unsupported aiokafka", error=str(exc))
         raise SystemExit(2) from None
     _check_web_port(settings)
     loop = new_loop(settings)

@@ -41,7 +41,8 @@ BATCH_RETRIES = Counter(
 OFFSET_GAPS = Counter(
     "eventsink_offset_gaps",
     "Batches that did not follow the ledger, by what the broker said was in between "
-    "(verified: nothing; repositioned: records, sought back; lost: deleted by retention)",
+    "(verified: nothing; repositioned: records, sought back; lost: deleted by retention; "
+    "unresolved: the ledger kept refusing what the broker said, the partition stopped)",
     ["topic", "outcome"],
     registry=REGISTRY,
 )
@@ -60,7 +61,8 @@ RECORDS_LOST = Counter(
 )
 PARTITION_BLOCKED = Gauge(
     "eventsink_partition_blocked",
-    "1 while a partition is stopped and waits for an operator (reason: log_changed, data_lost)",
+    "1 while a partition is stopped and waits for an operator "
+    "(reason: log_changed, data_lost, unreadable, gap_unresolved)",
     ["topic", "partition", "reason"],
     registry=REGISTRY,
 )
@@ -143,6 +145,14 @@ DB_FAILING = Gauge(
 )
 POOL_WAITING = Gauge("eventsink_db_pool_waiting", "Requests waiting for a pool connection", registry=REGISTRY)
 REBALANCES = Counter("eventsink_rebalances", "Partition assignments received", registry=REGISTRY)
+GROUP_GENERATION = Gauge(
+    "eventsink_group_generation", "The consumer group generation the worker is in (-1: not joined)", registry=REGISTRY
+)
+KAFKA_COMMIT_FAILURES = Counter(
+    "eventsink_kafka_commit_failures",
+    "Kafka offset commits (monitoring only) the broker refused; their offsets are committed next time",
+    registry=REGISTRY,
+)
 ASSIGNED_PARTITIONS = Gauge(
     "eventsink_assigned_partitions", "Partitions assigned to this worker", ["topic"], registry=REGISTRY
 )

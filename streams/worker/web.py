@@ -8,8 +8,9 @@ to commit (its `database` entry says since when and why: no primary reachable du
 a lock or statement timeout); its body lists the partitions that are stalled (records waiting,
 ledger not advancing) or stopped for an operator, and the database or broker it cannot reach,
 which a restart would not cure and so do not fail it (`degraded`). /readyz says whether the
-worker can do its job: the broker and PostgreSQL answer (on a connection of its own, so that writers holding every connection of their pools do not read as a
-database that is down), and it holds partitions (a worker without any, in a group with more
+worker can do its job: the broker and PostgreSQL answer (on a connection of its own, so that
+writers holding every connection of their pools do not read as a database that is down), and it
+holds partitions (a worker without any, in a group with more
 workers than partitions, is idle and reports so). Every body is scrubbed of secrets
 (`sinks.secrets`): a check's error is a library's text, which could quote one.
 """

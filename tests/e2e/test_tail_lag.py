@@ -5,14 +5,26 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import time
 import uuid
 
 import orjson
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.helpers import Scenario, WorkerProcess, committed_offsets, wait_applied, wait_until
+from tests.web import samples, total
 from tests.workload import Sent, create_topics, metric_json, send_raw
+
+
+async def group_state(bootstrap: str, group: str) -> str:
+    """The consumer group's state as the broker describes it (Stable, PreparingRebalance, ...)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_consumer_groups([group])
+    finally:
+        await admin.close()
+    return described[0].groups[0][2]
 
 
 def json_lines(done: subprocess.CompletedProcess[str]) -> list[dict]:
@@ -129,13 +141,17 @@ def test_tail_and_lag_leave_the_group_alone_and_lag_counts_a_known_backlog(scena
             30,
             what="Kafka commits from the ledger",
         )
+        wait_until(lambda: asyncio.run(group_state(s.bootstrap, s.group)) == "Stable", 30, what="a stable group")
+        generation = total(samples(w), "eventsink_group_generation")
+        assert generation >= 0
         tail = s.cli("tail", s.topic, "--from-beginning", "--format", "json")
         assert len(tail.stdout.splitlines()) == 65
-        time.sleep(2)
+        # Had tail joined the group, the worker would have joined a new generation before tail got
+        # a record; and the group would rebalance again as tail left, until stable again.
+        wait_until(lambda: asyncio.run(group_state(s.bootstrap, s.group)) == "Stable", 30, what="a stable group")
+        assert total(samples(w), "eventsink_group_generation") == generation, "tail caused a rebalance"
+        assert sum(1 for e in w.logs() if e.get("event") == "partitions assigned") == assignments
         assert asyncio.run(committed_offsets(s.bootstrap, s.group, s.topic, range(4))) == committed
-        assert sum(1 for e in w.logs() if e.get("event") == "partitions assigned") == assignments, (
-            "tail caused a rebalance"
-        )
     finally:
         assert w.stop() == 0
     send_raw(s, sent, [(tenant.encode(), metric_json(tenant, f"g{i}")) for i in range(7)], partition=0, one_by_one=True)

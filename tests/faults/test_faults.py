@@ -62,7 +62,7 @@ def test_kill_9_five_times_in_the_middle_of_batches(scenario: Scenario) -> None:
     last = worker(s, "last")
     try:
         settled(s, traffic)
-        oracle(s)
+        oracle(s, traffic)
     finally:
         last.stop()
 
@@ -90,7 +90,7 @@ def test_three_workers_one_killed_one_added_one_stopped_one_fenced_out(scenario:
         assert traffic.alive(), "the traffic ended before the faults were over"
         traffic.stop()
         settled(s, traffic)
-        oracle(s)
+        oracle(s, traffic)
     finally:
         for w in everyone:
             if w.alive():
@@ -116,7 +116,7 @@ def test_postgresql_unreachable_longer_than_a_batch_timeout(scenario: Scenario) 
             proxy.restore()
             traffic.stop()
             settled(s, traffic)
-            oracle(s)
+            oracle(s, traffic)
         finally:
             w.stop()
     assert w.logged(RETRYING) >= 5
@@ -135,7 +135,7 @@ def test_a_producer_republishing_the_same_fifth_three_times(scenario: Scenario) 
             fifth = random.Random(topic).sample(records, len(records) // 5)
             replays[topic] = asyncio.run(_republish(s, topic, [(r.key, r.value) for r in fifth] * 3))
         settled(s, traffic, replays)
-        reports = oracle(s)
+        reports = oracle(s, traffic)
         assert sum(r.totals().seen for r in reports.values()) > sum(r.totals().unique for r in reports.values()) * 1.5
     finally:
         w.stop()
@@ -158,7 +158,7 @@ def test_ten_thousand_poison_records_while_valid_traffic_flows(scenario: Scenari
         assert _valid_rows(s) > rows_before, "valid traffic kept being applied during the flood"
         traffic.stop()
         settled(s, traffic, {s.topic: flood})
-        reports = oracle(s)
+        reports = oracle(s, traffic)
         assert reports[s.topic].totals().in_dlq >= 10_000
     finally:
         w.stop()
@@ -186,7 +186,7 @@ def test_a_slow_database_means_backpressure_not_memory(scenario: Scenario, recor
             wait_until(lambda: traffic.records - applied(s) <= backlog // 2, 120, what="half the backlog applied")
             proxy.set_delay(0)
             settled(s, traffic)
-            oracle(s)
+            oracle(s, traffic)
         finally:
             rss.stop()
             w.stop()

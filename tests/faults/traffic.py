@@ -10,19 +10,25 @@ from streams.dev.loadgen.analysis import AnalysisLoad, AnalysisReport, produce_a
 from streams.dev.loadgen.chat import ChatLoad, ChatReport, produce_chat
 from streams.dev.loadgen.metric import LoadReport, MetricLoad, produce_metrics
 from streams.publish.publisher import Publisher
+from streams.tools.expected import Expected
 from streams.tools.verify import VerifyReport, verify
 from tests.helpers import Scenario, expected, ledger_totals, wait_applied
 
 
 @dataclass
 class Published:
-    """What the traffic published to one topic: records sent, and each partition's last offset."""
+    """What the traffic published to one topic: records sent, distinct valid events and invalid
+    records among them, and each partition's last offset."""
 
     sent: int = 0
+    unique: int = 0
+    invalid: int = 0
     last_offsets: dict[int, int] = field(default_factory=dict)
 
     def add(self, report: LoadReport | ChatReport | AnalysisReport) -> None:
         self.sent += report.sent
+        self.unique += report.unique
+        self.invalid += report.invalid
         for p, o in report.last_offsets.items():
             self.last_offsets[p] = max(o, self.last_offsets.get(p, -1))
 
@@ -130,15 +136,39 @@ def settled(
         wait_applied(s.dsn, s.group, topic, offsets, timeout=timeout)
 
 
-def oracle(s: Scenario) -> dict[str, VerifyReport]:
+def oracle(s: Scenario, traffic: Traffic | None = None) -> dict[str, VerifyReport]:
     """`eventsink verify` for the three topics: nothing missing, duplicated, wrong or pending; and
-    every counter of the ledger as the topic says it must be (`streams.tools.expected`)."""
+    every counter of the ledger as the topic says it must be (`streams.tools.expected`).
+
+    Given the `traffic` that made the topics, compared with what it sent too: every valid event it
+    sent is applied, none is in the DLQ (a dead letter the workers themselves call `db_rejected`
+    is not the oracle's verdict: an outage error taken for the record's would pass verify), every
+    invalid record is a dead letter and nothing else is. Extra records a test published beside the
+    traffic must be re-sends of its records or invalid ones: they add no valid event."""
     reports = {}
     for name in ("metric", "chat", "analysis"):
         kind = s.kind(name)
+        topic = expected(s, name)
+        if traffic is not None:
+            _as_sent(kind.topic, topic, traffic.reports[kind.topic])
         report = reports[kind.topic] = verify([s.bootstrap], s.dsn, s.group, kind)
         total = report.totals()
         assert report.ok and total.pending == 0, f"{kind.topic}: {report.as_dict()['total']} {report.problems[:5]}"
-        found, want = ledger_totals(s.dsn, s.group, kind.topic), asdict(expected(s, name).ledger())
+        if traffic is not None:
+            sent = traffic.reports[kind.topic].unique
+            assert total.applied == total.unique == sent, f"{kind.topic}: sent {sent}, {report.as_dict()['total']}"
+        found, want = ledger_totals(s.dsn, s.group, kind.topic), asdict(topic.ledger())
         assert found == want, f"{kind.topic}: ledger {found}, the topic says {want}"
     return reports
+
+
+def _as_sent(name: str, topic: Expected, sent: Published) -> None:
+    assert len(topic.events) == sent.unique, f"{name}: {len(topic.events)} valid events, the traffic sent {sent.unique}"
+    assert len(topic.invalid) >= sent.invalid, f"{name}: {len(topic.invalid)} invalid, the traffic sent {sent.invalid}"
+    refused = sorted(topic.refused.items())
+    assert not refused, f"{name}: {len(refused)} valid records dead-lettered, e.g. {refused[:5]}"
+    invalid, dead = {(r.partition, r.offset) for r in topic.invalid}, set(topic.dead_lettered)
+    assert dead == invalid, (
+        f"{name}: {len(dead - invalid)} dead letters of valid records, {len(invalid - dead)} invalid records "
+        "not dead-lettered"
+    )

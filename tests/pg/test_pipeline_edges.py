@@ -11,6 +11,7 @@ broker reports as records, is tested end to end in tests/e2e.)
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import uuid
 from collections.abc import AsyncIterator
@@ -25,6 +26,7 @@ from schemas.deadletter import DeadLetter
 from schemas.metric import MetricEvent
 from sinks.core.batch import LogIdentity, Record
 from sinks.core.sink import Sink
+from sinks.errors import TransientSinkError
 from sinks.pool import open_pool
 from sinks.writers.metric import MetricWriter
 from streams.worker.budget import record_bytes
@@ -225,3 +227,77 @@ async def test_an_applied_batch_leaves_memory_without_waiting_for_the_cycle_coll
     finally:
         gc.enable()
     await p.drain()
+
+
+class MovingLedger(RetainedLog):
+    """A partition with nothing before offset 100, whose ledger another writer moves by one each
+    time the pipeline asks the broker about the hole: every answer is outdated once the batch
+    reaches the sink, which refuses it each time."""
+
+    def __init__(self, dsn: str, group: str, topic: str) -> None:
+        super().__init__(start=0)
+        self.dsn, self.group, self.topic = dsn, group, topic
+        self.asked = 0
+
+    async def first_offset_from(self, partition: int, offset: int) -> tuple[int, int]:
+        self.asked += 1
+        async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+            await conn.execute(
+                "INSERT INTO eventsink.offsets_ledger (consumer_group, topic, partition, last_offset) "
+                "VALUES (%s, %s, 0, %s) ON CONFLICT (consumer_group, topic, partition) "
+                "DO UPDATE SET last_offset = eventsink.offsets_ledger.last_offset + 1",
+                (self.group, self.topic, offset),
+            )
+        return 100, 0
+
+
+async def test_a_hole_the_ledger_keeps_refusing_stops_the_partition_instead_of_spinning(
+    sink: Sink, database_url: str
+) -> None:
+    topic, tenant = f"m-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
+    log = MovingLedger(database_url, sink.group, topic)
+    p = pipeline(sink, log, topic, "skip")
+    p.on_assigned({0})
+    p.ingest(messages(tenant, range(100, 130)))
+    await until(lambda: p.blocked() == {0: "gap_unresolved"})
+    assert log.asked == Pipeline.GAP_RESOLUTIONS
+    assert 0 in log.held
+    assert ledger(database_url, sink.group, topic) == (Pipeline.GAP_RESOLUTIONS - 1, 0)  # only the other writer's
+    await p.drain()
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM eventsink.metrics_raw WHERE tenant_id = %s", (tenant,)
+        ).fetchone() == (0,)
+
+
+class MarkersAfter(RetainedLog):
+    """A partition whose offsets 5..9 are transaction markers the consumer saw in one log read."""
+
+    def log_gap(self, partition: int, previous: int, offset: int) -> bool:
+        return (previous, offset) == (4, 10)
+
+
+async def test_a_batch_abandoned_at_shutdown_is_not_skipped_by_the_next(database_url: str) -> None:
+    """At shutdown the batch 0..4 cannot commit before the drain deadline (its dead letter is
+    refused) and is abandoned; the next batch, 10..14, follows a hole the consumer saw after 4.
+    Applying it would move the ledger past 0..4: they must come again to the next owner instead."""
+
+    async def refused(dead: list[DeadLetter], conn: object = None) -> None:
+        raise TransientSinkError("the DLQ's broker is unreachable")
+
+    topic, tenant, log = f"m-{uuid.uuid4().hex[:8]}", str(uuid.uuid4()), MarkersAfter(start=0)
+    invalid = SimpleNamespace(offset=2, key=tenant.encode(), value=b"{", headers=())
+    fetched = [*records(tenant, range(0, 2)), invalid, *records(tenant, range(3, 5)), *records(tenant, range(10, 15))]
+    async with writers_pool(database_url, WRITER) as pool:
+        sink = Sink(pool, f"g-{uuid.uuid4().hex[:8]}", WRITER, refused)
+        p = pipeline(sink, log, topic, "stop")
+        p.config = dataclasses.replace(p.config, batch_size=5, drain_timeout_s=0.5)
+        p.on_assigned({0})
+        p.ingest([SimpleNamespace(partition=0, records=fetched)])
+        await until(lambda: p.totals["consumed"] == 10)
+        await p.drain()
+    assert ledger(database_url, sink.group, topic) in (None, (-1, 0))
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM eventsink.metrics_raw WHERE tenant_id = %s", (tenant,)
+        ).fetchone() == (0,)

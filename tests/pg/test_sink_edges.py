@@ -14,7 +14,7 @@ import pytest
 
 from schemas.deadletter import DeadLetter, Reason
 from schemas.metric import MetricEvent
-from sinks.core.batch import Batch, Cached, LogIdentity, Record
+from sinks.core.batch import Batch, Cached, LogIdentity, LostRange, Record
 from sinks.core.sink import Sink
 from sinks.errors import LogChanged, OffsetGap, TransientSinkError
 from sinks.writers.metric import MetricWriter
@@ -123,8 +123,8 @@ async def test_offsets_lost_to_retention_are_recorded_only_where_they_follow_the
     t, topic = uuid.uuid4(), f"m-{uuid.uuid4().hex[:8]}"
     await sink.write(batch(topic, record(0, metric(t, "a"))))
     with pytest.raises(OffsetGap):  # a loss that does not start right after the ledger
-        await sink.write(batch(topic, record(10, metric(t, "b")), lost=(5, 9)))
-    result = await sink.write(batch(topic, record(10, metric(t, "b")), lost=(1, 9)))
+        await sink.write(batch(topic, record(10, metric(t, "b")), lost=LostRange(5, 9, 10)))
+    result = await sink.write(batch(topic, record(10, metric(t, "b")), lost=LostRange(1, 9, 10)))
     assert result.lost == 9
     assert ledger_row(database_url, sink.group, topic)[:5] == (10, 2, 2, 0, 9)
     with psycopg.connect(database_url) as conn:

@@ -7,7 +7,7 @@ import psycopg_pool
 import pytest
 from psycopg import errors
 
-from sinks.errors import TransientSinkError, describe, is_transient
+from sinks.errors import TransientSinkError, describe, is_bug, is_transient
 
 
 @pytest.mark.parametrize(
@@ -24,6 +24,13 @@ from sinks.errors import TransientSinkError, describe, is_transient
         "42P01",  # undefined table: migrations not applied yet
         "42501",  # insufficient privilege: an operator must grant it
         "28P01",  # invalid password
+        # No record's value causes these; every record of every batch would meet them (a bad
+        # deploy): waiting, not dead-lettering the stream.
+        "42601",  # syntax error
+        "42703",  # undefined column (renamed or dropped)
+        "42804",  # datatype mismatch (a column's type changed)
+        "XX000",  # internal error
+        "XX001",  # data corrupted
     ],
 )
 def test_not_now_is_transient(sqlstate: str) -> None:
@@ -39,8 +46,6 @@ def test_not_now_is_transient(sqlstate: str) -> None:
         "22P02",  # invalid text representation
         "22021",  # character not in repertoire
         "54000",  # program limit exceeded (an index row too large)
-        "42601",  # syntax error: a bug, not the future's problem
-        "XX000",  # internal error
     ],
 )
 def test_what_a_record_causes_is_not_transient(sqlstate: str) -> None:
@@ -64,3 +69,10 @@ def test_the_detail_names_the_sqlstate_or_the_client_error() -> None:
         'database refused the record (23514): new row violates check constraint "x"'
     )
     assert describe(OverflowError("int too large")) == "the record could not be written: OverflowError: int too large"
+
+
+def test_errors_of_our_own_code_are_bugs_not_the_records() -> None:
+    assert is_bug(AttributeError("'MetricEvent' object has no attribute 'x'"))
+    assert is_bug(NameError("name 'x' is not defined"))
+    assert not is_bug(OverflowError("Python int too large to convert to C long"))
+    assert not is_bug(errors.lookup("23514")())

@@ -23,6 +23,7 @@ from faust.transport.consumer import Consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
+from streams import aiokafka_internals
 from streams.aiokafka_internals import instrument
 from streams.worker import faust_internals as fi
 
@@ -42,6 +43,15 @@ def test_the_installed_faust_is_the_one_the_module_was_written_against(monkeypat
     monkeypatch.setattr(fi.metadata, "version", lambda name: "0.16.0")
     with pytest.raises(fi.UnsupportedFaust, match=r"faust-streaming==0\.15\.3"):
         fi.check_version()
+
+
+def test_the_installed_aiokafka_is_the_one_the_private_api_was_read_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    aiokafka_internals.check_version()
+    monkeypatch.setattr(aiokafka_internals.metadata, "version", lambda name: "0.15.0")
+    with pytest.raises(aiokafka_internals.UnsupportedAiokafka, match=r"aiokafka==0\.14\.0"):
+        aiokafka_internals.check_version()
+    with pytest.raises(aiokafka_internals.UnsupportedAiokafka):
+        aiokafka_internals.instrument()
 
 
 def test_the_app_builds_its_transport_through_new_transport(app: fi.EventsinkApp) -> None:
