@@ -43,21 +43,20 @@ def _dlq_topics(s: Settings) -> str:
     return ", ".join(tool.pairs(s))
 
 
+def _not_a_source(s: Settings, topic: str) -> None:
+    sources = {t: d for d, t in tool.pairs(s).items()}
+    if topic in sources:
+        raise click.UsageError(f"{topic} is a source topic, not a dead-letter topic: use {sources[topic]}")
+
+
 def _read(s: Settings, topic: str) -> list[tool.Letter]:
     """Every record of a dead-letter topic; a usage error for a source topic, a topic that does
     not exist or one whose records are not dead letters (they would list with blank reasons)."""
-    sources = {t: d for d, t in tool.pairs(s).items()}
-    if topic in sources:
-        raise click.UsageError(
-            f"{topic} is a source topic, not a dead-letter topic: use {sources[topic]} "
-            f"(the dead-letter topics are {_dlq_topics(s)})"
-        )
+    _not_a_source(s, topic)
     try:
         records = aio.run(reader.read_all(s.bootstrap_list, topic, security=s.kafka_security()))
     except LookupError:
-        raise click.UsageError(
-            f"topic {topic!r} does not exist: the dead-letter topics are {_dlq_topics(s)}"
-        ) from None
+        raise click.UsageError(f"topic {topic!r} does not exist: the dead-letter topics are {_dlq_topics(s)}") from None
     letters = [tool.Letter.of(r) for r in records]
     if topic not in tool.pairs(s) and not tool.is_dead_letter_topic(letters):
         raise click.UsageError(
@@ -197,12 +196,11 @@ def replay(
     dead-lettered twice is replayed once.
     """
     s = settings()
+    _not_a_source(s, topic)
     source = tool.pairs(s).get(topic)
     if to is None and source is None:
-        named = ", ".join(f"{d} → {t}" for d, t in tool.pairs(s).items())
         raise click.UsageError(
-            f"{topic} is not a dead-letter topic of these settings ({named}): pass --to TOPIC to choose where its "
-            "records go"
+            f"{topic} is not a dead-letter topic of these settings ({_dlq_topics(s)}): pass --to TOPIC"
         )
     if to == topic:
         raise click.UsageError("--to names the dead-letter topic itself")
