@@ -21,6 +21,7 @@ give the secret away. `register` reports it, and the CLI warns about it (`short_
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
@@ -30,20 +31,37 @@ from typing import Any
 from urllib.parse import quote, quote_plus, urlsplit
 from uuid import UUID
 
-from psycopg import pq
-from psycopg.conninfo import conninfo_to_dict
-
 MASK = "***"
 MIN_LENGTH = 6
-# libpq marks its secret parameters with the display character "*" (password, sslpassword,
-# oauth_client_secret); the SCRAM keys are marked "debug" but are as good as the password. Named
-# here too so that a libpq too old to know one still has it masked.
-SECRET_PARAMS: frozenset[str] = frozenset(
+# Named here too so that a libpq too old to know one still has it masked (see `_libpq`).
+KNOWN_SECRET_PARAMS = frozenset(
     {"password", "sslpassword", "oauth_client_secret", "scram_client_key", "scram_server_key"}
-    | {o.keyword.decode() for o in pq.Conninfo.get_defaults() if o.dispchar == b"*"}
 )
-# libpq's parameter names: safe to quote in an error message (values are not).
-LIBPQ_KEYWORDS: frozenset[str] = frozenset(o.keyword.decode() for o in pq.Conninfo.get_defaults())
+
+
+@functools.cache
+def _libpq() -> tuple[frozenset[str], frozenset[str]]:
+    """libpq's secret parameters and all its parameter names, asked of libpq when first needed
+    (importing this module, as the settings do, imports no database driver: publishers use them).
+
+    libpq marks its secret parameters with the display character "*" (password, sslpassword,
+    oauth_client_secret); the SCRAM keys are marked "debug" but are as good as the password."""
+    from psycopg import pq
+
+    defaults = pq.Conninfo.get_defaults()
+    secret = KNOWN_SECRET_PARAMS | {o.keyword.decode() for o in defaults if o.dispchar == b"*"}
+    return frozenset(secret), frozenset(o.keyword.decode() for o in defaults)
+
+
+def __getattr__(name: str) -> frozenset[str]:
+    # SECRET_PARAMS: libpq's secret connection parameters; LIBPQ_KEYWORDS: its parameter names,
+    # safe to quote in an error message (values are not).
+    if name == "SECRET_PARAMS":
+        return _libpq()[0]
+    if name == "LIBPQ_KEYWORDS":
+        return _libpq()[1]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # A key naming a secret: password, sslpassword, sasl_plain_password, passphrase, client_secret...
 # (a word boundary after it, so that `password_file`, a path, is not one).
@@ -112,8 +130,10 @@ def register(secret: str | None) -> bool:
 def dsn_secrets(dsn: str) -> dict[str, str]:
     """The secret parameters of a PostgreSQL DSN (URL or key=value), by name. Raises
     psycopg.ProgrammingError if libpq cannot parse it."""
+    from psycopg.conninfo import conninfo_to_dict
+
     params = conninfo_to_dict(dsn)
-    return {k: str(v) for k, v in params.items() if k in SECRET_PARAMS and v is not None and str(v)}
+    return {k: str(v) for k, v in params.items() if k in _libpq()[0] and v is not None and str(v)}
 
 
 def register_dsn(dsn: str) -> list[str]:
@@ -134,7 +154,7 @@ def register_dsn(dsn: str) -> list[str]:
             register(split.password)
             for pair in split.query.split("&"):
                 key, _, value = pair.partition("=")
-                if key in SECRET_PARAMS:
+                if key in _libpq()[0]:
                     register(value)
         except ValueError:
             pass
@@ -188,7 +208,7 @@ _SYNTAX = {"", "=", "&", "?", "/", ":", "@"}
 def libpq_message(message: str) -> str:
     """A libpq error about a connection string, without the fragments it quotes from it (libpq
     quotes the text around a syntax error, which may be a piece of a password); parameter names stay."""
-    return re.sub(r'"([^"]*)"', lambda m: m[0] if m[1] in LIBPQ_KEYWORDS or m[1] in _SYNTAX else '"…"', scrub(message))
+    return re.sub(r'"([^"]*)"', lambda m: m[0] if m[1] in _libpq()[1] or m[1] in _SYNTAX else '"…"', scrub(message))
 
 
 def registered() -> Iterable[str]:

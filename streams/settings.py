@@ -9,14 +9,12 @@ from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID
 
-from psycopg.conninfo import conninfo_to_dict
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, create_model, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from schemas.codec import UnknownFields
 from sinks import secrets
-from sinks.dsn import redact_dsn
 
 SECURE_SSLMODES = ("require", "verify-ca", "verify-full")
 # Old environment variable names that still work, and the names that replace them.
@@ -200,6 +198,8 @@ class Settings(BaseSettings):
     def _production_is_encrypted(self) -> Settings:
         if self.env != "production":
             return self
+        from psycopg.conninfo import conninfo_to_dict  # here: `topic_names` serves publishers without psycopg
+
         try:
             sslmode = conninfo_to_dict(self.dsn).get("sslmode")
         except Exception:
@@ -252,6 +252,8 @@ class Settings(BaseSettings):
 
     @property
     def dsn_display(self) -> str:
+        from sinks.dsn import redact_dsn
+
         return redact_dsn(self.dsn)
 
     def short_secrets(self) -> list[str]:
@@ -333,6 +335,23 @@ def deprecated_names(environ: dict[str, str] | None = None) -> dict[str, str]:
     """The deprecated variables set in the environment, with the name to use instead."""
     env = os.environ if environ is None else environ
     return {old: new for old, new in DEPRECATED_NAMES.items() if old in env}
+
+
+# What a publishing service needs of the settings: the topic of each kind, as the workers read them.
+TOPIC_FIELDS = {"metric": "metrics_topic", "chat": "chat_topic", "analysis": "analysis_topic"}
+
+
+def topic_names() -> dict[str, str]:
+    """Each kind's topic from the environment (EVENTSINK_METRICS_TOPIC, ...), read by the same
+    fields as `Settings`, without the rest: a service publishing events has its own DATABASE_URL
+    and secrets, none of eventsink's business (and no database driver to import)."""
+
+    class _Topics(BaseSettings):
+        model_config = Settings.model_config
+
+    fields: dict[str, Any] = {f: (str, Settings.model_fields[f]) for f in TOPIC_FIELDS.values()}
+    topics = create_model("TopicNames", __base__=_Topics, **fields)()
+    return {kind: getattr(topics, f) for kind, f in TOPIC_FIELDS.items()}
 
 
 class SettingsError(ValueError):

@@ -202,8 +202,19 @@ def test_failed_at_is_shown_in_utc_with_its_zone() -> None:
 
 
 def test_a_replay_record_reads_back_and_junk_is_no_replay() -> None:
-    record = ReplayRecord("id", "2024-05-01T12:00:00.000000Z", "metrics.dlq", "metrics", {"reason": None}, 2, 1, 0,
-                          "ops", "host", [("metrics", 0, 7)])
+    record = ReplayRecord(
+        "id",
+        "2024-05-01T12:00:00.000000Z",
+        "metrics.dlq",
+        "metrics",
+        {"reason": None},
+        2,
+        1,
+        0,
+        "ops",
+        "host",
+        [("metrics", 0, 7)],
+    )
     assert ReplayRecord.from_json(record.to_json()) == record
     for junk in (b"", b"[]", b"{}", b'{"id": 1}', None):
         assert ReplayRecord.from_json(junk) is None
