@@ -192,8 +192,10 @@ def replay(
     not found or does not match its checksum.
 
     Replayed records go through validation and the idempotent path again: a valid event is
-    applied once (never twice), a still-invalid one lands in the DLQ again. A record
-    dead-lettered twice is replayed once.
+    applied once (never twice), a still-invalid one lands in the DLQ again, naming where it
+    first failed (the eventsink.origin.* headers the replay adds), so it stays the same dead
+    letter: each dead letter is replayed once, however many letters it has. The replay is
+    recorded on TOPIC.replays (see `dlq replays`).
     """
     s = settings()
     _not_a_source(s, topic)
