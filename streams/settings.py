@@ -48,7 +48,8 @@ class FileSecrets(PydanticBaseSettingsSource):
                 content = Path(path).read_text().removesuffix("\n")
             except OSError as exc:
                 raise ValueError(f"{name}_FILE={path}: {exc.strerror}") from None
-            secrets.register(content)
+            # A DSN's pieces are host names and words: its secrets are registered by `register_dsn`.
+            secrets.register(content, pieces=field_name != "database_url")
             return content, field_name, False
         return None, field_name, False
 

@@ -291,9 +291,13 @@ def messages_about(password: str, dsn: str) -> list[str]:
 
     outputs = []
     try:
-        load(database_url=dsn)  # what every command does first: register, or refuse the DSN
+        # What every command does first: register the secrets, or refuse the DSN; then show it.
+        shown = secrets.scrub(load(database_url=dsn).dsn_display)
     except SettingsError as exc:
         outputs.append(str(exc))
+    else:
+        assert "127.0.0.1" in shown, shown  # masking the secrets masks nothing else of the DSN
+        outputs.append(shown)
     try:
         conninfo_to_dict(dsn)
     except Exception as exc:  # libpq's own words, as a library would pass them on
