@@ -218,3 +218,17 @@ def test_a_replay_record_reads_back_and_junk_is_no_replay() -> None:
     assert ReplayRecord.from_json(record.to_json()) == record
     for junk in (b"", b"[]", b"{}", b'{"id": 1}', None):
         assert ReplayRecord.from_json(junk) is None
+
+
+def test_a_dead_letter_kept_in_postgresql_carries_the_lineage_on_its_marker() -> None:
+    """A replayed record too large for the dead-letter topic fails again: its marker names the
+    origin too, so it is the same dead letter as the first failure's marker."""
+    from streams.worker.deadletters import marker
+
+    first = letter(offset=7)
+    lineage = plan([first], "metrics", "metrics").send[0].lineage("r1")
+    dead = DeadLetter(Reason.TOO_LARGE, "too large", "metrics", 0, 40, b"k", b"v" * 100, lineage)
+    key, value, headers = marker(dead, "eventsink")
+    again = Letter.of(Record(0, 140, key, value, headers))
+    assert again.info.origin == ("metrics", 0, 7) and again.info.replay_id == "r1"
+    assert again.info.source_offset == 40 and again.stored == b"postgres"
