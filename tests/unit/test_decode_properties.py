@@ -228,7 +228,7 @@ def test_a_result_nested_300_levels_is_refused_as_too_deep() -> None:
 
 
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
-@pytest.mark.parametrize("where", ['{{"score": {}}}', '{{"a": [1, {{"b": {}}}]}}'])
+@pytest.mark.parametrize("where", ["{{\"score\": {}}}", "{{\"a\": [1, {{\"b\": {}}}]}}"])
 def test_nan_and_infinity_inside_a_json_object_are_refused_not_stored_as_null(literal: str, where: str) -> None:
     """pydantic-core's JSON parser reads these literals into a jsonb field's value, and orjson
     would then store them as null (found by test_any_json_value_in_any_field)."""
