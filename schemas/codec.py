@@ -148,6 +148,12 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
+def _key_text(key: bytes) -> str:
+    """A record key as text for a detail, quoted: UTF-8 as it is, other bytes escaped (\\xff),
+    control characters escaped; the first 64 bytes."""
+    return '"' + printable(key[:64].decode("utf-8", "backslashreplace")) + '"'
+
+
 def _decode(
     raw: bytes | None, model: type[M], key: bytes | None, context: dict[str, Any] | None
 ) -> Decoded[M] | Rejected:
@@ -165,7 +171,7 @@ def _decode(
             tenant_id: UUID = event.tenant_id  # type: ignore[attr-defined]
             if key is not None and _key_tenant(key) != tenant_id.int:
                 return Rejected(
-                    Reason.KEY_MISMATCH, f"record key {key[:64]!r} is not the event's tenant_id {tenant_id}"
+                    Reason.KEY_MISMATCH, f"record key {_key_text(key)} is not the event's tenant_id {tenant_id}"
                 )
             return Decoded(event)
     try:
@@ -206,7 +212,7 @@ def _decode(
     tenant_id: UUID = event.tenant_id  # type: ignore[attr-defined]
     if key is not None and _key_tenant(key) != tenant_id.int:
         return Rejected(
-            Reason.KEY_MISMATCH, f"record key {key[:64]!r} is not the event's tenant_id {tenant_id}", unknown
+            Reason.KEY_MISMATCH, f"record key {_key_text(key)} is not the event's tenant_id {tenant_id}", unknown
         )
     return Decoded(event, unknown)
 

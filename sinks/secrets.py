@@ -21,29 +21,47 @@ give the secret away. `register` reports it, and the CLI warns about it (`short_
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
 from collections.abc import Iterable
 from datetime import date, datetime, time
 from typing import Any
-from urllib.parse import quote, quote_plus, urlsplit
+from urllib.parse import quote, quote_plus, unquote, unquote_plus
 from uuid import UUID
-
-from psycopg import pq
-from psycopg.conninfo import conninfo_to_dict
 
 MASK = "***"
 MIN_LENGTH = 6
-# libpq marks its secret parameters with the display character "*" (password, sslpassword,
-# oauth_client_secret); the SCRAM keys are marked "debug" but are as good as the password. Named
-# here too so that a libpq too old to know one still has it masked.
-SECRET_PARAMS: frozenset[str] = frozenset(
+# Named here too so that a libpq too old to know one still has it masked (see `_libpq`).
+KNOWN_SECRET_PARAMS = frozenset(
     {"password", "sslpassword", "oauth_client_secret", "scram_client_key", "scram_server_key"}
-    | {o.keyword.decode() for o in pq.Conninfo.get_defaults() if o.dispchar == b"*"}
 )
-# libpq's parameter names: safe to quote in an error message (values are not).
-LIBPQ_KEYWORDS: frozenset[str] = frozenset(o.keyword.decode() for o in pq.Conninfo.get_defaults())
+
+
+@functools.cache
+def _libpq() -> tuple[frozenset[str], frozenset[str]]:
+    """libpq's secret parameters and all its parameter names, asked of libpq when first needed
+    (importing this module, as the settings do, imports no database driver: publishers use them).
+
+    libpq marks its secret parameters with the display character "*" (password, sslpassword,
+    oauth_client_secret); the SCRAM keys are marked "debug" but are as good as the password."""
+    from psycopg import pq
+
+    defaults = pq.Conninfo.get_defaults()
+    secret = KNOWN_SECRET_PARAMS | {o.keyword.decode() for o in defaults if o.dispchar == b"*"}
+    return frozenset(secret), frozenset(o.keyword.decode() for o in defaults)
+
+
+def __getattr__(name: str) -> frozenset[str]:
+    # SECRET_PARAMS: libpq's secret connection parameters; LIBPQ_KEYWORDS: its parameter names,
+    # safe to quote in an error message (values are not).
+    if name == "SECRET_PARAMS":
+        return _libpq()[0]
+    if name == "LIBPQ_KEYWORDS":
+        return _libpq()[1]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # A key naming a secret: password, sslpassword, sasl_plain_password, passphrase, client_secret...
 # (a word boundary after it, so that `password_file`, a path, is not one).
@@ -93,15 +111,38 @@ def spellings(secret: str) -> set[str]:
     return {f for f in forms if len(f) >= MIN_LENGTH}
 
 
-def register(secret: str | None) -> bool:
-    """Remember a secret so that `scrub` masks it anywhere. False if it is too short to be masked
-    by value (it is then masked by label only); True for None and the empty string (nothing to hide)."""
+# Where a library's message may cut a secret it quotes: its own quoting stops at a quote, a
+# backslash escapes, a space ends a word, a URL's or a conninfo's syntax ends a token.
+_CUTS = frozenset("\"'\\ \t\r\n=&@:/?#,;%")
+
+
+def fragments(secret: str) -> set[str]:
+    """The pieces of `secret` a message may quote alone: what comes before and after each quote,
+    backslash, space or URL/conninfo delimiter in it (libpq quoted `my pass"TAIL` and a masker
+    stopping at the quote left `TAIL` in view)."""
+    found: set[str] = set()
+    cuts = [i for i, c in enumerate(secret) if c in _CUTS]
+    for i in cuts:
+        found.add(secret[:i])
+        found.add(secret[i + 1 :])
+    for a, b in zip([-1, *cuts], [*cuts, len(secret)], strict=True):
+        found.add(secret[a + 1 : b])
+    return {f for f in found if len(f.strip()) >= MIN_LENGTH}
+
+
+def register(secret: str | None, *, pieces: bool = True) -> bool:
+    """Remember a secret so that `scrub` masks it anywhere, with the pieces a message may quote
+    alone (`fragments`; `pieces=False` for a whole DSN, whose pieces are host names and words).
+    False if it is too short to be masked by value (it is then masked by label only); True for
+    None and the empty string (nothing to hide)."""
     global _pattern
     if not secret:
         return True
     if len(secret) < MIN_LENGTH:
         return False
     forms = spellings(secret)
+    for piece in fragments(secret) if pieces else ():
+        forms |= spellings(piece)
     with _lock:
         if not forms <= _secrets:
             _secrets.update(forms)
@@ -112,33 +153,105 @@ def register(secret: str | None) -> bool:
 def dsn_secrets(dsn: str) -> dict[str, str]:
     """The secret parameters of a PostgreSQL DSN (URL or key=value), by name. Raises
     psycopg.ProgrammingError if libpq cannot parse it."""
+    from psycopg.conninfo import conninfo_to_dict
+
     params = conninfo_to_dict(dsn)
-    return {k: str(v) for k, v in params.items() if k in SECRET_PARAMS and v is not None and str(v)}
+    return {k: str(v) for k, v in params.items() if k in _libpq()[0] and v is not None and str(v)}
+
+
+_SCHEME = re.compile(r"^\s*[a-z][a-z0-9+.\-]*://", re.I)
+_QUERY_PARAM = re.compile(r"[?&]([^=&#]+)=([^&#]*)")
+_KEYWORD_PARAM = re.compile(r"(?:^|\s)([\w-]+)\s*=\s*('(?:[^'\\]|\\.)*'?|\S*)")
+_NEXT_QUERY_PARAM = re.compile(r"&([\w-]+)=")
+_NEXT_KEYWORD_PARAM = re.compile(r"\s+([\w-]+)\s*=")
+
+
+def _to_next_parameter(text: str, start: int, following: re.Pattern[str]) -> str:
+    """`text` from `start` to the next parameter libpq knows (`&sslmode=`, ` host=`): a value
+    holding the delimiter itself, as libpq would not read it."""
+    for m in following.finditer(text, start):
+        if m[1].lower() in _libpq()[1]:
+            return text[start : m.start()]
+    return text[start:]
+
+
+def userinfo_passwords(dsn: str, *, before_query: bool) -> set[str]:
+    """What a URL's user info holds after `user:`, up to the first and up to the last `@` (a
+    password may hold one); `before_query`: only an `@` before any `?`."""
+    scheme = _SCHEME.match(dsn)
+    if not scheme:
+        return set()
+    rest = dsn[scheme.end() :]
+    if before_query and "?" in rest:
+        rest = rest[: rest.index("?")]
+    found = set()
+    for at in {rest.find("@"), rest.rfind("@")} - {-1}:
+        _, colon, password = rest[:at].partition(":")
+        if colon:
+            found.add(password)
+    return found
+
+
+def dsn_candidates(dsn: str) -> set[str]:
+    """Whatever a DSN's secrets may be, read leniently, without libpq: for a DSN libpq cannot
+    parse (its message quotes text around the error), and for the spellings a DSN gives them.
+
+    The password of a URL's user info (up to the first and up to the last `@`: a password may
+    hold one), secret query parameters (`?password=`, `&sslpassword=`), secret `key=value`
+    parameters (single-quoted with backslash escapes, or bare), each as far as the next delimiter
+    and as far as the next parameter, each also percent-decoded and unescaped. Taking too much
+    only masks text that is not there."""
+    names = _libpq()[0]
+    found = userinfo_passwords(dsn, before_query=False)
+    scheme = _SCHEME.match(dsn)
+    if scheme:
+        rest = dsn[scheme.end() :]
+        for m in _QUERY_PARAM.finditer(rest):
+            if unquote_plus(m[1]).lower() in names:
+                found.add(m[2])
+                found.add(_to_next_parameter(rest, m.start(2), _NEXT_QUERY_PARAM))
+    for m in _KEYWORD_PARAM.finditer(dsn):
+        if m[1].lower() not in names:
+            continue
+        raw = m[2]
+        if raw.startswith("'"):
+            raw = raw[1:-1] if len(raw) > 1 and raw.endswith("'") else raw[1:]
+        found.add(_to_next_parameter(dsn, m.start(2), _NEXT_KEYWORD_PARAM))
+        found.add(raw)
+        found.add(re.sub(r"\\(.)", r"\1", raw))
+    for value in list(found):
+        found.add(unquote(value))
+        found.add(unquote_plus(value))
+    return {f for f in found if f}
 
 
 def register_dsn(dsn: str) -> list[str]:
-    """Register the secret parameters of a DSN, as libpq reads them and as the URL spells them.
+    """Register the secret parameters of a DSN, as libpq reads them and as the DSN spells them.
 
-    A DSN libpq cannot parse is registered whole: its secrets cannot be told apart. Returns the
-    names of the secrets too short to be masked by value.
+    A DSN libpq parses: each secret value, and each spelling of it in the DSN (percent-encoded,
+    backslash-escaped: the `dsn_candidates` that decode to it). A DSN libpq cannot parse: the
+    whole DSN, and every candidate (its secrets cannot be told apart: libpq's message quotes text
+    around the error). Returns the names of the secrets too short to be masked by value.
     """
+    candidates = dsn_candidates(dsn)
     try:
         found = dsn_secrets(dsn)
     except Exception:
-        register(dsn)
+        register(dsn, pieces=False)
+        for candidate in candidates:
+            register(candidate)
         return []
-    short = [name for name, value in found.items() if not register(value)]
-    if "://" in dsn:  # the spelling in the URL itself, whatever percent-encoding its author chose
-        try:
-            split = urlsplit(dsn)
-            register(split.password)
-            for pair in split.query.split("&"):
-                key, _, value = pair.partition("=")
-                if key in SECRET_PARAMS:
-                    register(value)
-        except ValueError:
-            pass
-    return short
+    # What libpq reads, and how the DSN spells it; and what its author meant as a URL's password
+    # even where libpq read it otherwise (`u:123456/@h` is user u, port 123456 to libpq).
+    values = set(found.values())
+    for candidate in candidates:
+        read = {candidate, unquote(candidate), unquote_plus(candidate), re.sub(r"\\(.)", r"\1", candidate)}
+        if (read | {r.strip() for r in read}) & values:  # libpq drops the spaces around a value
+            register(candidate)
+    for password in userinfo_passwords(dsn, before_query=True):
+        register(password)
+        register(unquote(password))
+    return [name for name, value in found.items() if not register(value)]
 
 
 def _compiled() -> re.Pattern[str] | None:
@@ -146,15 +259,36 @@ def _compiled() -> re.Pattern[str] | None:
     with _lock:
         if _pattern is None and _secrets:
             ordered = sorted(_secrets, key=len, reverse=True)  # the longest spelling first
-            _pattern = re.compile("|".join(re.escape(s) for s in ordered))
+            # A lookahead finds the longest secret starting at every position, overlapping ones
+            # included: one secret masked from an earlier start must not leave another's tail.
+            _pattern = re.compile("(?=(" + "|".join(re.escape(s) for s in ordered) + "))")
         return _pattern
+
+
+def _mask_registered(text: str, pattern: re.Pattern[str]) -> str:
+    """`text` with the union of every registered secret's occurrences masked."""
+    spans: list[list[int]] = []
+    for m in pattern.finditer(text):
+        start, end = m.start(), m.start() + len(m[1])
+        if spans and start <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], end)
+        else:
+            spans.append([start, end])
+    if not spans:
+        return text
+    pieces, last = [], 0
+    for start, end in spans:
+        pieces += [text[last:start], MASK]
+        last = end
+    pieces.append(text[last:])
+    return "".join(pieces)
 
 
 def scrub(text: str) -> str:
     """`text` without any registered secret, nor any value labelled as a secret."""
     pattern = _compiled()
     if pattern is not None:
-        text = pattern.sub(MASK, text)
+        text = _mask_registered(text, pattern)
     for labelled in _LABELLED:
         text = labelled.sub(_masked, text)
     return text
@@ -183,12 +317,30 @@ def scrub_data(value: Any) -> Any:
 
 
 _SYNTAX = {"", "=", "&", "?", "/", ":", "@"}
+_QUOTED = re.compile(r'"([^"]*)"')
 
 
 def libpq_message(message: str) -> str:
-    """A libpq error about a connection string, without the fragments it quotes from it (libpq
-    quotes the text around a syntax error, which may be a piece of a password); parameter names stay."""
-    return re.sub(r'"([^"]*)"', lambda m: m[0] if m[1] in LIBPQ_KEYWORDS or m[1] in _SYNTAX else '"…"', scrub(message))
+    """A libpq error about a connection string, without the text it quotes from it (libpq
+    quotes the text around a syntax error, which may be a piece of a password, itself holding
+    quotes); parameter names and syntax characters stay.
+
+    From the first quoted piece that is not a parameter name to the last quote, everything is
+    one `"…"`: a quote inside the quoted text cannot end the masking early."""
+    text = scrub(message)
+    keep = _libpq()[1] | _SYNTAX
+    start, checked = None, 0
+    for m in _QUOTED.finditer(text):
+        if m[1] not in keep:
+            start = m.start()
+            break
+        checked = m.end()
+    if start is None:
+        if '"' not in text[checked:]:
+            return text.rstrip()
+        start = text.index('"', checked)  # an unpaired quote: what follows may be quoted text
+    end = text.rfind('"')
+    return (text[:start] + '"…"' + (text[end + 1 :] if end > start else "")).rstrip()
 
 
 def registered() -> Iterable[str]:

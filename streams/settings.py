@@ -11,15 +11,13 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 from uuid import UUID
 
-from psycopg.conninfo import conninfo_to_dict
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, create_model, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from schemas.codec import UnknownFields
 from schemas.framing import ValueFormat
 from sinks import secrets
-from sinks.dsn import redact_dsn
 
 SECURE_SSLMODES = ("require", "verify-ca", "verify-full")
 # Old environment variable names that still work, and the names that replace them.
@@ -56,7 +54,8 @@ class FileSecrets(PydanticBaseSettingsSource):
                 content = Path(path).read_text().removesuffix("\n")
             except OSError as exc:
                 raise ValueError(f"{name}_FILE={path}: {exc.strerror}") from None
-            secrets.register(content)
+            # A DSN's pieces are host names and words: its secrets are registered by `register_dsn`.
+            secrets.register(content, pieces=field_name != "database_url")
             return content, field_name, False
         return None, field_name, False
 
@@ -238,6 +237,8 @@ class Settings(BaseSettings):
     def _production_is_encrypted(self) -> Settings:
         if self.env != "production":
             return self
+        from psycopg.conninfo import conninfo_to_dict  # here: `topic_names` serves publishers without psycopg
+
         try:
             sslmode = conninfo_to_dict(self.dsn).get("sslmode")
         except Exception:
@@ -295,6 +296,8 @@ class Settings(BaseSettings):
 
     @property
     def dsn_display(self) -> str:
+        from sinks.dsn import redact_dsn
+
         return redact_dsn(self.dsn)
 
     def short_secrets(self) -> list[str]:
@@ -456,6 +459,23 @@ def valid_values(field: FieldInfo) -> str:
     word = words.get(annotation, "")
     bounds = _bounds(field)
     return f"{word}, {bounds}" if word and bounds else word or bounds
+
+
+# What a publishing service needs of the settings: the topic of each kind, as the workers read them.
+TOPIC_FIELDS = {"metric": "metrics_topic", "chat": "chat_topic", "analysis": "analysis_topic"}
+
+
+def topic_names() -> dict[str, str]:
+    """Each kind's topic from the environment (EVENTSINK_METRICS_TOPIC, ...), read by the same
+    fields as `Settings`, without the rest: a service publishing events has its own DATABASE_URL
+    and secrets, none of eventsink's business (and no database driver to import)."""
+
+    class _Topics(BaseSettings):
+        model_config = Settings.model_config
+
+    fields: dict[str, Any] = {f: (str, Settings.model_fields[f]) for f in TOPIC_FIELDS.values()}
+    topics = create_model("TopicNames", __base__=_Topics, **fields)()
+    return {kind: getattr(topics, f) for kind, f in TOPIC_FIELDS.items()}
 
 
 class SettingsError(ValueError):

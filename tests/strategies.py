@@ -386,3 +386,31 @@ def keys_for(tenant_text: Any) -> st.SearchStrategy[bytes | None]:
 
 
 printable_ascii = st.text(string.printable, max_size=50)
+
+
+# -- secrets -------------------------------------------------------------------------------------
+
+# What makes a planted password this password: letters and digits that no message writes on its
+# own, so that any 6 characters of it found in an output are a leak, not a coincidence.
+SECRET_TOKEN_CHARS = "QJZVKWX23456789"
+# What DSNs, URLs, conninfo strings, JSON and reprs escape or cut at.
+SECRET_SPECIAL_CHARS = "\"' @:/%\\=&?#,"
+
+
+@st.composite
+def hostile_passwords(draw: st.DrawFn) -> str:
+    """A password with quotes, spaces, @, :, /, %, backslashes (and friends) around and inside
+    random tokens: at least one token of 6 or more characters."""
+    token = st.text(SECRET_TOKEN_CHARS, min_size=6, max_size=12)
+    special = st.text(SECRET_SPECIAL_CHARS, min_size=1, max_size=3)
+    pieces = draw(st.lists(st.one_of(token, special, st.sampled_from(["%41", "%ZZ", "%2", "é"])), max_size=6))
+    at = draw(st.integers(0, len(pieces)))
+    return "".join([*pieces[:at], draw(token), *pieces[at:]])
+
+
+def leaked(secret: str, text: str, width: int = 6) -> list[str]:
+    """The pieces of `secret` of `width` characters, at least half of them token characters,
+    that appear in `text` (a test's independent check, whatever the masking does; a piece of
+    punctuation alone is found in messages by chance: `"& :%2` next to the message's own quote)."""
+    pieces = {secret[i : i + width] for i in range(len(secret) - width + 1)}
+    return sorted(p for p in pieces if sum(c in SECRET_TOKEN_CHARS for c in p) * 2 >= width and p in text)

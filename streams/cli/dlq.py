@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import getpass
+import os
+import socket
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 
 import click
 import orjson
@@ -22,6 +25,7 @@ from streams.settings import Settings
 from streams.tools import dlq as tool
 from streams.tools import reader
 from streams.tools.tail import parse_since
+from streams.tools.topics import DLQ_CONFIG, TopicSpec, ensure_topics
 
 # A reason no letter can have would select nothing, silently: refused like a misspelt option.
 REASONS = click.Choice([r.value for r in Reason])
@@ -37,12 +41,31 @@ def _since(value: str | None) -> datetime | None:
         raise click.BadParameter(str(exc), param_hint="--since") from None
 
 
+def _dlq_topics(s: Settings) -> str:
+    return ", ".join(tool.pairs(s))
+
+
+def _not_a_source(s: Settings, topic: str) -> None:
+    sources = {t: d for d, t in tool.pairs(s).items()}
+    if topic in sources:
+        raise click.UsageError(f"{topic} is a source topic, not a dead-letter topic: use {sources[topic]}")
+
+
 def _read(s: Settings, topic: str) -> list[tool.Letter]:
+    """Every record of a dead-letter topic; a usage error for a source topic, a topic that does
+    not exist or one whose records are not dead letters (they would list with blank reasons)."""
+    _not_a_source(s, topic)
     try:
         records = aio.run(reader.read_all(s.bootstrap_list, topic, security=s.kafka_security()))
-    except LookupError as exc:
-        raise click.ClickException(str(exc)) from None
-    return [tool.Letter.of(r) for r in records]
+    except LookupError:
+        raise click.UsageError(f"topic {topic!r} does not exist: the dead-letter topics are {_dlq_topics(s)}") from None
+    letters = [tool.Letter.of(r) for r in records]
+    if topic not in tool.pairs(s) and not tool.is_dead_letter_topic(letters):
+        raise click.UsageError(
+            f"{topic} is not a dead-letter topic (its records carry no eventsink.reason): "
+            f"the dead-letter topics are {_dlq_topics(s)}"
+        )
+    return letters
 
 
 def _text(data: bytes | None, limit: int) -> str:
@@ -70,19 +93,24 @@ def dlq() -> None:
 @dlq.command("list")
 @click.argument("topic")
 @click.option("--reason", type=REASONS, default=None, help="Only this reason.")
-@click.option("--tenant", default=None, help="Only records keyed by this tenant.")
+@click.option("--tenant", default=None, type=names.TENANT, help="Only records keyed by this tenant (any UUID spelling a worker accepts).")
 @click.option("--since", default=None, help="Only records dead-lettered since: 10m, 2h, 1d, or a timestamp.")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per record.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per dead letter.")
 def list_(topic: str, reason: str | None, tenant: str | None, since: str | None, limit: int, as_json: bool) -> None:
-    """What failed, why, and where it came from (newest last)."""
+    """What failed, why, and where it came from (newest last).
+
+    One line per dead letter: the letters of one original record (a worker that died before its
+    commit, a replay that failed again) are one dead letter, shown by its latest failure with
+    the number of failures ("tries") and the position where it first failed.
+    """
     s = settings()
-    names.dlq_kind(s, topic)  # `dlq list metrics` (no .dlq) is a usage error, not a list of non-letters
-    picked = tool.select(_read(s, topic), reason, tenant, _since(since))
-    shown = sorted(picked, key=lambda letter: letter.timestamp_ms)[-limit:]
-    confluent = _confluent_sources(settings())
+    picked = tool.dead_letters(tool.select(_read(s, topic), reason, tenant, _since(since)))
+    shown = picked[-limit:]
+    confluent = _confluent_sources(s)
     if as_json:
-        for letter in shown:
+        for group in shown:
+            letter = group.latest
             info = letter.info
             stored = letter.stored
             # A letter of a confluent-json kind: its JSON without the header, and the header's id.
@@ -98,7 +126,12 @@ def list_(topic: str, reason: str | None, tenant: str | None, since: str | None,
                         "source_topic": info.source_topic,
                         "source_partition": info.source_partition,
                         "source_offset": info.source_offset,
-                        "failed_at": info.failed_at,
+                        "origin_topic": info.origin_topic,
+                        "origin_partition": info.origin_partition,
+                        "origin_offset": info.origin_offset,
+                        "attempts": group.attempts,
+                        "replay_id": info.replay_id or None,
+                        "failed_at": letter.failed_at,
                         "consumer_group": info.consumer_group,
                         "stored": None if stored is None else stored.decode("utf-8", "replace"),
                         "key": _text(letter.key, 2000),
@@ -108,16 +141,18 @@ def list_(topic: str, reason: str | None, tenant: str | None, since: str | None,
                 ).decode()
             )
         return
-    table = Table(title=f"{topic}: {len(shown)} of {len(picked)} matching", title_justify="left")
-    for col in ("failed at", "reason", "source", "key", "detail"):
+    table = Table(title=f"{topic}: {len(shown)} of {len(picked)} matching dead letters", title_justify="left")
+    for col in ("failed at (UTC)", "reason", "source", "tries", "key", "detail"):
         table.add_column(col, overflow="fold")
-    for letter in shown:
+    for group in shown:
+        letter = group.latest
         info = letter.info
         where = " (original in PostgreSQL)" if letter.stored is not None else ""
         cells = (
-            info.failed_at[:26],
+            letter.failed_at,
             info.reason,
-            f"{info.source_topic}[{info.source_partition}]@{info.source_offset}",
+            f"{info.origin_topic}[{info.origin_partition}]@{info.origin_offset}",
+            str(group.attempts),
             _text(letter.key, 36),
             info.detail + where,
         )
@@ -153,7 +188,7 @@ def _plan(s: Settings, letters: list[tool.Letter], source: str | None, target: s
 @dlq.command("replay")
 @click.argument("topic")
 @click.option("--reason", type=REASONS, default=None, help="Only records that failed for this reason.")
-@click.option("--tenant", default=None, help="Only records keyed by this tenant.")
+@click.option("--tenant", default=None, type=names.TENANT, help="Only records keyed by this tenant (any UUID spelling a worker accepts).")
 @click.option("--since", default=None, help="Only records dead-lettered since: 10m, 2h, 1d, or a timestamp.")
 @click.option(
     "--to",
@@ -178,19 +213,20 @@ def replay(
     not found or does not match its checksum.
 
     Replayed records go through validation and the idempotent path again: a valid event is
-    applied once (never twice), a still-invalid one lands in the DLQ again. A record
-    dead-lettered twice is replayed once.
+    applied once (never twice), a still-invalid one lands in the DLQ again, naming where it
+    first failed (the eventsink.origin.* headers the replay adds), so it stays the same dead
+    letter: each dead letter is replayed once, however many letters it has. The replay is
+    recorded on TOPIC.replays (see `dlq replays`).
     """
     s = settings()
+    _not_a_source(s, topic)
     source = tool.pairs(s).get(topic)
     if to is None and source is None:
-        named = ", ".join(f"{d} → {t}" for d, t in tool.pairs(s).items())
-        raise click.ClickException(
-            f"{topic} is not a dead-letter topic of these settings ({named}): pass --to TOPIC to choose where its "
-            "records go"
+        raise click.UsageError(
+            f"{topic} is not a dead-letter topic of these settings ({_dlq_topics(s)}): pass --to TOPIC"
         )
     if to == topic:
-        raise click.ClickException("--to names the dead-letter topic itself")
+        raise click.UsageError("--to names the dead-letter topic itself")
     target = to or source or ""
     letters = tool.select(_read(s, topic), reason, tenant, _since(since))
     plan = _plan(s, letters, source, target)
@@ -201,7 +237,13 @@ def replay(
         err.print(f"would replay {len(plan.send)} record(s) from {topic} to {target} ({counts})", highlight=False)
         sys.exit(1 if plan.refused else 0)
 
+    replay_id = tool.new_replay_id()
+    log = tool.log_topic(topic)
+
     async def go() -> int:
+        # Where the replay is recorded exists before anything is sent: a replay that could not
+        # be recorded sends nothing.
+        await ensure_topics(s.bootstrap_list, [TopicSpec(log, 1, config=DLQ_CONFIG)], security=s.kafka_security())
         sent = 0
         with progress_bar() as bar:
             task = bar.add_task(f"replaying {topic}", total=len(plan.send))
@@ -212,11 +254,66 @@ def replay(
                 s.bootstrap_list, compression_type="gzip", max_request_size=REPLAY_MAX_BYTES, **s.kafka_security()
             ) as pub:
                 for item in plan.send:
-                    await pub.publish_raw(item.topic, item.key, item.value, list(item.headers))  # type: ignore[arg-type]
+                    await pub.publish_raw(item.topic, item.key, item.value, list(item.lineage(replay_id)))  # type: ignore[arg-type]
                     sent += 1
                     bar.update(task, completed=sent)
+                await pub.flush()  # every record acknowledged before the replay is recorded as done
+                record = tool.ReplayRecord(
+                    id=replay_id,
+                    at=tool.utc_text(datetime.now(UTC).isoformat()),
+                    dlq_topic=topic,
+                    to=target,
+                    filters={"reason": reason, "tenant": tenant, "since": since},
+                    sent=sent,
+                    repeats=plan.repeats,
+                    refused=len(plan.refused),
+                    user=_user(),
+                    host=socket.gethostname(),
+                    origins=[item.letter.info.origin for item in plan.send],
+                )
+                await pub.publish_raw(log, replay_id.encode(), record.to_json())
         return sent
 
     sent = aio.run(go())
-    err.print(f"replayed {sent} record(s) from {topic} to {target} ({counts})", highlight=False)
+    err.print(
+        f"replayed {sent} record(s) from {topic} to {target} ({counts}); recorded as replay {replay_id} on {log}",
+        highlight=False,
+    )
     sys.exit(1 if plan.refused else 0)
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        return f"uid {os.getuid()}"
+
+
+@dlq.command("replays")
+@click.argument("topic")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per replay.")
+def replays(topic: str, as_json: bool) -> None:
+    """The replays of dead-letter topic TOPIC: when, by whom, to where, what they sent.
+
+    Each `dlq replay` records itself on TOPIC.replays; the records it sent carry its id in
+    their eventsink.replay.id header (and dead letters of them that failed again, too).
+    """
+    s = settings()
+    _read(s, topic)  # a usage error unless TOPIC is a dead-letter topic
+    try:
+        records = aio.run(reader.read_all(s.bootstrap_list, tool.log_topic(topic), security=s.kafka_security()))
+    except LookupError:
+        records = []
+    found = [r for r in (tool.ReplayRecord.from_json(x.value) for x in records) if r is not None]
+    if as_json:
+        for r in found:
+            click.echo(r.to_json().decode())
+        return
+    table = Table(title=f"{topic}: {len(found)} replay(s) recorded", title_justify="left")
+    for col in ("replay", "at (UTC)", "by", "to", "filters", "sent", "repeats", "refused"):
+        table.add_column(col, overflow="fold")
+    for r in found:
+        filters = " ".join(f"--{k} {v}" for k, v in r.filters.items() if v) or "-"
+        cells = (r.id, r.at, f"{r.user}@{r.host}", r.to, filters, str(r.sent), str(r.repeats), str(r.refused))
+        table.add_row(*(Text(printable(str(c))) for c in cells))
+    out.print(table)

@@ -1,6 +1,8 @@
 """For services that publish events: the event models, the codec and the publisher.
 
-Importing this package imports neither Faust nor the database driver.
+Importing this package imports neither Faust nor the database driver. `Publisher` sends every
+kind to its topic from the workers' settings (EVENTSINK_*_TOPIC); see `streams.publish.publisher`
+for what `publish` returns and when the broker has the record.
 """
 
 from schemas import AnalysisEvent, ChatEvent, MetricEvent, decode, encode

@@ -1,8 +1,22 @@
 """A small async publisher for services: validates, serialises with orjson, keys by tenant.
 
     async with Publisher("kafka:9092") as pub:
-        await pub.publish(MetricEvent(...))          # or a dict, validated first
-        await pub.flush()
+        fut = await pub.publish(ChatEvent(...))      # or MetricEvent(...), AnalysisEvent(...)
+        await pub.publish({...}, model=MetricEvent)  # a dict, validated as the workers read it
+    # leaving the block flushed: every record is acknowledged by the broker (or it raised)
+
+Every kind goes to its topic from the settings the workers read (EVENTSINK_METRICS_TOPIC,
+EVENTSINK_CHAT_TOPIC, EVENTSINK_ANALYSIS_TOPIC, through `streams.settings.topic_names`), unless
+`topics=` maps a model to another. An event is validated by the kind's contract as a worker
+reads it (a tolerant reader): a top-level field the contract does not know is kept and sent,
+and lands in the row's `attributes`; everything else is strict (a `pydantic.ValidationError`
+never reaches the topic).
+
+What `publish` returns, for every kind: once the record is in the producer's buffer, an
+`asyncio.Future[RecordMetadata]` that resolves (topic, partition, offset) when the broker has
+the record (acks=all: every in-sync replica), or raises the send's error. Nothing is sent
+before the producer's linger (`linger_ms`, 5 ms); `flush()` waits for every record published so
+far and raises the first failure; `stop()` (or leaving `async with`) flushes and closes.
 
 Events are keyed by tenant_id so that one tenant's events stay in one partition. The producer
 is not idempotent by default because some Kafka-compatible brokers (Tansu) lack
@@ -20,10 +34,31 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 from pydantic import BaseModel
 
-from schemas.codec import encode, encode_key
+from schemas.analysis import AnalysisEvent
+from schemas.chat import ChatEvent
+from schemas.codec import encode, encode_key, wire_fields
+from schemas.envelope import ATTRIBUTES
 from schemas.metric import MetricEvent
+from streams.settings import topic_names
 
-DEFAULT_TOPICS: dict[type[BaseModel], str] = {MetricEvent: "metrics"}
+KINDS: dict[str, type[BaseModel]] = {"metric": MetricEvent, "chat": ChatEvent, "analysis": AnalysisEvent}
+
+
+def default_topics() -> dict[type[BaseModel], str]:
+    """Each kind's model and its topic, from the environment as the workers read it."""
+    names = topic_names()
+    return {model: names[kind] for kind, model in KINDS.items()}
+
+
+def validate(event: Mapping[str, Any], model: type[BaseModel]) -> BaseModel:
+    """`event` as a worker would read it (its `keep` policy): the fields the contract does not
+    know are kept in `attributes`, sent back at the top level by `encode`; the rest is strict."""
+    wire = wire_fields(model)
+    known = {k: v for k, v in event.items() if k in wire}
+    unknown = {k: v for k, v in event.items() if k not in wire}
+    if unknown:
+        known[ATTRIBUTES] = unknown
+    return model.model_validate(known)
 
 
 class Publisher:
@@ -37,7 +72,7 @@ class Publisher:
         max_batch_size: int = 256 * 1024,
         **producer_options: Any,
     ) -> None:
-        self.topics = {**DEFAULT_TOPICS, **(topics or {})}
+        self.topics = {**default_topics(), **(topics or {})}
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap_servers,
             acks="all",
@@ -63,19 +98,40 @@ class Publisher:
         await self._producer.start()
 
     async def stop(self) -> None:
+        """Send what is buffered and close (a failure of those sends is not raised: `flush` first)."""
         await self._producer.stop()
 
     def topic_for(self, model: type[BaseModel]) -> str:
-        return self.topics[model]
+        """The topic of an event kind; a TypeError naming the kinds known for anything else."""
+        try:
+            return self.topics[model]
+        except (KeyError, TypeError):
+            known = ", ".join(f"{m.__name__} (topic {t!r})" for m, t in self.topics.items())
+            name = getattr(model, "__name__", repr(model))
+            raise TypeError(f"cannot publish {name}: this publisher knows {known}") from None
 
     async def publish(
-        self, event: BaseModel | Mapping[str, Any], model: type[BaseModel] = MetricEvent, topic: str | None = None
+        self,
+        event: BaseModel | Mapping[str, Any],
+        model: type[BaseModel] = MetricEvent,
+        topic: str | None = None,
     ) -> asyncio.Future[RecordMetadata]:
-        """Validate and send one event; the returned future resolves when the broker has it."""
+        """Validate one event and hand it to the producer (`model` says the kind of a dict).
+
+        Returns once the record is buffered: the future resolves when the broker has it (see the
+        module's doc). Raises `pydantic.ValidationError` for an event the kind's contract refuses,
+        TypeError for something that is not an event kind this publisher knows.
+        """
+        if isinstance(event, BaseModel):
+            model = type(event)
+        elif not isinstance(event, Mapping):
+            raise TypeError(f"cannot publish a {type(event).__name__}: give an event model or a mapping")
+        known = self.topic_for(model)  # a TypeError for anything but an event kind it knows
+        destination = topic or known
         if not isinstance(event, BaseModel):
-            event = model.model_validate(dict(event))
+            event = validate(event, model)
         key = encode_key(event.tenant_id)  # type: ignore[attr-defined]
-        return await self.publish_raw(topic or self.topic_for(type(event)), key, encode(event))
+        return await self.publish_raw(destination, key, encode(event))
 
     async def publish_raw(
         self, topic: str, key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]] | None = None

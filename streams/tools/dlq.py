@@ -9,19 +9,31 @@ same source topic. Everything else is refused, with the reason, and sent nowhere
 A dead letter marked `eventsink.stored: postgres` carries a truncated value; the original is in
 PostgreSQL (`sinks.core.deadletters`) and is replayed from there, once its SHA-256 (and size)
 match the headers.
+
+A replayed record carries its lineage (`eventsink.origin.*`: where it first failed, and
+`eventsink.replay.id`); if it fails again, its dead letter names that origin, so every letter of
+one original record is one dead letter (`Letter.identity`): listed once, replayed once. Replaying
+records that still fail therefore adds one letter per dead letter and replay, never new dead
+letters. Each replay is recorded on `<dlq topic>.replays` (`ReplayRecord`).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from schemas.deadletter import (
+    H_ORIGIN_OFFSET,
+    H_ORIGIN_PARTITION,
+    H_ORIGIN_TOPIC,
     H_ORIGINAL_SHA256,
     H_ORIGINAL_SIZE,
+    H_REPLAY_ID,
     H_STORED,
     HEADER_PREFIX,
     STORED_IN_POSTGRES,
@@ -89,6 +101,63 @@ class Letter:
     def original_headers(self) -> Headers:
         return tuple((k, v) for k, v in self.headers if not k.startswith(HEADER_PREFIX))
 
+    @property
+    def identity(self) -> tuple[str, int, int, bytes]:
+        """Which dead letter this record is a letter of: the position where the original record
+        first failed, and a digest of its bytes. Every failure of one record (a worker that died
+        before its commit, a replay that failed again) has the same identity. The bytes are part
+        of it because a lineage header is anyone's to write: a forged one never makes another
+        record's letter look like a repeat."""
+        content = hashlib.sha256()
+        for part in (self.key, self.header(H_ORIGINAL_SHA256) if self.stored is not None else self.value):
+            content.update(b"-" if part is None else b"+%d:" % len(part) + part)
+        return (*self.info.origin, content.digest())
+
+    @property
+    def failed_at(self) -> str:
+        """When it failed, in UTC with the zone (ISO 8601, `Z`); the header as it is if unreadable."""
+        return utc_text(self.info.failed_at)
+
+
+def utc_text(text: str) -> str:
+    """An RFC 3339 time shown in UTC with its zone; text without a zone or unreadable, as it is."""
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    if at.tzinfo is None:
+        return text
+    return at.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class DeadLetterGroup:
+    """One dead letter: every letter of one original record (oldest first)."""
+
+    letters: list[Letter]
+
+    @property
+    def latest(self) -> Letter:
+        return self.letters[-1]
+
+    @property
+    def attempts(self) -> int:
+        return len(self.letters)
+
+
+def dead_letters(letters: Iterable[Letter]) -> list[DeadLetterGroup]:
+    """The letters grouped by identity, each group in the topic's order (by time, then position),
+    the groups ordered by their latest letter."""
+    groups: dict[tuple[str, int, int, bytes], DeadLetterGroup] = {}
+    for letter in sorted(letters, key=lambda x: (x.timestamp_ms, x.partition, x.offset)):
+        groups.setdefault(letter.identity, DeadLetterGroup([])).letters.append(letter)
+    return sorted(groups.values(), key=lambda g: (g.latest.timestamp_ms, g.latest.partition, g.latest.offset))
+
+
+def is_dead_letter_topic(letters: Iterable[Letter]) -> bool:
+    """Whether every record read carries a reason: a source topic's records carry none."""
+    return all(letter.header("eventsink.reason") is not None for letter in letters)
+
 
 def select(letters: Iterable[Letter], reason: str | None, tenant: str | None, since: datetime | None) -> list[Letter]:
     """The letters matching every filter given (reason, tenant key, dead-lettered since)."""
@@ -113,6 +182,17 @@ class Replay:
     value: bytes | None
     headers: Headers
     letter: Letter
+
+    def lineage(self, replay_id: str) -> Headers:
+        """The original headers, then where the record first failed and which replay sent it."""
+        topic, partition, offset = self.letter.info.origin
+        return (
+            *self.headers,
+            (H_ORIGIN_TOPIC, topic.encode()),
+            (H_ORIGIN_PARTITION, str(partition).encode()),
+            (H_ORIGIN_OFFSET, str(offset).encode()),
+            (H_REPLAY_ID, replay_id.encode()),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,11 +247,12 @@ def plan(letters: Iterable[Letter], source: str | None, target: str, load: Loade
     `source` is the topic the dead-letter topic belongs to: a letter whose source header names
     another topic (or none) is refused. None (an unconfigured dead-letter topic replayed with
     `--to`) skips that check. `load` reads originals kept in PostgreSQL (needed only when a letter
-    is marked stored). A source record dead-lettered more than once is replayed once.
+    is marked stored). A record dead-lettered more than once (same `Letter.identity`: a worker that
+    died before its commit, a replay that failed again) is replayed once.
     """
     send: list[Replay] = []
     refused: list[Refusal] = []
-    seen: set[tuple[str, int, int]] = set()
+    seen: set[tuple[str, int, int, bytes]] = set()
     repeats = 0
     for letter in letters:
         info = letter.info
@@ -194,10 +275,57 @@ def plan(letters: Iterable[Letter], source: str | None, target: str, load: Loade
                 continue
             key, value = original.key, original.value
             headers = tuple((k, v) for k, v in original.headers if not k.startswith(HEADER_PREFIX))
-        identity = (info.source_topic, info.source_partition, info.source_offset)
+        identity = letter.identity
         if identity in seen:
             repeats += 1
             continue
         seen.add(identity)
         send.append(Replay(target, key, value, headers, letter))
     return Plan(send, refused, repeats)
+
+
+def log_topic(dlq_topic: str) -> str:
+    """Where the replays of a dead-letter topic are recorded."""
+    return f"{dlq_topic}.replays"
+
+
+@dataclass(frozen=True)
+class ReplayRecord:
+    """What one `eventsink dlq replay` did: one JSON record on `log_topic(dlq)`, keyed by its id.
+
+    `origins` lists each dead letter sent (topic, partition, offset of its first failure); the
+    records sent carry the same id in `eventsink.replay.id`.
+    """
+
+    id: str
+    at: str
+    dlq_topic: str
+    to: str
+    filters: dict[str, str | None]
+    sent: int
+    repeats: int
+    refused: int
+    user: str
+    host: str
+    origins: list[tuple[str, int, int]] = field(default_factory=list)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: bytes | None) -> ReplayRecord | None:
+        """A recorded replay, or None for a record that is not one (the topic is anyone's to write)."""
+        try:
+            data = orjson.loads(raw or b"")
+            data["origins"] = [tuple(o) for o in data.get("origins", [])]
+            return cls(**data)
+        except (orjson.JSONDecodeError, TypeError, AttributeError, KeyError):
+            return None
+
+
+def new_replay_id(now: datetime | None = None) -> str:
+    """Sortable by time, unique: `20240501T120000Z-1a2b3c4d`."""
+    import secrets
+
+    at = (now or datetime.now(UTC)).astimezone(UTC)
+    return f"{at:%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"

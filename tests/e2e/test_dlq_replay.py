@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
+from collections import Counter
 
+import orjson
 import psycopg
 import pytest
 
@@ -13,8 +15,8 @@ from schemas.deadletter import H_ORIGINAL_SHA256, H_ORIGINAL_SIZE, H_STORED, Dea
 from sinks.core import deadletters
 from streams.publish.publisher import Publisher
 from streams.tools.topics import SOURCE_CONFIG, TopicSpec, ensure_topics
-from tests.helpers import Scenario, TopicRecord, read_topic
-from tests.workload import create_topics, metric_json
+from tests.helpers import Scenario, TopicRecord, WorkerProcess, ledger_totals, read_topic, wait_applied, wait_until
+from tests.workload import Sent, create_topics, metric_json, send_raw
 
 pytestmark = pytest.mark.e2e
 
@@ -32,6 +34,18 @@ def send(s: Scenario, topic: str, records: list[tuple[bytes | None, bytes | None
 
 def read(s: Scenario, topic: str) -> list[TopicRecord]:
     return asyncio.run(read_topic(s.bootstrap, topic, timeout=3.0))
+
+
+def replayed(records: list[TopicRecord]) -> list[tuple[bytes | None, bytes | None, Headers]]:
+    """Key, value and original headers of records a replay sent (each also carries its lineage)."""
+    for r in records:
+        assert [k for k, _ in r.headers if k.startswith("eventsink.")] == [
+            "eventsink.origin.topic",
+            "eventsink.origin.partition",
+            "eventsink.origin.offset",
+            "eventsink.replay.id",
+        ]
+    return [(r.key, r.value, [(k, v) for k, v in r.headers if not k.startswith("eventsink.")]) for r in records]
 
 
 def dead_letter(s: Scenario, source: str, offset: int, key: bytes, value: bytes) -> tuple[bytes, bytes, Headers]:
@@ -69,15 +83,15 @@ def test_a_forged_source_header_is_replayed_nowhere_and_to_sends_where_the_opera
     assert f"replayed 1 record(s) from {s.dlq_topic} to {s.topic} (0 repeats skipped, 3 refused)" in done.stderr
     for why in (f"names '{victim}', not '{s.topic}'", f"names '{s.chat_topic}'", "names no topic"):
         assert why in done.stderr
-    assert [(r.key, r.value, r.headers) for r in read(s, s.topic)] == [(tenant.encode(), genuine, [("trace", b"t")])]
+    assert replayed(read(s, s.topic)) == [(tenant.encode(), genuine, [("trace", b"t")])]
 
     to = s.cli("dlq", "replay", s.dlq_topic, "--to", elsewhere)
     assert to.returncode == 1 and f"replayed 1 record(s) from {s.dlq_topic} to {elsewhere}" in to.stderr
     assert [r.value for r in read(s, elsewhere)] == [genuine]
 
     unpaired = s.cli("dlq", "replay", f"{victim}.dlq")
-    assert unpaired.returncode == 1 and "not a dead-letter topic of these settings" in unpaired.stderr
-    assert "pass --to TOPIC" in unpaired.stderr
+    assert unpaired.returncode == 2 and "not a dead-letter topic of these settings" in unpaired.stderr
+    assert "pass --to TOPIC" in unpaired.stderr and len(unpaired.stderr.strip().splitlines()) == 1
     # The topics the forged headers named received nothing; the source topic only the genuine record.
     assert read(s, victim) == [] and read(s, s.chat_topic) == []
     assert [r.value for r in read(s, s.topic)] == [genuine]
@@ -115,15 +129,149 @@ def test_a_dead_letter_kept_in_postgresql_is_replayed_from_there(scenario: Scena
 
     send(s, s.dlq_topic, [marker(20), marker(21), marker(22), marker(20)])
     listed = s.cli("dlq", "list", s.dlq_topic)
-    assert listed.returncode == 0 and listed.stdout.count("original in PostgreSQL") == 4
+    # Offset 20's marker twice (a worker that died before its commit): one dead letter, two tries.
+    assert listed.returncode == 0 and listed.stdout.count("original in PostgreSQL") == 3
 
     done = s.cli("dlq", "replay", s.dlq_topic)
     assert done.returncode == 1, done.stderr
     assert "replayed 1 record(s)" in done.stderr and "(1 repeats skipped, 2 refused)" in done.stderr
     assert f"its original ({s.group}, {s.topic}[0]@21) is not in the database" in done.stderr
     assert "does not match the letter's SHA-256 header" in done.stderr
-    assert [(r.key, r.value, r.headers) for r in read(s, s.topic)] == [(tenant, original, [("trace", b"t")])]
+    assert replayed(read(s, s.topic)) == [(tenant, original, [("trace", b"t")])]
 
     unreachable = s.cli("dlq", "replay", s.dlq_topic, DATABASE_URL="postgresql://nobody@127.0.0.1:1/none")
     assert unreachable.returncode == 1 and "OperationalError" in unreachable.stderr
     assert len(read(s, s.topic)) == 1  # nothing sent when the originals cannot be read
+
+
+def letters_by_origin(s: Scenario) -> Counter[tuple[str, int, int]]:
+    """The DLQ's records per original source (where each record first failed), read raw."""
+    return Counter(r.info.origin for r in read(s, s.dlq_topic))
+
+
+def listed(s: Scenario) -> list[dict]:
+    done = s.cli("dlq", "list", s.dlq_topic, "--json")
+    assert done.returncode == 0, done.stderr
+    return [orjson.loads(line) for line in done.stdout.splitlines()]
+
+
+def last_offsets(s: Scenario, topic: str) -> dict[int, int]:
+    ends: dict[int, int] = {}
+    for r in read(s, topic):
+        ends[r.partition] = max(ends.get(r.partition, -1), r.offset)
+    return ends
+
+
+def test_replaying_still_invalid_records_twice_leaves_the_dead_letters_as_they_were(scenario: Scenario) -> None:
+    """Three replays turned 3 letters into 27: each failure of a replayed record named a new
+    source offset, so "a record dead-lettered twice is replayed once" never matched them."""
+    s, sent = scenario, Sent()
+    create_topics(s)
+    tenant = sent.tenants[0]
+    invalid = [
+        (tenant.encode(), orjson.dumps({"tenant_id": tenant, "dedupe_id": f"bad{i}", "value": "NaN"})) for i in range(3)
+    ]
+    positions = send_raw(s, sent, invalid)
+    origins = {(s.topic, p, o) for p, o in positions}
+    w = WorkerProcess(s.env(), s.data_dir / "w.log").start()
+    try:
+        wait_until(lambda: sum(letters_by_origin(s).values()) == 3, 60, what="three dead letters")
+        before = listed(s)
+        assert {(d["origin_topic"], d["origin_partition"], d["origin_offset"]) for d in before} == origins
+        assert [d["attempts"] for d in before] == [1, 1, 1] and all(d["failed_at"].endswith("Z") for d in before)
+
+        for attempt in (1, 2):
+            want = Counter({o: attempt + 1 for o in origins})
+            done = s.cli("dlq", "replay", s.dlq_topic, "--reason", "invalid_event")
+            assert done.returncode == 0, done.stderr
+            # Once per dead letter, however many letters each has.
+            assert f"replayed 3 record(s) from {s.dlq_topic} to {s.topic} ({3 * (attempt - 1)} repeats skipped" in (
+                done.stderr
+            )
+            assert "recorded as replay" in done.stderr
+            wait_until(
+                lambda want=want: letters_by_origin(s) == want,
+                60,
+                what=f"replay {attempt}'s records dead-lettered again under their origin",
+            )
+        # The same three dead letters, each with its three failures: nothing multiplied.
+        after = listed(s)
+        assert {(d["origin_topic"], d["origin_partition"], d["origin_offset"]) for d in after} == origins
+        assert [d["attempts"] for d in after] == [3, 3, 3] and {d["reason"] for d in after} == {"invalid_event"}
+        # The original headers, byte for byte, on every letter; the failing records' own positions
+        # in the source headers (what verify and the ledger count by).
+        raw = read(s, s.dlq_topic)
+        assert len({(r.info.source_partition, r.info.source_offset) for r in raw}) == 9
+        wait_applied(s.dsn, s.group, s.topic, last_offsets(s, s.topic))
+    finally:
+        assert w.stop() == 0
+    assert ledger_totals(s.dsn, s.group, s.topic)["rows_applied"] == 0
+    verified = s.cli("verify", s.topic)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+    # Each replay was recorded: who, where to, what it sent.
+    recorded = s.cli("dlq", "replays", s.dlq_topic, "--json")
+    assert recorded.returncode == 0, recorded.stderr
+    replays = [orjson.loads(line) for line in recorded.stdout.splitlines()]
+    assert [(r["sent"], r["repeats"], r["refused"], r["to"]) for r in replays] == [
+        (3, 0, 0, s.topic),
+        (3, 3, 0, s.topic),
+    ]
+    assert all({tuple(o) for o in r["origins"]} == origins for r in replays)
+    assert all(r["filters"]["reason"] == "invalid_event" for r in replays)
+    ids = {r.info.replay_id for r in raw if r.info.replay_id}
+    assert ids == {r["id"] for r in replays}
+    table = s.cli("dlq", "replays", s.dlq_topic)
+    assert table.returncode == 0 and all(r["id"] in table.stdout for r in replays)
+
+
+def test_a_replayed_record_that_now_succeeds_is_applied_once(scenario: Scenario) -> None:
+    """Refused by a `reject` policy, replayed twice once the policy is `keep`: one row each, the
+    extra field in `attributes`, no new dead letter."""
+    s, sent = scenario, Sent()
+    create_topics(s)
+    tenant = sent.tenants[0]
+    events = [orjson.dumps({**orjson.loads(metric_json(tenant, f"e{i}")), "region": f"r{i}"}) for i in range(2)]
+    send_raw(s, sent, [(tenant.encode(), e) for e in events])
+    strict = WorkerProcess(s.env(EVENTSINK_METRIC_UNKNOWN_FIELDS="reject"), s.data_dir / "strict.log").start()
+    try:
+        wait_until(lambda: sum(letters_by_origin(s).values()) == 2, 60, what="two unknown_field letters")
+    finally:
+        assert strict.stop() == 0
+    assert {d["reason"] for d in listed(s)} == {"unknown_field"}
+    w = WorkerProcess(s.env(), s.data_dir / "w.log").start()
+    try:
+        for _ in range(2):
+            done = s.cli("dlq", "replay", s.dlq_topic, "--reason", "unknown_field")
+            assert done.returncode == 0 and "replayed 2 record(s)" in done.stderr, done.stderr
+            wait_applied(s.dsn, s.group, s.topic, last_offsets(s, s.topic))
+    finally:
+        assert w.stop() == 0
+    with psycopg.connect(s.dsn) as conn:
+        rows = conn.execute(
+            "SELECT dedupe_id, attributes FROM eventsink.metrics_raw WHERE tenant_id = %s ORDER BY dedupe_id", (tenant,)
+        ).fetchall()
+    assert rows == [("e0", {"region": "r0"}), ("e1", {"region": "r1"})]
+    assert sum(letters_by_origin(s).values()) == 2  # nothing dead-lettered again
+    totals = ledger_totals(s.dsn, s.group, s.topic)
+    assert (totals["rows_applied"], totals["duplicates"]) == (2, 2)
+
+
+def test_dlq_commands_refuse_a_topic_that_is_not_a_dead_letter_topic(scenario: Scenario) -> None:
+    """`dlq list metrics` (forgot .dlq) listed the events with blank reasons and source [-1]@-1."""
+    s, sent = scenario, Sent()
+    create_topics(s)
+    send_raw(s, sent, [(sent.tenants[0].encode(), metric_json(sent.tenants[0], "a"))])
+    for args in (("list", s.topic), ("replay", s.topic), ("replays", s.topic)):
+        done = s.cli("dlq", *args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert f"{s.topic} is a source topic, not a dead-letter topic: use {s.dlq_topic}" in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1 and done.stdout == ""
+    missing = s.cli("dlq", "list", f"nothing-{s.name}.dlq")
+    assert missing.returncode == 2 and "does not exist: the dead-letter topics are" in missing.stderr
+    assert s.dlq_topic in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
+    other = f"other-{s.name}"
+    asyncio.run(ensure_topics([s.bootstrap], [TopicSpec(other, 1, config=SOURCE_CONFIG)]))
+    send(s, other, [(b"k", b"an event, not a dead letter", [])])
+    plain = s.cli("dlq", "list", other)
+    assert plain.returncode == 2 and f"{other} is not a dead-letter topic" in plain.stderr

@@ -454,3 +454,30 @@ def test_planted_secrets_appear_nowhere(
 
     out.files(work)  # the workers' logs, the dump and its manifest, the demo's files, Faust's data
     assert out.leaks() == []
+
+
+@pytest.mark.parametrize(
+    ("dsn", "password"),
+    [
+        # The report: libpq quotes the password, and the masking of its quotes stopped at the quote.
+        ('postgresql://postgres:my pass"{T}@127.0.0.1/x', 'my pass"{T}'),
+        ("postgresql://postgres:my pass'{T}@127.0.0.1:1/x", "my pass'{T}"),
+        ('postgresql://postgres:{T}%ZZ"q@127.0.0.1:1/x', '{T}%ZZ"q'),  # a bad percent-encoding
+        ("postgresql://postgres:ab@{T}:c/d@127.0.0.1:1/x", "ab@{T}:c/d"),  # @ and / left unencoded
+        ('postgresql://postgres@127.0.0.1:1,127.0.0.1:2/x?password=a b"{T}&sslmode=disable', 'a b"{T}'),
+        ("host=127.0.0.1 port=1 password='it\\'s {T}\\\\' dbname=x", "it's {T}\\"),  # conninfo escapes
+        ('host=127.0.0.1 port=1 password="a {T}" dbname=x', '"a {T}"'),  # quotes conninfo does not know
+        ("host=127.0.0.1 port=1 password='{T} dbname=x", "{T} dbname=x"),  # unterminated
+    ],
+)
+def test_no_fragment_of_a_password_in_a_bad_dsn_is_printed(dsn: str, password: str) -> None:
+    """`eventsink migrate --status` printed `..."LEAKEDTAIL123"` inside libpq's parse error."""
+    from tests.strategies import SECRET_TOKEN_CHARS, leaked
+
+    token = "".join(SECRET_TOKEN_CHARS[b % len(SECRET_TOKEN_CHARS)] for b in uuid.uuid4().bytes)
+    dsn, password = dsn.replace("{T}", token), password.replace("{T}", token)
+    for args in (("migrate", "--status"), ("ledger", "show")):
+        done = cli(*args, env={"DATABASE_URL": dsn})
+        assert done.returncode != 0, done.stdout
+        output = done.stdout + done.stderr
+        assert leaked(password, output) == [] and leaked(token, output) == [], output

@@ -310,17 +310,17 @@ def metric_cases(r: Records) -> list[Case]:
             [
                 r.bad(
                     json.dumps(payload(m, r.tenant, "k1")).encode(),
-                    Dead(Reason.KEY_MISMATCH, f"record key {other.encode()!r} is not the event's tenant_id {r.tenant}"),
+                    Dead(Reason.KEY_MISMATCH, f'record key "{other}" is not the event\'s tenant_id {r.tenant}'),
                     key=other.encode(),
                 ),
                 r.bad(
                     json.dumps(payload(m, r.tenant, "k2")).encode(),
-                    Dead(Reason.KEY_MISMATCH, f"record key b'\\xff\\xfe' is not the event's tenant_id {r.tenant}"),
+                    Dead(Reason.KEY_MISMATCH, f'record key "\\xff\\xfe" is not the event\'s tenant_id {r.tenant}'),
                     key=b"\xff\xfe",
                 ),
                 r.bad(
                     json.dumps(payload(m, r.tenant, "k3")).encode(),
-                    Dead(Reason.KEY_MISMATCH, f"record key b'' is not the event's tenant_id {r.tenant}"),
+                    Dead(Reason.KEY_MISMATCH, f'record key "" is not the event\'s tenant_id {r.tenant}'),
                     key=b"",
                 ),
             ],

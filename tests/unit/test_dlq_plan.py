@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from schemas.deadletter import H_ORIGINAL_SHA256, H_ORIGINAL_SIZE, H_STORED, DeadLetter, Reason
 from sinks.core.deadletters import StoredRecord
 from streams.settings import load
-from streams.tools.dlq import Letter, pairs, plan
+from streams.tools.dlq import Letter, ReplayRecord, dead_letters, pairs, plan, utc_text
 
 
 @dataclass
@@ -141,3 +141,94 @@ def test_a_reason_no_letter_can_have_is_refused() -> None:
         result = CliRunner().invoke(cli, [*command, "--reason", "bogus"])
         assert result.exit_code == 2, result.output
         assert "'bogus' is not one of" in result.output and "invalid_event" in result.output
+
+
+def refailed(first: Letter, source_offset: int, replay_id: str = "r1", value: bytes = b"v") -> Letter:
+    """The letter of `first` replayed (under `replay_id`) and dead-lettered again at `source_offset`."""
+    sent = plan([first], "metrics", "metrics").send[0].lineage(replay_id)
+    dead = DeadLetter(Reason.INVALID_JSON, "bad", "metrics", 0, source_offset, b"k", value, sent)
+    return Letter.of(Record(0, 100 + source_offset, b"k", value, dead.dlq_headers("eventsink")))
+
+
+def test_a_replayed_record_that_fails_again_is_the_same_dead_letter() -> None:
+    """Three replays of still-invalid records turned 3 letters into 27: each failure named a new
+    source offset, so no two letters looked alike."""
+    first = letter(offset=7)
+    again = refailed(first, 40)
+    # The replayed record carries the original headers byte for byte, then its lineage.
+    assert plan([first], "metrics", "metrics").send[0].lineage("r1") == (
+        ("trace", b"t1"),
+        ("eventsink.origin.topic", b"metrics"),
+        ("eventsink.origin.partition", b"0"),
+        ("eventsink.origin.offset", b"7"),
+        ("eventsink.replay.id", b"r1"),
+    )
+    # Its dead letter keeps them too, says where it really was, and names the origin.
+    assert again.original_headers == (("trace", b"t1"),)
+    assert (again.info.source_offset, again.info.origin, again.info.replay_id) == (40, ("metrics", 0, 7), "r1")
+    assert again.identity == first.identity and again.info.replayed and not first.info.replayed
+    # Replayed again (and again): the lineage stays the first failure's.
+    third = refailed(again, 90, "r2")
+    assert third.info.origin == ("metrics", 0, 7) and third.identity == first.identity
+    done = plan([first, again, third], "metrics", "metrics")
+    assert len(done.send) == 1 and done.repeats == 2
+    groups = dead_letters([first, again, third, letter(offset=8)])
+    assert [(g.latest.info.origin, g.attempts) for g in groups] == [(("metrics", 0, 8), 1), (("metrics", 0, 7), 3)]
+
+
+def test_a_forged_lineage_never_hides_another_records_letter() -> None:
+    """Lineage headers are anyone's to write: a record claiming another's origin is its own dead
+    letter unless its bytes are the same (then replaying one of them is replaying both)."""
+    first = letter(offset=7)
+    forged = refailed(first, 40, value=b"other bytes")
+    assert forged.info.origin == first.info.origin and forged.identity != first.identity
+    assert len(plan([first, forged], "metrics", "metrics").send) == 2
+    malformed = [
+        ("eventsink.origin.topic", b"metrics"),
+        ("eventsink.origin.partition", b"x"),
+        ("eventsink.origin.offset", b"7"),
+    ]
+    dead = DeadLetter(Reason.INVALID_JSON, "bad", "metrics", 0, 41, b"k", b"v", tuple(malformed))
+    alone = Letter.of(Record(0, 141, b"k", b"v", dead.dlq_headers("eventsink")))
+    assert alone.info.origin == ("metrics", 0, 41) and not alone.info.replayed
+    assert not any(k.startswith("eventsink.origin") for k, _ in alone.headers)
+
+
+def test_failed_at_is_shown_in_utc_with_its_zone() -> None:
+    assert utc_text("2024-05-01T14:00:00.5+02:00") == "2024-05-01T12:00:00.500000Z"
+    assert utc_text("2024-05-01T12:00:00+00:00") == "2024-05-01T12:00:00.000000Z"
+    assert utc_text("yesterday") == "yesterday"  # a header anyone wrote, shown as it is
+    assert letter().failed_at.endswith("Z")
+
+
+def test_a_replay_record_reads_back_and_junk_is_no_replay() -> None:
+    record = ReplayRecord(
+        "id",
+        "2024-05-01T12:00:00.000000Z",
+        "metrics.dlq",
+        "metrics",
+        {"reason": None},
+        2,
+        1,
+        0,
+        "ops",
+        "host",
+        [("metrics", 0, 7)],
+    )
+    assert ReplayRecord.from_json(record.to_json()) == record
+    for junk in (b"", b"[]", b"{}", b'{"id": 1}', None):
+        assert ReplayRecord.from_json(junk) is None
+
+
+def test_a_dead_letter_kept_in_postgresql_carries_the_lineage_on_its_marker() -> None:
+    """A replayed record too large for the dead-letter topic fails again: its marker names the
+    origin too, so it is the same dead letter as the first failure's marker."""
+    from streams.worker.deadletters import marker
+
+    first = letter(offset=7)
+    lineage = plan([first], "metrics", "metrics").send[0].lineage("r1")
+    dead = DeadLetter(Reason.TOO_LARGE, "too large", "metrics", 0, 40, b"k", b"v" * 100, lineage)
+    key, value, headers = marker(dead, "eventsink")
+    again = Letter.of(Record(0, 140, key, value, headers))
+    assert again.info.origin == ("metrics", 0, 7) and again.info.replay_id == "r1"
+    assert again.info.source_offset == 40 and again.stored == b"postgres"

@@ -10,17 +10,21 @@ import threading
 import uuid
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sinks import secrets
 from sinks.dsn import redact_dsn
 from streams import logs
 from streams.cli.console import ScrubbedStream
 from streams.settings import SettingsError, load
+from tests.strategies import hostile_passwords, leaked
 from tests.tls import encrypted_client_key, needs_openssl
 
 
@@ -224,3 +228,89 @@ def test_the_output_guard_scrubs_lines_written_in_pieces() -> None:
     guarded.flush()  # a partial line (a prompt) is written on flush
     guarded.buffer.write(f"{secret} as bytes\n".encode())
     assert sink.getvalue() == "start *** end\nnext *** as bytes\n"
+
+
+def dsn_spellings(password: str) -> dict[str, str]:
+    """The ways a DSN may carry a password, each a way people write them (valid or not)."""
+    encoded = quote(password, safe="")
+    conninfo = password.replace("\\", "\\\\").replace("'", "\\'")
+    return {
+        "url": f"postgresql://app:{password}@127.0.0.1:1/db",
+        "url-encoded": f"postgresql://app:{encoded}@127.0.0.1:1/db",
+        "url-partly-encoded": f"postgresql://app:{quote(password, safe=chr(34) + chr(39) + ' ')}@127.0.0.1:1/db",
+        "query": f"postgresql://app@127.0.0.1:1/db?sslmode=disable&password={encoded}",
+        "query-raw": f"postgresql://app@127.0.0.1:1/db?password={password}&sslmode=disable",
+        "multi-host": f"postgresql://app:{encoded}@127.0.0.1:1,127.0.0.1:2/db?target_session_attrs=any",
+        "conninfo": f"host=127.0.0.1 port=1 user=app password='{conninfo}' dbname=db",
+        "conninfo-bare": f"host=127.0.0.1 port=1 password={password} dbname=db",
+        "sslpassword": f"host=127.0.0.1 port=1 sslpassword='{conninfo}' dbname=db",
+    }
+
+
+def third_party_quotes(password: str) -> list[str]:
+    """What a library may write about a secret it was given: all of it, or the part before or
+    after a quote or a space (where its own quoting or tokenising stops), quoted, repr'd, in JSON."""
+    cuts = [i for i, c in enumerate(password) if c in "\"' \\=&@:/"]
+    parts = [password, *(password[:i] for i in cuts), *(password[i + 1 :] for i in cuts)]
+    texts = []
+    for part in parts:
+        texts += [f'error near "{part}"', f"value {part!r} refused", json.dumps({"error": part}), f"at '{part}'"]
+    return texts
+
+
+@given(password=hostile_passwords(), form=st.sampled_from(list(dsn_spellings("x"))))
+def test_no_piece_of_a_hostile_password_survives_any_message(password: str, form: str) -> None:
+    """`postgresql://postgres:my pass"LEAKEDTAIL123@...` printed `"…"LEAKEDTAIL123"` inside
+    libpq's parse error: the masking of libpq's quotes stopped at the quote in the password."""
+    with fresh_registry():
+        outputs = messages_about(password, dsn_spellings(password)[form])
+    for text in outputs:
+        assert leaked(password, text) == [], f"{form}: {text!r}"
+
+
+@contextmanager
+def fresh_registry() -> Iterator[None]:
+    """An empty registry of secrets for one example, the process's own restored afterwards (each
+    example registers its own secrets, as one command does)."""
+    with secrets._lock:
+        saved = set(secrets._secrets)
+        secrets._secrets.clear()
+        secrets._pattern = None
+    try:
+        yield
+    finally:
+        with secrets._lock:
+            secrets._secrets.clear()
+            secrets._secrets.update(saved)
+            secrets._pattern = None
+
+
+def messages_about(password: str, dsn: str) -> list[str]:
+    """What a command and the libraries under it may write about a DSN holding `password`."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    outputs = []
+    try:
+        # What every command does first: register the secrets, or refuse the DSN; then show it.
+        shown = secrets.scrub(load(database_url=dsn).dsn_display)
+    except SettingsError as exc:
+        outputs.append(str(exc))
+    else:
+        assert "127.0.0.1" in shown, shown  # masking the secrets masks nothing else of the DSN
+        outputs.append(shown)
+    try:
+        conninfo_to_dict(dsn)
+    except Exception as exc:  # libpq's own words, as a library would pass them on
+        outputs.append(secrets.scrub(str(exc)))
+    outputs += [secrets.scrub(text) for text in third_party_quotes(password)]
+    outputs.append(secrets.scrub(f"{dsn} / {json.dumps(dsn)} / {dsn!r}"))
+    return outputs
+
+
+def test_the_dsn_of_the_report_leaks_nothing() -> None:
+    dsn = 'postgresql://postgres:my pass"LEAKEDTAIL123@127.0.0.1/x'
+    with pytest.raises(SettingsError) as refused:
+        load(database_url=dsn)
+    assert "LEAKED" not in str(refused.value) and "my pass" not in str(refused.value)
+    assert "unexpected spaces found in" in str(refused.value)  # libpq's reason stays
+    assert str(refused.value).count("\n") == 0
