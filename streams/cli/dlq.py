@@ -93,7 +93,9 @@ def dlq() -> None:
 @dlq.command("list")
 @click.argument("topic")
 @click.option("--reason", type=REASONS, default=None, help="Only this reason.")
-@click.option("--tenant", default=None, type=names.TENANT, help="Only records keyed by this tenant (any UUID spelling a worker accepts).")
+@click.option(
+    "--tenant", default=None, type=names.TENANT, help="Only records keyed by this tenant (any UUID spelling)."
+)
 @click.option("--since", default=None, help="Only records dead-lettered since: 10m, 2h, 1d, or a timestamp.")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per dead letter.")
@@ -188,7 +190,9 @@ def _plan(s: Settings, letters: list[tool.Letter], source: str | None, target: s
 @dlq.command("replay")
 @click.argument("topic")
 @click.option("--reason", type=REASONS, default=None, help="Only records that failed for this reason.")
-@click.option("--tenant", default=None, type=names.TENANT, help="Only records keyed by this tenant (any UUID spelling a worker accepts).")
+@click.option(
+    "--tenant", default=None, type=names.TENANT, help="Only records keyed by this tenant (any UUID spelling)."
+)
 @click.option("--since", default=None, help="Only records dead-lettered since: 10m, 2h, 1d, or a timestamp.")
 @click.option(
     "--to",
