@@ -19,7 +19,16 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import orjson
-from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+)
 
 NO_NUL = r"^[^\x00]*$"
 NUL_MESSAGE = "must not contain NUL (\\u0000) characters"
@@ -92,7 +101,20 @@ def Integer(pg_type: str, ge: int, le: int) -> Any:
     return Annotated[int, Field(strict=True, ge=ge, le=le), PgType(pg_type)]
 
 
+# Spelt as pydantic-core reads a UUID: 32 ASCII hex digits, hyphenated 8-4-4-4-12 or not, the
+# hyphenated form also in braces or after urn:uuid:, either case. (Python's uuid.UUID is looser:
+# it reads any Unicode digit, a sign, 0x, underscores, spaces and hyphens anywhere.)
 Uuid = Annotated[UUID, PgType("uuid")]
+_UUID = TypeAdapter(Uuid)
+
+
+def parse_uuid(text: str) -> UUID | None:
+    """The UUID `text` spells, by the very rule of every `Uuid` field; None when it spells none.
+    Whatever else parses a UUID (a record key) uses this, so that key and value agree."""
+    try:
+        return _UUID.validate_python(text)
+    except ValidationError:
+        return None
 
 # An integer a double cannot hold exactly (beyond 2**53) would be stored rounded: refused.
 EXACT_FLOAT_INT = 2**53

@@ -35,7 +35,7 @@ from functools import cached_property
 from typing import Any, Protocol
 from uuid import UUID
 
-from schemas.codec import Decoded, decode
+from schemas.codec import Decoded, decode, key_tenant as decoded_key_tenant
 from schemas.deadletter import DeadLetterInfo, Reason
 from sinks.writers.lifecycle import State, fold, step_of, superseded
 from streams.kinds import Kind
@@ -272,11 +272,9 @@ def _owners(valid: list[Seen], owned_by: str) -> dict[UUID, UUID]:
 
 
 def key_tenant(key: bytes | None) -> str:
-    """The tenant_id a record key names, as text, or NOT_A_TENANT."""
-    try:
-        return str(UUID((key or b"").decode()))
-    except (UnicodeDecodeError, ValueError):
-        return NOT_A_TENANT
+    """The tenant_id a record key names, as text, or NOT_A_TENANT (the decoder's own rule)."""
+    tenant = decoded_key_tenant(key)
+    return NOT_A_TENANT if tenant is None else str(tenant)
 
 
 async def read_expected(reader: Reader, kind: Kind, since: datetime | None = None) -> Expected:
