@@ -116,6 +116,7 @@ def parse_uuid(text: str) -> UUID | None:
     except ValidationError:
         return None
 
+
 # An integer a double cannot hold exactly (beyond 2**53) would be stored rounded: refused.
 EXACT_FLOAT_INT = 2**53
 
