@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import orjson
 import psycopg
 from psycopg.types.json import set_json_dumps
 from psycopg_pool import AsyncConnectionPool
 
+from schemas.columns import jsonb_text
 from sinks.secrets import register_dsn
 
 
 def _dumps(obj: object) -> str:
-    return orjson.dumps(obj).decode()
+    # As `schemas.columns.JsonObject` measured it: a float keeps a fraction, so jsonb gives it back.
+    return jsonb_text(obj).decode()
 
 
 def open_pool(

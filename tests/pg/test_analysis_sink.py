@@ -199,3 +199,20 @@ async def test_a_duplicate_of_a_stored_event_claims_nothing_in_any_batching(
     assert sum(len(r.duplicates) for r in results) == 1
     assert row(database_url, y)[0:2] == (b, "pending")  # type: ignore[index]
     assert row(database_url, x)[0:2] == (a, "pending")  # type: ignore[index]
+
+
+async def test_a_result_with_floats_of_any_magnitude_completes_the_analysis(pool: object, database_url: str) -> None:
+    """Issue 19: 3.2e21 is what a producer's JSON library writes for a large double. The event is
+    stored, the row folded from it (read back from analysis_events and written again) completes,
+    and both give back the floats that were sent, as floats."""
+    tenant, aid, feed = uuid.uuid4(), uuid.uuid4(), Feed(pool)
+    sent = {"x": 3.2e21, "y": [2e19, -1.2345678901234567e18, 1e308, 5e-324], "z": 2**64 - 1}
+    await feed.deliver(ev(tenant, aid, "p", "pending", 0))
+    result = await feed.deliver(ev(tenant, aid, "c", "completed", 1, result=sent))
+    assert (len(result.applied), result.dead_letters) == (1, [])
+    assert row(database_url, aid)[1:4] == ("completed", 100, sent)  # type: ignore[index]
+    with psycopg.connect(database_url) as conn:
+        (stored,) = conn.execute(
+            "SELECT result FROM eventsink.analysis_events WHERE dedupe_id = %s", (f"{aid}:c",)
+        ).fetchone()  # type: ignore[misc]
+    assert stored == sent and type(stored["x"]) is float and type(stored["y"][0]) is float

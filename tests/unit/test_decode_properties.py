@@ -96,7 +96,7 @@ def check_storable(kind: str, event: BaseModel) -> None:
             text.encode("utf-8")
             assert "\x00" not in "".join(strings(value))
             assert all(-(2**63) <= n < 2**64 for n in _ints(value))
-            assert all(abs(f) < 2**53 for f in _floats(value)), "jsonb would give back another number"
+            assert all(math.isfinite(f) for f in _floats(value))  # any magnitude: jsonb's numeric holds it
     again = decode(encode(event), type(event), None, CONTEXT.get(kind))
     # Kept unknown fields go back to the top level on the wire, and come back as attributes.
     assert isinstance(again, Decoded) and again.event == event, again
@@ -228,7 +228,7 @@ def test_a_result_nested_300_levels_is_refused_as_too_deep() -> None:
 
 
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
-@pytest.mark.parametrize("where", ["{{\"score\": {}}}", "{{\"a\": [1, {{\"b\": {}}}]}}"])
+@pytest.mark.parametrize("where", ['{{"score": {}}}', '{{"a": [1, {{"b": {}}}]}}'])
 def test_nan_and_infinity_inside_a_json_object_are_refused_not_stored_as_null(literal: str, where: str) -> None:
     """pydantic-core's JSON parser reads these literals into a jsonb field's value, and orjson
     would then store them as null (found by test_any_json_value_in_any_field)."""
