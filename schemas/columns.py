@@ -283,7 +283,7 @@ def JsonObject(max_bytes: int, max_depth: int = MAX_JSON_DEPTH) -> Any:
                 size = len(jsonb_text(value))
             except orjson.JSONEncodeError as exc:  # an integer beyond 64 bits
                 raise ValueError(
-                    f"cannot be stored: {exc} (integers are stored within 64 bits, -2**63 to 2**64-1;"
+                    f"cannot be stored: {exc} (integers are stored within 64 bits, -2**63 to 2**64-1,"
                     " a larger number can be sent as a float)"
                 ) from None
             if size > max_bytes:

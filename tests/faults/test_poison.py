@@ -607,7 +607,7 @@ def analysis_cases(r: Records) -> list[Case]:
                     a,
                     invalid(
                         "result: cannot be stored: Integer exceeds 64-bit range (integers are stored within 64 bits,"
-                        " -2**63 to 2**64-1; a larger number can be sent as a float)"
+                        " -2**63 to 2**64-1, a larger number can be sent as a float)"
                     ),
                     result={"n": 2**64},
                     **done,

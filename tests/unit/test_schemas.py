@@ -201,7 +201,7 @@ def test_a_result_with_an_integer_beyond_64_bits_is_refused_saying_why() -> None
     assert isinstance(result, Rejected) and result.reason is Reason.INVALID_EVENT
     assert result.detail == (
         "result: cannot be stored: Integer exceeds 64-bit range (integers are stored within 64 bits, "
-        "-2**63 to 2**64-1; a larger number can be sent as a float)"
+        "-2**63 to 2**64-1, a larger number can be sent as a float)"
     )
 
 
