@@ -24,6 +24,7 @@ from uuid import UUID
 import orjson
 from pydantic import BaseModel, ValidationError
 
+from schemas.columns import parse_uuid
 from schemas.deadletter import MAX_DETAIL, Reason
 from schemas.envelope import ATTRIBUTES
 from schemas.fields import NO_NUL, NUL_MESSAGE
@@ -98,9 +99,6 @@ def _json_failure(raw: bytes, exc: orjson.JSONDecodeError) -> Rejected:
     return Rejected(Reason.INVALID_JSON, f"value is not JSON: {exc.msg} at char {exc.pos}")
 
 
-# A wire field named like the column of kept unknown fields is itself an unknown field.
-_ATTRIBUTES_ON_THE_WIRE = b'"attributes"'
-
 # Integer literals of 19 digits or more may be beyond 64 bits, which orjson reads as a float
 # (silently rounding them); such values are parsed again, exactly.
 _LONG_INTEGER = re.compile(rb"\d{19}")
@@ -159,15 +157,19 @@ def _decode(
 ) -> Decoded[M] | Rejected:
     if raw is None:
         return Rejected(Reason.INVALID_JSON, "value is empty (a tombstone)")
-    if _ATTRIBUTES_ON_THE_WIRE not in raw:
-        # The common case, in one pass of pydantic-core's own JSON parser (integers exact, lone
-        # surrogates, NaN and Infinity refused, as below). Anything it refuses, unknown fields
-        # included, takes the path below, which knows why and what the kind's policy says.
-        try:
-            event = model.model_validate_json(raw, context=context)
-        except ValidationError:
-            pass
-        else:
+    # The common case, in one pass of pydantic-core's own JSON parser (integers exact, lone
+    # surrogates, NaN and Infinity refused, as below). Anything it refuses, unknown fields
+    # included, takes the path below, which knows why and what the kind's policy says. So does a
+    # wire field that decodes to the name `attributes` (however its key was escaped: JSON lets any
+    # character of a key be written \\uXXXX): it is an unknown field, which the parser would
+    # have put into the model's own field. The test is on the decoded keys (the fields set), not
+    # on the bytes.
+    try:
+        event = model.model_validate_json(raw, context=context)
+    except ValidationError:
+        pass
+    else:
+        if ATTRIBUTES not in event.model_fields_set:
             tenant_id: UUID = event.tenant_id  # type: ignore[attr-defined]
             if key is not None and _key_tenant(key) != tenant_id.int:
                 return Rejected(
@@ -222,6 +224,13 @@ def _decode(
 _CACHED_KEY_BYTES = 64
 
 
+def key_tenant(key: bytes | None) -> UUID | None:
+    """The tenant a record key names (None: it names none), spelt as a `tenant_id` value must be
+    (`schemas.columns.parse_uuid`): a key is a tenant exactly when the value's field would be."""
+    found = None if key is None else _key_tenant(key)
+    return None if found is None else UUID(int=found)
+
+
 def _key_tenant(key: bytes) -> int | None:
     """The UUID a record key names, as an integer (None: it names none). Keys repeat (one per
     tenant): parsing each once saves a UUID's text or parse per record."""
@@ -232,9 +241,10 @@ def _key_tenant(key: bytes) -> int | None:
 
 def _parse_key_tenant(key: bytes) -> int | None:
     try:
-        return UUID(key.decode("utf-8")).int
-    except (UnicodeDecodeError, ValueError):
+        tenant = parse_uuid(key.decode("utf-8"))
+    except UnicodeDecodeError:
         return None
+    return None if tenant is None else tenant.int
 
 
 _cached_key_tenant = lru_cache(maxsize=4096)(_parse_key_tenant)

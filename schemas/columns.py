@@ -11,15 +11,26 @@ the database stages can no longer disagree: a value that passes decoding fits it
 from __future__ import annotations
 
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Annotated, Any
 from uuid import UUID
 
 import orjson
-from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+)
 
 NO_NUL = r"^[^\x00]*$"
 NUL_MESSAGE = "must not contain NUL (\\u0000) characters"
@@ -92,7 +103,21 @@ def Integer(pg_type: str, ge: int, le: int) -> Any:
     return Annotated[int, Field(strict=True, ge=ge, le=le), PgType(pg_type)]
 
 
+# Spelt as pydantic-core reads a UUID: 32 ASCII hex digits, hyphenated 8-4-4-4-12 or not, the
+# hyphenated form also in braces or after urn:uuid:, either case. (Python's uuid.UUID is looser:
+# it reads any Unicode digit, a sign, 0x, underscores, spaces and hyphens anywhere.)
 Uuid = Annotated[UUID, PgType("uuid")]
+_UUID = TypeAdapter(Uuid)
+
+
+def parse_uuid(text: str) -> UUID | None:
+    """The UUID `text` spells, by the very rule of every `Uuid` field; None when it spells none.
+    Whatever else parses a UUID (a record key) uses this, so that key and value agree."""
+    try:
+        return _UUID.validate_python(text)
+    except ValidationError:
+        return None
+
 
 # An integer a double cannot hold exactly (beyond 2**53) would be stored rounded: refused.
 EXACT_FLOAT_INT = 2**53
@@ -195,20 +220,40 @@ def _has_nul(value: Any) -> bool:
     return False
 
 
-# Beyond it a double holds integers only, and jsonb prints them as integer digits: read back, such
-# a number is a Python int (beyond 64 bits for 2e19, which no writer can serialise again) and
-# may differ from the double that was sent (1.2345678901234567e18 comes back 1234567890123456700).
-MAX_EXACT_FLOAT = 2.0**53
+# How a float is stored in jsonb (every JSON number is a `numeric` there, which keeps the digits and
+# the scale it was written with): orjson writes a double of 1e16 or more with an exponent
+# (3.2e+21), which jsonb keeps as the integer 3200000000000000000000 and prints so; read back,
+# Python takes it for an int (one beyond 64 bits that no writer can serialise again, for 2e19;
+# 1234567890123456800 for 1.2345678901234568e18, another number than the double). Written out
+# with a fraction, 3200000000000000000000.0, jsonb keeps and prints the fraction, and every JSON
+# reader gives back the very double that was sent. `numeric` holds any finite double this way
+# (1e308 is 309 digits; 5e-324, printed as 0.000...5, already has a fraction).
+_EXPONENT = re.compile(rb'"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?e\+\d+')
 
 
-def _unstorable_float(value: Any) -> float | None:
-    """A float jsonb cannot give back as it was sent: NaN or Infinity (pydantic-core's JSON parser
-    reads them, orjson would store them as null), or one of 2**53 or more in magnitude."""
+def _with_fraction(match: re.Match[bytes]) -> bytes:
+    token = match.group()
+    if token.startswith(b'"'):
+        return token  # a string: kept as it is
+    return format(Decimal(token.decode()), "f").encode() + b".0"
+
+
+def jsonb_text(value: Any) -> bytes:
+    """`value` as the JSON text it is stored as in a jsonb column: orjson's, with every float
+    written with an exponent spelt out with a fraction, so that jsonb gives back a float equal to
+    it. Raises orjson.JSONEncodeError for what JSON cannot hold (an integer beyond 64 bits)."""
+    text = orjson.dumps(value)
+    if b"e+" not in text:  # the common case: no such float (nor a string holding "e+")
+        return text
+    return _EXPONENT.sub(_with_fraction, text)
+
+
+def _not_finite(value: Any) -> float | None:
     stack = [value]
     while stack:
         node = stack.pop()
         if isinstance(node, float):
-            if not abs(node) < MAX_EXACT_FLOAT:  # NaN compares false
+            if not math.isfinite(node):
                 return node
         elif isinstance(node, dict):
             stack.extend(node.values())
@@ -219,8 +264,9 @@ def _unstorable_float(value: Any) -> float | None:
 
 def JsonObject(max_bytes: int, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """A JSON object stored as `jsonb`: at most `max_depth` levels deep and `max_bytes` once
-    serialised, with no NUL in any key or string (jsonb refuses \\u0000), and no floating-point
-    number of 2**53 or more in magnitude (jsonb gives it back as another number)."""
+    serialised as it is stored (`jsonb_text`), with no NUL in any key or string (jsonb refuses
+    \\u0000), finite numbers and integers within 64 bits. Any finite float is stored, and given
+    back equal, whatever its magnitude."""
 
     def storable(value: Any) -> Any:
         if isinstance(value, dict):
@@ -228,19 +274,18 @@ def JsonObject(max_bytes: int, max_depth: int = MAX_JSON_DEPTH) -> Any:
                 raise ValueError(f"is nested more than {max_depth} levels deep")
             if _has_nul(value):
                 raise ValueError(NUL_MESSAGE)
-            large = _unstorable_float(value)
-            if large is not None and not math.isfinite(large):
-                # The JSON path (orjson) says which literal it was: "value contains NaN: ...".
-                raise ValueError(f"holds {large!r}: numbers must be finite")
-            if large is not None:
-                raise ValueError(
-                    f"holds {large!r}: a floating-point number of 2**53 or more comes back from PostgreSQL"
-                    " as an integer that may differ from it (write it as an integer, at most 64 bits)"
-                )
+            infinite = _not_finite(value)
+            if infinite is not None:
+                # pydantic-core's JSON parser reads NaN and Infinity, which orjson would store as
+                # null. (The JSON path, orjson, says which literal it was: "value contains NaN".)
+                raise ValueError(f"holds {infinite!r}: numbers must be finite")
             try:
-                size = len(orjson.dumps(value))
+                size = len(jsonb_text(value))
             except orjson.JSONEncodeError as exc:  # an integer beyond 64 bits
-                raise ValueError(f"cannot be stored: {exc}") from None
+                raise ValueError(
+                    f"cannot be stored: {exc} (integers are stored within 64 bits, -2**63 to 2**64-1,"
+                    " a larger number can be sent as a float)"
+                ) from None
             if size > max_bytes:
                 raise ValueError(f"is {size} bytes once serialised, more than the {max_bytes} allowed")
         return value

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import orjson
 import psycopg
 from psycopg.types.json import set_json_dumps
 from psycopg_pool import AsyncConnectionPool
 
+from schemas.columns import jsonb_text
 from sinks.local_settings import LocalSettings
 from sinks.secrets import register_dsn
 
@@ -21,7 +21,8 @@ class ReadOnlyNode(psycopg.OperationalError):
 
 
 def _dumps(obj: object) -> str:
-    return orjson.dumps(obj).decode()
+    # As `schemas.columns.JsonObject` measured it: a float keeps a fraction, so jsonb gives it back.
+    return jsonb_text(obj).decode()
 
 
 class Pool(AsyncConnectionPool):

@@ -16,17 +16,20 @@ run in CI is reproducible) and `thorough` (`pytest --hypothesis-profile=thorough
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import random
 import re
 import string
+import unicodedata
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, assume, settings
 from hypothesis import strategies as st
 
 _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -94,16 +97,15 @@ any_json = st.recursive(
 ) | st.builds(nested, st.integers(1, 400))
 
 # JSON a jsonb column stores and gives back equal: object keys and strings without NUL, integers
-# a 64-bit encoder writes, finite floats below 2**53 (jsonb prints larger ones as integer digits),
-# at most 64 levels.
-EXACT_FLOAT = 2.0**53
+# a 64-bit encoder writes, finite floats of any magnitude (stored with a fraction, so that jsonb
+# gives them back as floats), at most 64 levels.
 storable_json_scalar = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(-(2**63), 2**64 - 1),
     st.sampled_from([-(2**63), INT8, 2**64 - 1]),
-    st.floats(-EXACT_FLOAT, EXACT_FLOAT, exclude_min=True, exclude_max=True),
-    st.sampled_from([f for f in EDGE_FLOATS if abs(f) < EXACT_FLOAT] + [EXACT_FLOAT - 1, 1 - EXACT_FLOAT]),
+    finite_float,
+    st.sampled_from([2.0**53 - 1, 2.0**53, 1e16, 3.2e21, 1.2345678901234567e18, 2e19, -1e300, 1e308]),
     storable_text(),
 )
 
@@ -238,6 +240,117 @@ EXTREME_STAMPS = [
 def uuid_text(u: uuid.UUID, form: int) -> str:
     """Spellings of one UUID that the contract accepts."""
     return [str(u), str(u).upper(), u.hex, "{" + str(u) + "}", "urn:uuid:" + str(u)][form]
+
+
+# The spellings of a UUID the contract reads, written out here (not taken from the schemas): 32
+# ASCII hex digits, hyphenated 8-4-4-4-12 or not, the hyphenated form also in braces or after
+# urn:uuid:. Python's uuid.UUID reads many more (any Unicode digit, 0x, a sign, underscores).
+_HEX = "[0-9a-fA-F]"
+_HYPHENATED = f"{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}"
+UUID_SPELLING = re.compile(rf"{_HYPHENATED}|{_HEX}{{32}}|\{{{_HYPHENATED}\}}|urn:uuid:{_HYPHENATED}")
+
+
+def spelt_uuid(text: Any) -> uuid.UUID | None:
+    """The UUID `text` spells by the contract, or None."""
+    if not isinstance(text, str) or UUID_SPELLING.fullmatch(text) is None:
+        return None
+    return uuid.UUID(hex="".join(c for c in text.removeprefix("urn:uuid:") if c in string.hexdigits))
+
+
+@functools.cache
+def other_digits() -> dict[int, list[str]]:
+    """Every decimal digit (Unicode category Nd) that is not ASCII, by its value."""
+    found: dict[int, list[str]] = {d: [] for d in range(10)}
+    for code in range(0x80, 0x110000):
+        if unicodedata.category(c := chr(code)) == "Nd":
+            found[unicodedata.decimal(c)].append(c)
+    return found
+
+
+@st.composite
+def other_digit_uuid(draw: st.DrawFn) -> tuple[str, uuid.UUID]:
+    """An accepted spelling of a UUID with some of its digits written in another script's (Nd)
+    digits of the same value: what Python's int() and uuid.UUID read as the same UUID."""
+    u = draw(st.uuids())
+    text = uuid_text(u, draw(st.integers(0, 4)))
+    digits = [i for i, c in enumerate(text) if "0" <= c <= "9" and i >= (9 if text.startswith("urn:") else 0)]
+    assume(digits)
+    chosen = draw(st.lists(st.sampled_from(digits), min_size=1, unique=True))
+    chars = list(text)
+    for i in chosen:
+        chars[i] = draw(st.sampled_from(other_digits()[int(text[i])]))
+    return "".join(chars), u
+
+
+@st.composite
+def uuid_lookalike(draw: st.DrawFn) -> str:
+    """Texts around the spellings of a UUID: accepted ones, other digits, and what only a looser
+    parser (Python's uuid.UUID, int(x, 16)) would read."""
+    u = draw(st.uuids())
+    plain, simple = str(u), u.hex
+    return draw(
+        st.one_of(
+            st.integers(0, 4).map(lambda form: uuid_text(u, form)),
+            other_digit_uuid().map(lambda pair: pair[0]),
+            st.sampled_from(
+                [
+                    "{" + simple + "}",
+                    "urn:uuid:" + simple,
+                    "URN:UUID:" + plain,
+                    "uuid:" + plain,
+                    "{{" + plain + "}}",
+                    "{" + plain,
+                    "0x" + simple[2:],
+                    "+" + simple[1:],
+                    "-" + simple[1:],
+                    " " + simple[1:],
+                    simple[:31] + " ",
+                    simple[:1] + "_" + simple[2:],
+                    plain.replace("-", "", 1) + "-",
+                    plain[:8] + plain[9:13] + "-" + plain[13:],
+                    plain.upper().replace("A", "\uff21"),
+                    plain + "\n",
+                    simple.replace("a", "\u0430"),
+                ]
+            ),
+            st.text(st.sampled_from("0123456789abcdefABCDEF-{}:urnid \u0660\uff10_+x"), max_size=46),
+            st.text(max_size=40),
+        )
+    )
+
+
+def escaped_string(text: str, rnd: random.Random) -> str:
+    """A JSON string literal (quotes included) of `text` with random characters written as
+    \\uXXXX escapes (hex digits in either case, surrogate pairs beyond the BMP), at least one
+    when `text` is not empty; the others as json.dumps writes them."""
+    escape = [rnd.random() < 0.3 for _ in text]
+    if text and not any(escape):
+        escape[rnd.randrange(len(text))] = True
+    out = []
+    for c, esc in zip(text, escape, strict=True):
+        if not esc:
+            out.append(json.dumps(c, ensure_ascii=False)[1:-1])
+            continue
+        units = c.encode("utf-16-be")
+        for at in range(0, len(units), 2):
+            code = f"{int.from_bytes(units[at : at + 2], 'big'):04x}"
+            out.append("\\u" + (code.upper() if rnd.random() < 0.5 else code))
+    return '"' + "".join(out) + '"'
+
+
+@st.composite
+def escaped_keys_json(draw: st.DrawFn, value: Any) -> bytes:
+    """`value` as JSON with the keys of every object, at every level, spelt with random escapes."""
+    rnd = draw(st.randoms(use_true_random=False))
+
+    def dump(node: Any) -> str:
+        if isinstance(node, dict):
+            return "{" + ",".join(f"{escaped_string(k, rnd)}:{dump(v)}" for k, v in node.items()) + "}"
+        if isinstance(node, list):
+            return "[" + ",".join(dump(v) for v in node) + "]"
+        return json.dumps(node, ensure_ascii=False)
+
+    return dump(value).encode()
 
 
 @dataclass

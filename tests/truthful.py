@@ -10,13 +10,14 @@ Used by the property tests of `decode` and by the fault suites on what the DLQ t
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any
 
 from schemas import AnalysisEvent, ChatEvent, MetricEvent, Reason
+from tests.strategies import spelt_uuid
 
 SAFETY_NET = "value could not be decoded"  # decode's catch-all: an exception escaped the checks
 MODEL_FIELDS = {name for m in (MetricEvent, ChatEvent, AnalysisEvent) for name in m.model_fields}
+WIRE_FIELDS = MODEL_FIELDS - {"attributes"}
 
 
 def untrue(reason: str, detail: str, value: bytes | None, key: bytes | None) -> str | None:
@@ -55,7 +56,8 @@ def untrue(reason: str, detail: str, value: bytes | None, key: bytes | None) -> 
         newer = type(version) is int and version > 1  # every kind is at major version 1
         return None if newer and f"schema_version {version}" in detail else f"unsupported_version for {version!r}"
     if reason == Reason.UNKNOWN_FIELD:
-        names = [k for k in obj if k not in MODEL_FIELDS] if parsed and isinstance(obj, dict) else []
+        # `attributes` is not a wire field: on the wire it is an unknown field like any other.
+        names = [k for k in obj if k not in WIRE_FIELDS] if parsed and isinstance(obj, dict) else []
         return None if names else "unknown_field for a value without unknown fields"
     if detail.startswith("value contains "):  # a constant JSON does not have, named as sent
         return None if detail.split()[2].rstrip(":") in text else f"{detail!r} names no constant of the value"
@@ -105,7 +107,9 @@ def _has_surrogate(value: Any) -> bool:
 
 
 def _names(key: bytes, tenant: Any) -> bool:
+    """The key and the tenant_id spell the same UUID, by the contract's spellings."""
     try:
-        return uuid.UUID(key.decode("utf-8")) == uuid.UUID(str(tenant))
-    except (UnicodeDecodeError, ValueError, AttributeError):
+        named = spelt_uuid(key.decode("utf-8"))
+    except UnicodeDecodeError:
         return False
+    return named is not None and named == spelt_uuid(tenant)

@@ -87,7 +87,7 @@ class AnalysisWriter(StagedWriter[AnalysisEvent], kind="analysis", staging=STAGI
         live = [r for r in records if r.event.analysis_id not in archived]
         if not live:
             return outcome
-        outcome.rejected = owners.mismatches(live, claims.owners, owners.ANALYSES)
+        outcome.rejected = claims.refused
         ids, tenants = claims.pairs()
         await cur.execute(INSERT_EVENTS, {"ids": ids, "tenants": tenants, "topic": topic, "partition": partition})
         inserted = {int(off): dedupe for off, dedupe in await cur.fetchall()}

@@ -78,11 +78,10 @@ class ChatWriter(StagedWriter[ChatEvent], kind="chat", staging=STAGING):
     async def apply(self, conn: AsyncConnection, topic: str, partition: int, records: Records[ChatEvent]) -> Outcome:
         cur = await STAGING.stage(conn, records)
         claims = await owners.claim(conn, records, owners.CHAT_SESSIONS)
-        rejected = owners.mismatches(records, claims.owners, owners.CHAT_SESSIONS)
         ids, tenants = claims.pairs()
         params = {"ids": ids, "tenants": tenants, "new": list(claims.new), "topic": topic, "partition": partition}
         await cur.execute(INSERT_MESSAGES, params)
-        return Outcome(applied={int(r[0]) for r in await cur.fetchall()}, rejected=rejected)
+        return Outcome(applied={int(r[0]) for r in await cur.fetchall()}, rejected=claims.refused)
 
     async def prepare(self, conn: AsyncConnection, records: Records[ChatEvent]) -> None:
         """Before a batch is redone record by record: claim all its conversations at once."""

@@ -27,6 +27,7 @@ ConsumerRecord, what `streams.tools.reader.Reader` returns.
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from typing import Any, Protocol
 from uuid import UUID
 
 from schemas.codec import Decoded
+from schemas.codec import key_tenant as decoded_key_tenant
 from schemas.deadletter import DeadLetterInfo, Reason
 from sinks.writers.lifecycle import State, fold, step_of, superseded
 from streams.kinds import Kind
@@ -248,35 +250,39 @@ def expect(kind: Kind, records: Iterable[SourceRecord], dead: Iterable[SourceRec
     out.refused = {s.where: Reason.DB_REJECTED.value for s in valid if s.where in db_rejected}
     owned_by = OWNED_BY.get(kind.name)
     if owned_by:
-        out.owners = _owners([s for s in valid if s.where not in db_rejected], owned_by)
-        for s in valid:
-            if s.where not in out.refused and out.owners[getattr(s.event, owned_by)] != s.event.tenant_id:
-                out.refused[s.where] = Reason.TENANT_MISMATCH.value
+        out.owners = _owners([s for s in valid if s.where not in db_rejected], owned_by, out.refused)
     return out
 
 
-def _owners(valid: list[Seen], owned_by: str) -> dict[UUID, UUID]:
-    """Row id -> the tenant of its first record: the first by offset in each partition, then the
-    earliest timestamp across partitions (the partition breaking ties)."""
-    first: dict[tuple[UUID, int], Seen] = {}
+def _owners(valid: list[Seen], owned_by: str, refused: dict[Where, str]) -> dict[UUID, UUID]:
+    """Row id -> the tenant of its first record that inserts an event, judged as the sink does
+    (`sinks.writers.owners`): in offset order within a partition, across partitions by
+    timestamp (the partition breaking ties). A record naming a row another tenant owns by then is
+    refused (added to `refused`); a re-send of a key stored already claims nothing."""
+    partitions: dict[int, list[Seen]] = defaultdict(list)
     for s in valid:
-        at = (getattr(s.event, owned_by), s.partition)
-        if at not in first or s.offset < first[at].offset:
-            first[at] = s
-    owners: dict[UUID, tuple[tuple[int, int], UUID]] = {}
-    for (row, partition), s in first.items():
-        rank = (s.timestamp, partition)
-        if row not in owners or rank < owners[row][0]:
-            owners[row] = (rank, s.event.tenant_id)
-    return {row: tenant for row, (_, tenant) in owners.items()}
+        partitions[s.partition].append(s)
+    streams = [sorted(seen, key=lambda s: s.offset) for seen in partitions.values()]
+    owners: dict[UUID, UUID] = {}
+    stored: set[Key] = set()
+    for s in heapq.merge(*streams, key=lambda s: (s.timestamp, s.partition)):
+        row, tenant = getattr(s.event, owned_by), s.event.tenant_id
+        owner = owners.get(row)
+        if owner is not None and owner != tenant:
+            refused[s.where] = Reason.TENANT_MISMATCH.value
+            continue
+        key = (tenant, s.event.dedupe_id)
+        if key in stored:
+            continue
+        stored.add(key)
+        owners.setdefault(row, tenant)
+    return owners
 
 
 def key_tenant(key: bytes | None) -> str:
-    """The tenant_id a record key names, as text, or NOT_A_TENANT."""
-    try:
-        return str(UUID((key or b"").decode()))
-    except (UnicodeDecodeError, ValueError):
-        return NOT_A_TENANT
+    """The tenant_id a record key names, as text, or NOT_A_TENANT (the decoder's own rule)."""
+    tenant = decoded_key_tenant(key)
+    return NOT_A_TENANT if tenant is None else str(tenant)
 
 
 async def read_expected(reader: Reader, kind: Kind, since: datetime | None = None) -> Expected:

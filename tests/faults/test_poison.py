@@ -15,17 +15,19 @@ import json
 import math
 import random
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from typing import Any
 
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.columns import NUL_MESSAGE
 from schemas.deadletter import H_REASON, H_SOURCE_OFFSET, Reason
 from tests.faults.fuzz import fuzz
-from tests.faults.poison import Case, Dead, Item, healthy, log_problems, run, settle, topics_of
+from tests.faults.poison import KINDS, Case, Dead, Item, healthy, log_problems, run, settle, topics_of
 from tests.faults.traffic import oracle
 from tests.helpers import Scenario, WorkerProcess, eventsink, wait_until
 from tests.producers import Client, Raw, create_topics, produce
@@ -41,10 +43,10 @@ LIMITS = "0001-01-02T00:00:00Z to 9999-12-30T23:59:59.999999Z"
 BIG_HEADER = b"h" * (5 * 1024 * 1024)
 
 
-def start(s: Scenario, tag: str) -> WorkerProcess:
+def start(s: Scenario, tag: str, **env: str) -> WorkerProcess:
     topics = list(topics_of(s).values())
     create_topics(s.bootstrap, [n for t in topics for n in (t, f"{t}.dlq")])
-    w = WorkerProcess(s.env(EVENTSINK_BATCH_SIZE="200"), s.data_dir / f"{tag}.log").start()
+    w = WorkerProcess(s.env(EVENTSINK_BATCH_SIZE="200", **env), s.data_dir / f"{tag}.log").start()
     wait_until(lambda: healthy(w) or not w.alive(), 60, what="the worker's /healthz")
     return w
 
@@ -74,11 +76,33 @@ class Records:
     def bad_body(self, kind: str, dead: Dead, **change: Any) -> Item:
         return self.bad(json.dumps(payload(kind, self.tenant, "bad", **change)).encode(), dead)
 
+    def escaped(self, kind: str, dedupe_id: str, dead: Dead | None = None, **change: Any) -> Item:
+        """A record whose every key is spelt with \\u escapes only (JSON allows any character of
+        a key to be escaped): it must end as the same record with plain keys would."""
+        body = payload(kind, change.pop("tenant_id", self.tenant), dedupe_id, **change)
+        raw = Raw(escape_keys(body).encode(), self.key)
+        return Item(raw, dead=dead) if dead is not None else Item(raw, body=body)
+
     def _key(self, key: Any) -> bytes | None:
         return self.key if key == "tenant" else key
 
     def neighbour(self, kind: str, name: str) -> Item:
         return self.ok(kind, name)
+
+
+def escape_keys(value: Any) -> str:
+    """`value` as JSON, each character of every key (at every level) written \\uXXXX."""
+    if isinstance(value, dict):
+        items = ('"' + "".join(f"\\u{u:04x}" for u in _utf16(k)) + '":' + escape_keys(v) for k, v in value.items())
+        return "{" + ",".join(items) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(escape_keys(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+def _utf16(text: str) -> list[int]:
+    units = text.encode("utf-16-be")
+    return [int.from_bytes(units[i : i + 2], "big") for i in range(0, len(units), 2)]
 
 
 def invalid(detail: str) -> Dead:
@@ -325,6 +349,49 @@ def metric_cases(r: Records) -> list[Case]:
                 ),
             ],
         ),
+        # Issue 19: what Python's uuid.UUID reads as the tenant, and the contract does not.
+        Case(
+            "keys and tenant ids in other digits",
+            m,
+            [
+                r.bad(
+                    json.dumps(payload(m, r.tenant, "bengali key")).encode(),
+                    Dead(
+                        Reason.KEY_MISMATCH,
+                        starts="record key ",
+                        contains=(f"is not the event's tenant_id {r.tenant}",),
+                    ),
+                    key=other_digits(r.tenant, 0x09E6).encode(),
+                ),
+                r.bad(
+                    json.dumps(payload(m, r.tenant, "fullwidth key")).encode(),
+                    Dead(
+                        Reason.KEY_MISMATCH,
+                        starts="record key ",
+                        contains=(f"is not the event's tenant_id {r.tenant}",),
+                    ),
+                    key=other_digits(r.tenant, 0xFF10).encode(),
+                ),
+                r.bad(
+                    json.dumps(payload(m, r.tenant, "braced 32 digits")).encode(),
+                    Dead(
+                        Reason.KEY_MISMATCH,
+                        starts="record key ",
+                        contains=(f"is not the event's tenant_id {r.tenant}",),
+                    ),
+                    key=("{" + r.tenant.replace("-", "") + "}").encode(),
+                ),
+                r.bad(
+                    json.dumps(payload(m, other_digits(r.tenant, 0x09E6), "bengali tenant_id")).encode(),
+                    Dead(Reason.INVALID_EVENT, starts="tenant_id: "),
+                ),
+            ],
+        ),
+        Case(
+            "every key escaped",
+            m,
+            [r.escaped(m, "escaped keys", tags={"host": "a", "\U0001f600": "b"}), r.escaped(m, "kept", extra=1)],
+        ),
         Case(
             "no key, and the tenant spelled otherwise",
             m,
@@ -372,6 +439,12 @@ def metric_cases(r: Records) -> list[Case]:
             ],
         ),
     ]
+
+
+def other_digits(text: str, zero: int) -> str:
+    """`text` with its ASCII digits written in the digits of another script (category Nd) that
+    start at code point `zero`: Python's int() and uuid.UUID read them as the same digits."""
+    return "".join(chr(zero + int(c)) if "0" <= c <= "9" else c for c in text)
 
 
 def invalid_utf8(what: str) -> Dead:
@@ -474,11 +547,44 @@ def chat_cases(r: Records) -> list[Case]:
         Case(
             "content compressed by its producer", c, [r.ok(c, "compressed", content="z" * 60_000)], compression="zstd"
         ),
+        # Issue 19: a duplicate claims nothing; the three records are produced together, so that
+        # they meet in one batch (the outcome must be the one of three batches).
+        Case(
+            "a duplicate naming a new conversation claims nothing",
+            c,
+            [
+                (first := r.ok(c, "claims C1", conversation_id=str(uuid.uuid4()))),
+                r.again(first, conversation_id=(c2 := str(uuid.uuid4()))),
+                owner.ok(c, "B in C2", conversation_id=c2),
+            ],
+        ),
+        Case(
+            "a conversation_id in other digits",
+            c,
+            [
+                r.bad_body(
+                    c,
+                    Dead(Reason.INVALID_EVENT, starts="conversation_id: "),
+                    conversation_id=other_digits(taken, 0x0966),
+                )
+            ],
+        ),
     ]
+
+
+LARGE_FLOATS = {"x": 3.2e21, "y": [2e19, -1.2345678901234567e18, 1.7976931348623157e308, 5e-324, 1e16]}
+
+
+def fractions_kept(row: dict[str, Any]) -> str | None:
+    """jsonb prints a float's digits with a fraction (every JSON reader gives back a float)."""
+    numbers = [row["result"]["x"], *row["result"]["y"]]
+    integral = [n for n in numbers if n.as_tuple().exponent >= 0]
+    return f"stored as integers: {integral}" if integral else None
 
 
 def analysis_cases(r: Records) -> list[Case]:
     a = "analysis"
+    other = Records()
     done = {"status": "completed"}
     return [
         # Fault 2: a result nested 300 levels; 64 is the deepest stored.
@@ -494,18 +600,36 @@ def analysis_cases(r: Records) -> list[Case]:
             [r.ok(a, "u64", result={"max": 2**64 - 1, "min": -(2**63), "f": 2.0**53 - 1, "tiny": 5e-324}, **done)],
         ),
         Case(
-            "integers and floats jsonb cannot give back",
+            "integers beyond 64 bits in a result",
             a,
             [
                 r.bad_body(
-                    a, invalid("result: cannot be stored: Integer exceeds 64-bit range"), result={"n": 2**64}, **done
-                ),
-                r.bad_body(
                     a,
-                    Dead(Reason.INVALID_EVENT, starts="result: holds 2e+19: a floating-point number of 2**53 or more"),
-                    result={"n": 2e19},
+                    invalid(
+                        "result: cannot be stored: Integer exceeds 64-bit range (integers are stored within 64 bits,"
+                        " -2**63 to 2**64-1, a larger number can be sent as a float)"
+                    ),
+                    result={"n": 2**64},
                     **done,
                 ),
+            ],
+        ),
+        # Issue 19: a float of any magnitude is stored and given back as the float sent.
+        Case(
+            "floats of any magnitude in a result",
+            a,
+            [
+                r.ok(a, "3.2e21", result=LARGE_FLOATS, check=fractions_kept, **done),
+                r.ok(a, "in attributes", attributes_big=1e308, **done),
+            ],
+        ),
+        Case(
+            "a duplicate naming a new analysis claims nothing",
+            a,
+            [
+                (first := r.ok(a, "claims X", analysis_id=str(uuid.uuid4()))),
+                r.again(first, analysis_id=(y := str(uuid.uuid4()))),
+                other.ok(a, "B in Y", analysis_id=y),
             ],
         ),
         Case("NUL in a result key", a, [r.bad_body(a, invalid(f"result: {NUL_MESSAGE}"), result={"a\x00": 1}, **done)]),
@@ -580,6 +704,63 @@ def tools_problems(s: Scenario, cases: list[Case]) -> list[str]:
                 problems.append(f"dlq list {topic}.dlq {as_json}: exit {done.returncode}, {done.stderr[-800:]!r}")
     problems += [f"tail did not show {topic}[{p}]@{o}" for (topic, p, o) in verdicts if topic]
     return problems
+
+
+# -- issue 19: a key escaped to spell `attributes`, under the reject policy -----------------------
+
+
+def escaped_name_cases(r: Records) -> list[Case]:
+    refused = Dead(Reason.UNKNOWN_FIELD, "unknown field 'attributes': this kind refuses fields it does not know")
+    cases = []
+    for kind in KINDS:
+        plain = r.bad(json.dumps({**payload(kind, r.tenant, "plain"), "attributes": {"x": 1}}).encode(), refused)
+        one = json.dumps({**payload(kind, r.tenant, "one escape"), "ATTR": {"x": 1}}).replace(
+            '"ATTR"', '"\\u0061ttributes"'
+        )
+        cases.append(
+            Case(
+                f"{kind}: attributes on the wire, however spelt",
+                kind,
+                [
+                    plain,
+                    r.bad(one.encode(), refused),
+                    r.escaped(kind, "all escaped", dead=refused, attributes={"y": 2}),
+                    r.escaped(kind, "known fields escaped"),
+                ],
+            )
+        )
+    return cases
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_field_spelling_attributes_is_unknown_however_escaped(scenario: Scenario, client: Client) -> None:
+    """`"\\u0061ttributes"` is the key `attributes`: under the reject policy it is refused and
+    counted like any unknown field, never stored as the event's kept unknown fields; keys of
+    known fields escaped are the known fields (issue 19)."""
+    s = scenario
+    policy = {f"EVENTSINK_{k.upper()}_UNKNOWN_FIELDS": "reject" for k in KINDS}
+    w = start(s, "reject", **policy)
+    r = Records()
+    try:
+        outcome = run(s, w, escaped_name_cases(r), client, r.neighbour)
+        assert not outcome.behind, f"partitions stuck (ledger, end): {outcome.behind}"
+        assert not outcome.problems, "\n".join(outcome.problems)
+        for topic in topics_of(s).values():
+            assert unknown_fields_counted(w, topic) == {"attributes": 3.0}, topic
+    finally:
+        assert w.stop() == 0
+    assert not log_problems(w), log_problems(w)
+
+
+def unknown_fields_counted(w: WorkerProcess, topic: str) -> dict[str, float]:
+    with urllib.request.urlopen(f"{w.web}/metrics", timeout=10) as response:
+        body = response.read().decode()
+    return {
+        sample.labels["field"]: sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+        if sample.name == "eventsink_unknown_fields_total" and sample.labels["topic"] == topic
+    }
 
 
 # -- needing the worker to publish what the DLQ topic cannot carry -----------------------------

@@ -158,3 +158,61 @@ async def test_a_batch_redone_record_by_record_keeps_delivery_order(pool: object
     assert [d.offset for d in result.dead_letters] == [2]
     assert result.superseded == 1
     assert row(database_url, aid)[1:3] == ("processing", 50)  # type: ignore[index]
+
+
+@pytest.mark.parametrize("batching", ["one batch", "three batches"])
+async def test_a_duplicate_naming_a_new_analysis_claims_nothing_in_any_batching(
+    pool: object, database_url: str, batching: str
+) -> None:
+    """Tenant A's event of analysis X re-sent (same dedupe_id) naming Y, then tenant B's event of
+    Y: the re-send is a duplicate and claims nothing; Y is B's, whether the three come in one
+    batch or one by one (issue 19)."""
+    a, b, x, y, feed = uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), Feed(pool)
+    first = AnalysisEvent.model_construct(**{**ev(a, x, "p", "pending", 0).__dict__, "dedupe_id": "shared"})
+    again = first.model_copy(update={"analysis_id": y})
+    sent = [first, again, ev(b, y, "p", "pending", 1)]
+    if batching == "one batch":
+        results = [await feed.deliver(*sent)]
+    else:
+        results = [await feed.deliver(e) for e in sent]
+    assert [d for r in results for d in r.dead_letters] == []
+    assert sum(len(r.applied) for r in results) == 2 and sum(len(r.duplicates) for r in results) == 1
+    assert row(database_url, x)[0:2] == (a, "pending")  # type: ignore[index]
+    assert row(database_url, y)[0:2] == (b, "pending")  # type: ignore[index]
+
+
+@pytest.mark.parametrize("batching", ["one batch", "one by one"])
+async def test_a_duplicate_of_a_stored_event_claims_nothing_in_any_batching(
+    pool: object, database_url: str, batching: str
+) -> None:
+    """The same with A's first event stored by an earlier batch; A's own later event of Y is
+    then refused, in either batching."""
+    a, b, x, y, feed = uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), Feed(pool)
+    first = AnalysisEvent.model_construct(**{**ev(a, x, "p", "pending", 0).__dict__, "dedupe_id": "shared"})
+    await feed.deliver(first)
+    sent = [first.model_copy(update={"analysis_id": y}), ev(b, y, "p", "pending", 1), ev(a, y, "r", "processing", 2)]
+    if batching == "one batch":
+        results = [await feed.deliver(*sent)]
+    else:
+        results = [await feed.deliver(e) for e in sent]
+    assert [(d.reason, d.offset) for r in results for d in r.dead_letters] == [(Reason.TENANT_MISMATCH, 3)]
+    assert sum(len(r.duplicates) for r in results) == 1
+    assert row(database_url, y)[0:2] == (b, "pending")  # type: ignore[index]
+    assert row(database_url, x)[0:2] == (a, "pending")  # type: ignore[index]
+
+
+async def test_a_result_with_floats_of_any_magnitude_completes_the_analysis(pool: object, database_url: str) -> None:
+    """Issue 19: 3.2e21 is what a producer's JSON library writes for a large double. The event is
+    stored, the row folded from it (read back from analysis_events and written again) completes,
+    and both give back the floats that were sent, as floats."""
+    tenant, aid, feed = uuid.uuid4(), uuid.uuid4(), Feed(pool)
+    sent = {"x": 3.2e21, "y": [2e19, -1.2345678901234567e18, 1e308, 5e-324], "z": 2**64 - 1}
+    await feed.deliver(ev(tenant, aid, "p", "pending", 0))
+    result = await feed.deliver(ev(tenant, aid, "c", "completed", 1, result=sent))
+    assert (len(result.applied), result.dead_letters) == (1, [])
+    assert row(database_url, aid)[1:4] == ("completed", 100, sent)  # type: ignore[index]
+    with psycopg.connect(database_url) as conn:
+        (stored,) = conn.execute(
+            "SELECT result FROM eventsink.analysis_events WHERE dedupe_id = %s", (f"{aid}:c",)
+        ).fetchone()  # type: ignore[misc]
+    assert stored == sent and type(stored["x"]) is float and type(stored["y"][0]) is float

@@ -178,3 +178,44 @@ async def test_concurrent_batches_claiming_one_new_conversation_agree_on_its_own
     loser = results[1] if owner == a else results[0]
     assert len(loser.dead_letters) == 20 and {d.reason for d in loser.dead_letters} == {Reason.TENANT_MISMATCH}
     assert session(database_url, conv)[4] == messages(database_url, conv) == 20  # type: ignore[index]
+
+
+@pytest.mark.parametrize("batching", ["one batch", "three batches"])
+async def test_a_duplicate_naming_a_new_conversation_claims_nothing_in_any_batching(
+    sink: Sink, database_url: str, batching: str
+) -> None:
+    """Tenant A sends a message in C1 and re-sends it (same dedupe_id) naming C2; tenant B then
+    sends a message in C2. The re-send is a duplicate: it inserts nothing, so it claims nothing,
+    and C2 is B's, whether the three come in one batch or one by one (issue 19)."""
+    a, b, c1, c2, t = uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), Topic()
+    sent = [msg(a, c1, "m1", 1, prompt_tokens=3), msg(a, c2, "m1", 2, prompt_tokens=3), msg(b, c2, "b1", 3)]
+    if batching == "one batch":
+        results = [await sink.write(t.batch(*sent))]
+    else:
+        results = [await sink.write(t.batch(e)) for e in sent]
+    assert [d for r in results for d in r.dead_letters] == []
+    assert sum(len(r.applied) for r in results) == 2 and sum(len(r.duplicates) for r in results) == 1
+    assert session(database_url, c1)[0::4] == (a, 1)  # type: ignore[index]
+    assert session(database_url, c2)[0::4] == (b, 1)  # type: ignore[index]
+    assert messages(database_url, c1) == messages(database_url, c2) == 1
+
+
+@pytest.mark.parametrize("batching", ["one batch", "one by one"])
+async def test_a_duplicate_of_a_stored_message_claims_nothing_in_any_batching(
+    sink: Sink, database_url: str, batching: str
+) -> None:
+    """The same with A's first message stored by an earlier batch: its re-send naming C2 is a
+    duplicate against the database, and B's message in the same batch claims C2. A message of
+    A's in B's conversation after that is refused, in either batching."""
+    a, b, c1, c2, t = uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), Topic()
+    await sink.write(t.batch(msg(a, c1, "m1", 1)))
+    sent = [msg(a, c2, "m1", 2), msg(b, c2, "b1", 3), msg(a, c2, "m2", 4)]
+    if batching == "one batch":
+        results = [await sink.write(t.batch(*sent))]
+    else:
+        results = [await sink.write(t.batch(e)) for e in sent]
+    dead = [(d.reason, d.offset) for r in results for d in r.dead_letters]
+    assert dead == [(Reason.TENANT_MISMATCH, 3)]
+    assert sum(len(r.duplicates) for r in results) == 1
+    assert session(database_url, c2)[0::4] == (b, 1)  # type: ignore[index]
+    assert messages(database_url, c1) == messages(database_url, c2) == 1

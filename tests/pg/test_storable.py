@@ -26,6 +26,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from psycopg.conninfo import make_conninfo
+from psycopg.types.json import Jsonb
 
 from schemas import AnalysisEvent, ChatEvent, Decoded, MetricEvent, decode
 from schemas.chat import MAX_CONTENT_BYTES
@@ -221,18 +222,24 @@ def decode_metric_at(occurred_at: str) -> MetricEvent | None:
     return result.event if isinstance(result, Decoded) else None
 
 
-async def test_jsonb_gives_back_large_doubles_as_other_numbers(zone_pool: tuple[str, Any]) -> None:
-    """Why `schemas.columns.JsonObject` refuses floats of 2**53 or more: jsonb prints them as
-    integer digits, which Python reads as a different number (or one beyond 64 bits)."""
+async def test_jsonb_gives_back_every_finite_double_written_with_a_fraction(zone_pool: tuple[str, Any]) -> None:
+    """Why `schemas.columns.jsonb_text` spells out a float's exponent with a fraction: jsonb keeps
+    a number's digits and scale, so 3.2e21 comes back as the integer 3200000000000000000000
+    (an int to Python, beyond 64 bits for 2e19; another number for 1.2345678901234567e18), while
+    3200000000000000000000.0 comes back as the float that was sent, up to 1e308 and down to
+    5e-324. Through the pool's own JSON dumper, as the sinks write it (issue 19)."""
     _, pool = zone_pool
-    sent = {"a": 1.2345678901234567e18, "b": 2e19, "c": 2.0**53 - 1}
-    (text,) = (await rows(pool, "SELECT %s::jsonb::text", json.dumps(sent)))[0]
-    back = json.loads(text)
+    sent = {"a": 1.2345678901234567e18, "b": 2e19, "c": 2.0**53 - 1, "d": 3.2e21, "e": 1.7976931348623157e308}
+    sent |= {"f": -1e308, "g": 5e-324, "h": 1e-7, "i": 2**64 - 1, "j": -(2**63), "k": "1e+16 stays a string"}
+    (plain,) = (await rows(pool, "SELECT %s::jsonb::text", json.dumps(sent)))[0]
+    back = json.loads(plain)
     assert back["a"] == int(Decimal(repr(sent["a"]))) != sent["a"]  # the decimal shown, not the double
     assert back["b"] == 20000000000000000000 > 2**64
-    assert back["c"] == sent["c"]
+    (text,) = (await rows(pool, "SELECT %s::jsonb::text", Jsonb(sent)))[0]
+    back = json.loads(text)
+    assert back == sent and [type(v) for v in back.values()] == [type(v) for v in sent.values()]
+    assert json_decimal(text) == json_number(sent)
     body = {"tenant_id": str(uuid.uuid4()), "dedupe_id": "a", "analysis_id": str(uuid.uuid4())}
     body |= {"status": "completed", "occurred_at": "2024-05-01T12:00:00Z"}
-    for name in ("a", "b"):
-        refused = decode(json.dumps({**body, "result": {name: sent[name]}}).encode(), AnalysisEvent)
-        assert not isinstance(refused, Decoded), f"the schema accepts {sent[name]!r}"
+    kept = decode(json.dumps({**body, "result": sent}).encode(), AnalysisEvent)
+    assert isinstance(kept, Decoded) and kept.event.result == sent

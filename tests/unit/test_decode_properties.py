@@ -25,6 +25,7 @@ from pydantic import BaseModel
 
 from schemas import AnalysisEvent, ChatEvent, Decoded, MetricEvent, Reason, Rejected, decode, encode
 from schemas.chat import MAX_CONTENT_BYTES
+from schemas.codec import UNKNOWN_FIELDS, key_tenant
 from tests.strategies import (
     EARLIEST,
     EXTREME_STAMPS,
@@ -35,10 +36,16 @@ from tests.strategies import (
     Stamp,
     any_json,
     corrupted,
+    escaped_keys_json,
     hostile_payload,
     keys_for,
     nested,
+    other_digit_uuid,
+    spelt_uuid,
     stamps,
+    storable_json_scalar,
+    storable_text,
+    uuid_lookalike,
 )
 from tests.truthful import strings, untrue
 
@@ -96,7 +103,7 @@ def check_storable(kind: str, event: BaseModel) -> None:
             text.encode("utf-8")
             assert "\x00" not in "".join(strings(value))
             assert all(-(2**63) <= n < 2**64 for n in _ints(value))
-            assert all(abs(f) < 2**53 for f in _floats(value)), "jsonb would give back another number"
+            assert all(math.isfinite(f) for f in _floats(value))  # any magnitude: jsonb's numeric holds it
     again = decode(encode(event), type(event), None, CONTEXT.get(kind))
     # Kept unknown fields go back to the top level on the wire, and come back as attributes.
     assert isinstance(again, Decoded) and again.event == event, again
@@ -228,7 +235,7 @@ def test_a_result_nested_300_levels_is_refused_as_too_deep() -> None:
 
 
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
-@pytest.mark.parametrize("where", ["{{\"score\": {}}}", "{{\"a\": [1, {{\"b\": {}}}]}}"])
+@pytest.mark.parametrize("where", ['{{"score": {}}}', '{{"a": [1, {{"b": {}}}]}}'])
 def test_nan_and_infinity_inside_a_json_object_are_refused_not_stored_as_null(literal: str, where: str) -> None:
     """pydantic-core's JSON parser reads these literals into a jsonb field's value, and orjson
     would then store them as null (found by test_any_json_value_in_any_field)."""
@@ -285,3 +292,108 @@ def test_an_integer_a_double_cannot_hold_exactly_is_refused_not_rounded() -> Non
         else:
             assert isinstance(result, Rejected) and result.reason is Reason.INVALID_EVENT, literal
             assert "value" in result.detail and "exactly" in result.detail
+
+
+# -- issue 19: names are judged decoded, and a UUID is spelt in ASCII hex only ------------------
+
+POLICIES = ["keep", "ignore", "reject"]
+
+
+def decode_with(kind: str, raw: bytes, key: bytes | None, policy: str) -> Decoded[Any] | Rejected:
+    result = decode(raw, MODELS[kind], key, {**CONTEXT.get(kind, {}), UNKNOWN_FIELDS: policy})
+    if isinstance(result, Rejected):
+        check_rejected(result, raw, key)
+    return result
+
+
+@kinds
+@given(policy=st.sampled_from(POLICIES), data=st.data())
+def test_escaped_keys_decode_as_the_names_they_spell(kind: str, policy: str, data: st.DataObject) -> None:
+    """Any key of any level (every field of the kind, the keys inside tags and result, an unknown
+    field) spelt with random \\uXXXX escapes decodes as the plain spelling does, under each policy."""
+    exp: Expected = data.draw(VALID[kind]())
+    payload = dict(exp.payload)
+    if data.draw(st.booleans()):
+        # Named unlike any kind's field (the truthfulness oracle knows the fields of all kinds).
+        payload["x-" + data.draw(storable_text(0, 20))] = data.draw(storable_json_scalar)
+    key = str(exp.tenant).encode()
+    plain = decode_with(kind, json.dumps(payload).encode(), key, policy)
+    escaped = data.draw(escaped_keys_json(payload))
+    assert b"\\u" in escaped
+    assert decode_with(kind, escaped, key, policy) == plain
+
+
+@kinds
+@given(policy=st.sampled_from(POLICIES), data=st.data())
+def test_a_wire_field_named_attributes_is_an_unknown_field_however_spelt(
+    kind: str, policy: str, data: st.DataObject
+) -> None:
+    """`attributes` is the model's own field for kept unknown fields, not a wire field: a key
+    spelling it (plainly or with any escapes) is kept, ignored or refused like any unknown field,
+    never taken as the model's field (issue 19: "\\u0061ttributes" passed a byte search)."""
+    exp: Expected = data.draw(VALID[kind]())
+    # Kept, it is one level deeper than sent: not drawn near the depth limit.
+    value = data.draw(
+        st.one_of(storable_json_scalar, st.dictionaries(storable_text(), storable_json_scalar, max_size=5))
+    )
+    payload = {**exp.payload, "attributes": value}
+    raw = data.draw(st.one_of(st.just(json.dumps(payload).encode()), escaped_keys_json(payload)))
+    result = decode_with(kind, raw, str(exp.tenant).encode(), policy)
+    if policy == "reject":
+        assert isinstance(result, Rejected) and result.reason is Reason.UNKNOWN_FIELD, result
+        assert result.unknown == ("attributes",) and "'attributes'" in result.detail
+        return
+    assert isinstance(result, Decoded), result
+    assert result.unknown == ("attributes",)
+    assert result.event.attributes == ({"attributes": value} if policy == "keep" else None)
+
+
+def test_an_escaped_attributes_key_is_refused_under_reject() -> None:
+    """The reproduction of issue 19, item 1, byte for byte."""
+    body = {"tenant_id": TENANT, "dedupe_id": "d", "name": "n", "value": 1, "tags": {}}
+    raw = json.dumps({**body, "occurred_at": "2024-01-01T00:00:00Z"}).encode()[:-1] + b', "\\u0061ttributes": {"x": 1}}'
+    result = decode(raw, MetricEvent, TENANT.encode(), {UNKNOWN_FIELDS: "reject"})
+    assert result == Rejected(
+        Reason.UNKNOWN_FIELD, "unknown field 'attributes': this kind refuses fields it does not know", ("attributes",)
+    )
+
+
+ID_FIELDS = {
+    "metric": ["tenant_id"],
+    "chat": ["tenant_id", "conversation_id"],
+    "analysis": ["tenant_id", "analysis_id"],
+}
+
+
+@kinds
+@given(data=st.data())
+def test_ids_and_keys_in_other_digits_name_no_uuid(kind: str, data: st.DataObject) -> None:
+    """A UUID spelt with digits of another script (category Nd: Bengali, fullwidth, ...) is read
+    by Python's uuid.UUID as the UUID; neither a key nor any id field takes it (issue 19)."""
+    text, u = data.draw(other_digit_uuid())
+    assert uuid.UUID(text) == u  # the trap: the standard library reads it
+    exp: Expected = data.draw(VALID[kind]())
+    as_key = check(kind, json.dumps({**exp.payload, "tenant_id": str(u)}).encode(), text.encode())
+    assert isinstance(as_key, Rejected) and as_key.reason is Reason.KEY_MISMATCH, as_key
+    assert key_tenant(text.encode()) is None
+    field = data.draw(st.sampled_from(ID_FIELDS[kind]))
+    as_value = check(kind, json.dumps({**exp.payload, field: text}).encode(), None)
+    assert isinstance(as_value, Rejected) and as_value.reason is Reason.INVALID_EVENT, as_value
+    assert as_value.detail.startswith(f"{field}: "), as_value.detail
+
+
+@given(text=uuid_lookalike())
+def test_a_key_names_a_tenant_exactly_when_the_value_would(text: str) -> None:
+    """One rule for keys and values: a text is a tenant as a record key exactly when it is one as
+    the value's tenant_id, the same UUID, and exactly when it is one of the spellings the
+    contract lists (ASCII hex digits only)."""
+    body = {"tenant_id": text, "dedupe_id": "d", "name": "n", "value": 1, "tags": {}}
+    result = decode(orjson.dumps({**body, "occurred_at": "2024-01-01T00:00:00Z"}), MetricEvent)
+    as_value = result.event.tenant_id if isinstance(result, Decoded) else None
+    if not isinstance(result, Decoded):
+        assert result.reason is Reason.INVALID_EVENT and result.detail.startswith("tenant_id: "), result
+    as_key = key_tenant(text.encode("utf-8", "surrogatepass"))
+    assert as_key == as_value == spelt_uuid(text), (text, as_key, as_value)
+    if as_value is not None:
+        both = decode(orjson.dumps({**body, "occurred_at": "2024-01-01T00:00:00Z"}), MetricEvent, text.encode())
+        assert isinstance(both, Decoded), both
