@@ -83,17 +83,6 @@ _LABELLED = [
 ]
 
 
-def _masked(match: re.Match[str]) -> str:
-    """The label kept, the value masked, its quotes kept (so that JSON stays JSON)."""
-    value = match["v"]
-    if value.startswith(MASK):  # masked already (a bare value would take the punctuation after it)
-        return match[0]
-    for quote_ in ('\\"', '"', "'"):
-        if value.startswith(quote_) and len(value) >= 2 * len(quote_):
-            return f"{match['k']}{quote_}{MASK}{quote_}"
-    return match["k"] + MASK
-
-
 _lock = threading.Lock()
 _secrets: set[str] = set()  # every spelling of every registered secret
 _pattern: re.Pattern[str] | None = None
@@ -265,17 +254,36 @@ def _compiled() -> re.Pattern[str] | None:
         return _pattern
 
 
-def _mask_registered(text: str, pattern: re.Pattern[str]) -> str:
-    """`text` with the union of every registered secret's occurrences masked."""
+def _registered_spans(text: str, pattern: re.Pattern[str]) -> list[tuple[int, int]]:
+    """Where each registered secret occurs in `text` (overlapping ones included)."""
+    return [(m.start(), m.start() + len(m[1])) for m in pattern.finditer(text)]
+
+
+def _labelled_spans(text: str) -> list[tuple[int, int]]:
+    """Where each value labelled as a secret stands in `text`, inside its quotes if quoted."""
+    spans = []
+    for labelled in _LABELLED:
+        for m in labelled.finditer(text):
+            start, end = m.span("v")
+            value = m["v"]
+            for quote_ in ('\\"', '"', "'"):
+                if value.startswith(quote_) and len(value) >= 2 * len(quote_):
+                    start, end = start + len(quote_), end - len(quote_)
+                    break
+            spans.append((start, end))
+    return spans
+
+
+def _mask(text: str, found: list[tuple[int, int]]) -> str:
+    """`text` with the union of the spans masked, each run of overlapping spans once."""
+    if not found:
+        return text
     spans: list[list[int]] = []
-    for m in pattern.finditer(text):
-        start, end = m.start(), m.start() + len(m[1])
+    for start, end in sorted(found):
         if spans and start <= spans[-1][1]:
             spans[-1][1] = max(spans[-1][1], end)
         else:
             spans.append([start, end])
-    if not spans:
-        return text
     pieces, last = [], 0
     for start, end in spans:
         pieces += [text[last:start], MASK]
@@ -285,13 +293,14 @@ def _mask_registered(text: str, pattern: re.Pattern[str]) -> str:
 
 
 def scrub(text: str) -> str:
-    """`text` without any registered secret, nor any value labelled as a secret."""
+    """`text` without any registered secret, nor any value labelled as a secret.
+
+    Both are found in the text as it came, then masked together: masking one first could break
+    the other (a registered piece such as a user name inside a URL would hide the `user:` that
+    labels the password after it)."""
     pattern = _compiled()
-    if pattern is not None:
-        text = _mask_registered(text, pattern)
-    for labelled in _LABELLED:
-        text = labelled.sub(_masked, text)
-    return text
+    found = _registered_spans(text, pattern) if pattern is not None else []
+    return _mask(text, found + _labelled_spans(text))
 
 
 def scrub_data(value: Any) -> Any:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
-from uuid import UUID
 
 import click
 import psycopg
 
+from schemas.columns import parse_uuid
 from sinks import migrate as migrations
 from streams import aio
 from streams.kinds import Kind, all_kinds
@@ -41,11 +41,11 @@ def _listed(names: Iterable[str], limit: int = 12) -> str:
 
 def tenant(value: str, hint: str | None = "--tenant") -> str:
     """The canonical text of a tenant id. Accepts exactly the spellings a worker accepts in a
-    record key (`schemas.codec._parse_key_tenant`: Python's UUID parser)."""
-    try:
-        return str(UUID(value))
-    except (ValueError, TypeError):
-        raise _fail(f"{value!r} is not a tenant id: give {TENANT_SPELLING}", hint) from None
+    record key and in `tenant_id` (`schemas.columns.parse_uuid`: ASCII hex only)."""
+    parsed = parse_uuid(value) if isinstance(value, str) else None
+    if parsed is None:
+        raise _fail(f"{value!r} is not a tenant id: give {TENANT_SPELLING}", hint)
+    return str(parsed)
 
 
 class TenantType(click.ParamType):

@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from schemas.codec import key_tenant
 from schemas.deadletter import (
     H_ORIGIN_OFFSET,
     H_ORIGIN_PARTITION,
@@ -165,7 +166,7 @@ def select(letters: Iterable[Letter], reason: str | None, tenant: str | None, si
     for letter in letters:
         if reason and letter.info.reason != reason:
             continue
-        if tenant and (letter.key or b"").decode("utf-8", "replace").lower() != tenant.lower():
+        if tenant and str(key_tenant(letter.key)) != tenant:  # `tenant` canonical: any key spelling matches
             continue
         if since and letter.timestamp_ms < since.timestamp() * 1000:
             continue
