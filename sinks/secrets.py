@@ -114,6 +114,10 @@ def fragments(secret: str) -> set[str]:
     for i in cuts:
         found.add(secret[:i])
         found.add(secret[i + 1 :])
+        # With the cut character too: a message quoting `%ZZ%2"` (libpq's quote closing on the
+        # password's own) shows a piece too short to mask without it.
+        found.add(secret[: i + 1])
+        found.add(secret[i:])
     for a, b in zip([-1, *cuts], [*cuts, len(secret)], strict=True):
         found.add(secret[a + 1 : b])
     return {f for f in found if len(f.strip()) >= MIN_LENGTH}
@@ -237,7 +241,9 @@ def register_dsn(dsn: str) -> list[str]:
         read = {candidate, unquote(candidate), unquote_plus(candidate), re.sub(r"\\(.)", r"\1", candidate)}
         if (read | {r.strip() for r in read}) & values:  # libpq drops the spaces around a value
             register(candidate)
-    for password in userinfo_passwords(dsn, before_query=True):
+    # An `@` after a `?` may be the password's (`u:pw?@x@h`: libpq reads `?` as the query's start,
+    # its message then quotes `x@h` as a host) or a query parameter's: both readings are masked.
+    for password in userinfo_passwords(dsn, before_query=True) | userinfo_passwords(dsn, before_query=False):
         register(password)
         register(unquote(password))
     return [name for name, value in found.items() if not register(value)]
