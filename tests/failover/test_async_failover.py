@@ -78,11 +78,19 @@ def detach(primary: Node, standby: Node) -> None:
         conn.execute("ALTER SYSTEM SET primary_conninfo = ''")
         conn.execute("SELECT pg_reload_conf()")
     wait_until(
-        lambda: _one(standby, "SELECT count(*) FROM pg_stat_wal_receiver") == 0
-        and _one(primary, "SELECT count(*) FROM pg_stat_replication") == 0,
+        lambda: (
+            _one(standby, "SELECT count(*) FROM pg_stat_wal_receiver") == 0
+            and _one(primary, "SELECT count(*) FROM pg_stat_replication") == 0
+        ),
         60,
         0.2,
         "the standby's WAL receiver to stop",
+    )
+    wait_until(
+        lambda: _one(standby, "SELECT pg_last_wal_replay_lsn() = pg_last_wal_receive_lsn()") is True,
+        60,
+        0.1,
+        "the standby to replay all it received",
     )
 
 
@@ -125,6 +133,8 @@ def test_async_standby_promoted_without_the_last_commits(  # type: ignore[no-unt
         f.crash(old)
         wait_until(lambda: writable(standby), 150, 0.1, "pg_auto_failover to promote the asynchronous standby")
         promoted_s = time.monotonic() - crashed
+        # Evidence only (the worker may already have committed on it): the new primary's ledger.
+        promoted = point(s, standby, "pg_current_wal_lsn()")
         assert traffic.alive(), "the traffic ended before the failover was over"
         traffic.stop()
         settled(s, traffic, timeout=240)
@@ -133,7 +143,8 @@ def test_async_standby_promoted_without_the_last_commits(  # type: ignore[no-unt
         assert w.alive() and w.pid == pid, "the worker died: it must ride through a failover"
         logs = w.logs()
         # The worker saw its ledger behind what it had committed, on the topics that lost commits.
-        behind = {e.get("topic") for e in logs if e.get("event", "").startswith("ledger behind this worker's commits")}
+        seen = [e for e in logs if e.get("event", "").startswith("ledger behind this worker's commits")]
+        behind = {e.get("topic") for e in seen}
         assert {s.kind(k).topic for k in AHEAD} <= behind, behind
         assert not [e for e in logs if e.get("event") in ("partition pipeline crashed", "partition stopped")]
     finally:
@@ -148,7 +159,9 @@ def test_async_standby_promoted_without_the_last_commits(  # type: ignore[no-unt
         "ledger_events_on_primary_before_crash": lost.events,
         "ledger_offsets_on_standby": frozen.offsets,
         "ledger_offsets_on_primary_before_crash": lost.offsets,
+        "ledger_offsets_on_the_new_primary_when_writable": promoted.offsets,
         "ledger_offsets_at_the_end": final.offsets,
+        "worker_saw_ledger_behind": [(e["topic"], e["partition"], e["ledger_next"], e["committed_next"]) for e in seen],
         "promoted_after_s": round(promoted_s, 1),
     }
     record_property("async_failover", evidence)
