@@ -274,17 +274,20 @@ class Sink:
 
 
 def _halves(batch: Batch[Any]) -> tuple[Batch[Any], Batch[Any]]:
-    """The batch cut at its middle record into two consecutive batches of the same range. The
-    first keeps what concerns the batch's start (a verified hole, a lost range before it)."""
-    offsets = sorted(
-        [r.offset for r in batch.records] + [d.offset for d in batch.rejected] + [c.record.offset for c in batch.cached]
-    )
-    mid = offsets[len(offsets) // 2 - 1]
+    """The batch cut at its middle record into two consecutive batches. Each claims what concerns
+    its own offsets (`sinks.core.claims`): the first keeps the lost range and the holes before its
+    last record; the second starts at its first record, with the holes from the first's last
+    record on (one between the halves is then checked against the ledger the first committed)."""
+    held = claims.offsets(batch)
+    mid, start = held[len(held) // 2 - 1], held[len(held) // 2]
     first: Batch[Any] = Batch(
-        batch.topic, batch.partition, batch.first_offset, mid, gap_verified=batch.gap_verified, lost=batch.lost,
-        identity=batch.identity,
+        batch.topic, batch.partition, batch.first_offset, mid, lost=batch.lost, identity=batch.identity,
+        holes=tuple(h for h in batch.holes if h.before <= mid),
     )  # fmt: skip
-    second: Batch[Any] = Batch(batch.topic, batch.partition, mid + 1, batch.last_offset, identity=batch.identity)
+    second: Batch[Any] = Batch(
+        batch.topic, batch.partition, start, batch.last_offset, identity=batch.identity,
+        holes=tuple(h for h in batch.holes if h.after >= mid),
+    )  # fmt: skip
     for part, keep in ((first, lambda o: o <= mid), (second, lambda o: o > mid)):
         part.records = [r for r in batch.records if keep(r.offset)]
         part.rejected = [d for d in batch.rejected if keep(d.offset)]

@@ -34,6 +34,7 @@ def verify(
     it read, primary or standby (a standby may lag: what it has not replayed yet is pending).
     """
     s = settings()
+    read_from = dsn_to_read(read_dsn, s)  # a usage error before anything is read
     kind = names.source_kind(s, topic)
     names.broker_partitions(s, kind.topic)
     group = names.group(s, group)
@@ -44,7 +45,7 @@ def verify(
     try:
         report = run_verify(
             s.bootstrap_list,
-            dsn_to_read(read_dsn, s),
+            read_from,
             group,
             kind,
             tenant=tenant,

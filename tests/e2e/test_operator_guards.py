@@ -82,7 +82,10 @@ MISTAKES: dict[str, tuple[Args, str]] = {
         lambda s: ["chat", "history", str(uuid.uuid4()), "--tenant", NOT_A_UUID],
         "is not a tenant id",
     ),
-    "dlq list a source topic": (lambda s: ["dlq", "list", s.topic], "its dead letters are in '{dlq}'"),
+    "dlq list a source topic": (
+        lambda s: ["dlq", "list", s.topic],
+        "is a source topic, not a dead-letter topic: use {dlq}",
+    ),
 }
 
 

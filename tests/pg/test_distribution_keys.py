@@ -19,6 +19,7 @@ REFERENCE_TABLES = {
     "lost_ranges": "offsets of a partition lost to retention: per partition, not per tenant",
     "dead_letter_payloads": "a dead letter's original record, which may name no readable tenant (it failed to decode)",
     "retention_horizons": "how far retention pruned each table: one row per table, for every tenant",
+    "ledger_changes": "what operators changed in the ledger (ledger skip and reset): per partition, not per tenant",
 }
 
 TABLES = """

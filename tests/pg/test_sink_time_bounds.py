@@ -10,6 +10,7 @@ import psycopg
 import pytest
 from psycopg_pool import PoolTimeout
 
+from sinks.core.batch import Hole
 from sinks.core.sink import Sink
 from sinks.dsn import database_of
 from sinks.errors import TransientSinkError
@@ -65,6 +66,21 @@ async def test_a_batch_slower_than_the_statement_timeout_is_written_in_parts(own
     assert rows(own_database, tenant) == 40
     assert ledger_at(own_database, group, topic) == 39
     assert sink.health.failing_since is None  # it committed in the end
+
+
+async def test_a_batch_split_in_parts_keeps_its_claimed_holes_where_they_lie(own_database: str, slow_pool) -> None:  # type: ignore[no-untyped-def]
+    """A hole the consumer verified inside the batch (here between its halves, where the cut
+    falls) goes with the half that starts after it, and is checked against the ledger the first
+    half committed: every record applied, the ledger at the batch's last offset."""
+    tenant, topic, group = uuid.uuid4(), "metrics", "g-split-hole"
+    sink = Sink(slow_pool, group, WRITER, DeadLetters())
+    offsets = [*range(0, 20), *range(25, 45)]  # 20..24 hold nothing (markers, compaction)
+    split = batch(topic, 0, [(o, metric(tenant, f"d{o}", float(o))) for o in offsets])
+    split.holes = (Hole(19, 25),)
+    result = await sink.write(split)
+    assert sorted(r.offset for r in result.applied) == offsets
+    assert rows(own_database, tenant) == 40
+    assert ledger_at(own_database, group, topic) == 44
 
 
 async def test_a_transaction_past_the_client_bound_is_abandoned_and_its_connection_closed(own_database: str) -> None:
