@@ -5,6 +5,7 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 
+import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import WorkerProcess
@@ -18,6 +19,15 @@ def get(url: str) -> tuple[int, bytes]:
         return exc.code, exc.read()
     except OSError:
         return 0, b""
+
+
+def json_body(url: str) -> dict:
+    """The JSON an endpoint answers, whatever its status (a 503 says why); {} when none came."""
+    _, raw = get(url)
+    try:
+        return orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError:
+        return {}
 
 
 def samples(w: WorkerProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

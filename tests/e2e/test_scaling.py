@@ -6,24 +6,19 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.request
 
-import orjson
 import pytest
 
 from tests.helpers import Scenario, WorkerProcess, ledger_totals, wait_applied, wait_until
 from tests.pgbouncer import Route
+from tests.web import json_body
 from tests.workload import Feeder, Sent, assert_exactly_once, create_topics, publish
 
 pytestmark = pytest.mark.e2e
 
 
 def readyz(port: str) -> dict:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
-            return orjson.loads(r.read())
-    except Exception:
-        return {}
+    return json_body(f"http://127.0.0.1:{port}/readyz")
 
 
 def test_workers_joining_and_leaving_mid_stream_apply_everything_once(scenario: Scenario, route: Route) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import urllib.request
 import uuid
 from collections import Counter
 from datetime import UTC, datetime
@@ -32,7 +31,7 @@ from tests.helpers import (
 )
 from tests.pgbouncer import Route
 from tests.proxy import TcpProxy, pg_address, proxied
-from tests.web import get, samples, total
+from tests.web import get, json_body, samples, total
 from tests.workload import Sent, assert_exactly_once, create_topics, metric_json, publish, send_raw
 
 pytestmark = pytest.mark.e2e
@@ -342,11 +341,7 @@ def test_sigterm_while_records_arrive_loses_none(scenario: Scenario) -> None:
 
 
 def health(w: WorkerProcess) -> dict:
-    try:
-        with urllib.request.urlopen(f"{w.web}/healthz", timeout=5) as r:
-            return orjson.loads(r.read())
-    except Exception:
-        return {}
+    return json_body(f"{w.web}/healthz")
 
 
 def test_a_worker_that_cannot_reach_its_database_says_so_and_never_says_ready(scenario: Scenario) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import orjson
 import psycopg
 import pytest
 
@@ -164,7 +165,8 @@ def test_async_standby_promoted_without_the_last_commits(  # type: ignore[no-unt
         "worker_saw_ledger_behind": [(e["topic"], e["partition"], e["ledger_next"], e["committed_next"]) for e in seen],
         "promoted_after_s": round(promoted_s, 1),
     }
-    record_property("async_failover", evidence)
+    # As JSON text: pytest-xdist sends properties between processes and refuses a Decimal (the LSN diff).
+    record_property("async_failover", orjson.dumps(evidence, default=str, option=orjson.OPT_NON_STR_KEYS).decode())
     print("async failover:", evidence)
     clean = f.stop()
     assert clean[standby.name] and clean["monitor"], clean
