@@ -289,7 +289,9 @@ class Settings(BaseSettings):
 
         def variable(field: str) -> str:
             if field in defaulted:  # the name nobody set: say where it comes from
-                return f"EVENTSINK_{field.upper()} (unset: EVENTSINK_{field.removesuffix('_dlq_topic').upper()}_TOPIC.dlq)"
+                return (
+                    f"EVENTSINK_{field.upper()} (unset: EVENTSINK_{field.removesuffix('_dlq_topic').upper()}_TOPIC.dlq)"
+                )
             return f"EVENTSINK_{field.upper()}"
 
         by_name: dict[str, list[str]] = {}

@@ -306,7 +306,8 @@ def messages_about(password: str, dsn: str, *, libpq_reads_the_host: bool = True
     except SettingsError as exc:
         outputs.append(str(exc))
     else:
-        assert "127.0.0.1" in shown or not libpq_reads_the_host, shown  # masking the secrets masks nothing else of the DSN
+        # Masking the secrets masks nothing else of the DSN.
+        assert "127.0.0.1" in shown or not libpq_reads_the_host, shown
         outputs.append(shown)
     try:
         conninfo_to_dict(dsn)

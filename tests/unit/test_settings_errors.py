@@ -114,14 +114,18 @@ def test_two_topics_of_one_name_are_refused_naming_both_variables(
 
 def test_a_dead_letter_topic_cannot_be_named_like_a_record_of_replays(monkeypatch: pytest.MonkeyPatch) -> None:
     message = refusal(monkeypatch, EVENTSINK_METRICS_DLQ_TOPIC="chat.dlq.replays")
-    assert message.startswith("EVENTSINK_METRICS_DLQ_TOPIC is 'chat.dlq.replays': a dead-letter topic cannot end in .replays")
+    assert message.startswith(
+        "EVENTSINK_METRICS_DLQ_TOPIC is 'chat.dlq.replays': a dead-letter topic cannot end in .replays"
+    )
 
 
 def test_six_distinct_topic_names_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in {"EVENTSINK_METRICS_TOPIC": "m", "EVENTSINK_CHAT_TOPIC": "c", "EVENTSINK_CHAT_DLQ_TOPIC": "m-dead"}.items():
-        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("EVENTSINK_METRICS_TOPIC", "m")
+    monkeypatch.setenv("EVENTSINK_CHAT_TOPIC", "c")
+    monkeypatch.setenv("EVENTSINK_CHAT_DLQ_TOPIC", "m-dead")
     loaded = load()
-    assert (loaded.metrics_dlq_topic, loaded.chat_dlq_topic, loaded.analysis_dlq_topic) == ("m.dlq", "m-dead", "analysis.dlq")
+    dead_letters = (loaded.metrics_dlq_topic, loaded.chat_dlq_topic, loaded.analysis_dlq_topic)
+    assert dead_letters == ("m.dlq", "m-dead", "analysis.dlq")
 
 
 @pytest.mark.parametrize(
