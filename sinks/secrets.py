@@ -12,7 +12,8 @@ Two complementary defences:
   is masked whatever it is, registered or not;
 - **by value**: a registered secret is masked wherever it appears, in every spelling text can give
   it: as is, JSON-escaped (`"` → `\\"`), as a Python repr (`str()` of a dict or an exception),
-  percent-encoded (a URL), quoted as in a libpq conninfo, and each of those JSON-escaped again.
+  percent-encoded (a URL), quoted as in a libpq conninfo, and each of those JSON-escaped again;
+  and every piece of `MIN_LENGTH` characters of each (`windows`), wherever a message cuts it.
 
 A secret shorter than `MIN_LENGTH` characters is masked by label only: replacing every occurrence
 of two or three common characters would garble every line, and the pattern of the masks would
