@@ -12,7 +12,8 @@ Two complementary defences:
   is masked whatever it is, registered or not;
 - **by value**: a registered secret is masked wherever it appears, in every spelling text can give
   it: as is, JSON-escaped (`"` → `\\"`), as a Python repr (`str()` of a dict or an exception),
-  percent-encoded (a URL), quoted as in a libpq conninfo, and each of those JSON-escaped again.
+  percent-encoded (a URL), quoted as in a libpq conninfo, and each of those JSON-escaped again;
+  and every piece of `MIN_LENGTH` characters of each (`windows`), wherever a message cuts it.
 
 A secret shorter than `MIN_LENGTH` characters is masked by label only: replacing every occurrence
 of two or three common characters would garble every line, and the pattern of the masks would
@@ -86,6 +87,8 @@ _LABELLED = [
 _lock = threading.Lock()
 _secrets: set[str] = set()  # every spelling of every registered secret
 _pattern: re.Pattern[str] | None = None
+_short: frozenset[str] = frozenset()  # the registered spellings of exactly MIN_LENGTH characters
+_NEVER = re.compile(r"(?!)(x)")  # matches nothing (every registered spelling is a window)
 
 
 def spellings(secret: str) -> set[str]:
@@ -123,9 +126,24 @@ def fragments(secret: str) -> set[str]:
     return {f for f in found if len(f.strip()) >= MIN_LENGTH}
 
 
+def windows(secret: str) -> set[str]:
+    """Every piece of `MIN_LENGTH` characters of `secret`, of each of its spellings, and of the
+    spellings of its `fragments` (a repr or a conninfo quotes a fragment otherwise than the whole).
+
+    Masking them all makes "no `MIN_LENGTH`-character piece of a secret appears" hold by
+    construction, wherever a message cuts the secret (`x#frag` of `only?q@x#frag/x`, quoted by a
+    resolver, spans a delimiter: no fragment held it). A piece of punctuation alone is left out:
+    it tells nothing of the secret and would mask runs of spaces or dashes everywhere."""
+    found: set[str] = set()
+    for piece in {secret} | fragments(secret):
+        for form in spellings(piece) | {piece}:
+            found.update(form[i : i + MIN_LENGTH] for i in range(len(form) - MIN_LENGTH + 1))
+    return {w for w in found if any(c.isalnum() for c in w)}
+
+
 def register(secret: str | None, *, pieces: bool = True) -> bool:
-    """Remember a secret so that `scrub` masks it anywhere, with the pieces a message may quote
-    alone (`fragments`; `pieces=False` for a whole DSN, whose pieces are host names and words).
+    """Remember a secret so that `scrub` masks it anywhere, with every piece of it a message may
+    quote alone (`windows`; `pieces=False` for a whole DSN, whose pieces are host names and words).
     False if it is too short to be masked by value (it is then masked by label only); True for
     None and the empty string (nothing to hide)."""
     global _pattern
@@ -134,8 +152,8 @@ def register(secret: str | None, *, pieces: bool = True) -> bool:
     if len(secret) < MIN_LENGTH:
         return False
     forms = spellings(secret)
-    for piece in fragments(secret) if pieces else ():
-        forms |= spellings(piece)
+    if pieces:
+        forms |= windows(secret)
     with _lock:
         if not forms <= _secrets:
             _secrets.update(forms)
@@ -249,20 +267,37 @@ def register_dsn(dsn: str) -> list[str]:
     return [name for name, value in found.items() if not register(value)]
 
 
-def _compiled() -> re.Pattern[str] | None:
-    global _pattern
+def _compiled() -> tuple[re.Pattern[str] | None, frozenset[str]]:
+    """The registered spellings longer than `MIN_LENGTH` as one pattern, and those of exactly
+    `MIN_LENGTH` characters (the windows: hundreds per secret) as a set, looked up at each
+    position of a text: an alternation of hundreds of literals tries each at every position."""
+    global _pattern, _short
     with _lock:
         if _pattern is None and _secrets:
-            ordered = sorted(_secrets, key=len, reverse=True)  # the longest spelling first
+            _short = frozenset(s for s in _secrets if len(s) == MIN_LENGTH)
+            # A spelling whose every piece is a registered window is masked by them already.
+            longer = (s for s in _secrets if len(s) > MIN_LENGTH and not _covered(s, _short))
+            ordered = sorted(longer, key=len, reverse=True)
             # A lookahead finds the longest secret starting at every position, overlapping ones
             # included: one secret masked from an earlier start must not leave another's tail.
-            _pattern = re.compile("(?=(" + "|".join(re.escape(s) for s in ordered) + "))")
-        return _pattern
+            _pattern = re.compile("(?=(" + "|".join(re.escape(s) for s in ordered) + "))") if ordered else _NEVER
+        if not _secrets:
+            return None, frozenset()
+        return _pattern, _short
 
 
-def _registered_spans(text: str, pattern: re.Pattern[str]) -> list[tuple[int, int]]:
+def _covered(spelling: str, short: frozenset[str]) -> bool:
+    """Whether every piece of `spelling` that `windows` keeps is registered."""
+    pieces = (spelling[i : i + MIN_LENGTH] for i in range(len(spelling) - MIN_LENGTH + 1))
+    return all(p in short or not any(c.isalnum() for c in p) for p in pieces)
+
+
+def _registered_spans(text: str, pattern: re.Pattern[str], short: frozenset[str]) -> list[tuple[int, int]]:
     """Where each registered secret occurs in `text` (overlapping ones included)."""
-    return [(m.start(), m.start() + len(m[1])) for m in pattern.finditer(text)]
+    found = [(m.start(), m.start() + len(m[1])) for m in pattern.finditer(text)]
+    if short:
+        found += [(i, i + MIN_LENGTH) for i in range(len(text) - MIN_LENGTH + 1) if text[i : i + MIN_LENGTH] in short]
+    return found
 
 
 def _labelled_spans(text: str) -> list[tuple[int, int]]:
@@ -304,8 +339,8 @@ def scrub(text: str) -> str:
     Both are found in the text as it came, then masked together: masking one first could break
     the other (a registered piece such as a user name inside a URL would hide the `user:` that
     labels the password after it)."""
-    pattern = _compiled()
-    found = _registered_spans(text, pattern) if pattern is not None else []
+    pattern, short = _compiled()
+    found = _registered_spans(text, pattern, short) if pattern is not None else []
     return _mask(text, found + _labelled_spans(text))
 
 

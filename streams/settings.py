@@ -269,13 +269,49 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _dlq_names(self) -> Settings:
+        defaulted = set()
         for name in ("metrics", "chat", "analysis"):
             if not getattr(self, f"{name}_dlq_topic"):
                 setattr(self, f"{name}_dlq_topic", f"{getattr(self, f'{name}_topic')}.dlq")
+                defaulted.add(f"{name}_dlq_topic")
         unknown = set(self.kind_names) - {"metric", "chat", "analysis"}
         if unknown:
             raise ValueError(f"unknown event kinds in EVENTSINK_KINDS: {sorted(unknown)}")
+        self._topics_are_distinct(defaulted)
         return self
+
+    def _topics_are_distinct(self, defaulted: set[str]) -> None:
+        """Six topics, six names: a dead-letter topic that is a source topic feeds a worker its own
+        dead letters (and `dlq` refuses to read it); two kinds on one topic dead-letter each other's
+        records as invalid. A dead-letter topic named `X.replays` would share its name with the
+        record of X's replays (`dlq replay`)."""
+        fields = [f"{n}_{t}" for t in ("topic", "dlq_topic") for n in ("metrics", "chat", "analysis")]
+
+        def variable(field: str) -> str:
+            if field in defaulted:  # the name nobody set: say where it comes from
+                return (
+                    f"EVENTSINK_{field.upper()} (unset: EVENTSINK_{field.removesuffix('_dlq_topic').upper()}_TOPIC.dlq)"
+                )
+            return f"EVENTSINK_{field.upper()}"
+
+        by_name: dict[str, list[str]] = {}
+        for field in fields:
+            by_name.setdefault(getattr(self, field), []).append(field)
+        problems = [
+            f"{' and '.join(variable(f) for f in same)} are {'both' if len(same) == 2 else 'all'} {name!r}"
+            for name, same in by_name.items()
+            if len(same) > 1
+        ]
+        if problems:
+            problems[-1] += " (the three topics and three dead-letter topics need six names)"
+        problems += [
+            f"{variable(f)} is {getattr(self, f)!r}: a dead-letter topic cannot end in .replays (the record of "
+            "another dead-letter topic's replays)"
+            for f in fields[3:]
+            if getattr(self, f).endswith(".replays")
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
 
     @property
     def telemetry_tenant_set(self) -> frozenset[UUID]:

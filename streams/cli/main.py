@@ -6,6 +6,7 @@ import os
 import sys
 
 import click
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -126,8 +127,10 @@ for command in (
     cli.add_command(command)
 
 
-def explain(exc: BaseException) -> str:
-    """What failed, once (an exception's text often repeats its class name), and what to do."""
+def explain(exc: BaseException) -> tuple[str, str]:
+    """What failed, once (an exception's text often repeats its class name), scrubbed; and what to
+    do: our own fixed words, printed as they are (scrubbed, `password` in them would be masked for
+    a password holding that word, telling so)."""
     text = " ".join(scrub(str(exc)).split())  # one line: libpq's messages span several
     name = type(exc).__name__
     what = text if text.startswith(name) else f"{name}: {text}" if text else name
@@ -135,17 +138,17 @@ def explain(exc: BaseException) -> str:
     from psycopg import OperationalError
 
     if isinstance(exc, KafkaConnectionError) or (isinstance(exc, KafkaError) and "bootstrap" in text):
-        servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092 (the default)")
-        return (
-            f"{what}: no Kafka broker answered at {servers}; start it, or set KAFKA_BOOTSTRAP_SERVERS (and "
+        servers = scrub(os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092 (the default)"))
+        return what, (
+            f"no Kafka broker answered at {servers}; start it, or set KAFKA_BOOTSTRAP_SERVERS (and "
             "EVENTSINK_KAFKA_SECURITY_PROTOCOL) to where it listens"
         )
     if isinstance(exc, OperationalError):
-        return (
-            f"{what}: check DATABASE_URL (host, port, database, user, password, sslmode) and that PostgreSQL "
+        return what, (
+            "check DATABASE_URL (host, port, database, user, password, sslmode) and that PostgreSQL "
             "is running and reachable from here"
         )
-    return what
+    return what, ""
 
 
 def main() -> None:
@@ -158,20 +161,27 @@ def main() -> None:
         err.print("interrupted" if isinstance(exc.__context__, KeyboardInterrupt) else "aborted")
         sys.exit(INTERRUPTED)
     except click.ClickException as exc:
-        fail(scrub(exc.format_message()), exc.exit_code)
+        fail(scrub(exc.format_message()), status=exc.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(INTERRUPTED)
     except SettingsError as exc:  # found after loading (a client certificate that does not load)
-        fail(f"invalid settings: {scrub(str(exc))}", USAGE)
+        fail(f"invalid settings: {scrub(str(exc))}", status=USAGE)
     except Exception as exc:  # last resort: never print a DSN or password
-        fail(explain(exc), FAILED)
+        fail(*explain(exc), status=FAILED)
     sys.exit(code if isinstance(code, int) else DONE)
 
 
-def fail(message: str, status: int) -> None:
-    """One line on stderr (never folded: scripts grep it), then exit."""
-    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+def fail(message: str, hint: str = "", *, status: int) -> None:
+    """One line on stderr (never folded: scripts grep it), then exit. `message` is scrubbed (again,
+    by the output guard); `hint`, our own words and values already scrubbed, is not: the line goes
+    past the guard, scrubbed here but for the hint."""
+    if not hint:
+        err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+        sys.exit(status)
+    err.file.flush()
+    raw = Console(file=getattr(sys.stderr, "stream", sys.stderr), width=err.width, color_system=err.color_system)
+    raw.print(f"[red]error:[/red] {escape(scrub(message))}: {escape(hint)}", highlight=False, soft_wrap=True)
     sys.exit(status)
 
 

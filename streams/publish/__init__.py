@@ -2,7 +2,9 @@
 
 Importing this package imports neither Faust nor the database driver. `Publisher` sends every
 kind to its topic from the workers' settings (EVENTSINK_*_TOPIC); see `streams.publish.publisher`
-for what `publish` returns and when the broker has the record.
+for what `publish` returns and when the broker has the record. The models are the contract the
+workers know and refuse any other field; a dict (`publish({...}, model=ChatEvent)`) carries
+fields the contract does not know yet.
 """
 
 from schemas import AnalysisEvent, ChatEvent, MetricEvent, decode, encode

@@ -12,6 +12,11 @@ reads it (a tolerant reader): a top-level field the contract does not know is ke
 and lands in the row's `attributes`; everything else is strict (a `pydantic.ValidationError`
 never reaches the topic).
 
+Extra fields travel in a dict only. The models are the contract the workers know, and refuse
+what it does not (`ChatEvent(..., extra_chat="x")` raises `Extra inputs are not permitted`); a
+dict carries fields the contract does not know yet: `publish({..., "extra_chat": "x"},
+model=ChatEvent)`.
+
 What `publish` returns, for every kind: once the record is in the producer's buffer, an
 `asyncio.Future[RecordMetadata]` that resolves (topic, partition, offset) when the broker has
 the record (acks=all: every in-sync replica), or raises the send's error. Nothing is sent
@@ -116,7 +121,8 @@ class Publisher:
         model: type[BaseModel] = MetricEvent,
         topic: str | None = None,
     ) -> asyncio.Future[RecordMetadata]:
-        """Validate one event and hand it to the producer (`model` says the kind of a dict).
+        """Validate one event and hand it to the producer (`model` says the kind of a dict; a
+        dict, not a model, carries fields the contract does not know: see the module's doc).
 
         Returns once the record is buffered: the future resolves when the broker has it (see the
         module's doc). Raises `pydantic.ValidationError` for an event the kind's contract refuses,

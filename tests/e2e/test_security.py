@@ -468,6 +468,8 @@ def test_planted_secrets_appear_nowhere(
         ("host=127.0.0.1 port=1 password='it\\'s {T}\\\\' dbname=x", "it's {T}\\"),  # conninfo escapes
         ('host=127.0.0.1 port=1 password="a {T}" dbname=x', '"a {T}"'),  # quotes conninfo does not know
         ("host=127.0.0.1 port=1 password='{T} dbname=x", "{T} dbname=x"),  # unterminated
+        # The resolver quoted `x#frag` (6 characters across a delimiter, no fragment held them).
+        ("postgresql://postgres:only?q@x#{T}/x@127.0.0.1:5432/x", "only?q@x#{T}/x"),
     ],
 )
 def test_no_fragment_of_a_password_in_a_bad_dsn_is_printed(dsn: str, password: str) -> None:
@@ -481,3 +483,27 @@ def test_no_fragment_of_a_password_in_a_bad_dsn_is_printed(dsn: str, password: s
         assert done.returncode != 0, done.stdout
         output = done.stdout + done.stderr
         assert leaked(password, output) == [] and leaked(token, output) == [], output
+
+
+HINT = "check DATABASE_URL (host, port, database, user, password, sslmode)"
+
+
+@pytest.mark.parametrize(
+    "password",
+    [
+        "only?q@x#frag/x",  # the report: `failed to resolve host 'x#frag'`
+        "aB3@@9?password=Kx",  # the hint became `(host, port, database, user, ***, sslmode)`
+    ],
+)
+def test_the_reported_passwords_show_no_piece_and_leave_the_hint_whole(password: str) -> None:
+    """Every 6-character piece of the password is masked (whatever the resolver quotes), and our
+    own hint is printed as written: masked, its word `password` told the password holds it."""
+    dsn = f"postgresql://postgres:{password}@127.0.0.1:5432/eventsink"
+    pieces = {password[i : i + 6] for i in range(len(password) - 5)}
+    pieces = {p for p in pieces if any(c.isalnum() for c in p)}  # punctuation alone tells nothing
+    for args in (("migrate", "--status"), ("ledger", "show")):
+        done = cli(*args, env={"DATABASE_URL": dsn})
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert HINT in done.stderr, done.stderr
+        output = (done.stdout + done.stderr).replace(HINT, "")  # our words, whatever the password holds
+        assert [p for p in pieces if p in output] == [], output

@@ -85,3 +85,65 @@ def test_every_setting_has_a_variable_the_warning_knows() -> None:
     names = variable_names()
     assert {"KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "DATABASE_URL_FILE", "EVENTSINK_BATCH_SIZE"} <= names
     assert unknown_variables({name: "" for name in names}) == {}
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        # The report: a worker would dead-letter into its own source topic.
+        ({"EVENTSINK_METRICS_DLQ_TOPIC": "metrics"}, ["EVENTSINK_METRICS_TOPIC", "EVENTSINK_METRICS_DLQ_TOPIC"]),
+        # The report: two kinds on one topic (each would dead-letter the other's records).
+        ({"EVENTSINK_METRICS_TOPIC": "chat"}, ["EVENTSINK_METRICS_TOPIC", "EVENTSINK_CHAT_TOPIC"]),
+        # A source topic named like another kind's default dead-letter topic.
+        ({"EVENTSINK_ANALYSIS_TOPIC": "chat.dlq"}, ["EVENTSINK_ANALYSIS_TOPIC", "EVENTSINK_CHAT_DLQ_TOPIC"]),
+        # Two dead-letter topics set to one name.
+        (
+            {"EVENTSINK_CHAT_DLQ_TOPIC": "dead", "EVENTSINK_ANALYSIS_DLQ_TOPIC": "dead"},
+            ["EVENTSINK_CHAT_DLQ_TOPIC", "EVENTSINK_ANALYSIS_DLQ_TOPIC"],
+        ),
+    ],
+)
+def test_two_topics_of_one_name_are_refused_naming_both_variables(
+    env: dict[str, str], named: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    message = refusal(monkeypatch, **env)
+    for variable in named:
+        assert variable in message, message
+    assert "need six names" in message
+
+
+def test_a_dead_letter_topic_cannot_be_named_like_a_record_of_replays(monkeypatch: pytest.MonkeyPatch) -> None:
+    message = refusal(monkeypatch, EVENTSINK_METRICS_DLQ_TOPIC="chat.dlq.replays")
+    assert message.startswith(
+        "EVENTSINK_METRICS_DLQ_TOPIC is 'chat.dlq.replays': a dead-letter topic cannot end in .replays"
+    )
+
+
+def test_six_distinct_topic_names_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVENTSINK_METRICS_TOPIC", "m")
+    monkeypatch.setenv("EVENTSINK_CHAT_TOPIC", "c")
+    monkeypatch.setenv("EVENTSINK_CHAT_DLQ_TOPIC", "m-dead")
+    loaded = load()
+    dead_letters = (loaded.metrics_dlq_topic, loaded.chat_dlq_topic, loaded.analysis_dlq_topic)
+    assert dead_letters == ("m.dlq", "m-dead", "analysis.dlq")
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (("dlq", "list", "metrics"), {"EVENTSINK_METRICS_DLQ_TOPIC": "metrics"}),
+        (("verify", "chat"), {"EVENTSINK_METRICS_TOPIC": "chat"}),
+    ],
+)
+def test_the_commands_of_the_report_refuse_contradicting_topics_as_a_usage_error(
+    args: tuple[str, ...], env: dict[str, str]
+) -> None:
+    """`dlq list` answered 'metrics is a source topic', `verify` a false 'inconsistent' (exit 1):
+    the settings are refused first (no broker needed: they load before anything connects)."""
+    from tests.helpers import eventsink
+
+    done = eventsink(*args, env={**env, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: invalid settings: "), done.stderr
+    assert all(variable in lines[0] for variable in env), lines[0]
