@@ -250,7 +250,9 @@ def backup(file: Path, force: bool) -> None:
     its row counts and checksum, which `eventsink restore` checks.
     """
     if not file.parent.is_dir():
-        raise click.UsageError(f"{file}: directory {file.parent} does not exist: create it, or give a file in an existing one")
+        raise click.UsageError(
+            f"{file}: directory {file.parent} does not exist: create it, or give a file in an existing one"
+        )
     s = settings()
     if file.exists() and not force:
         raise click.ClickException(f"{file} exists: pass --force to overwrite it")

@@ -13,7 +13,6 @@ from streams.cli.confirm import confirm
 from streams.cli.console import err, progress_bar, settings
 
 
-
 class _Days(click.FloatRange):
     """A finite number of days from 1 to 100 years: below a day, retention would take rows the
     workers are writing now (1e-300 is every row); above, the cut leaves the calendar (1e9, inf)."""
@@ -114,7 +113,9 @@ def _report(
         err.print(f"{verb} {r.analyses} analyses soft-deleted > {analysis_days:g} days (moved to the archive)")
 
 
-def _summary(r: RetentionResult, metrics_days: float | None, chat_days: float | None, analysis_days: float | None) -> str:
+def _summary(
+    r: RetentionResult, metrics_days: float | None, chat_days: float | None, analysis_days: float | None
+) -> str:
     parts = []
     if metrics_days is not None:
         parts.append(f"{r.metrics:,} metric rows older than {metrics_days:g} days")

@@ -341,7 +341,8 @@ def _metric_rows(dsn: str, tenant: uuid.UUID, ages_days: list[int]) -> None:
         for i, age in enumerate(ages_days):
             conn.execute(
                 "INSERT INTO eventsink.metrics_raw (tenant_id, dedupe_id, name, value, occurred_at, kafka_topic, "
-                "kafka_partition, kafka_offset) VALUES (%s, %s, 'cpu', 1, now() - make_interval(days => %s), 't', 0, %s)",
+                "kafka_partition, kafka_offset) "
+                "VALUES (%s, %s, 'cpu', 1, now() - make_interval(days => %s), 't', 0, %s)",
                 (tenant, f"d{i}", age, i),
             )
 
