@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from sinks.direct import POOLER_HINT, through_pooler
 from sinks.errors import MigrationError
@@ -36,6 +37,10 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_migrations (
 APPLIED = f"SELECT version, name, checksum, applied_at FROM {SCHEMA}.schema_migrations ORDER BY version"
 RECORD = f"INSERT INTO {SCHEMA}.schema_migrations (version, name, checksum) VALUES (%s, %s, %s)"
 FORGET = f"DELETE FROM {SCHEMA}.schema_migrations WHERE version = %s"
+TABLES = """
+SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %s AND c.relkind IN ('r', 'p') ORDER BY c.relname
+"""
 
 
 @dataclass(frozen=True)
@@ -129,22 +134,94 @@ def migrate(dsn: str, target: int | None = None, folder: Path | None = None) -> 
     return done
 
 
-def rollback(dsn: str, target: int, folder: Path | None = None) -> list[Migration]:
-    """Undo applied migrations above `target`, newest first."""
-    undone: list[Migration] = []
+@dataclass(frozen=True)
+class RollbackPlan:
+    """What `rollback` to a version would do: the migrations it undoes (newest first) and the
+    tables their down steps drop, with the rows each holds now."""
+
+    migrations: list[Migration]
+    dropped: dict[str, int]
+
+    @property
+    def rows(self) -> int:
+        return sum(self.dropped.values())
+
+
+def _to_undo(applied: dict[int, Any], target: int, folder: Path | None) -> list[Migration]:
     by_version = {m.version: m for m in available(folder)}
+    undo = []
+    for version in sorted(applied, reverse=True):
+        if version <= target:
+            break
+        migration = by_version.get(version)
+        if migration is None or migration.down is None:
+            raise MigrationError(f"migration {version:04d} is irreversible")
+        undo.append(migration)
+    return undo
+
+
+def _tables(conn: psycopg.Connection) -> list[str]:
+    return [r[0] for r in conn.execute(TABLES, (SCHEMA,))]
+
+
+class _Trial(Exception):
+    """Raised to roll back a trial run of the down steps."""
+
+
+def plan_rollback(dsn: str, target: int, folder: Path | None = None) -> RollbackPlan:
+    """What `rollback(dsn, target)` would undo and drop, changing nothing.
+
+    The down steps run for real in one transaction that is then rolled back: the tables they
+    drop are read from the catalog, not guessed from their SQL. Row counts are exact
+    (`count(*)`), read before.
+    """
     with _direct(psycopg.connect(dsn, autocommit=True)) as conn:
         try:
-            applied = _locked(conn)
-            for version in sorted(applied, reverse=True):
-                if version <= target:
-                    break
-                migration = by_version.get(version)
-                if migration is None or migration.down is None:
-                    raise MigrationError(f"migration {version:04d} is irreversible")
+            undo = _to_undo(_locked(conn), target, folder)
+            before = _tables(conn)
+            counts = {t: _count(conn, t) for t in before if t != "schema_migrations"}
+            gone: list[str] = []
+            try:
+                with conn.transaction():
+                    # A table a worker is writing: say so rather than wait behind it for ever.
+                    conn.execute("SET LOCAL lock_timeout = '10s'")
+                    for migration in undo:
+                        conn.execute(migration.down)  # type: ignore[arg-type]
+                    gone = sorted(set(before) - set(_tables(conn)))
+                    raise _Trial
+            except _Trial:
+                pass
+            except psycopg.errors.LockNotAvailable as exc:
+                raise MigrationError(f"the tables are in use (stop the workers first): {exc}") from exc
+        finally:
+            _unlock(conn)
+    return RollbackPlan(undo, {t: counts[t] for t in gone if t in counts})
+
+
+def _count(conn: psycopg.Connection, table: str) -> int:
+    row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(SCHEMA, table))).fetchone()
+    return int(row[0]) if row else 0
+
+
+def current(dsn: str) -> int:
+    """The newest migration applied to `dsn` (0 if none, or no eventsink schema)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.schema_migrations",)).fetchone()
+        if not (exists and exists[0]):
+            return 0
+        row = conn.execute(f"SELECT coalesce(max(version), 0) FROM {SCHEMA}.schema_migrations").fetchone()
+    return int(row[0]) if row else 0
+
+
+def rollback(dsn: str, target: int, folder: Path | None = None) -> list[Migration]:
+    """Undo applied migrations above `target`, newest first (see `plan_rollback` for what it drops)."""
+    undone: list[Migration] = []
+    with _direct(psycopg.connect(dsn, autocommit=True)) as conn:
+        try:
+            for migration in _to_undo(_locked(conn), target, folder):
                 with conn.transaction():
                     conn.execute(migration.down)  # type: ignore[arg-type]
-                    conn.execute(FORGET, (version,))
+                    conn.execute(FORGET, (migration.version,))
                 undone.append(migration)
         finally:
             _unlock(conn)

@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -39,6 +38,7 @@ from sinks import migrate as migrations
 from sinks.direct import POOLER_HINT, through_pooler
 from sinks.dsn import database_of, redact_dsn
 from sinks.secrets import SECRET_PARAMS, register_dsn, scrub
+from streams.cli.confirm import confirm
 from streams.cli.console import err, out, settings
 from streams.settings import Settings
 
@@ -249,6 +249,10 @@ def backup(file: Path, force: bool) -> None:
     The dump is consistent (one snapshot; workers may keep writing), and FILE.manifest.json records
     its row counts and checksum, which `eventsink restore` checks.
     """
+    if not file.parent.is_dir():
+        raise click.UsageError(
+            f"{file}: directory {file.parent} does not exist: create it, or give a file in an existing one"
+        )
     s = settings()
     if file.exists() and not force:
         raise click.ClickException(f"{file} exists: pass --force to overwrite it")
@@ -379,18 +383,33 @@ def _dedupe_changelogs(s: Settings, dsn: str) -> list[str]:
 @click.option(
     "--no-privileges", is_flag=True, help="Skip the backup's GRANTs (when its roles do not exist on the target)."
 )
-def restore(file: Path, target_url: str | None, yes: bool, no_privileges: bool) -> None:
+@click.option(
+    "--without-manifest",
+    is_flag=True,
+    help="Restore a FILE that has no FILE.manifest.json: its checksum and row counts are then not checked.",
+)
+def restore(file: Path, target_url: str | None, yes: bool, no_privileges: bool, without_manifest: bool) -> None:
     """Restore a backup made by `eventsink backup` into DATABASE_URL (or --target-url), in one transaction.
 
     An empty database gets the schema created; an existing eventsink schema is replaced (dropped and
     recreated from the backup). If anything fails, nothing changes. Stop the workers first.
     """
+    if not without_manifest and not manifest_path(file).exists():
+        raise click.UsageError(
+            f"{file} has no manifest ({manifest_path(file).name}) next to it: copy it along, or pass "
+            "--without-manifest to restore anyway (its checksum and row counts cannot be checked then)"
+        )
     s = settings()
     dsn = target_url or s.dsn
     register_dsn(dsn)
     display = redact_dsn(dsn)
     with libpq_environment(dsn, "eventsink restore") as (env, conninfo):
         manifest = _read_manifest(file)
+        if manifest is None:
+            err.print(
+                f"[yellow]{file} has no manifest (--without-manifest): its checksum and row counts are not checked[/]",
+                highlight=False,
+            )
         target = _inspect(dsn, s.db_connect_timeout_s)
         # Not older than the server, nor than the pg_dump that wrote the archive (whose format it must read).
         made_by = int(manifest["pg_dump_major"]) if manifest else 0
@@ -406,11 +425,9 @@ def restore(file: Path, target_url: str | None, yes: bool, no_privileges: bool) 
                 f"backup. Restore into an empty database, or drop the {SCHEMA} schema there first"
             )
         filled = sorted(t for t, has_rows in target.tables.items() if has_rows and t != "schema_migrations")
-        if filled and not yes:
+        if filled:
             question = f"{display} holds rows in {', '.join(filled)}: replace its {SCHEMA} schema with the backup?"
-            if not sys.stdin.isatty():
-                raise click.ClickException(f"{question} Pass --yes to confirm")
-            click.confirm(question, abort=True, err=True)
+            confirm(question, yes)
         if target.sessions:
             err.print(
                 f"[yellow]{target.sessions} other session(s) are connected to {display}: the restore waits for their "

@@ -15,6 +15,7 @@ from sinks.secrets import scrub
 from streams.cli import names
 from streams.cli.backup import backup, restore
 from streams.cli.chat import chat
+from streams.cli.confirm import confirm
 from streams.cli.console import err, out, scrub_output, settings, warn_unknown_variables
 from streams.cli.dlq import dlq
 from streams.cli.lag import lag
@@ -44,8 +45,15 @@ def cli() -> None:
 @cli.command()
 @click.option("--status", "show_status", is_flag=True, help="List applied and pending migrations.")
 @click.option("--to", "target", type=int, default=None, help="Apply up to this version only.")
-@click.option("--down-to", type=int, default=None, help="Undo applied migrations above this version.")
-def migrate(show_status: bool, target: int | None, down_to: int | None) -> None:
+@click.option(
+    "--down-to",
+    type=int,
+    default=None,
+    help="Undo applied migrations above this version (asks first if the tables it drops hold rows).",
+)
+@click.option("--dry-run", is_flag=True, help="With --down-to: list what would be undone and dropped; change nothing.")
+@click.option("--yes", is_flag=True, help="With --down-to: drop tables that hold rows without asking.")
+def migrate(show_status: bool, target: int | None, down_to: int | None, dry_run: bool, yes: bool) -> None:
     """Apply the database migrations (safe to run twice, and concurrently)."""
     if target is not None:
         names.migration_version(target, "--to")
@@ -60,15 +68,54 @@ def migrate(show_status: bool, target: int | None, down_to: int | None) -> None:
         out.print(table)
         return
     if down_to is not None:
-        undone = migrations.rollback(s.dsn, down_to)
-        listed = ", ".join(f"{m.version:04d}_{m.name}" for m in undone) or "-"
-        err.print(f"rolled back {len(undone)} migration(s): {listed}")
+        _migrate_down(s.dsn, s.dsn_display, down_to, dry_run=dry_run, yes=yes)
         return
+    if dry_run or yes:
+        raise click.UsageError("--dry-run and --yes go with --down-to")
+    if target is not None:
+        at = migrations.current(s.dsn)
+        if at > target:
+            raise click.UsageError(
+                f"database {s.dsn_display} is at migration {at}, past {target}: to go back, run "
+                f"`eventsink migrate --down-to {target}` (it drops what the later migrations hold)"
+            )
     applied = migrations.migrate(s.dsn, target)
     listed = ", ".join(f"{m.version:04d}_{m.name}" for m in applied)
     err.print(
         f"database {s.dsn_display}: applied {len(applied)} migration(s)"
         + (f": {listed}" if applied else " (up to date)")
+    )
+
+
+def _migrate_down(dsn: str, display: str, down_to: int, *, dry_run: bool, yes: bool) -> None:
+    """Roll back above `down_to`: what it undoes and drops is shown first (and is all a dry run
+    does); tables that hold rows go only with --yes or a person's yes at a terminal."""
+    plan = migrations.plan_rollback(dsn, down_to)
+    listed = ", ".join(f"{m.version:04d}_{m.name}" for m in plan.migrations) or "-"
+    dropped = ", ".join(f"{t} ({n:,} rows)" for t, n in plan.dropped.items()) or "none"
+    if dry_run:
+        err.print(
+            f"database {display}: would roll back {len(plan.migrations)} migration(s): {listed}; "
+            f"would drop tables: {dropped}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
+    filled = {t: n for t, n in plan.dropped.items() if n}
+    if filled:
+        held = ", ".join(f"{t} ({n:,} rows)" for t, n in filled.items())
+        confirm(
+            f"database {display}: rolling back to migration {down_to} drops tables that hold rows: {held}. "
+            "Back them up first (`eventsink backup`). Drop them?",
+            yes,
+        )
+    undone = migrations.rollback(dsn, down_to)
+    listed = ", ".join(f"{m.version:04d}_{m.name}" for m in undone) or "-"
+    # The record of what went: on stderr, and in the logs of whoever ran it.
+    err.print(
+        f"database {display}: rolled back {len(undone)} migration(s): {listed}; dropped tables: {dropped}",
+        highlight=False,
+        soft_wrap=True,
     )
 
 

@@ -125,6 +125,42 @@ def test_backup_refuses_a_database_without_the_schema_and_an_existing_file(
     assert existing.read_text() == "keep me"
 
 
+def test_backup_into_a_missing_directory_is_a_usage_error(database_url: str, tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-dir"
+    done = eventsink("backup", str(missing / "x.dump"), env={"DATABASE_URL": database_url})
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and str(missing) in done.stderr, done.stderr
+    assert "FileNotFoundError" not in done.stderr and not missing.exists()
+
+
+def test_restore_without_its_manifest_needs_without_manifest(
+    own_database: str, new_database: Callable[[], str], tmp_path: Path
+) -> None:
+    """A dump copied without its manifest is refused, --yes or not: its checksum and row counts
+    cannot be checked. `--without-manifest` restores it anyway, and says what was not checked."""
+    tenant = uuid.uuid4()
+    with psycopg.connect(own_database) as conn:
+        for i in range(5):
+            conn.execute(
+                "INSERT INTO eventsink.metrics_raw (tenant_id, dedupe_id, name, value, occurred_at, kafka_topic, "
+                "kafka_partition, kafka_offset) VALUES (%s, %s, 'cpu', 1, now(), 't', 0, %s)",
+                (tenant, f"d{i}", i),
+            )
+    dump = tmp_path / "eventsink.dump"
+    assert eventsink("backup", str(dump), env={"DATABASE_URL": own_database}).returncode == 0
+    manifest_path(dump).unlink()
+    target = new_database()
+    refused = eventsink("restore", str(dump), "--yes", env={"DATABASE_URL": target})
+    assert refused.returncode == 2, refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "--without-manifest" in refused.stderr and "checksum" in refused.stderr, refused.stderr
+    assert rows(target, "SELECT to_regnamespace('eventsink')") == [(None,)], "nothing was restored"
+    done = eventsink("restore", str(dump), "--without-manifest", env={"DATABASE_URL": target})
+    assert done.returncode == 0, done.stderr
+    assert "not checked" in done.stderr, done.stderr
+    assert rows(target, "SELECT count(*) FROM eventsink.metrics_raw") == [(5,)]
+
+
 def test_a_backup_and_its_manifest_are_readable_by_their_owner_only(database_url: str, tmp_path: Path) -> None:
     dump = tmp_path / "eventsink.dump"
     dump.write_text("an older, world-readable file")
@@ -208,7 +244,7 @@ def test_a_restored_backup_has_the_same_rows_ledger_and_sequences_and_passes_ver
     # Into a database whose schema holds rows: only with --yes, and the result is the same.
     refused = eventsink("restore", str(dump), env={"DATABASE_URL": target})
     outputs.append(refused)
-    assert refused.returncode == 1 and "--yes" in refused.stderr
+    assert refused.returncode == 2 and "--yes" in refused.stderr
     with psycopg.connect(restored) as conn:
         conn.execute("DELETE FROM eventsink.metrics_raw WHERE id IN (SELECT id FROM eventsink.metrics_raw LIMIT 10)")
     replaced = eventsink("restore", str(dump), "--yes", env={"DATABASE_URL": target})

@@ -247,7 +247,7 @@ def test_metric_retention_prunes_next_to_a_live_worker_and_verify_reconciles(
         retention_dsn = with_user(database_url, "eventsink_retention") if writer_url != database_url else s.dsn
         started = datetime.now(UTC)
         run = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "retention", "--metrics-days", str(days), "--batch", "5"],
+            [sys.executable, "-m", "streams.cli", "retention", "--metrics-days", str(days), "--batch", "5", "--yes"],
             env=s.env(retention_dsn),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

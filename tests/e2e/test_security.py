@@ -136,6 +136,7 @@ def test_retention_runs_as_its_own_role(database_url: str, writer_url: str) -> N
         "1",
         "--analysis-deleted-days",
         "1",
+        "--yes",
         env={"DATABASE_URL": with_user(database_url, "eventsink_retention")},
     )
     assert done.returncode == 0, done.stderr
@@ -427,7 +428,7 @@ def test_planted_secrets_appear_nowhere(
     restored = pg.dsn("eventsink_restored", password=pg.password.value, sslpassword=ssl_key.value)
     run("restore", str(work / "eventsink.dump"), "--yes", environment=env(restored))
     run("retention", "--chat-days", "1", "--analysis-deleted-days", "1", "--dry-run")
-    run("retention", "--chat-days", "1", "--analysis-deleted-days", "1")
+    run("retention", "--chat-days", "1", "--analysis-deleted-days", "1", "--yes")
     run("chat", "history", str(uuid.uuid4()), "--tenant", str(uuid.uuid4()), expect=1)
     demo = f"demo-{s.name}"
     run(

@@ -15,6 +15,7 @@ from sinks import migrate as m
 from sinks.dsn import database_of, with_database
 from sinks.errors import MigrationError
 from streams.dev import embedded
+from tests.helpers import eventsink
 
 
 @pytest.fixture
@@ -107,3 +108,76 @@ def test_the_writer_role_appends_to_the_record_of_ledger_changes_and_never_rewri
         )
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("UPDATE eventsink.ledger_changes SET operator = 'someone else'")
+
+
+def _fill(dsn: str, metrics: int, ledger: int) -> None:
+    """`metrics` metric rows and `ledger` ledger rows, for a rollback to find."""
+    tenant = uuid.uuid4()
+    with psycopg.connect(dsn) as conn:
+        for i in range(metrics):
+            conn.execute(
+                "INSERT INTO eventsink.metrics_raw (tenant_id, dedupe_id, name, value, occurred_at, kafka_topic, "
+                "kafka_partition, kafka_offset) VALUES (%s, %s, 'cpu', 1, now(), 't', 0, %s)",
+                (tenant, f"d{i}", i),
+            )
+        for p in range(ledger):
+            conn.execute(
+                "INSERT INTO eventsink.offsets_ledger (consumer_group, topic, partition, last_offset) "
+                "VALUES ('g', 't', %s, 9)",
+                (p,),
+            )
+
+
+def _applied(dsn: str) -> list[int]:
+    with psycopg.connect(dsn) as conn:
+        return [r[0] for r in conn.execute("SELECT version FROM eventsink.schema_migrations ORDER BY 1")]
+
+
+def test_migrate_down_over_rows_shows_asks_and_records(own_database: str) -> None:
+    """`migrate --down-to 0` on tables that hold rows: a dry run lists what would go, a run
+    without --yes (stdin is not a terminal) refuses in one line, --yes drops and says what."""
+    _fill(own_database, metrics=3, ledger=2)
+    env = {"DATABASE_URL": own_database}
+    every = _applied(own_database)
+    assert every == [x.version for x in m.available()]
+
+    dry = eventsink("migrate", "--down-to", "0", "--dry-run", env=env)
+    assert dry.returncode == 0, dry.stderr
+    for x in m.available():
+        assert f"{x.version:04d}_{x.name}" in dry.stderr, dry.stderr
+    assert "metrics_raw (3 rows)" in dry.stderr and "offsets_ledger (2 rows)" in dry.stderr, dry.stderr
+    assert "schema_migrations" not in dry.stderr
+    assert _applied(own_database) == every and {"metrics_raw", "offsets_ledger"} <= tables(own_database)
+
+    refused = eventsink("migrate", "--down-to", "0", env=env)
+    assert refused.returncode == 2, refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "metrics_raw (3 rows)" in refused.stderr and "offsets_ledger (2 rows)" in refused.stderr
+    assert "--yes" in refused.stderr
+    assert _applied(own_database) == every
+    with psycopg.connect(own_database) as conn:
+        assert conn.execute("SELECT count(*) FROM eventsink.metrics_raw").fetchone() == (3,)
+
+    done = eventsink("migrate", "--down-to", "0", "--yes", env=env)
+    assert done.returncode == 0, done.stderr
+    assert f"rolled back {len(every)} migration(s)" in done.stderr and "metrics_raw (3 rows)" in done.stderr
+    assert tables(own_database) == {"schema_migrations"}
+    assert _applied(own_database) == []
+
+
+def test_migrate_down_of_empty_tables_needs_no_yes(empty_db: str) -> None:
+    m.migrate(empty_db)
+    done = eventsink("migrate", "--down-to", "0", env={"DATABASE_URL": empty_db})
+    assert done.returncode == 0, done.stderr
+    assert tables(empty_db) == {"schema_migrations"}
+
+
+def test_migrate_to_an_older_version_says_where_the_database_is(empty_db: str) -> None:
+    m.migrate(empty_db)
+    latest = max(x.version for x in m.available())
+    done = eventsink("migrate", "--to", str(latest - 1), env={"DATABASE_URL": empty_db})
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert f"at migration {latest}, past {latest - 1}" in done.stderr, done.stderr
+    assert f"--down-to {latest - 1}" in done.stderr
+    assert _applied(empty_db)[-1] == latest

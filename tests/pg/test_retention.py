@@ -23,7 +23,7 @@ from sinks.retention import METRICS, archive_analyses, expire_chat, expire_metri
 from sinks.writers.analysis import AnalysisWriter
 from sinks.writers.chat import ChatWriter
 from sinks.writers.metric import MetricWriter
-from tests.helpers import writers_pool
+from tests.helpers import eventsink, writers_pool
 
 NOW = datetime.now(UTC)
 
@@ -323,3 +323,41 @@ async def test_a_session_retention_is_deleting_never_comes_back_half_filled(data
         assert row[:2] == (1, 1) and abs((row[2] - NOW).total_seconds()) < 1
     finally:
         await p.close()
+
+
+@pytest.mark.parametrize("days", ["0", "0.5", "1e-300", "-3", "36501", "1e9", "inf", "nan", "ten"])
+def test_odd_day_counts_are_usage_errors(database_url: str, days: str) -> None:
+    """A day count below one day (1e-300 would be every row), above 100 years or not finite is
+    refused before anything is read: exit 2, one line saying what is valid."""
+    for option in ("--metrics-days", "--chat-days", "--analysis-deleted-days"):
+        done = eventsink("retention", option, days, "--dry-run", env={"DATABASE_URL": database_url})
+        assert done.returncode == 2, (option, days, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert option in done.stderr and "36500" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def _metric_rows(dsn: str, tenant: uuid.UUID, ages_days: list[int]) -> None:
+    with psycopg.connect(dsn) as conn:
+        for i, age in enumerate(ages_days):
+            conn.execute(
+                "INSERT INTO eventsink.metrics_raw (tenant_id, dedupe_id, name, value, occurred_at, kafka_topic, "
+                "kafka_partition, kafka_offset) "
+                "VALUES (%s, %s, 'cpu', 1, now() - make_interval(days => %s), 't', 0, %s)",
+                (tenant, f"d{i}", age, i),
+            )
+
+
+def test_a_run_that_would_remove_rows_asks_first(own_database: str) -> None:
+    """Without --yes and with no terminal (stdin closed) a run that would delete rows refuses in
+    one line and deletes nothing; with --yes it deletes exactly the old rows."""
+    tenant = uuid.uuid4()
+    _metric_rows(own_database, tenant, [400, 400, 400, 400, 1, 0])
+    env = {"DATABASE_URL": own_database}
+    refused = eventsink("retention", "--metrics-days", "30", env=env)
+    assert refused.returncode == 2, refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "4 metric rows" in refused.stderr and "--yes" in refused.stderr, refused.stderr
+    assert len(metric_times(own_database, tenant)) == 6, "a refused run deleted rows"
+    done = eventsink("retention", "--metrics-days", "30", "--yes", env=env)
+    assert done.returncode == 0 and "removed 4 metric rows" in done.stderr, done.stderr
+    assert len(metric_times(own_database, tenant)) == 2
