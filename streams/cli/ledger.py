@@ -247,10 +247,12 @@ def skip(topic: str, partition: int, to: int, dry_run: bool, lose_live_records: 
         now = aio.run(broker_identities(s.bootstrap_list, s.kafka_security(), [topic])).get(topic)
         changed = log_changed(row.last_offset, row.topic_id, row.cluster_id, now, end)
         if changed is not None:
-            counted = f"topic id {row.topic_id}" if row.topic_id else "an older log"
-            raise click.UsageError(
-                f"the ledger of {where} counts another log ({counted}; {changed}): use `eventsink ledger reset`"
+            detail = (
+                f"topic id {row.topic_id}, the broker serves {now.topic_id}"
+                if row.topic_id and now is not None and now.topic_id
+                else changed
             )
+            raise click.UsageError(f"the ledger of {where} counts another log ({detail}): use `eventsink ledger reset`")
     refused = skip_refusal(where, to, start, end, row.last_offset if row else ledger.NOTHING_APPLIED, lose_live_records)
     if refused is not None:
         raise click.BadParameter(refused, param_hint="--to")
