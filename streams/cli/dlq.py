@@ -97,7 +97,7 @@ def dlq() -> None:
     "--tenant", default=None, type=names.TENANT, help="Only records keyed by this tenant (any UUID spelling)."
 )
 @click.option("--since", default=None, help="Only records dead-lettered since: 10m, 2h, 1d, or a timestamp.")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1, max=1_000_000), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per dead letter.")
 def list_(topic: str, reason: str | None, tenant: str | None, since: str | None, limit: int, as_json: bool) -> None:
     """What failed, why, and where it came from (newest last).
@@ -107,10 +107,13 @@ def list_(topic: str, reason: str | None, tenant: str | None, since: str | None,
     the number of failures ("tries") and the position where it first failed.
     """
     s = settings()
-    picked = tool.dead_letters(tool.select(_read(s, topic), reason, tenant, _since(since)))
+    since_at = _since(since)  # a usage error before anything is read
+    picked = tool.dead_letters(tool.select(_read(s, topic), reason, tenant, since_at))
     shown = picked[-limit:]
     confluent = _confluent_sources(s)
     if as_json:
+        if len(shown) < len(picked):  # stdout is the letters alone; the truncation said on stderr
+            err.print(f"{len(shown)} of {len(picked)} shown (--limit {limit})", highlight=False)
         for group in shown:
             letter = group.latest
             info = letter.info
@@ -177,6 +180,27 @@ def _refusals(topic: str, refused: list[tool.Refusal]) -> Table:
     return table
 
 
+def _check_target(s: Settings, to: str) -> None:
+    """`--to` names an existing topic that records are consumed from: never a dead-letter topic
+    or a replay log (letters would go where no worker applies them), never a misspelt name (the
+    broker would create it on the first record)."""
+    from streams.kinds import all_kinds
+
+    sources = ", ".join(k.topic for k in all_kinds(s))
+    valid = f"give an existing topic that is no dead-letter or .replays topic, such as {sources}"
+    if to in tool.pairs(s) or to.endswith(".dlq"):
+        raise click.BadParameter(f"{to!r} is a dead-letter topic: {valid}", param_hint="--to")
+    if to.endswith(".replays"):
+        raise click.BadParameter(f"{to!r} is a replay log: {valid}", param_hint="--to")
+
+    async def count() -> int:
+        async with reader.Reader(s.bootstrap_list, s.kafka_security()) as r:
+            return (await r.partition_counts([to])).get(to, 0)
+
+    if not aio.run(count()):
+        raise click.BadParameter(f"topic {to!r} does not exist on the broker: {valid}", param_hint="--to")
+
+
 def _plan(s: Settings, letters: list[tool.Letter], source: str | None, target: str) -> tool.Plan:
     """The replay plan; PostgreSQL is read only when some letter's original is kept there."""
     if not any(letter.stored is not None for letter in letters):
@@ -223,6 +247,7 @@ def replay(
     recorded on TOPIC.replays (see `dlq replays`).
     """
     s = settings()
+    since_at = _since(since)  # a usage error before anything is read
     _not_a_source(s, topic)
     source = tool.pairs(s).get(topic)
     if to is None and source is None:
@@ -231,8 +256,10 @@ def replay(
         )
     if to == topic:
         raise click.UsageError("--to names the dead-letter topic itself")
+    if to is not None:
+        _check_target(s, to)
     target = to or source or ""
-    letters = tool.select(_read(s, topic), reason, tenant, _since(since))
+    letters = tool.select(_read(s, topic), reason, tenant, since_at)
     plan = _plan(s, letters, source, target)
     if plan.refused:
         err.print(_refusals(topic, plan.refused))

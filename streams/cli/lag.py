@@ -20,21 +20,23 @@ from streams.tools.lag import collect
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option(
     "--max-lag",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=2**63 - 1),
     default=None,
-    help="Exit with status 2 when the total lag in PostgreSQL terms exceeds this, or a partition is stopped.",
+    help="Also exit with status 1 when the total lag in PostgreSQL terms exceeds this.",
 )
 def lag(group: str | None, topics: tuple[str, ...], as_json: bool, max_lag: int | None) -> None:
     """Lag per topic and partition: end offset, Kafka's committed offset, the ledger's applied offset.
 
     Reads without joining the group or committing anything. Some brokers (Tansu) under-report
     end offsets while they are being written to; numbers settle when the topic is quiescent.
+    Exits with status 1 when a partition is stopped (a worker applies nothing of it until an
+    operator acts), or the lag exceeds --max-lag.
     """
     s = settings()
-    group = names.group(s, group)
     wanted = [names.source_kind(s, t, "--topic").topic for t in topics]
     for topic in wanted:
         names.broker_partitions(s, topic, "--topic")
+    group = names.group(s, group)
     wanted = wanted or [k.topic for k in kinds(s)]
     rows = collect(s.bootstrap_list, s.dsn, group, wanted, s.kafka_security())
     if not rows:  # a total of 0 would read as "no lag" when nothing was looked at
@@ -83,5 +85,7 @@ def lag(group: str | None, topics: tuple[str, ...], as_json: bool, max_lag: int 
                 f"[red]{r.topic}[{r.partition}] is stopped, {r.stopped}; see `eventsink ledger reset`[/]",
                 highlight=False,
             )
-    if max_lag is not None and (ledger_total > max_lag or stopped):
-        sys.exit(1)  # the check failed; 2 is kept for usage errors, as in every command
+    # A stopped partition is a failed check whatever --max-lag says: its lag never shrinks on its
+    # own. 1, the check failed; 2 is kept for usage errors, as in every command.
+    if stopped or (max_lag is not None and ledger_total > max_lag):
+        sys.exit(1)

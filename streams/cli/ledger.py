@@ -121,7 +121,9 @@ def show(topic: str | None, group: str | None, as_json: bool) -> None:
 
 @ledger_command.command("reset")
 @click.option("--topic", required=True, help="The source topic that was deleted and created again.")
-@click.option("--partition", type=click.IntRange(min=0), default=None, help="Only this partition (all by default).")
+@click.option(
+    "--partition", type=click.IntRange(min=0, max=2**31 - 1), default=None, help="Only this partition (all by default)."
+)
 @click.option("--dry-run", is_flag=True, help="Show what would change; change nothing.")
 def reset(topic: str, partition: int | None, dry_run: bool) -> None:
     """Start the partitions of a recreated topic from the beginning of the new log.
@@ -132,6 +134,7 @@ def reset(topic: str, partition: int | None, dry_run: bool) -> None:
     """
     s = settings()
     topic = names.source_kind(s, topic, "--topic").topic
+    names.group(s, None)
     rows = {r.partition: r for r in aio.run(_rows(s.dsn, s.group_id, topic))}
     if not rows:
         raise click.BadParameter(f"the ledger of group {s.group_id} has no partition of {topic}", param_hint="--topic")
@@ -157,6 +160,11 @@ def reset(topic: str, partition: int | None, dry_run: bool) -> None:
         if why is not None:
             changed[p] = why
     unchanged = [p for p in wanted if p not in changed]
+    if not changed and all(rows[p].last_offset < 0 and rows[p].topic_id is None for p in wanted):
+        # A partition reset already (or never applied): nothing counted, nothing to start again.
+        which = "its partitions were" if partition is None else f"partition {partition} was"
+        err.print(f"{topic}: {which} already reset (the ledger is empty): nothing to do", highlight=False)
+        return
     if not changed:
         ids = f"topic id {now.topic_id}" if now is not None and now.topic_id else "offsets at or past the ledger"
         raise click.UsageError(
@@ -206,8 +214,10 @@ def skip_refusal(where: str, to: int, start: int, end: int, last: int, lose_live
 
 @ledger_command.command("skip")
 @click.option("--topic", required=True)
-@click.option("--partition", type=click.IntRange(min=0), required=True)
-@click.option("--to", "to", type=click.IntRange(min=0), required=True, help="The last offset to give up on.")
+@click.option("--partition", type=click.IntRange(min=0, max=2**31 - 1), required=True)
+@click.option(
+    "--to", "to", type=click.IntRange(min=0, max=2**63 - 1), required=True, help="The last offset to give up on."
+)
 @click.option("--dry-run", is_flag=True, help="Show what would change; change nothing.")
 @click.option(
     OVERRIDE,
@@ -225,11 +235,24 @@ def skip(topic: str, partition: int, to: int, dry_run: bool, lose_live_records: 
     """
     s = settings()
     topic = names.source_kind(s, topic, "--topic").topic
+    names.group(s, None)
     names.partitions(s, topic, [partition])
     starts, ends = aio.run(_log_bounds(s, topic, [partition]))
     start, end = starts[partition], ends[partition]
     where = f"{topic}[{partition}]"
     row = next((r for r in aio.run(_rows(s.dsn, s.group_id, topic)) if r.partition == partition), None)
+    if row is not None:
+        # Offsets of one log are no offsets of another: a ledger that counts the log before a
+        # recreation would record as lost what the new log never lost (the worker's and `reset`'s rule).
+        now = aio.run(broker_identities(s.bootstrap_list, s.kafka_security(), [topic])).get(topic)
+        changed = log_changed(row.last_offset, row.topic_id, row.cluster_id, now, end)
+        if changed is not None:
+            detail = (
+                f"topic id {row.topic_id}, the broker serves {now.topic_id}"
+                if row.topic_id and now is not None and now.topic_id
+                else changed
+            )
+            raise click.UsageError(f"the ledger of {where} counts another log ({detail}): use `eventsink ledger reset`")
     refused = skip_refusal(where, to, start, end, row.last_offset if row else ledger.NOTHING_APPLIED, lose_live_records)
     if refused is not None:
         raise click.BadParameter(refused, param_hint="--to")
@@ -255,7 +278,7 @@ def skip(topic: str, partition: int, to: int, dry_run: bool, lose_live_records: 
 @ledger_command.command("history")
 @click.option("--topic", default=None, help="Only this topic.")
 @click.option("--group", default=None, help="Only this consumer group (default: every group).")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1, max=1_000_000), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per change.")
 def history(topic: str | None, group: str | None, limit: int, as_json: bool) -> None:
     """Changes operators made to the ledger (skip, reset), newest first: who, when, what command,

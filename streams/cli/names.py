@@ -129,11 +129,12 @@ def partitions(s: Settings, topic: str, wanted: Iterable[int], hint: str | None 
 
 
 def group(s: Settings, name: str | None, hint: str | None = "--group") -> str:
-    """A consumer group named on the command line, checked: it has rows in the ledger or exists on
-    the broker. None means the configured group (EVENTSINK_GROUP_ID), taken as it is: a worker may
-    not have run yet."""
-    if name is None:
-        return s.group_id
+    """A consumer group, checked: it has rows in the ledger or exists on the broker (a group whose
+    worker joined, or committed, before the ledger counted anything). None means the configured
+    group (EVENTSINK_GROUP_ID), checked the same way: a misspelt setting must not read as an
+    empty ledger or a consistent topic."""
+    configured = name is None
+    name = s.group_id if name is None else name
     with psycopg.connect(s.dsn) as conn:
         known = [str(r[0]) for r in conn.execute(GROUPS)]
     if name in known:
@@ -144,12 +145,20 @@ def group(s: Settings, name: str | None, hint: str | None = "--group") -> str:
             listed = await (await reader.admin()).list_consumer_groups()
             return [str(g[0]) for g in listed]
 
+    broker: list[str] = []
     try:
-        if name in aio.run(on_broker()):
-            return name
+        broker = aio.run(on_broker())
     except Exception:  # a broker that cannot list groups: the ledger's answer stands
         pass
-    raise _fail(f"no consumer group {name!r} in the ledger or on the broker; the ledger knows {_listed(known)}", hint)
+    if name in broker:
+        return name
+    exist = f"the ledger knows {_listed(known)}; the broker knows {_listed(sorted(set(broker) - set(known)))}"
+    if configured:
+        raise _fail(
+            f"no consumer group {name!r} (from EVENTSINK_GROUP_ID) in the ledger or on the broker; {exist}",
+            "EVENTSINK_GROUP_ID",
+        )
+    raise _fail(f"no consumer group {name!r} in the ledger or on the broker; {exist}", hint)
 
 
 def ledger_topics(s: Settings, group_id: str) -> list[str]:

@@ -152,3 +152,12 @@ def tail_command(
     except KeyboardInterrupt:  # Ctrl-C is how --follow ends: say what was shown, exit 130 as every command
         err.print(f"stopped after {shown} records of {topic}", highlight=False)
         raise
+    if shown == 0:
+        # Nothing printed must not look like a hang or a broken pipe: say that nothing matched.
+        asked = [
+            f"--tenant {tenant}" if tenant else "",
+            f"--grep {grep!r}" if grep else "",
+            f"--since {since}" if since else "",
+        ]
+        which = ", ".join(a for a in asked if a)
+        err.print(f"no record of {topic} matched{f' ({which})' if which else ''}", highlight=False)

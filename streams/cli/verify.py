@@ -35,13 +35,13 @@ def verify(
     """
     s = settings()
     read_from = dsn_to_read(read_dsn, s)  # a usage error before anything is read
-    kind = names.source_kind(s, topic)
-    names.broker_partitions(s, kind.topic)
-    group = names.group(s, group)
     try:
         since_at = parse_since(since) if since else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--since") from None
+    kind = names.source_kind(s, topic)
+    names.broker_partitions(s, kind.topic)
+    group = names.group(s, group)
     try:
         report = run_verify(
             s.bootstrap_list,

@@ -292,6 +292,11 @@ async def read_expected(reader: Reader, kind: Kind, since: datetime | None = Non
     """
     start = Start(since=since, last=None) if since else FROM_BEGINNING
     records = await reader.read_all(kind.topic, start=start)
+    if since is not None:
+        # The records' own timestamps decide, as `tail` does: a broker's answer to "the offset
+        # for this time" may be wrong (Tansu answers offset 0 for a time after its last record).
+        since_ms = since.timestamp() * 1000
+        records = [r for r in records if r.timestamp >= since_ms]
     try:
         dead = await reader.read_all(kind.dlq_topic)
     except LookupError:

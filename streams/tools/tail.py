@@ -29,7 +29,12 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     """`10m`, `2h`, `1.5d`, `30s`, or an ISO 8601 / RFC 3339 timestamp."""
     match = _DURATION.match(text.strip())
     if match:
-        return (now or datetime.now(UTC)) - timedelta(**{_UNITS[match[2]]: float(match[1])})
+        try:
+            return (now or datetime.now(UTC)) - timedelta(**{_UNITS[match[2]]: float(match[1])})
+        except OverflowError:  # a duration reaching before year 1
+            raise ValueError(
+                f"--since {text!r} reaches before year 1: give a shorter duration or a timestamp"
+            ) from None
     try:
         at = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:

@@ -89,10 +89,22 @@ MISTAKES: dict[str, tuple[Args, str]] = {
 }
 
 
+# The mistakes checked after the configured group (EVENTSINK_GROUP_ID), which must exist first:
+# here the broker knows it, as it does once a worker joined.
+AFTER_THE_GROUP = {"lag topic", "ledger show topic", "ledger reset partition", "ledger skip partition"}
+
+
+def known_to_the_broker(s: Scenario) -> None:
+    """The scenario's group exists on the broker (committed offsets), as after a worker joined."""
+    asyncio.run(commit_group_offsets(s.bootstrap, s.group, s.topic, {p: 0 for p in range(4)}))
+
+
 @pytest.mark.parametrize("mistake", sorted(MISTAKES))
 def test_a_name_that_matches_nothing_is_a_usage_error_saying_what_is_valid(scenario: Scenario, mistake: str) -> None:
     s = scenario
     create_topics(s)
+    if mistake in AFTER_THE_GROUP:
+        known_to_the_broker(s)
     args, says = MISTAKES[mistake]
     assert says.format(topic=s.topic, dlq=s.dlq_topic) in usage_error(s.cli(*args(s)))
 
@@ -100,6 +112,7 @@ def test_a_name_that_matches_nothing_is_a_usage_error_saying_what_is_valid(scena
 def test_a_tenant_in_any_spelling_a_worker_accepts_is_the_same_tenant(scenario: Scenario) -> None:
     s, sent = scenario, Sent()
     create_topics(s)
+    known_to_the_broker(s)
     a, b = sent.tenants[0], sent.tenants[1]
     send_raw(s, sent, [(a.encode(), metric_json(a, f"a{i}")) for i in range(3)], partition=0)
     send_raw(s, sent, [(b.encode(), metric_json(b, f"b{i}")) for i in range(2)], partition=0)
@@ -123,6 +136,7 @@ def test_a_tenant_in_any_spelling_a_worker_accepts_is_the_same_tenant(scenario: 
 def test_a_check_that_read_nothing_never_says_consistent(scenario: Scenario) -> None:
     s, sent = scenario, Sent()
     create_topics(s)
+    known_to_the_broker(s)
     nobody = str(uuid.uuid4())
     empty = s.cli("verify", s.topic)
     assert empty.returncode == 1 and "consistent" not in empty.stderr
@@ -174,6 +188,7 @@ def test_a_dry_run_shows_the_real_runs_plan_and_the_change_is_recorded_and_liste
     create_topics(s)
     tenant = sent.tenants[0]
     send_raw(s, sent, [(tenant.encode(), metric_json(tenant, f"a{i}")) for i in range(8)], partition=2, one_by_one=True)
+    known_to_the_broker(s)  # a skip changes a group's ledger: the group must exist
     skip = ["ledger", "skip", "--topic", s.topic, "--partition", "2", "--to", "4", OVERRIDE]
     dry = s.cli(*skip, "--dry-run", EVENTSINK_OPERATOR="alice")
     assert dry.returncode == 0, dry.stderr
@@ -212,3 +227,158 @@ def test_a_group_the_broker_knows_is_a_group_before_the_ledger_counts_anything(s
     assert done.returncode == 0, done.stderr
     lags = {p["partition"]: p for p in orjson.loads(done.stdout)["partitions"]}
     assert (lags[0]["committed"], lags[0]["kafka_lag"], lags[0]["ledger_lag"]) == (1, 2, 3)
+
+
+def test_the_configured_group_is_checked_like_a_group_named_with_group(scenario: Scenario) -> None:
+    """A misspelt EVENTSINK_GROUP_ID reads as no group, never as an empty ledger, a consistent
+    topic, totals of 0 or a plan to change a group that does not exist."""
+    s, sent = scenario, Sent()
+    create_topics(s)
+    a = sent.tenants[0]
+    send_raw(s, sent, [(a.encode(), metric_json(a, f"a{i}")) for i in range(3)], partition=0, one_by_one=True)
+    typo = f"typo-{s.name}"
+    commands = [
+        ["ledger", "show"],
+        ["verify", s.topic],
+        ["lag"],
+        ["lag", "--topic", s.topic],
+        ["ledger", "skip", "--topic", s.topic, "--partition", "0", "--to", "1", OVERRIDE, "--dry-run"],
+        ["ledger", "reset", "--topic", s.topic, "--dry-run"],
+    ]
+    for args in commands:
+        line = usage_error(s.cli(*args, EVENTSINK_GROUP_ID=typo))
+        assert f"no consumer group '{typo}' (from EVENTSINK_GROUP_ID) in the ledger or on the broker" in line, args
+        assert "the ledger knows" in line and "the broker knows" in line, args
+    assert ledger(s.dsn, typo, s.topic) == {}
+    # The same group once the broker knows it (a worker joined it): no longer a mistake.
+    asyncio.run(commit_group_offsets(s.bootstrap, typo, s.topic, {p: 0 for p in range(4)}))
+    shown = s.cli("ledger", "show", EVENTSINK_GROUP_ID=typo)
+    assert shown.returncode == 0 and f"the ledger of group {typo} has no partition yet" in shown.stderr, shown.stderr
+
+
+HUGE = "99999999999999999999"
+NUMBERS_OUT_OF_RANGE: dict[str, tuple[Args, str]] = {
+    "tail --since": (lambda s: ["tail", s.topic, "--since", "99999999d"], "reaches before year 1"),
+    "verify --since": (lambda s: ["verify", s.topic, "--since", "99999999d"], "reaches before year 1"),
+    "dlq list --since": (lambda s: ["dlq", "list", s.dlq_topic, "--since", "99999999d"], "reaches before year 1"),
+    "dlq replay --since": (
+        lambda s: ["dlq", "replay", s.dlq_topic, "--since", "99999999d", "--dry-run"],
+        "reaches before year 1",
+    ),
+    "ledger history --limit": (lambda s: ["ledger", "history", "--limit", HUGE], "is not in the range 1<=x<="),
+    "dlq list --limit": (lambda s: ["dlq", "list", s.dlq_topic, "--limit", HUGE], "is not in the range 1<=x<="),
+    "ledger skip --to": (
+        lambda s: ["ledger", "skip", "--topic", s.topic, "--partition", "0", "--to", HUGE],
+        "is not in the range 0<=x<=",
+    ),
+    "lag --max-lag": (lambda s: ["lag", "--max-lag", HUGE], "is not in the range 0<=x<="),
+}
+
+
+def test_a_number_out_of_range_is_a_usage_error_not_a_crash(scenario: Scenario) -> None:
+    s = scenario
+    create_topics(s)
+    for name, (args, says) in NUMBERS_OUT_OF_RANGE.items():
+        line = usage_error(s.cli(*args(s)))
+        assert says in line and "Error" not in line.split(":", 1)[1], (name, line)
+
+
+def test_a_viewer_that_shows_nothing_or_part_says_so(scenario: Scenario) -> None:
+    """`tail` with a filter no record matches says so on stderr (exit 0, stdout empty); `dlq list
+    --json` cut at --limit says how many it left out (stdout stays the letters alone)."""
+    s, sent = scenario, Sent()
+    create_topics(s)
+    a = sent.tenants[0]
+    records = [(a.encode(), metric_json(a, "ok"))] + [(a.encode(), f"not json {i}".encode()) for i in range(3)]
+    send_raw(s, sent, records, partition=0, unique={a: 1}, one_by_one=True)
+    nobody = str(uuid.uuid4())
+    tailed = s.cli("tail", s.topic, "--tenant", nobody, "--last", "5")
+    assert tailed.returncode == 0 and tailed.stdout == "", tailed
+    assert tailed.stderr.strip().splitlines() == [f"no record of {s.topic} matched (--tenant {nobody})"]
+    w = WorkerProcess(s.env(), s.data_dir / "w.log").start()
+    try:
+        wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
+    finally:
+        assert w.stop() == 0
+    listed = s.cli("dlq", "list", s.dlq_topic, "--json", "--limit", "2")
+    assert listed.returncode == 0, listed.stderr
+    assert len(listed.stdout.splitlines()) == 2
+    assert "2 of 3 shown (--limit 2)" in listed.stderr
+    whole = s.cli("dlq", "list", s.dlq_topic, "--json")
+    assert len(whole.stdout.splitlines()) == 3 and "shown" not in whole.stderr, whole.stderr
+
+
+def test_dlq_replay_to_is_an_existing_topic_that_is_no_dead_letter_topic_nor_replay_log(scenario: Scenario) -> None:
+    s, sent = scenario, Sent()
+    create_topics(s)
+    a = sent.tenants[0]
+    send_raw(s, sent, [(a.encode(), b"not json")], partition=0, one_by_one=True)
+    w = WorkerProcess(s.env(), s.data_dir / "w.log").start()
+    try:
+        wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
+    finally:
+        assert w.stop() == 0
+    replay = ["dlq", "replay", s.dlq_topic]
+    typo = f"{s.topic}z"
+    refusals = {
+        typo: f"topic '{typo}' does not exist on the broker",
+        f"{s.chat_topic}.dlq": "is a dead-letter topic",
+        f"{s.dlq_topic}.replays": "is a replay log",
+    }
+    for to, says in refusals.items():
+        line = usage_error(s.cli(*replay, "--to", to))
+        assert says in line and "give an existing topic that is no dead-letter or .replays topic" in line, line
+        assert s.topic in line, line  # the valid targets named
+    topics = asyncio.run(_topics(s.bootstrap))
+    assert typo not in topics and f"{s.dlq_topic}.replays" not in topics  # nothing created, nothing sent
+    dry = s.cli(*replay, "--to", s.topic, "--dry-run")
+    assert dry.returncode == 0 and f"would replay 1 record(s) from {s.dlq_topic} to {s.topic}" in dry.stderr, dry
+
+
+async def _topics(bootstrap: str) -> set[str]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+async def _send_at(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]], timestamp_ms: int) -> None:
+    """Records whose own timestamp is `timestamp_ms` (as a producer may set it)."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False)
+    await producer.start()
+    try:
+        for key, value in records:
+            await producer.send_and_wait(topic, value=value, key=key, partition=0, timestamp_ms=timestamp_ms)
+    finally:
+        await producer.stop()
+
+
+def test_verify_since_reads_the_records_of_the_window_by_their_own_timestamps(scenario: Scenario) -> None:
+    """Tansu answers "the offset for a time after the last record" with offset 0: verify --since
+    must not take that for a window, or it checks everything and says consistent."""
+    import time
+
+    s, sent = scenario, Sent()
+    create_topics(s)
+    known_to_the_broker(s)
+    a, b = sent.tenants[0], sent.tenants[1]
+    hour_ago = int(time.time() * 1000) - 3_600_000
+    asyncio.run(_send_at(s.bootstrap, s.topic, [(a.encode(), metric_json(a, f"old{i}")) for i in range(5)], hour_ago))
+    for since in ("1m", "2099-01-01T00:00:00Z"):
+        for json in ([], ["--json"]):
+            done = s.cli("verify", s.topic, "--since", since, *json)
+            assert done.returncode == 1 and done.stdout == "", done
+            assert f"{s.topic} holds no records since {since}: nothing to verify" in done.stderr, done.stderr
+            assert "consistent" not in done.stderr
+    send_raw(s, sent, [(b.encode(), metric_json(b, f"new{i}")) for i in range(2)], partition=0, one_by_one=True)
+    window = s.cli("verify", s.topic, "--since", "10m", "--json")
+    assert window.stdout, window.stderr
+    assert [(t["tenant"], t["seen"]) for t in orjson.loads(window.stdout)["tenants"]] == [(b, 2)]
+    whole = s.cli("verify", s.topic, "--json")
+    assert sorted((t["tenant"], t["seen"]) for t in orjson.loads(whole.stdout)["tenants"]) == sorted([(a, 5), (b, 2)])

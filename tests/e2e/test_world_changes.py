@@ -19,6 +19,8 @@ from tests.helpers import Scenario, WorkerProcess, count_by_tenant, ledger, wait
 from tests.web import get, samples, total
 from tests.workload import Sent, create_topics, metric_json, publish
 
+OVERRIDE = "--lose-records-the-broker-still-has"
+
 pytestmark = pytest.mark.e2e
 
 
@@ -104,7 +106,7 @@ def test_a_recreated_topic_stops_its_partitions_until_an_operator_resets_the_led
 
         # lag sees them stopped, not caught up: the new log waits whole, and a lag check fails.
         lagged = s.cli("lag", "--json")
-        assert lagged.returncode == 0, lagged.stderr
+        assert lagged.returncode == 1, lagged.stderr  # a stopped partition fails the check, --max-lag or not
         lags = {p["partition"]: p for p in orjson.loads(lagged.stdout)["partitions"]}
         assert sorted(p for p, v in lags.items() if v["stopped"]) == counted
         assert all(lags[p]["stopped"].startswith("log_changed: topic id is") for p in counted)
@@ -130,6 +132,47 @@ def test_a_recreated_topic_stops_its_partitions_until_an_operator_resets_the_led
         assert w.stop() == 0
     expected = old.unique_per_tenant + new.unique_per_tenant
     assert count_by_tenant(s.dsn, old.tenants) == dict(expected)
+
+
+def test_after_a_recreation_skip_is_refused_lag_fails_and_a_second_reset_has_nothing_to_do(scenario: Scenario) -> None:
+    """With the topic recreated (no worker running): `lag` fails without --max-lag, `ledger skip`
+    on a ledger that counts the old log is refused (it would record losses the new log never
+    had), the reset starts the new log, and a second reset says it is already done."""
+    s, old = scenario, Sent()
+    create_topics(s)
+    w = WorkerProcess(s.env(), s.data_dir / "w.log").start()
+    try:
+        publish(s, old, 200, duplicates=0.0, seed=211)
+        wait_applied(s.dsn, s.group, s.topic, old.last_offsets)
+    finally:
+        assert w.stop() == 0
+    counted = sorted(old.last_offsets)
+    asyncio.run(_recreate(s.bootstrap, s.topic, 4))
+    new = Sent(tenants=old.tenants)
+    publish(s, new, 100, duplicates=0.0, seed=212)
+    before = ledger(s.dsn, s.group, s.topic)
+
+    lagged = s.cli("lag", "--topic", s.topic)
+    assert lagged.returncode == 1 and "(stopped)" in lagged.stdout and "is stopped, log_changed" in lagged.stderr
+
+    p = counted[0]
+    skip = s.cli("ledger", "skip", "--topic", s.topic, "--partition", str(p), "--to", "1", OVERRIDE)
+    lines = skip.stderr.strip().splitlines()
+    assert skip.returncode == 2 and len(lines) == 1, skip
+    assert f"the ledger of {s.topic}[{p}] counts another log (topic id " in lines[0], lines
+    assert "use `eventsink ledger reset`" in lines[0]
+    assert ledger(s.dsn, s.group, s.topic) == before  # nothing recorded as lost
+
+    done = s.cli("ledger", "reset", "--topic", s.topic)
+    assert done.returncode == 0 and f"reset {len(counted)} partition(s)" in done.stderr, done.stderr
+    again = s.cli("ledger", "reset", "--topic", s.topic)
+    assert again.returncode == 0, again.stderr
+    assert f"{s.topic}: its partitions were already reset (the ledger is empty): nothing to do" in again.stderr
+    assert "the broker serves the log" not in again.stderr
+    one = s.cli("ledger", "reset", "--topic", s.topic, "--partition", str(p))
+    assert one.returncode == 0 and f"partition {p} was already reset" in one.stderr, one.stderr
+    history = [orjson.loads(line) for line in s.cli("ledger", "history", "--json").stdout.splitlines()]
+    assert sorted(c["partition"] for c in history if c["consumer_group"] == s.group) == counted  # one reset each
 
 
 def _produce_transactions(bootstrap: str, topic: str, tenant: str, transactions: int, size: int) -> dict[int, int]:

@@ -33,3 +33,17 @@ def test_since_keeps_the_records_at_or_after_the_time() -> None:
 
 def test_from_the_beginning_keeps_everything() -> None:
     assert len(_window(rows(), Start(from_beginning=True))) == 14
+
+
+def test_a_since_out_of_range_is_a_value_error_saying_what_is_valid() -> None:
+    import pytest
+
+    from streams.tools.tail import parse_since
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    for text in ("99999999d", "999999999999h", "1" + "0" * 30 + "s"):
+        with pytest.raises(ValueError, match="reaches before year 1"):
+            parse_since(text, now)
+    with pytest.raises(ValueError, match="takes a duration such as 10m"):
+        parse_since("99999-01-01", now)
+    assert parse_since("2d", now) == datetime(2025, 12, 30, tzinfo=UTC)
