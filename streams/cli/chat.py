@@ -39,7 +39,9 @@ def chat() -> None:
 @click.option(
     "--tenant", required=True, type=names.TENANT, help="The tenant asking: another's conversation is not found."
 )
-@click.option("--last", type=click.IntRange(min=1), default=10, show_default=True, help="How many messages.")
+@click.option(
+    "--last", type=click.IntRange(min=1, max=100_000), default=10, show_default=True, help="How many messages."
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per message.")
 @click.option("--read-dsn", default=None, help=READ_DSN_HELP)
 def history(conversation_id: UUID, tenant: str, last: int, as_json: bool, read_dsn: str | None) -> None:
