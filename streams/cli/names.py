@@ -72,10 +72,14 @@ def _topic_names(s: Settings) -> str:
 
 
 def source_kind(s: Settings, topic: str, hint: str | None = "TOPIC") -> Kind:
-    """The kind whose source topic is `topic` (or whose name it is: metric, chat, analysis)."""
+    """The kind whose source topic is `topic`. A kind's name (metric, chat, analysis) is not a
+    topic unless it is one: every command takes topics alone, as `tail` and `ledger show` do."""
     for kind in all_kinds(s):
-        if topic in (kind.topic, kind.name):
+        if topic == kind.topic:
             return kind
+    for kind in all_kinds(s):
+        if topic == kind.name:
+            raise _fail(f"{topic!r} is a kind of event; its topic is {kind.topic!r}", hint)
     for kind in all_kinds(s):
         if topic == kind.dlq_topic:
             raise _fail(f"{topic!r} is a dead-letter topic; give its source topic {kind.topic!r}", hint)

@@ -49,6 +49,8 @@ Args = Callable[[Scenario], list[str]]
 MISTAKES: dict[str, tuple[Args, str]] = {
     "verify topic": (lambda s: ["verify", "metrcs"], "eventsink's topics are metrics-"),
     "verify a DLQ": (lambda s: ["verify", s.dlq_topic], "give its source topic '{topic}'"),
+    "verify a kind": (lambda s: ["verify", "metric"], "'metric' is a kind of event; its topic is '{topic}'"),
+    "lag a kind": (lambda s: ["lag", "--topic", "metric"], "'metric' is a kind of event; its topic is '{topic}'"),
     "verify tenant": (lambda s: ["verify", s.topic, "--tenant", NOT_A_UUID], "is not a tenant id: give a UUID"),
     "verify group": (lambda s: ["verify", s.topic, "--group", "nosuch"], "no consumer group 'nosuch'"),
     "tail topic": (lambda s: ["tail", "metrcs"], "no topic 'metrcs': eventsink's topics are"),
