@@ -165,6 +165,7 @@ class Pipeline:
         self._deadline = float("inf")
         self._progress_at = time.monotonic()
         self._progress_last: dict[str, int] = {}
+        self._drained_totals: dict[str, int] | None = None  # what the last "drained" line said
         self._m_consumed = telemetry.EVENTS_CONSUMED.labels(topic)
         self._m_applied = telemetry.ROWS_APPLIED.labels(topic)
         self._m_dup_cache = telemetry.DUPLICATES.labels(topic, "cache")
@@ -777,4 +778,8 @@ class Pipeline:
             _, late = await asyncio.wait(tasks, timeout=self.config.drain_timeout_s + 1.0)
             for task in late:
                 task.cancel()
-        log.info("drained", topic=self.topic, **self.totals)
+        # Drained twice on a stop (before Faust's shutdown, then by the agent's own end): said
+        # once, unless the second drain changed the totals.
+        if self.totals != self._drained_totals:
+            self._drained_totals = dict(self.totals)
+            log.info("drained", topic=self.topic, **self.totals)
