@@ -54,9 +54,12 @@ def conversation(dsn: str, messages: int) -> tuple[uuid.UUID, uuid.UUID, list[st
 
 
 def replayed(standby_dsn: str, query: str, params: tuple[object, ...]) -> bool:
-    with psycopg.connect(standby_dsn) as conn:
-        row = conn.execute(query, params).fetchone()
-        return bool(row and row[0])
+    try:
+        with psycopg.connect(standby_dsn) as conn:
+            row = conn.execute(query, params).fetchone()
+            return bool(row and row[0])
+    except (psycopg.OperationalError, psycopg.errors.UndefinedTable):
+        return False  # the standby has not replayed the database (or its tables) yet
 
 
 def history(dsn_env: dict[str, str], session: uuid.UUID, tenant: uuid.UUID, *extra: str) -> tuple[list[str], str]:
