@@ -148,8 +148,10 @@ def test_primary_node_crash(ha_scenario: Scenario, formation: Formation, record_
         wait_until(lambda: get(f"{w.web}/healthz")[0] == 200, 60, what="a healthy worker")
         retries_before = total(samples(w), "eventsink_batch_retries_total")
         with ThreadPoolExecutor(1) as pool:
-            pending = watch(pool, f, s, w, old)
-            time.sleep(0.3)  # the watch has read /healthz once before the crash
+            seeing = Watch(f, s, w, old)
+            pending = pool.submit(seeing.run)
+            # The watch has read /healthz (healthy) once before the crash.
+            wait_until(lambda: seeing.health, 30, 0.05, "the watch's first reading of /healthz")
             f.crash(old)
             seen = pending.result(200)
         assert seen.first_commit_s is not None, "no commit on the new primary after the crash"
