@@ -86,17 +86,6 @@ def source_kind(s: Settings, topic: str, hint: str | None = "TOPIC") -> Kind:
     raise _fail(f"no topic {topic!r}: eventsink's topics are {_topic_names(s)}", hint)
 
 
-def dlq_kind(s: Settings, topic: str, hint: str | None = "TOPIC") -> Kind:
-    """The kind whose dead-letter topic is `topic`. For `eventsink dlq` commands."""
-    for kind in all_kinds(s):
-        if topic == kind.dlq_topic:
-            return kind
-    for kind in all_kinds(s):
-        if topic in (kind.topic, kind.name):
-            raise _fail(f"{topic!r} is a source topic; its dead letters are in {kind.dlq_topic!r}", hint)
-    raise _fail(f"no dead-letter topic {topic!r}: eventsink's are {_listed(k.dlq_topic for k in all_kinds(s))}", hint)
-
-
 def any_kind(s: Settings, topic: str) -> Kind | None:
     """The kind whose source or dead-letter topic is `topic`, None if it is none of eventsink's."""
     return next((k for k in all_kinds(s) if topic in (k.topic, k.dlq_topic)), None)
