@@ -1,7 +1,7 @@
 """What each contender runs. Every process gets the environment an eventsink worker reads.
 
 The metric scenario has every contender; the mixed one (metric, chat and analysis topics) only
-eventsink's: the reference loop and the Quix app write metric events only. The latency scenario
+eventsink's: the reference loop, the plain loop and the Quix app write metric events only. The latency scenario
 (bench/latency.py) runs eventsink's and Quix's plans on a topic published to while they run.
 """
 
@@ -100,6 +100,13 @@ def reference(ctx: Context) -> Plan:
     return Plan([command], environment(ctx), ctx.src, ledger_probe(ctx), ctx.dsn)
 
 
+def plain(ctx: Context) -> Plan:
+    """The plain loop (issue 21): no ledger, so done is seen in the table, as for Quix."""
+    workload = metric_only(ctx)
+    command = [sys.executable, "-m", "bench.plain"]
+    return Plan([command], environment(ctx), ctx.src, TableProbe(workload.unique), ctx.dsn)
+
+
 def quix(ctx: Context, commit_interval: float = 5.0) -> Plan:
     """Quix Streams; 5 s is its default commit interval, the sink writes once per commit."""
     workload = metric_only(ctx)
@@ -138,6 +145,9 @@ CONTENDERS = {
         eventsink, "one `eventsink worker` process (Faust, dedupe table + ledger), EVENTSINK_KINDS=metric"
     ),
     "reference": Contender(reference, "plain aiokafka getmany + eventsink's Sink, no framework (bench/reference.py)"),
+    "plain": Contender(
+        plain, "plain loop: aiokafka group consumer + orjson + COPY/upsert, no validation (bench/plain.py)"
+    ),
     "quix": Contender(
         quix,
         "Quix Streams, RocksDB-state dedupe + PostgreSQLSink ON CONFLICT DO NOTHING "
