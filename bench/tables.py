@@ -50,14 +50,42 @@ def median_rate(values: Sequence[float | None]) -> str:
     return f"{median(known):,.0f}" if known else "-"
 
 
-def ratio(runs: Sequence[Sequence[Measurement]], name: str, base: str) -> float | None:
-    """Median over runs of name's events/s divided by base's events/s in the same run."""
-    ratios = []
+def per_round(
+    runs: Sequence[Sequence[Measurement]],
+    name: str,
+    base: str,
+    compare: Callable[[Measurement, Measurement], float | None],
+) -> float | None:
+    """Median over runs of `compare(name's measurement, base's)` in the same run, both successful
+    (a round where it gives None is left out); None if no round has both."""
+    found = []
     for run in runs:
         ok = {m.contender: m for m in run if m.ok}
-        if name in ok and base in ok:
-            ratios.append(ok[name].events_per_s / ok[base].events_per_s)
-    return median(ratios) if ratios else None
+        if name in ok and base in ok and (value := compare(ok[name], ok[base])) is not None:
+            found.append(value)
+    return median(found) if found else None
+
+
+def ratio(
+    runs: Sequence[Sequence[Measurement]],
+    name: str,
+    base: str,
+    key: Callable[[Measurement], float | None] = lambda m: m.events_per_s,
+) -> float | None:
+    """Median over runs of name's `key` (events/s unless told) divided by base's in the same run."""
+
+    def divide(m: Measurement, b: Measurement) -> float | None:
+        top, bottom = key(m), key(b)
+        return None if top is None or not bottom else top / bottom
+
+    return per_round(runs, name, base, divide)
+
+
+def difference(
+    runs: Sequence[Sequence[Measurement]], name: str, base: str, key: Callable[[Measurement], float]
+) -> float | None:
+    """Median over runs of name's `key` minus base's in the same run."""
+    return per_round(runs, name, base, lambda m, b: key(m) - key(b))
 
 
 def times(value: float | None) -> str:
