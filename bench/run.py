@@ -1,7 +1,7 @@
 """`python -m bench.run`: load the topics, run each contender on them alone, report.
 
     python -m bench.run [--scenario metric|mixed|latency|memory|all] [--events N] [--partitions 8] [--tenants 50]
-                        [--duplicates 0.1] [--repeat N] [--only eventsink,reference,quix,eventsink2,quix-1s,...]
+                        [--duplicates 0.1] [--repeat N] [--only eventsink,reference,plain,quix,eventsink2,quix-1s,...]
                         [--rates 0.25,0.5,0.75] [--duration 60] [--max-rate N]
                         [--content-bytes B] [--db-delay-ms MS] [--memory-seconds S]
                         [--at REV] [--baseline REV] [--profile] [--record]
