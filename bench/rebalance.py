@@ -141,6 +141,7 @@ class Event:
     moved: frozenset[int]
     unmoved_gap: Gap | None  # the longest
     moved_gap: Gap | None
+    a_last_ms: float | None  # A's last commit (any partition) before that assignment, from the event
     assigned_ms: float | None  # A's first assignment after the event, from the event
     sought_ms: float | None  # A's first `sought to the ledger` after that assignment, from the event
     b_assigned_ms: float | None  # join: B's first assignment, from the event
@@ -320,6 +321,11 @@ def analyse(
         handover = next(
             (c.at_ms for c in commits if c.worker == "A" and c.partition in moved and c.at_ms > at_ms), None
         )
+    a_last = (
+        max((c.at_ms for c in commits if c.worker == "A" and at_ms < c.at_ms < a_after.at_ms), default=None)
+        if a_after
+        else None
+    )
     return Event(
         name,
         at_ms,
@@ -328,6 +334,7 @@ def analyse(
         moved,
         longest(gaps(commits, unmoved, at_ms, until_ms)),
         longest(gaps(commits, moved, at_ms, until_ms)),
+        a_last - at_ms if a_last is not None else None,
         a_after.at_ms - at_ms if a_after else None,
         _first_after(sought, a_after.at_ms) + a_after.at_ms - at_ms
         if a_after and _first_after(sought, a_after.at_ms) is not None

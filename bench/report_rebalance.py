@@ -13,6 +13,7 @@ EVENT_HEADER = [
     "event",
     "at s",
     "B started after ms",
+    "A's last commit after ms",
     "A assigned after ms",
     "A sought after ms",
     "B assigned after ms",
@@ -59,6 +60,7 @@ def event_row(n: int, r: RebalanceRun, e: Event) -> list[str]:
         "B joins" if e.name == "join" else "B leaves (SIGTERM)",
         f"{(e.at_ms - r.first_send_ms) / 1000:.1f}",
         _ms(e.b_started_ms),
+        _ms(e.a_last_ms),
         _ms(e.assigned_ms),
         _ms(e.sought_ms),
         _ms(e.b_assigned_ms),
@@ -141,7 +143,9 @@ def render(results: RebalanceResults, level: str = "###") -> str:
         "given with its partition and bounds (s after the first send). unmoved: the partitions in "
         "A's last assignment before the event and in its first after (its `partitions assigned` log lines); moved: "
         "those that went to B (join) or came back from B (leave). From the event (B's spawn, B's SIGTERM) to: "
-        "B started, B's `worker starting` line (interpreter up, imports done); A/B assigned, that worker's first "
+        "B started, B's `worker starting` line (interpreter up, imports done); A's last commit, the last commit "
+        "A made before its next assignment (about when it learnt of the rebalance, at a heartbeat, and gave up "
+        "every partition: eager rebalancing); A/B assigned, that worker's first "
         "`partitions assigned` line after it (the group's join and sync done, Faust's on_partitions_assigned "
         "starting); A sought, A's `sought to the ledger` after that assignment (the dedupe table's changelog "
         "read, positions taken from the ledger: fetching resumes). handover: join, from B's spawn to B's first commit; "
