@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import memory, report_latency, report_memory, report_metric, report_mixed
+from bench import memory, report_latency, report_memory, report_metric, report_mixed, report_rebalance
 from bench.contenders import SESSION_TIMEOUT_MS
 from bench.latency import LatencyResults
+from bench.rebalance import RebalanceResults
 
 
 @dataclass(frozen=True)
@@ -21,10 +22,11 @@ class Results:
     mixed: report_mixed.Results | None = None
     latency: LatencyResults | None = None
     memory: memory.Results | None = None
+    rebalance: RebalanceResults | None = None
 
     @property
     def ok(self) -> bool:
-        scenarios = [s for s in (self.metric, self.mixed, self.latency) if s is not None]
+        scenarios = [s for s in (self.metric, self.mixed, self.latency, self.rebalance) if s is not None]
         return all(m.ok for s in scenarios for m in s.measurements) and (self.memory is None or self.memory.ok)
 
 
@@ -34,6 +36,8 @@ def _order(results: Results) -> str:
         said.append("the order of the contenders rotates from run to run")
     if results.latency is not None:
         said.append("latency: one run of each contender at each rate, rates in the order of --rates")
+    if results.rebalance is not None:
+        said.append("rebalance: two workers of one group, one at a time")
     return "; ".join(said)
 
 
@@ -43,6 +47,7 @@ def render(results: Results) -> str:
         ("mixed", results.mixed),
         ("latency", results.latency),
         ("memory", results.memory),
+        ("rebalance", results.rebalance),
     )
     scenarios = [name for name, s in named if s is not None]
     parts = [
@@ -67,6 +72,8 @@ def render(results: Results) -> str:
         parts.append(report_latency.render(results.latency))
     if results.memory is not None:
         parts.append(report_memory.render(results.memory, results.metric))
+    if results.rebalance is not None:
+        parts.append(report_rebalance.render(results.rebalance))
     return "\n\n".join(parts) + "\n"
 
 

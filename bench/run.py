@@ -1,9 +1,11 @@
 """`python -m bench.run`: load the topics, run each contender on them alone, report.
 
-    python -m bench.run [--scenario metric|mixed|latency|memory|all] [--events N] [--partitions 8] [--tenants 50]
-                        [--duplicates 0.1] [--repeat N] [--only eventsink,reference,plain,quix,eventsink2,quix-1s,...]
+    python -m bench.run [--scenario metric|mixed|latency|memory|rebalance|all] [--events N] [--partitions 8]
+                        [--tenants 50] [--duplicates 0.1] [--repeat N]
+                        [--only eventsink,reference,plain,quix,eventsink2,quix-1s,...]
                         [--rates 0.25,0.5,0.75] [--duration 60] [--max-rate N]
                         [--content-bytes B] [--db-delay-ms MS] [--memory-seconds S]
+                        [--rebalance-rate N] [--rebalance-seconds S] [--join-at S] [--leave-at S]
                         [--at REV] [--baseline REV] [--profile] [--record]
 
 metric: every contender on one metric topic. mixed: eventsink's (one worker, two workers) on
@@ -12,7 +14,9 @@ every rate, two other batch settings at 50 %) and Quix Streams on a topic publis
 fractions of one worker's maximum (measured by the metric scenario's eventsink runs, or by one
 such run, unless --max-rate gives it); percentiles of CreateTime -> row committed. memory: one
 worker's peak RSS on a backlog of 64 KiB chat messages, the database as it is and made slow
-(bench/memory.py). Starts its own Tansu unless KAFKA_BOOTSTRAP_SERVERS is set; uses
+(bench/memory.py). rebalance: a second worker joins one that consumes a topic published to at a
+fixed rate, then leaves; the longest interval without a commit on the partitions that did not
+move, and on those that did (bench/rebalance.py). Starts its own Tansu unless KAFKA_BOOTSTRAP_SERVERS is set; uses
 DATABASE_URL, else the PostgreSQL on 127.0.0.1:5432, else an embedded one. Logs of every
 process: bench/out/<run id>/<scenario>/.
 """
@@ -31,8 +35,8 @@ from pathlib import Path
 import psutil
 import psycopg
 
-from bench import latency, memory, mixed, quixenv, report, report_metric, revision
-from bench.contenders import CONTENDERS, MIXED_CONTENDERS, baseline
+from bench import latency, memory, mixed, quixenv, rebalance, report, report_metric, revision
+from bench.contenders import CONTENDERS, MIXED_CONTENDERS, SESSION_TIMEOUT_MS, baseline
 from bench.latency import LATENCY_CONTENDERS, LatencySpec
 from bench.services import Services, services
 from bench.session import Session, say
@@ -48,7 +52,9 @@ SCENARIOS = {
     "mixed": MIXED_CONTENDERS,
     "latency": LATENCY_CONTENDERS,
     "memory": memory.CONTENDERS,
+    "rebalance": rebalance.CONTENDERS,
 }
+REBALANCE_FRACTION = 0.25  # of one worker's maximum, the rebalance scenario's default rate
 EVENTS = {"metric": 200_000, "mixed": 200_000, "latency": 200_000, "memory": memory.DEFAULT_EVENTS}
 
 
@@ -85,7 +91,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="latency: one worker's maximum, records/s (default: the median steady events/s of the metric "
         "scenario's eventsink runs, or of one such run made for it)",
     )
-    p.add_argument("--drain", type=float, default=30.0, help="latency: seconds rows may take after the last send")
+    p.add_argument(
+        "--drain", type=float, default=30.0, help="latency, rebalance: seconds rows may take after the last send"
+    )
+    p.add_argument(
+        "--rebalance-rate",
+        type=int,
+        help="rebalance: records/s published (default: 25 %% of one worker's maximum, as for latency)",
+    )
+    p.add_argument("--rebalance-seconds", type=float, default=40.0, help="rebalance: seconds of publishing")
+    p.add_argument("--join-at", type=float, default=10.0, help="rebalance: seconds after the first send B joins")
+    p.add_argument("--leave-at", type=float, default=25.0, help="rebalance: seconds after the first send B leaves")
     p.add_argument("--at", metavar="REV", help="measure eventsink's sources at this git revision, not the tree")
     p.add_argument(
         "--baseline",
@@ -112,6 +128,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--rates takes distinct positive fractions")
     if (args.max_rate is not None and args.max_rate <= 0) or args.duration <= 0:
         p.error("--max-rate and --duration must be positive")
+    if args.rebalance_rate is not None and args.rebalance_rate <= 0:
+        p.error("--rebalance-rate must be positive")
+    if not 0 < args.join_at < args.leave_at < args.rebalance_seconds:
+        p.error("rebalance: 0 < --join-at < --leave-at < --rebalance-seconds")
     return args
 
 
@@ -176,7 +196,7 @@ def benchmark(args: argparse.Namespace, svc: Services, workdir: Path) -> report.
     src = revision.snapshot(workdir / "src", at)
     sources = revision.describe(src, at)
     say(f"broker {svc.bootstrap}, PostgreSQL {redact_dsn(svc.admin_dsn)}, logs in {workdir}")
-    run_metric, run_mixed, run_latency, run_memory = (
+    run_metric, run_mixed, run_latency, run_memory, run_rebalance = (
         bool(names_in(args, s)) and s in args.scenarios for s in SCENARIOS
     )
     metric_load: Workload | None = None
@@ -213,6 +233,28 @@ def benchmark(args: argparse.Namespace, svc: Services, workdir: Path) -> report.
     memory_results = None
     if run_memory:
         memory_results = memory.scenario(svc, workdir, src, memory.spec_from(args, args.events or EVENTS["memory"]))
+    rebalance_results = None
+    if run_rebalance:
+        if args.rebalance_rate:
+            rrate, rhow = args.rebalance_rate, "given with --rebalance-rate"
+        else:
+            top, how = max_rate(args, session, metric_results, metric_load)
+            rrate, rhow = (
+                max(1, round(top * REBALANCE_FRACTION)),
+                f"{REBALANCE_FRACTION:.0%} of {top:,.0f} records/s, {how}",
+            )
+        rspec = rebalance.RebalanceSpec(
+            rrate,
+            rhow,
+            args.rebalance_seconds,
+            args.join_at,
+            args.leave_at,
+            args.partitions,
+            args.tenants,
+            args.seed,
+            args.drain,
+        )
+        rebalance_results = rebalance.scenario(session, rspec, args.repeat, SESSION_TIMEOUT_MS)
     return report.Results(
         date=time.strftime("%Y-%m-%d %H:%M %Z"),
         machine=machine(svc.admin_dsn, uses_quix(args), start_load),
@@ -224,6 +266,7 @@ def benchmark(args: argparse.Namespace, svc: Services, workdir: Path) -> report.
         mixed=mixed_results,
         latency=latency_results,
         memory=memory_results,
+        rebalance=rebalance_results,
     )
 
 
