@@ -3,7 +3,7 @@
     python -m bench.run [--scenario metric|mixed|latency|memory|rebalance|all] [--events N] [--partitions 8]
                         [--tenants 50] [--duplicates 0.1] [--repeat N]
                         [--only eventsink,reference,plain,quix,eventsink2,quix-1s,...]
-                        [--rates 0.25,0.5,0.75] [--duration 60] [--max-rate N]
+                        [--rates 0.25,0.5,0.75] [--duration 60] [--max-rate N] [--low-rate 100]
                         [--content-bytes B] [--db-delay-ms MS] [--memory-seconds S]
                         [--rebalance-rate N] [--rebalance-seconds S] [--join-at S] [--leave-at S]
                         [--at REV] [--baseline REV] [--profile] [--record]
@@ -93,6 +93,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--drain", type=float, default=30.0, help="latency, rebalance: seconds rows may take after the last send"
+    )
+    p.add_argument(
+        "--low-rate", type=int, default=100, help="latency: records/s of one more run of eventsink's default (0: none)"
     )
     p.add_argument(
         "--rebalance-rate",
@@ -228,7 +231,9 @@ def benchmark(args: argparse.Namespace, svc: Services, workdir: Path) -> report.
     if run_latency:
         rate, how = max_rate(args, session, metric_results, metric_load)
         say(f"latency: one worker's maximum {rate:,.0f} records/s ({how})")
-        lspec = LatencySpec(args.fractions, args.duration, args.partitions, args.tenants, args.seed, args.drain)
+        lspec = LatencySpec(
+            args.fractions, args.duration, args.partitions, args.tenants, args.seed, args.drain, low_rate=args.low_rate
+        )
         latency_results = latency.scenario(session, names_in(args, "latency"), lspec, rate, how)
     memory_results = None
     if run_memory:

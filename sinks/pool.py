@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -25,6 +26,12 @@ def _dumps(obj: object) -> str:
     return jsonb_text(obj).decode()
 
 
+# A connection given back this recently is handed out again without a check: under load it saves
+# a round trip per batch, and a server that became read-only within that time still refuses the
+# batch's first write (SQLSTATE 25006), which closes the connection and retries the batch.
+RECHECK_AFTER_S = 1.0
+
+
 class Pool(AsyncConnectionPool):
     """A pool that carries the settings each batch transaction sets for itself (`local`): they
     are per transaction, not per connection, so that they hold through PgBouncer."""
@@ -32,6 +39,23 @@ class Pool(AsyncConnectionPool):
     def __init__(self, *args: Any, local: LocalSettings, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.local = local
+        # When each connection came back from a transaction that ended cleanly (by id: psycopg's
+        # connections do not take attributes of ours, and a closed one is never handed out again).
+        self._returned: dict[int, float] = {}
+
+    async def putconn(self, conn: psycopg.AsyncConnection) -> None:
+        if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            if len(self._returned) > 4 * (self.max_size + 1):
+                self._returned.clear()  # ids of connections the pool closed while idle (their lifetime)
+            self._returned[id(conn)] = time.monotonic()
+        else:
+            self._returned.pop(id(conn), None)
+        await super().putconn(conn)
+
+    def fresh(self, conn: psycopg.AsyncConnection) -> bool:
+        """Given back cleanly less than `RECHECK_AFTER_S` ago (and taken out now: forgotten)."""
+        returned = self._returned.pop(id(conn), None)
+        return returned is not None and time.monotonic() - returned < RECHECK_AFTER_S
 
 
 async def _writable(conn: psycopg.AsyncConnection) -> None:
@@ -68,10 +92,11 @@ def open_pool(
     each batch transaction sets for itself (`Pool.local`), with `stage_ddl` (none by default) run
     on each.
 
-    Every connection is checked when made and again each time it is handed out (one round
-    trip): a lost one, or one that reaches a node that became a standby, is discarded, and the
-    pool connects again; with a multi-host DSN and `target_session_attrs=read-write`, libpq tries
-    the hosts in turn and keeps the one that takes writes.
+    Every connection is checked when made and again when it is handed out after more than
+    `RECHECK_AFTER_S` idle (one round trip): a lost one, or one that reaches a node that became a
+    standby, is discarded, and the pool connects again; with a multi-host DSN and
+    `target_session_attrs=read-write`, libpq tries the hosts in turn and keeps the one that takes
+    writes.
 
     TCP keepalives make a connection that a network fault left half-open fail within seconds
     instead of hanging a batch until the kernel gives up. A lock timeout makes a writer that waits
@@ -91,7 +116,12 @@ def open_pool(
         await conn.commit()
 
     local = LocalSettings(statement_timeout_ms, lock_timeout_ms, idle_in_transaction_timeout_ms)
-    return Pool(
+
+    async def check(conn: psycopg.AsyncConnection) -> None:
+        if not pool.fresh(conn):
+            await _writable(conn)
+
+    pool = Pool(
         dsn,
         local=local,
         min_size=min_size,
@@ -99,7 +129,7 @@ def open_pool(
         open=False,
         name=name,
         configure=configure,
-        check=_writable,
+        check=check,
         kwargs={
             "autocommit": False,
             "keepalives": 1,
@@ -119,3 +149,4 @@ def open_pool(
         # 8, 16, 32 s... between attempts after an outage, long after a failover was over.
         reconnect_timeout=RECONNECT_CHAIN_S,
     )
+    return pool

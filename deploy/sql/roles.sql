@@ -16,6 +16,9 @@ DO $$
 DECLARE
     role text;
 BEGIN
+    -- Roles are the cluster's, not the database's: two runs at once (two databases set up at the
+    -- same time on a new cluster) would both find a role missing and one would fail creating it.
+    PERFORM pg_advisory_xact_lock(hashtext('eventsink deploy/sql/roles.sql'));
     FOREACH role IN ARRAY ARRAY['eventsink_migrator', 'eventsink_writer', 'eventsink_retention'] LOOP
         IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = role) THEN
             EXECUTE format('CREATE ROLE %I NOLOGIN', role);

@@ -30,12 +30,16 @@ from streams.worker.faust_internals import (
     commit_offsets,
     consumer_state,
     group_generation,
+    slices,
 )
 from streams.worker.pipeline import Pipeline, PipelineConfig
 from streams.worker.positioning import Positioning
 from streams.worker.reachability import Check, Reachability
 
 log = logs.get(__name__)
+
+# Records decoded before the agent gives way to the writers (a few milliseconds of decoding).
+INGEST_SLICE = 256
 
 
 def faust_config(settings: Settings) -> dict[str, Any]:
@@ -119,7 +123,7 @@ class Runtime:
         # in flight), and one connection for /readyz: a table held by a lock, a slow trigger or a
         # burst of one kind cannot take the connections the other kinds write with.
         pool_options = dict(
-            min_size=settings.pool_min_size,
+            min_size=min(settings.pool_min_size, settings.pool_max_size),
             statement_timeout_ms=settings.statement_timeout_ms,
             lock_timeout_ms=settings.lock_timeout_ms,
             idle_in_transaction_timeout_ms=settings.idle_in_transaction_timeout_ms,
@@ -351,7 +355,14 @@ class Runtime:
             ticker = asyncio.create_task(_tick(pipeline, s.progress_log_s))
             try:
                 while True:
-                    pipeline.ingest(await reader.next_chunk())
+                    # Decoded a slice at a time, giving way after each: a queue with fetches
+                    # waiting never suspends `next_chunk`, and a backlog's fetches would all be
+                    # decoded before any partition's writer sent its batch (0.2 s of a start's
+                    # first commit); each round trip of a transaction would wait for the decoding
+                    # of everything fetched meanwhile.
+                    for part in slices(await reader.next_chunk(), INGEST_SLICE):
+                        pipeline.ingest(part)
+                        await asyncio.sleep(0)
             except StopAsyncIteration:
                 pass  # Faust stops an agent by throwing this into its channel
             except Exception as exc:

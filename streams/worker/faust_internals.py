@@ -143,6 +143,24 @@ class Fetched:
         return self.tp.partition
 
 
+def slices(fetches: list[Fetched], size: int) -> Iterator[list[Fetched]]:
+    """`fetches` cut into lists of about `size` records (the last of a fetch's records may make
+    one shorter), in order; a slice's `nbytes` is 0 (the budget counts the whole fetch)."""
+    part: list[Fetched] = []
+    n = 0
+    for item in fetches:
+        records = item.records
+        for start in range(0, len(records), size):
+            piece = records[start : start + size] if start or len(records) > size else records
+            part.append(Fetched(item.tp, piece, item.generation_id, 0))
+            n += len(piece)
+            if n >= size:
+                yield part
+                part, n = [], 0
+    if part:
+        yield part
+
+
 class LeanConductor(Conductor):
     """Faust's conductor, handing raw-bytes partitions over by the fetch, not by the record.
 

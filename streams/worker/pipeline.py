@@ -103,6 +103,7 @@ class _Partition:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     writing: bool = False
+    slot: bool = False  # holds one of the pipeline's write slots for its next attempt
     cursor: Cursor = field(default_factory=Cursor)  # where its deliveries stand
     held: bool = False
     # The buffer holds a hole nothing verified: what precedes it is written without waiting.
@@ -382,12 +383,23 @@ class Pipeline:
                     if self._stopping:
                         return
                     continue
+                # The batch is taken once a slot is free: records that arrive while the other
+                # partitions' transactions hold every slot join it.
+                await self._slots.acquire()
+                st.slot = True
+                if st.revoked or not st.buffer:
+                    st.slot = False
+                    self._slots.release()
+                    continue
                 entries = self._take(st)
                 st.writing = True
                 try:
                     await self._write(st, entries)
                 finally:
                     st.writing = False
+                    if st.slot:  # the batch failed before its first attempt
+                        st.slot = False
+                        self._slots.release()
                     self.budget.give(sum(e.nbytes for e in entries))
                     # The records leave memory as their bytes leave the budget, not when the next
                     # batch is taken (a partition may wait long for it).
@@ -420,7 +432,8 @@ class Pipeline:
         max_wait = self.config.max_wait_s
         while not st.revoked:
             if st.buffer and (
-                self._stopping
+                max_wait <= 0.0  # adaptive: write now; what arrives meanwhile fills the next batch
+                or self._stopping
                 or len(st.buffer) >= self.config.batch_size
                 or st.cut
                 or (st.first_at is not None and time.monotonic() - st.first_at >= max_wait)
@@ -486,6 +499,15 @@ class Pipeline:
             self._committed(st, batch, result, digests, time.perf_counter() - started)
             if self.on_commit is not None:
                 self.on_commit(p, result.ledger_after + 1)
+
+    def preload(self, ledger: dict[int, int]) -> None:
+        """Load the dedupe cache of assigned partitions as of the ledger offsets read when they
+        were assigned ({partition: last applied offset}), so that their first batch, the one a
+        newly started worker waits for, need not read the ledger first (`_load_cache`)."""
+        if self.cache.enabled:
+            for p, last in ledger.items():
+                if not self.cache.loaded(p):
+                    self.cache.load(p, last)
 
     async def _load_cache(self, p: int) -> None:
         """Load a partition's dedupe cache as of the ledger. Without the database, go without
@@ -567,6 +589,12 @@ class Pipeline:
         resolutions = 0
         while True:
             try:
+                if st.slot:  # taken by `_run` for the first attempt
+                    st.slot = False
+                    try:
+                        return await self.sink.write(batch)
+                    finally:
+                        self._slots.release()
                 async with self._slots:
                     return await self.sink.write(batch)
             except OffsetGap as gap:

@@ -90,6 +90,7 @@ class Positioning:
                     continue
                 position = ledger.get(tp.partition)
                 targets[tp] = (position.last_offset if position else -1) + 1
+            pipeline.preload({tp.partition: targets[tp] - 1 for tp in tps if tp in targets})
             log.info("sought to the ledger", topic=topic, next_offsets={tp.partition: targets.get(tp) for tp in tps})
         return targets
 

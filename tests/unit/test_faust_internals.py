@@ -225,3 +225,17 @@ def test_aiokafka_reads_fetched_records_as_our_getall_copy_expects() -> None:
         assert callable(getattr(FetchResult, name)), name
     assert "self.next_fetch_offset" in inspect.getsource(PartitionRecords)
     assert "_eventsink_partition" in inspect.getsource(FetchResult.getall)
+
+
+def test_slices_cut_fetches_into_runs_of_about_size_records_keeping_every_record_in_order() -> None:
+    a, b = TP("t", 0), TP("t", 1)
+    fetches = [fi.Fetched(a, list(range(600)), 3, 6000), fi.Fetched(b, list(range(100, 130)), 3, 300)]
+    parts = list(fi.slices(fetches, 256))
+    assert [sum(len(f.records) for f in part) for part in parts] == [256, 256, 118]
+    assert [(f.tp, r) for part in parts for f in part for r in f.records] == [(a, r) for r in range(600)] + [
+        (b, r) for r in range(100, 130)
+    ]
+    assert {f.generation_id for part in parts for f in part} == {3}
+    # One small fetch is handed on as it is.
+    small = fi.Fetched(b, [1, 2], 3, 20)
+    assert [[f.records for f in part] for part in fi.slices([small], 256)] == [[[1, 2]]]
