@@ -66,7 +66,7 @@ def environment(ctx: Context) -> dict[str, str]:
         "EVENTSINK_GROUP_ID": ctx.group,
         "EVENTSINK_SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS),
         "EVENTSINK_DATA_DIR": str(ctx.data_dir),
-        "EVENTSINK_LOG_LEVEL": os.environ.get("ES_LOG", "WARNING"),
+        "EVENTSINK_LOG_LEVEL": "WARNING",
     }
 
 
