@@ -56,11 +56,12 @@ test-unit: $(STAMP) packages
 test-fast: $(STAMP) packages
 	$(BIN)/python -m pytest $(XDIST) -m "not e2e" $(PYTEST_ARGS)
 
-# About 30 minutes: the metric comparison (eventsink, reference loop, Quix Streams), the mixed
-# workload (metric + chat + analysis; eventsink only), the latency scenario (fixed rates, Kafka
-# timestamp to commit) and the memory scenario (64 KiB chat messages, a slow database), see
-# bench/RESULTS.md. One scenario: BENCH_ARGS="--repeat 3 --scenario mixed" (or latency, memory).
-# To record: BENCH_ARGS="--repeat 3 --profile --record".
+# About 35 minutes: the metric comparison (eventsink, reference loop, plain loop, Quix Streams),
+# the mixed workload (metric + chat + analysis; eventsink only), the latency scenario (fixed
+# rates, Kafka timestamp to commit), the memory scenario (64 KiB chat messages, a slow database)
+# and the rebalance scenario (a second worker joins, then leaves), see bench/RESULTS.md. One
+# scenario: BENCH_ARGS="--repeat 3 --scenario mixed" (or latency, memory, rebalance).
+# To record: BENCH_ARGS="--repeat 5 --profile --record".
 bench: BENCH_ARGS ?= --repeat 3 --profile
 bench: $(STAMP)
 	$(PIP) -e '.[bench]'
