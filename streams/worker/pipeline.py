@@ -111,6 +111,9 @@ class _Partition:
     revoked: bool = False
     blocked: str | None = None
     blocked_until: int | None = None
+    # Records of a stopped partition below this offset are still applied (they precede what
+    # stopped it): those buffered when it stopped, and those of the same fetch ingested after.
+    keep_before: int | None = None
     # When the ledger last advanced, or records started waiting after an idle spell.
     progress_at: float = field(default_factory=time.monotonic)
 
@@ -206,12 +209,19 @@ class Pipeline:
             p = fetch.partition
             owned = self._owned
             st = self._parts.get(p)
+            if st is not None and st.blocked is not None and st.keep_before is not None:
+                late = [r for r in records if r.offset >= st.keep_before]
+                if late:
+                    self._stale(len(late), sum(map(record_bytes, late)))
+                    records = [r for r in records if r.offset < st.keep_before]
             if (
                 self._stopping  # drained: what comes now is read again by the next owner
                 or (owned is not None and p not in owned)
-                or (st is not None and st.blocked is not None)
+                or (st is not None and st.blocked is not None and st.keep_before is None)
             ):
                 self._stale(len(records), sum(map(record_bytes, records)))
+                continue
+            if not records:
                 continue
             if st is None:
                 st = self._open(p)
@@ -339,6 +349,7 @@ class Pipeline:
         stopped the partition); the others are dropped, to come again after the operator."""
         st = self._parts.get(p) or self._open(p)
         st.blocked_until = until
+        st.keep_before = keep_before
         if st.blocked == reason:
             return
         if st.blocked is not None:
@@ -372,6 +383,7 @@ class Pipeline:
         if st.blocked is not None:
             telemetry.PARTITION_BLOCKED.labels(self.topic, str(st.number), st.blocked).set(0)
             st.blocked = None
+        st.keep_before = None
 
     # -- each partition's writer ----------------------------------------------------------------
 

@@ -10,6 +10,7 @@ import psycopg
 import pytest
 from psycopg_pool import PoolTimeout
 
+import sinks.pool
 from sinks.core.batch import Hole
 from sinks.core.sink import Sink
 from sinks.dsn import database_of
@@ -123,9 +124,13 @@ async def test_the_pool_hands_out_no_connection_to_a_read_only_server(own_databa
             conn.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
 
 
-async def test_a_pooled_connection_that_became_read_only_is_not_handed_out_again(own_database: str) -> None:
-    """As a connection to a primary that a failover demoted: idle in the pool, it now reaches a
-    server that refuses writes. The pool's check discards it; the batch is written on a new one."""
+async def test_a_pooled_connection_that_became_read_only_is_not_handed_out_again(
+    own_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a connection to a primary that a failover demoted: idle in the pool (longer than
+    `RECHECK_AFTER_S`, here 0), it now reaches a server that refuses writes. The pool's check
+    discards it; the batch is written on a new one."""
+    monkeypatch.setattr(sinks.pool, "RECHECK_AFTER_S", 0.0)
     async with writers_pool(own_database, WRITER, max_size=1) as pool:
         async with pool.connection() as conn:
             before = (await (await conn.execute("SELECT pg_backend_pid()")).fetchone())[0]  # type: ignore[index]
@@ -133,6 +138,30 @@ async def test_a_pooled_connection_that_became_read_only_is_not_handed_out_again
             await conn.commit()
         sink = Sink(pool, "g-demoted", WRITER, DeadLetters())
         tenant = uuid.uuid4()
+        result = await sink.write(batch("metrics", 0, [(0, metric(tenant, "a"))]))
+        assert [r.offset for r in result.applied] == [0]
+        async with pool.connection() as conn:
+            after = (await (await conn.execute("SELECT pg_backend_pid()")).fetchone())[0]  # type: ignore[index]
+        assert after != before
+    assert rows(own_database, tenant) == 1
+
+
+async def test_a_connection_given_back_a_moment_ago_that_became_read_only_fails_its_batch_once(
+    own_database: str,
+) -> None:
+    """Given back under `RECHECK_AFTER_S` ago, a connection is handed out unchecked (a round trip
+    saved per batch under load). If its server refuses writes meanwhile, the batch fails as
+    transient (the pipeline retries it) and the connection is discarded; the retry is written on
+    a new one."""
+    async with writers_pool(own_database, WRITER, max_size=1) as pool:
+        async with pool.connection() as conn:
+            before = (await (await conn.execute("SELECT pg_backend_pid()")).fetchone())[0]  # type: ignore[index]
+            await conn.execute("SET default_transaction_read_only = on")  # the session's, kept after commit
+            await conn.commit()
+        sink = Sink(pool, "g-demoted-now", WRITER, DeadLetters())
+        tenant = uuid.uuid4()
+        with pytest.raises(TransientSinkError, match="read-only"):
+            await sink.write(batch("metrics", 0, [(0, metric(tenant, "a"))]))
         result = await sink.write(batch("metrics", 0, [(0, metric(tenant, "a"))]))
         assert [r.offset for r in result.applied] == [0]
         async with pool.connection() as conn:
