@@ -156,10 +156,10 @@ class Settings(BaseSettings):
     dedupe_max_keys: int = Field(500_000, ge=0)
 
     # Database.
-    # Connections each kind's pool keeps open (at most pool_max_size): opened while the worker
-    # joins its group, so that the first batches, the ones a starting worker waits for, do not
-    # wait for connections one at a time (measured: 0.4 s of a start's first commit).
-    pool_min_size: int = Field(4, ge=0)
+    # Connections each kind's pool keeps open (at most pool_max_size). More would be ready for a
+    # starting worker's first batches, but every worker of three kinds would hold 3 x that many
+    # connections even when idle (the test suite's parallel workers ran out of PostgreSQL's 100).
+    pool_min_size: int = Field(1, ge=0)
     pool_max_size: int = Field(4, ge=1)
     statement_timeout_ms: int = Field(60_000, ge=100)
     # A writer waiting longer than this for a row lock gives up and retries its batch (transient).
