@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 SESSIONS = """
 SELECT s.id::text, s.tenant_id::text, s.message_count, s.prompt_tokens, s.completion_tokens,
        count(m.id), coalesce(sum(m.prompt_tokens), 0), coalesce(sum(m.completion_tokens), 0)
-FROM eventsink.chat_sessions s LEFT JOIN eventsink.chat_messages m ON m.session_id = s.id
-GROUP BY s.id
+FROM eventsink.chat_sessions s
+LEFT JOIN eventsink.chat_messages m ON m.tenant_id = s.tenant_id AND m.session_id = s.id
+GROUP BY s.tenant_id, s.id
 """
 ANALYSES = """
 SELECT id::text, tenant_id::text, status, progress, result, error, kind, media_url, version, created_at,
