@@ -36,8 +36,9 @@ LEDGER = """
 MESSAGES = "SELECT kafka_partition, count(*), max(kafka_offset) FROM eventsink.chat_messages GROUP BY 1"
 SESSIONS = """
     SELECT s.id::text, s.message_count, count(m.id)
-    FROM eventsink.chat_sessions s LEFT JOIN eventsink.chat_messages m ON m.session_id = s.id
-    GROUP BY s.id
+    FROM eventsink.chat_sessions s
+    LEFT JOIN eventsink.chat_messages m ON m.tenant_id = s.tenant_id AND m.session_id = s.id
+    GROUP BY s.tenant_id, s.id
 """
 
 
