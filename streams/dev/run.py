@@ -259,7 +259,8 @@ def _summary(dsn: str, s: Settings, sent: Sent, seconds: float) -> bool:
             r[0]: r[1:]
             for r in conn.execute(
                 "SELECT id, tenant_id, message_count, prompt_tokens, completion_tokens, "
-                "(SELECT count(*) FROM eventsink.chat_messages m WHERE m.tenant_id = s.tenant_id AND m.session_id = s.id) "
+                "(SELECT count(*) FROM eventsink.chat_messages m"
+                " WHERE m.tenant_id = s.tenant_id AND m.session_id = s.id) "
                 "FROM eventsink.chat_sessions s WHERE id = ANY(%s)",
                 (list(chat.sessions),),
             )
