@@ -1,8 +1,10 @@
 """From the agent's chunks of records to one sink transaction per (topic, partition) batch.
 
 Each partition has its own buffer and its own writer task. The agent decodes every record into
-its partition's buffer and never waits for a database; a partition's task takes a batch when
-`batch_size` records are buffered or its oldest waited `max_wait_s`, and applies it with
+its partition's buffer and never waits for a database; a partition's task takes a batch as soon
+as it is free and holds one of the `max_inflight` write slots: what is buffered, up to
+`batch_size` records (adaptive: what arrived while the previous batch was written makes the
+next; with `max_wait_s` > 0 it first waits that long for `batch_size`), and applies it with
 `Sink.write`. A partition has one batch in flight at a time, so its transactions commit in
 offset order; partitions write concurrently, up to `max_inflight`.
 
