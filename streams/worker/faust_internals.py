@@ -462,6 +462,14 @@ class LedgerConsumer(faust_aiokafka.Consumer):
         for tp, offset in targets.items():
             await self.seek_to_ledger(tp, offset)
 
+    async def _seek(self, partition: TP, offset: int) -> None:
+        # Faust seeks from the calling thread; aiokafka's seek deletes the partition's prefetched
+        # records from the fetcher, which the consumer thread may be iterating at that moment
+        # (KeyError in `Fetcher.fetched_records`, seen with a 1 ms GIL switch interval during a
+        # rebalance). On the consumer thread, as Faust's own seek_wait and seek_to_committed are.
+        thread = self._thread
+        await thread.call_thread(thread.seek, partition, offset)
+
     async def seek_to_ledger(self, tp: TP, offset: int) -> None:
         """Seek one partition so that `offset` is the next record delivered."""
         await self.seek(tp, offset)
