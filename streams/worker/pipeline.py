@@ -603,14 +603,13 @@ class Pipeline:
         resolutions = 0
         while True:
             try:
-                if st.slot:  # taken by `_run` for the first attempt
-                    st.slot = False
-                    try:
-                        return await self.sink.write(batch)
-                    finally:
-                        self._slots.release()
-                async with self._slots:
+                if not st.slot:  # the first attempt's was taken by `_run`
+                    await self._slots.acquire()
+                st.slot = False
+                try:
                     return await self.sink.write(batch)
+                finally:
+                    self._slots.release()
             except OffsetGap as gap:
                 if resolutions == self.GAP_RESOLUTIONS:
                     self._gap_unresolved(st, batch, gap)
