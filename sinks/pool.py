@@ -131,7 +131,10 @@ def open_pool(
         configure=configure,
         check=check,
         kwargs={
-            "autocommit": False,
+            # A batch transaction sends its own BEGIN and COMMIT, each in a pipeline with the
+            # statements beside it (`sinks.core.sink.Sink.write`): psycopg's implicit BEGIN would
+            # cost a round trip of its own.
+            "autocommit": True,
             "keepalives": 1,
             "keepalives_idle": 10,
             "keepalives_interval": 5,

@@ -123,17 +123,24 @@ class LedgerRow:
     updated_at: datetime
 
 
-async def lock(conn: psycopg.AsyncConnection, group: str, topic: str, partition: int) -> Position:
-    """Lock the partition's ledger row for this transaction; return it (created if new).
+async def send_lock(conn: psycopg.AsyncConnection, group: str, topic: str, partition: int) -> psycopg.AsyncCursor:
+    """Lock the partition's ledger row for this transaction (created if new); `locked` reads it.
 
     The row lock is what makes a late writer (a worker fenced out by a rebalance) harmless:
     it waits for the current owner's commit and then sees the offsets it must skip.
+
+    Sent in the caller's pipeline (`Sink.write`: with the BEGIN and the transaction's settings,
+    all in one round trip), read once the pipeline is synced. The INSERT finds the row there and
+    writes nothing, except a partition's first time.
     """
     key = (group, topic, partition)
-    row = await (await conn.execute(LOCK, key)).fetchone()
-    if row is None:
-        await conn.execute(CREATE, key)
-        row = await (await conn.execute(LOCK, key)).fetchone()
+    await conn.execute(CREATE, key)
+    return await conn.execute(LOCK, key)
+
+
+async def locked(cur: psycopg.AsyncCursor) -> Position:
+    """The ledger row `send_lock` locked."""
+    row = await cur.fetchone()
     assert row is not None
     return Position(int(row[0]), row[1], row[2])
 

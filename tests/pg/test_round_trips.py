@@ -1,0 +1,103 @@
+"""How many times a batch's transaction waits for the server (issue 21).
+
+On a busy machine every round trip waits its turn on both sides (the worker's event loop, the
+server's backend), and a batch's latency is mostly those waits: the BEGIN, the transaction's
+settings and the ledger's lock go in one pipeline, the ledger's advance and the COMMIT in
+another. Counted from libpq's own trace of the connection (what the client sent and received),
+against a real PostgreSQL; the rows and the ledger are checked beside the count.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+import sinks.pool
+from sinks.core.batch import WriteResult
+from sinks.core.sink import Sink
+from tests.helpers import ledger, writers_pool
+from tests.pg.test_sink import WRITER, DeadLetters, batch, metric
+
+# What a metric batch waits for: BEGIN + settings + ledger lock; the staging table's CREATE;
+# the COPY (its start, then its end); the upsert; the ledger's advance + COMMIT.
+METRIC_BATCH_ROUND_TRIPS = 6
+
+
+@pytest.fixture
+async def sink(own_database: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Sink]:
+    """A sink on a pool of one connection, to a database of the test's own (the second test
+    alters the ledger's table). The connection is never checked when handed out (a check is a
+    round trip of its own, made after more than RECHECK_AFTER_S idle)."""
+    monkeypatch.setattr(sinks.pool, "RECHECK_AFTER_S", 3600.0)
+    async with writers_pool(own_database, WRITER, min_size=1, max_size=1) as pool:
+        yield Sink(pool, f"g-{uuid.uuid4().hex[:8]}", WRITER, DeadLetters())
+
+
+async def waits(sink: Sink, write: Awaitable[WriteResult[Any]]) -> tuple[int, WriteResult[Any]]:
+    """The write's result, and how often the pool's one connection waited for the server during
+    it: libpq's trace of what it received, counting the messages that end a wait,
+    ReadyForQuery (a statement, or a pipeline, done) and CopyInResponse (ready for a COPY's data)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trace"
+        with path.open("w") as out:
+            async with sink.pool.connection() as conn:
+                conn.pgconn.trace(out.fileno())
+                conn.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS | psycopg.pq.Trace.REGRESS_MODE)
+            result = await write
+            async with sink.pool.connection() as conn:
+                conn.pgconn.untrace()  # flushes libpq's buffered trace
+        seen = Counter()
+        for line in path.read_text().splitlines():
+            fields = [f.strip() for f in line.split("\t")]
+            if len(fields) >= 3 and fields[0] == "B" and fields[2] in ("ReadyForQuery", "CopyInResponse"):
+                seen[fields[2]] += 1
+    return sum(seen.values()), result
+
+
+async def test_a_metric_batch_waits_for_the_server_six_times(sink: Sink, own_database: str) -> None:
+    topic, tenant = f"m-{uuid.uuid4().hex[:8]}", uuid.uuid4()
+    first = batch(topic, 0, [(o, metric(tenant, f"d{o}")) for o in range(100)])
+    # The partition's first batch: its ledger row is created in the same round trip as the lock.
+    n, _ = await waits(sink, sink.write(first))
+    assert n == METRIC_BATCH_ROUND_TRIPS
+    second = batch(topic, 0, [(o, metric(tenant, f"d{o % 150}")) for o in range(100, 200)])
+    n, result = await waits(sink, sink.write(second))
+    assert n == METRIC_BATCH_ROUND_TRIPS
+    assert len(result.applied) == 50 and len(result.duplicates) == 50  # d100..d149 new, d0..d49 again
+    row = ledger(own_database, sink.group, topic)[0]
+    assert row["last_offset"] == 199 and row["rows_applied"] == 150 and row["duplicates"] == 50
+    with psycopg.connect(own_database) as conn:
+        stored = conn.execute("SELECT count(*) FROM eventsink.metrics_raw WHERE tenant_id = %s", (tenant,)).fetchone()
+    assert stored == (150,)
+
+
+async def test_a_failure_in_the_first_pipeline_rolls_back_and_the_connection_serves_the_next_batch(
+    sink: Sink, own_database: str
+) -> None:
+    """The ledger's lock refused (a NOT NULL column its INSERT does not fill, as a schema drift
+    would): the error comes out of the pipeline, the transaction is rolled back, nothing is
+    applied, and the same connection writes the next batch."""
+    topic, tenant = f"m-{uuid.uuid4().hex[:8]}", uuid.uuid4()
+    good = batch(topic, 0, [(0, metric(tenant, "a"))])
+    with psycopg.connect(own_database, autocommit=True) as conn:
+        conn.execute("ALTER TABLE eventsink.offsets_ledger ADD COLUMN drift int NOT NULL DEFAULT 0")
+        conn.execute("ALTER TABLE eventsink.offsets_ledger ALTER COLUMN drift DROP DEFAULT")
+    try:
+        with pytest.raises(psycopg.errors.NotNullViolation) as raised:
+            await sink.write(good)
+        assert "drift" in str(raised.value)
+    finally:
+        with psycopg.connect(own_database, autocommit=True) as conn:
+            conn.execute("ALTER TABLE eventsink.offsets_ledger DROP COLUMN drift")
+    async with sink.pool.connection() as conn:
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    result = await sink.write(good)
+    assert len(result.applied) == 1 and not result.dead_letters
+    assert ledger(own_database, sink.group, topic)[0]["last_offset"] == 0
