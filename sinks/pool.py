@@ -44,6 +44,9 @@ class Pool(AsyncConnectionPool):
         self._returned: dict[int, float] = {}
 
     async def putconn(self, conn: psycopg.AsyncConnection) -> None:
+        if not conn.closed and conn.info.pipeline_status != psycopg.pq.PipelineStatus.OFF:
+            # Left in pipeline mode (an interrupted pipeline): a COPY on it would fail.
+            await conn.close()
         if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
             if len(self._returned) > 4 * (self.max_size + 1):
                 self._returned.clear()  # ids of connections the pool closed while idle (their lifetime)

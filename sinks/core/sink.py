@@ -189,14 +189,19 @@ class Sink:
                     await conn.execute(BEGIN)
                     await self.pool.local.apply(conn)  # per transaction: holds through PgBouncer too
                     locking = await ledger.send_lock(conn, self.group, topic, partition)
+                if conn.info.transaction_status != INTRANS:  # never without a BEGIN: autocommit
+                    raise RuntimeError(f"no transaction after BEGIN ({conn.info.transaction_status.name})")
                 position = await ledger.locked(locking)
                 result, counts = await self._apply(conn, batch, position, isolate)
                 async with conn.pipeline():
                     if counts is not None:
                         await ledger.advance(conn, self.group, topic, partition, batch.last_offset, **counts)
-                    await conn.execute(COMMIT)
-            except BaseException:
-                await _rollback(conn)
+                    committing = await conn.execute(COMMIT)
+                if committing.statusmessage != "COMMIT":
+                    # A COMMIT of a transaction that had failed answers ROLLBACK, not an error.
+                    raise TransientSinkError(f"the transaction ended in {committing.statusmessage} at its COMMIT")
+            except BaseException as exc:
+                await _rollback(conn, exc)
                 raise
         return result
 
@@ -294,18 +299,28 @@ class Sink:
 
 BEGIN = b"BEGIN"
 COMMIT = b"COMMIT"
+IDLE, INTRANS = psycopg.pq.TransactionStatus.IDLE, psycopg.pq.TransactionStatus.INTRANS
 
 
-async def _rollback(conn: psycopg.AsyncConnection) -> None:
-    """End the failed transaction, if the connection can still say so. As psycopg's own
-    `Transaction` does, an error here is not allowed to hide the one that failed the batch: a
-    connection that cannot roll back is spent, and closed by `Sink._connection`."""
-    if conn.closed or conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+async def _rollback(conn: psycopg.AsyncConnection, exc: BaseException) -> None:
+    """End the failed transaction, or close the connection (the pool discards a closed one)
+    where it cannot be trusted: an interrupted write (a cancellation can leave psycopg between
+    two states, even in pipeline mode), one still in pipeline mode, one whose ROLLBACK failed.
+    As in psycopg's own `Transaction`, nothing here hides the error that failed the batch."""
+    if conn.closed:
+        return
+    if not isinstance(exc, Exception) or conn.info.pipeline_status != psycopg.pq.PipelineStatus.OFF:
+        await conn.close()
+        return
+    if conn.info.transaction_status == IDLE:
         return
     try:
         await conn.rollback()
     except Exception:
-        pass
+        await conn.close()
+        return
+    if conn.info.transaction_status != IDLE:
+        await conn.close()
 
 
 def _halves(batch: Batch[Any]) -> tuple[Batch[Any], Batch[Any]]:

@@ -9,6 +9,7 @@ against a real PostgreSQL; the rows and the ledger are checked beside the count.
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 import uuid
 from collections import Counter
@@ -23,6 +24,8 @@ import sinks.pool
 from sinks.core.batch import WriteResult
 from sinks.core.sink import Sink
 from tests.helpers import ledger, writers_pool
+from tests.pg.test_adaptive_batches import lock_waiters
+from tests.pg.test_pipeline_edges import until
 from tests.pg.test_sink import WRITER, DeadLetters, batch, metric
 
 # What a metric batch waits for: BEGIN + settings + ledger lock; the staging table's CREATE;
@@ -101,3 +104,33 @@ async def test_a_failure_in_the_first_pipeline_rolls_back_and_the_connection_ser
     result = await sink.write(good)
     assert len(result.applied) == 1 and not result.dead_letters
     assert ledger(own_database, sink.group, topic)[0]["last_offset"] == 0
+
+
+async def test_a_write_cancelled_inside_its_first_pipeline_closes_its_connection(sink: Sink, own_database: str) -> None:
+    """A worker's shutdown cancels a batch waiting for the ledger's lock (another transaction
+    holds it) inside the pipeline: the connection is closed, never handed out again half-way,
+    and the batch written later is applied once."""
+    topic, tenant = f"m-{uuid.uuid4().hex[:8]}", uuid.uuid4()
+    await sink.write(batch(topic, 0, [(0, metric(tenant, "a"))]))
+    async with sink.pool.connection() as conn:
+        before = (await (await conn.execute("SELECT pg_backend_pid()")).fetchone())[0]  # type: ignore[index]
+    second = batch(topic, 0, [(1, metric(tenant, "b")), (2, metric(tenant, "c"))])
+    with psycopg.connect(own_database) as holder:
+        holder.execute(
+            "SELECT 1 FROM eventsink.offsets_ledger WHERE consumer_group = %s AND topic = %s FOR UPDATE",
+            (sink.group, topic),
+        )
+        writing = asyncio.ensure_future(sink.write(second))
+        await until(lambda: lock_waiters(own_database) == 1)  # the write waits for the ledger's lock
+        writing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await writing
+        holder.rollback()
+    async with sink.pool.connection() as conn:
+        assert conn.info.pipeline_status == psycopg.pq.PipelineStatus.OFF
+        after = (await (await conn.execute("SELECT pg_backend_pid()")).fetchone())[0]  # type: ignore[index]
+    assert after != before, "the interrupted connection was handed out again"
+    result = await sink.write(second)
+    assert len(result.applied) == 2
+    row = ledger(own_database, sink.group, topic)[0]
+    assert row["last_offset"] == 2 and row["rows_applied"] == 3
