@@ -235,7 +235,9 @@ class Runtime:
 
     async def _probe_database(self) -> None:
         try:
-            async with self.pool.connection(timeout=2.0) as conn:
+            # The checks' pool (`self.pool` before: no such attribute, so every probe opened a
+            # connection of its own).
+            async with self.check_pool.connection(timeout=2.0) as conn:
                 await conn.execute("SELECT 1")
             return
         except Exception:
