@@ -69,6 +69,9 @@ from sinks.secrets import scrub
 
 # Given a batch's dead letters and the batch's connection (inside its transaction): deliver them.
 DeadLetterHandler = Callable[[list[DeadLetter], psycopg.AsyncConnection], Awaitable[None]]
+# Told of a batch that ran out of time (and of why) before it is written in halves: each half
+# may take as long again, so whoever runs the sink says so (a log line, a counter).
+SplitHandler = Callable[["Batch[Any]", BaseException], None]
 
 
 class RowWriter(Protocol):
@@ -107,6 +110,7 @@ class Sink:
         on_dead_letters: DeadLetterHandler = _no_dead_letters,
         connection_timeout: float = 10.0,
         transaction_timeout: float = 120.0,
+        on_split: SplitHandler | None = None,
     ) -> None:
         self.pool = pool
         self.group = consumer_group
@@ -114,6 +118,7 @@ class Sink:
         self.on_dead_letters = on_dead_letters
         self.connection_timeout = connection_timeout
         self.transaction_timeout = transaction_timeout
+        self.on_split = on_split
         self.health = DatabaseHealth()
 
     @asynccontextmanager
@@ -142,6 +147,8 @@ class Sink:
         except TransientSinkError as exc:
             if len(batch) < 2 or exc.__cause__ is None or not timed_out(exc.__cause__):
                 raise
+            if self.on_split is not None:
+                self.on_split(batch, exc)
         # Each half commits alone; if the second fails, a retry of the whole batch finds the
         # first one applied (at or below the ledger) and skips it.
         first, second = _halves(batch)
@@ -169,6 +176,10 @@ class Sink:
         except (OffsetGap, ClaimRefused, LogChanged, TransientSinkError):
             raise
         except Exception as exc:
+            if isinstance(exc, TimeoutError):  # the client's bound (`Sink._connection`): says nothing itself
+                raise TransientSinkError(
+                    f"the transaction ran past its {self.transaction_timeout:g} s bound (transaction_timeout)"
+                ) from exc
             if is_transient(exc):
                 raise TransientSinkError(f"{type(exc).__name__}: {exc}") from exc
             raise

@@ -321,6 +321,7 @@ class Runtime:
             ),
             connection_timeout=s.db_connect_timeout_s,
             transaction_timeout=s.db_transaction_timeout_s,
+            on_split=_log_split,
         )
         pipeline = Pipeline(
             topic=kind.topic,
@@ -448,3 +449,20 @@ def build(settings: Settings, partitions: dict[str, int]) -> tuple[EventsinkApp,
     app = EventsinkApp(settings.group_id, **faust_config(settings))
     runtime = Runtime(settings, app, partitions)
     return app, runtime
+
+
+def _log_split(batch: Any, exc: BaseException) -> None:
+    """A batch ran out of time and is written in halves (`Sink.write`): each half may wait as
+    long again, so it is said and counted as a retry, as a batch retried whole is."""
+    telemetry.BATCH_RETRIES.labels(batch.topic, "timed out, split").inc()
+    log.warning(
+        "batch ran out of time; writing it in halves",
+        topic=batch.topic,
+        partition=batch.partition,
+        first_offset=batch.first_offset,
+        records=len(batch),
+        error=str(exc),
+        fix="a slow table, or a lock held by another session (pg_stat_activity, pg_locks); the halves are "
+        "retried at once and split again while they run out of time: EVENTSINK_STATEMENT_TIMEOUT_MS and "
+        "EVENTSINK_DB_TRANSACTION_TIMEOUT_S bound each attempt",
+    )

@@ -76,7 +76,7 @@ class Positioning:
         }
         wanted = {topic: tps for topic, tps in wanted.items() if tps}
         await self.refresh_identities(wanted)
-        ledgers = await self._ledgers(wanted)
+        ledgers = await self._ledgers(wanted, "at assignment")
         targets: dict[TP, int] = {}
         for topic, tps in wanted.items():
             ledger = ledgers.get(topic)
@@ -94,7 +94,7 @@ class Positioning:
             log.info("sought to the ledger", topic=topic, next_offsets={tp.partition: targets.get(tp) for tp in tps})
         return targets
 
-    async def _ledgers(self, wanted: Mapping[str, Any]) -> dict[str, dict[int, Position]]:
+    async def _ledgers(self, wanted: Mapping[str, Any], when: str) -> dict[str, dict[int, Position]]:
         runtime = self.runtime
         timeout = runtime.settings.db_connect_timeout_s
         # All topics at once: with the database down, assignment waits one timeout, not one per topic.
@@ -106,7 +106,7 @@ class Positioning:
             if isinstance(ledger, BaseException):
                 # Then each partition's first batch meets the sink's checks instead.
                 log.warning(
-                    "ledger unavailable at assignment; positions will be checked per batch",
+                    f"ledger unavailable {when}; positions will be checked per batch",
                     topic=topic,
                     error=str(ledger) or type(ledger).__name__,
                 )
@@ -175,7 +175,7 @@ class Positioning:
         if not owned:
             return
         await self.refresh_identities(owned)
-        ledgers = await self._ledgers(owned)
+        ledgers = await self._ledgers(owned, "at the periodic log check")
         for topic, partitions in owned.items():
             ledger = ledgers.get(topic)
             if ledger is None:

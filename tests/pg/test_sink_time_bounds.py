@@ -59,9 +59,20 @@ async def slow_pool(own_database: str) -> AsyncIterator[object]:
 
 async def test_a_batch_slower_than_the_statement_timeout_is_written_in_parts(own_database: str, slow_pool) -> None:  # type: ignore[no-untyped-def]
     tenant, topic, group = uuid.uuid4(), "metrics", "g-split"
-    sink = Sink(slow_pool, group, WRITER, DeadLetters())
+    splits: list[tuple[int, int, str]] = []
+    sink = Sink(
+        slow_pool,
+        group,
+        WRITER,
+        DeadLetters(),
+        on_split=lambda b, exc: splits.append((b.first_offset, b.last_offset, str(exc))),
+    )
     records = [(o, metric(tenant, f"d{o}", float(o))) for o in range(0, 40)]
     result = await sink.write(batch(topic, 0, records))
+    # Every split is told, with why: 40 records of 50 ms each against a 1 s statement timeout,
+    # the whole batch and each half of 20 ran out of time; the quarters of 10 fit.
+    assert [(a, b) for a, b, _ in splits] == [(0, 39), (0, 19), (20, 39)]
+    assert all("statement timeout" in why for _, _, why in splits), splits
     assert sorted(r.offset for r in result.applied) == list(range(0, 40))
     assert (result.ledger_before, result.ledger_after) == (-1, 39)
     assert rows(own_database, tenant) == 40
@@ -96,6 +107,8 @@ async def test_a_transaction_past_the_client_bound_is_abandoned_and_its_connecti
         with pytest.raises(TransientSinkError) as raised:
             await sink.write(batch("metrics", 0, [(0, metric(tenant, "a"))]))
         assert isinstance(raised.value.__cause__, TimeoutError)
+        # TimeoutError says nothing itself: the error (logged, and on /healthz) names the bound.
+        assert str(raised.value) == "the transaction ran past its 0.5 s bound (transaction_timeout)"
         assert sink.health.failing_since is not None and sink.health.unreachable_since is not None
         async with pool.connection(timeout=10) as conn:
             after = (await (await conn.execute("SELECT pg_backend_pid()")).fetchone())[0]  # type: ignore[index]
