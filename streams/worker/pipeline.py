@@ -663,6 +663,34 @@ class Pipeline:
 
     # -- holes ----------------------------------------------------------------------------------
 
+    def applied_now(self) -> dict[int, int]:
+        """{partition: the next offset after what this worker committed}, as it stands now."""
+        return dict(self.applied)
+
+    async def behind(self, p: int, ledger_next: int, applied_before: int | None) -> None:
+        """The periodic ledger check (`Positioning.check`): a partition whose ledger is behind
+        what this worker committed (the database went back in time: a restore, a failover to a
+        standby that missed commits) is sought back to the ledger, even if no record arrives to
+        make a batch meet the gap: an idle partition would otherwise stay behind for ever.
+        `applied_before` is what the worker had committed before the ledger was read."""
+        st = self._parts.get(p)
+        if st is None or st.revoked or st.writing or st.buffer or applied_before is None:
+            return  # a batch on its way meets the gap itself (`_resolve_gap`)
+        if self.applied.get(p) != applied_before or ledger_next >= applied_before:
+            return
+        log.warning(
+            "ledger behind this worker's commits: was the database restored?",
+            topic=self.topic,
+            partition=p,
+            ledger_next=ledger_next,
+            committed_next=applied_before,
+            found_by="the periodic ledger check",
+        )
+        self.cache.forget([p])
+        self.applied[p] = ledger_next
+        st.cursor.sought(ledger_next)
+        await self.control.seek(p, ledger_next)
+
     async def _resolve_gap(self, st: _Partition, batch: Batch[Any], gap: OffsetGap) -> bool:
         """Ask the broker what lies between the ledger and the batch (`holes.find`). True: the
         batch may be written again with the claim found (the sink checks it against the ledger)."""

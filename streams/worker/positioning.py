@@ -175,6 +175,9 @@ class Positioning:
         if not owned:
             return
         await self.refresh_identities(owned)
+        # What each pipeline had committed before the ledgers were read: a commit made meanwhile
+        # is not mistaken for a ledger gone back.
+        applied = {topic: runtime.pipelines[topic].applied_now() for topic in owned}
         ledgers = await self._ledgers(owned, "at the periodic log check")
         for topic, partitions in owned.items():
             ledger = ledgers.get(topic)
@@ -189,6 +192,8 @@ class Positioning:
                 elif p not in changed and blocked.get(p) == "log_changed":
                     position = ledger.get(p)
                     await pipeline.unblock(p, (position.last_offset if position else -1) + 1)
+                elif p not in blocked and p in ledger:
+                    await pipeline.behind(p, ledger[p].last_offset + 1, applied[topic].get(p))
                 elif blocked.get(p) in ("data_lost", "unreadable", "gap_unresolved"):
                     position, until = ledger.get(p), pipeline.blocked_until(p)
                     if position is not None and until is not None and position.last_offset >= until:

@@ -301,3 +301,33 @@ async def test_a_batch_abandoned_at_shutdown_is_not_skipped_by_the_next(database
         assert conn.execute(
             "SELECT count(*) FROM eventsink.metrics_raw WHERE tenant_id = %s", (tenant,)
         ).fetchone() == (0,)
+
+
+async def test_an_idle_partition_whose_ledger_went_back_is_sought_to_it(sink: Sink, database_url: str) -> None:
+    """The database went back in time (a failover to a standby that missed commits) while the
+    partition had nothing more to write: no batch meets the gap, so the periodic ledger check
+    (`Positioning.check` -> `Pipeline.behind`) must seek it back, or it stays behind for ever
+    (seen in a CI run of tests/failover/test_async_failover.py)."""
+    topic, tenant, log = f"m-{uuid.uuid4().hex[:8]}", str(uuid.uuid4()), RetainedLog(start=0)
+    p = pipeline(sink, log, topic, "stop")
+    p.on_assigned({0})
+    p.ingest(messages(tenant, range(0, 20)))
+    await until(lambda: (ledger(database_url, sink.group, topic) or (-1, 0))[0] == 19)
+    await until(lambda: p.applied_now().get(0) == 20)
+    before = p.applied_now()[0]
+    with psycopg.connect(database_url) as conn:  # as the promoted standby has it: 10..19 never committed
+        conn.execute("DELETE FROM eventsink.metrics_raw WHERE tenant_id = %s AND kafka_offset >= 10", (tenant,))
+        conn.execute(
+            "UPDATE eventsink.offsets_ledger SET last_offset = 9 WHERE consumer_group = %s AND topic = %s",
+            (sink.group, topic),
+        )
+    await p.behind(0, 10, applied_before=before + 1)  # a commit made since the ledger was read: nothing
+    assert log.seeks == [] and p.applied_now()[0] == 20
+    await p.behind(0, 10, applied_before=before)
+    assert log.seeks == [(0, 10)] and p.applied_now()[0] == 10
+    p.ingest(messages(tenant, range(10, 20)))  # what the seek brings again
+    await until(lambda: (ledger(database_url, sink.group, topic) or (-1, 0))[0] == 19)
+    await p.drain()
+    with psycopg.connect(database_url) as conn:
+        stored = conn.execute("SELECT count(*) FROM eventsink.metrics_raw WHERE tenant_id = %s", (tenant,)).fetchone()
+    assert stored == (20,)
