@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 
+import psycopg
 import pytest
 from aiokafka import AIOKafkaProducer
 
@@ -40,6 +41,16 @@ def shared_by(topic: str, *workers: WorkerProcess) -> bool:
 
 def progressed(s: Scenario, since: int) -> bool:
     return sum(ledger_totals(s.dsn, s.group, t)["events"] for t in (s.topic, s.chat_topic, s.analysis_topic)) > since
+
+
+def sessions(s: Scenario) -> int:
+    """The worker role's sessions on the scenario's database (the harness connects as another)."""
+    with psycopg.connect(s.dsn) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND usename = 'eventsink_writer'"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def applied(s: Scenario) -> int:
@@ -109,6 +120,9 @@ def test_postgresql_unreachable_longer_than_a_batch_timeout(scenario: Scenario) 
         try:
             wait_until(lambda: progressed(s, 0), 90, what="first commits")
             proxy.cut()
+            # What the server had received before the cut it still carries out (a pipelined
+            # ledger advance + COMMIT among it): counted once the worker's sessions are gone.
+            wait_until(lambda: sessions(s) == 0, 30, what="the worker's sessions to end")
             cut_at, retried = applied(s), w.logged(RETRYING)
             # Longer than a batch timeout (EVENTSINK_BATCH_MAX_WAIT_MS=200): retries, with backoff.
             wait_until(lambda: w.logged(RETRYING) >= retried + 5, 90, what="five retries")
