@@ -71,7 +71,7 @@ from sinks.secrets import scrub
 DeadLetterHandler = Callable[[list[DeadLetter], psycopg.AsyncConnection], Awaitable[None]]
 # Told of a batch that ran out of time (and of why) before it is written in halves: each half
 # may take as long again, so whoever runs the sink says so (a log line, a counter).
-SplitHandler = Callable[["Batch[Any]", BaseException], None]
+SplitHandler = Callable[[Batch[Any], BaseException], None]
 
 
 class RowWriter(Protocol):

@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 from faust.types import TP
 
-from sinks.core.batch import LogIdentity
+from sinks.core.batch import Batch, LogIdentity
 from sinks.core.sink import Sink
 from sinks.pool import open_pool
 from streams import logs
@@ -451,7 +451,7 @@ def build(settings: Settings, partitions: dict[str, int]) -> tuple[EventsinkApp,
     return app, runtime
 
 
-def _log_split(batch: Any, exc: BaseException) -> None:
+def _log_split(batch: Batch[Any], exc: BaseException) -> None:
     """A batch ran out of time and is written in halves (`Sink.write`): each half may wait as
     long again, so it is said and counted as a retry, as a batch retried whole is."""
     telemetry.BATCH_RETRIES.labels(batch.topic, "timed out, split").inc()

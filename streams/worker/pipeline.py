@@ -663,10 +663,6 @@ class Pipeline:
 
     # -- holes ----------------------------------------------------------------------------------
 
-    def applied_now(self) -> dict[int, int]:
-        """{partition: the next offset after what this worker committed}, as it stands now."""
-        return dict(self.applied)
-
     async def behind(self, p: int, ledger_next: int, applied_before: int | None) -> None:
         """The periodic ledger check (`Positioning.check`): a partition whose ledger is behind
         what this worker committed (the database went back in time: a restore, a failover to a
@@ -678,34 +674,30 @@ class Pipeline:
             return  # a batch on its way meets the gap itself (`_resolve_gap`)
         if self.applied.get(p) != applied_before or ledger_next >= applied_before:
             return
+        self._went_back(p, ledger_next, found_by="the periodic ledger check")
+        st.cursor.sought(ledger_next)
+        await self.control.seek(p, ledger_next)
+
+    def _went_back(self, p: int, ledger_next: int, found_by: str) -> None:
+        """The ledger is behind what this worker committed: the database went back in time. Its
+        cached keys past the ledger are forgotten and the partition resumes from the ledger."""
         log.warning(
             "ledger behind this worker's commits: was the database restored?",
             topic=self.topic,
             partition=p,
             ledger_next=ledger_next,
-            committed_next=applied_before,
-            found_by="the periodic ledger check",
+            committed_next=self.applied[p],
+            found_by=found_by,
         )
         self.cache.forget([p])
         self.applied[p] = ledger_next
-        st.cursor.sought(ledger_next)
-        await self.control.seek(p, ledger_next)
 
     async def _resolve_gap(self, st: _Partition, batch: Batch[Any], gap: OffsetGap) -> bool:
         """Ask the broker what lies between the ledger and the batch (`holes.find`). True: the
         batch may be written again with the claim found (the sink checks it against the ledger)."""
         p = batch.partition
         if gap.expected < self.applied.get(p, gap.expected):
-            # The ledger is behind what this worker committed: the database went back in time.
-            log.warning(
-                "ledger behind this worker's commits: was the database restored?",
-                topic=self.topic,
-                partition=p,
-                ledger_next=gap.expected,
-                committed_next=self.applied[p],
-            )
-            self.cache.forget([p])
-            self.applied[p] = gap.expected
+            self._went_back(p, gap.expected, found_by="a batch")
         found = await holes.find(self.control.first_offset_from, p, gap.expected, batch.first_offset)
         where = {"topic": self.topic, "partition": p, "expected": gap.expected, "first_offset": batch.first_offset}
         if isinstance(found, holes.Lost):

@@ -177,7 +177,7 @@ class Positioning:
         await self.refresh_identities(owned)
         # What each pipeline had committed before the ledgers were read: a commit made meanwhile
         # is not mistaken for a ledger gone back.
-        applied = {topic: runtime.pipelines[topic].applied_now() for topic in owned}
+        applied = {topic: dict(runtime.pipelines[topic].applied) for topic in owned}
         ledgers = await self._ledgers(owned, "at the periodic log check")
         for topic, partitions in owned.items():
             ledger = ledgers.get(topic)

@@ -44,10 +44,13 @@ def progressed(s: Scenario, since: int) -> bool:
 
 
 def sessions(s: Scenario) -> int:
-    """The worker role's sessions on the scenario's database (the harness connects as another)."""
+    """The worker's sessions on the scenario's database: its pools name them
+    `eventsink-<group>-<pool>` (`application_name`), whichever role it connects as."""
     with psycopg.connect(s.dsn) as conn:
         row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND usename = 'eventsink_writer'"
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND starts_with(application_name, %s)",
+            (f"eventsink-{s.group}-",),
         ).fetchone()
     assert row is not None
     return int(row[0])

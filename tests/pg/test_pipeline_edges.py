@@ -313,8 +313,8 @@ async def test_an_idle_partition_whose_ledger_went_back_is_sought_to_it(sink: Si
     p.on_assigned({0})
     p.ingest(messages(tenant, range(0, 20)))
     await until(lambda: (ledger(database_url, sink.group, topic) or (-1, 0))[0] == 19)
-    await until(lambda: p.applied_now().get(0) == 20)
-    before = p.applied_now()[0]
+    await until(lambda: p.applied.get(0) == 20)
+    before = p.applied[0]
     with psycopg.connect(database_url) as conn:  # as the promoted standby has it: 10..19 never committed
         conn.execute("DELETE FROM eventsink.metrics_raw WHERE tenant_id = %s AND kafka_offset >= 10", (tenant,))
         conn.execute(
@@ -322,9 +322,9 @@ async def test_an_idle_partition_whose_ledger_went_back_is_sought_to_it(sink: Si
             (sink.group, topic),
         )
     await p.behind(0, 10, applied_before=before + 1)  # a commit made since the ledger was read: nothing
-    assert log.seeks == [] and p.applied_now()[0] == 20
+    assert log.seeks == [] and p.applied[0] == 20
     await p.behind(0, 10, applied_before=before)
-    assert log.seeks == [(0, 10)] and p.applied_now()[0] == 10
+    assert log.seeks == [(0, 10)] and p.applied[0] == 10
     p.ingest(messages(tenant, range(10, 20)))  # what the seek brings again
     await until(lambda: (ledger(database_url, sink.group, topic) or (-1, 0))[0] == 19)
     await p.drain()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
@@ -56,12 +55,9 @@ async def waits(sink: Sink, write: Awaitable[WriteResult[Any]]) -> tuple[int, Wr
             result = await write
             async with sink.pool.connection() as conn:
                 conn.pgconn.untrace()  # flushes libpq's buffered trace
-        seen = Counter()
-        for line in path.read_text().splitlines():
-            fields = [f.strip() for f in line.split("\t")]
-            if len(fields) >= 3 and fields[0] == "B" and fields[2] in ("ReadyForQuery", "CopyInResponse"):
-                seen[fields[2]] += 1
-    return sum(seen.values()), result
+        rows = [[f.strip() for f in line.split("\t")] for line in path.read_text().splitlines()]
+    n = sum(1 for r in rows if len(r) >= 3 and r[0] == "B" and r[2] in ("ReadyForQuery", "CopyInResponse"))
+    return n, result
 
 
 async def test_a_metric_batch_waits_for_the_server_six_times(sink: Sink, own_database: str) -> None:
