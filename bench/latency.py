@@ -94,6 +94,7 @@ class LatencySpec:
     # not wait for a timer); 0: none.
     low_rate: int = 100
     ready_s: float = 120.0  # how long a contender may take to commit every probe
+    producer: str = "aiokafka"  # bench.paced.PRODUCERS
 
     @property
     def live(self) -> LiveSpec:
@@ -184,7 +185,7 @@ def _drive(
             for s in spawned:
                 s.sample()
             cpu0 = sum(s.cpu_s for s in spawned)
-            published = paced.publish(bootstrap, topic, rate, spec.duration_s)
+            published = paced.publish(bootstrap, topic, rate, spec.duration_s, spec.producer)
             # Short of every row after the drain: the run is reported with the records missing.
             why = _wait(conn, spawned, published.sent + probes, None, spec.drain_s)
             for s in spawned:

@@ -6,11 +6,12 @@ sent first: once every probe's row is committed, the contender consumes every pa
 `publish` sends metric events (`streams.dev.loadgen.metric.metric_payload`, 50 tenants, no
 duplicates, no invalid records) on a fixed schedule: record i is due at t0 + i / rate.
 
-The producer is aiokafka's, as services publish: acks=all, linger 5 ms, aiokafka's default
-16 KiB batches, not idempotent (Tansu). The harness sets each record's timestamp itself (its
-Kafka CreateTime, milliseconds since the epoch, `time.time()` of this host) just before handing
-it to the producer, and keeps it: record i, whose dedupe_id is `<run>-<i>`, was created at
-`created_ms[i]`. A record is thus timed from before the producer's linger, not from the broker.
+The producer is aiokafka's (`--producer confluent`: librdkafka's, the client most services
+use, whose work is in C threads), as services publish: acks=all, linger 5 ms, not idempotent
+(Tansu). The harness sets each record's timestamp itself
+(its Kafka CreateTime, milliseconds since the epoch, `time.time()` of this host) just before
+handing it to the producer, and keeps it: record i, whose dedupe_id is `<run>-<i>`, was created
+at `created_ms[i]`. A record is thus timed from before the producer's linger, not from the broker.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
+from confluent_kafka import KafkaError, Message, Producer
 
 from bench.workload import OneMetricTopic, source_specs
 from streams import aio
@@ -34,6 +36,8 @@ from streams.dev.loadgen.metric import metric_payload
 from streams.tools.topics import ensure_topics
 
 LINGER_MS = 5
+PRODUCER_NAMES = {"confluent": "librdkafka (confluent-kafka)", "aiokafka": "aiokafka"}
+PRODUCERS = tuple(PRODUCER_NAMES)
 PROBE = "probe-"
 SETTLE_EVERY = 1000  # sends between two checks of the acknowledgements that came
 
@@ -175,6 +179,80 @@ async def _publish(bootstrap: str, topic: LiveTopic, rate: float, duration_s: fl
     return paced
 
 
-def publish(bootstrap: str, topic: LiveTopic, rate: float, duration_s: float) -> Paced:
-    """Send round(rate * duration_s) metric events at `rate` per second; returns when all are acked."""
+class _Acks:
+    """librdkafka's delivery reports: record i's acknowledgement time, the first failure."""
+
+    def __init__(self, acked_ms: array) -> None:
+        self.acked_ms = acked_ms
+        self.failure: KafkaError | None = None
+
+    def on_delivery(self, i: int, err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            self.failure = self.failure or err
+        else:
+            self.acked_ms[i] = time.time() * 1000
+
+    def check(self) -> None:
+        if self.failure is not None:
+            raise RuntimeError(f"the producer could not deliver a record: {self.failure}")
+
+
+def _publish_confluent(bootstrap: str, topic: LiveTopic, rate: float, duration_s: float) -> Paced:
+    tenants = tenant_ids(topic.spec)
+    rng = random.Random(topic.spec.seed + 1)
+    paced = Paced(rate, uuid.UUID(int=rng.getrandbits(128), version=4).hex[:12])
+    total = max(1, round(rate * duration_s))
+    paced.acked_ms.extend([0.0] * total)
+    acks = _Acks(paced.acked_ms)
+    p = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "acks": "all",
+            "linger.ms": LINGER_MS,
+            "enable.idempotence": False,  # Tansu has no InitProducerId
+            "queue.buffering.max.messages": 1_000_000,
+        }
+    )
+    t0 = time.monotonic()
+    last = t0
+    while paced.sent < total:
+        now = time.monotonic()
+        due = min(total, int((now - t0) * rate) + 1)
+        paced.behind_s = max(paced.behind_s, (due - 1 - paced.sent) / rate)
+        while paced.sent < due:
+            tenant = tenants[rng.randrange(len(tenants))]
+            i = paced.sent
+            value = _payload(rng, tenant, f"{paced.run}-{i}")
+            created = time.time_ns() // 1_000_000
+            while True:
+                try:
+                    p.produce(
+                        topic.topic, value, tenant.encode(), timestamp=created, on_delivery=partial(acks.on_delivery, i)
+                    )
+                    break
+                except BufferError:  # the local queue is full: let deliveries drain it
+                    p.poll(0.01)
+            paced.created_ms.append(created)
+        p.poll(0)  # delivery reports, timed as they are served
+        acks.check()
+        last = time.monotonic()
+        # Sleep until the next record is due, a millisecond at least: records sent in one
+        # wake-up carry their own timestamps, so a burst does not bias their latency. Delivery
+        # reports are served while waiting.
+        p.poll(max(0.001, t0 + paced.sent / rate - time.monotonic()))
+    paced.seconds = last - t0
+    left = p.flush(60)
+    acks.check()
+    if left:
+        raise RuntimeError(f"{left} records still unacknowledged 60 s after the last send")
+    return paced
+
+
+def publish(
+    bootstrap: str, topic: LiveTopic, rate: float, duration_s: float, producer_name: str = "aiokafka"
+) -> Paced:
+    """Send round(rate * duration_s) metric events at `rate` per second with `producer_name` (one
+    of PRODUCERS); returns when all are acked."""
+    if producer_name == "confluent":
+        return _publish_confluent(bootstrap, topic, rate, duration_s)
     return aio.run(_publish(bootstrap, topic, rate, duration_s))

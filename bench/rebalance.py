@@ -98,6 +98,7 @@ class RebalanceSpec:
     seed: int = 1
     drain_s: float = 30.0  # how long rows may take after the last send
     ready_s: float = 120.0  # how long A may take to commit every probe
+    producer: str = "aiokafka"  # bench.paced.PRODUCERS
 
     @property
     def live(self) -> LiveSpec:
@@ -369,7 +370,7 @@ def _wait_rows(
 def _publisher(bootstrap: str, topic: LiveTopic, spec: RebalanceSpec, box: list[object]) -> threading.Thread:
     def publish() -> None:
         try:
-            box.append(paced.publish(bootstrap, topic, spec.rate, spec.duration_s))
+            box.append(paced.publish(bootstrap, topic, spec.rate, spec.duration_s, spec.producer))
         except BaseException as exc:  # reported by the caller
             box.append(exc)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bench.latency import LATENCY_CONTENDERS, ONE_RATE, LatencyResults, LatencyRun, load
 from bench.latency_stats import Summary, nearest
-from bench.paced import LINGER_MS
+from bench.paced import LINGER_MS, PRODUCER_NAMES
 from bench.tables import table
 
 GOAL_MS = 300.0
@@ -116,7 +116,7 @@ def render(results: LatencyResults, level: str = "###") -> str:
         "\n".join(
             [
                 f"- Maximum: {results.max_rate:,.0f} records/s, {results.max_rate_from}.",
-                f"- Load: metric events, no duplicates, published at a fixed rate by aiokafka "
+                f"- Load: metric events, no duplicates, published at a fixed rate by {PRODUCER_NAMES[spec.producer]} "
                 f"(acks=all, linger {LINGER_MS} ms) after the contender had committed one probe record per "
                 "partition, to a topic of its own; the contender ran alone, on its own database.",
                 *(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bench.latency_stats import Summary
+from bench.paced import LINGER_MS, PRODUCER_NAMES
 from bench.rebalance import Event, Gap, RebalanceResults, RebalanceRun
 from bench.tables import table
 
@@ -146,8 +147,9 @@ def render(results: RebalanceResults, level: str = "###") -> str:
                 f"- Workers: {results.worker}; session timeout {results.session_timeout_ms:,} ms (heartbeat every "
                 f"{max(500, results.session_timeout_ms // 5):,} ms); eager rebalancing (aiokafka, Faust: every "
                 "member gives up every partition at each rebalance).",
-                "- Load: metric events, no duplicates, published at a fixed rate by aiokafka (acks=all) after A had "
-                "committed one probe record per partition, to a topic of its own, on a database of its own.",
+                "- Load: metric events, no duplicates, published at a fixed rate by "
+                f"{PRODUCER_NAMES[spec.producer]} (acks=all, linger {LINGER_MS} ms) after A had committed one probe "
+                "record per partition, to a topic of its own, on a database of its own.",
             ]
         ),
         "A gap is the interval between two successive commits of one partition (the ledger clock: "

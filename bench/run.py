@@ -4,7 +4,7 @@
                         [--tenants 50] [--duplicates 0.1] [--repeat N]
                         [--only eventsink,reference,plain,quix,eventsink2,quix-1s,...]
                         [--rates 0.25,0.5,0.75] [--duration 60] [--max-rate N] [--low-rate 100]
-                        [--content-bytes B] [--db-delay-ms MS] [--memory-seconds S]
+                        [--producer aiokafka|confluent] [--content-bytes B] [--db-delay-ms MS] [--memory-seconds S]
                         [--rebalance-rate N] [--rebalance-seconds S] [--join-at S] [--leave-at S]
                         [--at REV] [--baseline REV] [--profile] [--record]
 
@@ -38,6 +38,7 @@ import psycopg
 from bench import latency, memory, mixed, quixenv, rebalance, report, report_metric, revision
 from bench.contenders import CONTENDERS, MIXED_CONTENDERS, SESSION_TIMEOUT_MS, baseline
 from bench.latency import LATENCY_CONTENDERS, LatencySpec
+from bench.paced import PRODUCERS
 from bench.services import Services, services
 from bench.session import Session, say
 from bench.workload import Workload, WorkloadSpec, load
@@ -96,6 +97,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--low-rate", type=int, default=100, help="latency: records/s of one more run of eventsink's default (0: none)"
+    )
+    p.add_argument(
+        "--producer",
+        choices=PRODUCERS,
+        default="aiokafka",
+        help="latency, rebalance: the paced producer's client (default: aiokafka; confluent: librdkafka)",
     )
     p.add_argument(
         "--rebalance-rate",
@@ -232,7 +239,14 @@ def benchmark(args: argparse.Namespace, svc: Services, workdir: Path) -> report.
         rate, how = max_rate(args, session, metric_results, metric_load)
         say(f"latency: one worker's maximum {rate:,.0f} records/s ({how})")
         lspec = LatencySpec(
-            args.fractions, args.duration, args.partitions, args.tenants, args.seed, args.drain, low_rate=args.low_rate
+            args.fractions,
+            args.duration,
+            args.partitions,
+            args.tenants,
+            args.seed,
+            args.drain,
+            low_rate=args.low_rate,
+            producer=args.producer,
         )
         latency_results = latency.scenario(session, names_in(args, "latency"), lspec, rate, how)
     memory_results = None
@@ -258,6 +272,7 @@ def benchmark(args: argparse.Namespace, svc: Services, workdir: Path) -> report.
             args.tenants,
             args.seed,
             args.drain,
+            producer=args.producer,
         )
         rebalance_results = rebalance.scenario(session, rspec, args.repeat, SESSION_TIMEOUT_MS)
     return report.Results(
