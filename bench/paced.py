@@ -248,9 +248,7 @@ def _publish_confluent(bootstrap: str, topic: LiveTopic, rate: float, duration_s
     return paced
 
 
-def publish(
-    bootstrap: str, topic: LiveTopic, rate: float, duration_s: float, producer_name: str = "aiokafka"
-) -> Paced:
+def publish(bootstrap: str, topic: LiveTopic, rate: float, duration_s: float, producer_name: str = "aiokafka") -> Paced:
     """Send round(rate * duration_s) metric events at `rate` per second with `producer_name` (one
     of PRODUCERS); returns when all are acked."""
     if producer_name == "confluent":

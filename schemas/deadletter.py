@@ -121,9 +121,7 @@ class DeadLetterInfo:
         h = {k: (v or b"").decode("utf-8", "replace") for k, v in headers if k.startswith(HEADER_PREFIX)}
         line = {k: (v or b"").decode("utf-8", "replace") for k, v in lineage(tuple(headers))}
         source = (h.get(H_SOURCE_TOPIC, ""), _int(h.get(H_SOURCE_PARTITION)), _int(h.get(H_SOURCE_OFFSET)))
-        origin = (
-            (line[H_ORIGIN_TOPIC], int(line[H_ORIGIN_PARTITION]), int(line[H_ORIGIN_OFFSET])) if line else source
-        )
+        origin = (line[H_ORIGIN_TOPIC], int(line[H_ORIGIN_PARTITION]), int(line[H_ORIGIN_OFFSET])) if line else source
         return cls(
             reason=h.get(H_REASON, ""),
             detail=h.get(H_DETAIL, ""),
