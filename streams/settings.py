@@ -140,7 +140,7 @@ class Settings(BaseSettings):
     stream_buffer_maxsize: int = Field(20_000, ge=100)
     # Allocations between two collections of Python's young generation (Python's default: 700;
     # 0 keeps it). See streams.worker.run._tune_gc.
-    gc_young_threshold: int = Field(20_000, ge=0, le=10_000_000)
+    gc_young_threshold: int = Field(100_000, ge=0, le=10_000_000)
     # What fetched records not yet applied may weigh in a worker (bytes, counting each value
     # twice: its bytes and their decoded copy); fetching waits above it. Bounds memory whatever
     # the records' size; a quarter of it is the most one partition holds while its batch waits.

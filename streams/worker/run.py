@@ -189,8 +189,12 @@ def _tune_gc(young: int) -> None:
     young collections, is promoted, and makes the old generations grow until a full collection
     traverses every object of the process. Measured on the metric benchmark's backlog: 2,090
     young, 190 middle and 18 full collections, 2.0 s of a 7.6 s run's CPU; with 20,000: 56, 5
-    and 1, 0.7 s. Memory is not released by the collector here (applied batches are freed by
-    reference counting, tests/pg/test_pipeline_edges.py), so collecting later costs no memory."""
+    and 1, 0.7 s. With 20,000 a young collection still came every 30 ms or so at full speed and
+    found the records of the batches in flight alive (1.5 ms each, 0.4 to 0.5 s of the run's
+    collections, timed with gc.callbacks); with 100,000 most of them are applied and freed
+    before the next one: 0.05 s (bench/RESULTS.md, 2026-12-06). Memory is not released by the
+    collector here (applied batches are freed by reference counting,
+    tests/pg/test_pipeline_edges.py), so collecting later costs no memory."""
     if young > 0:
         _, middle, old = gc.get_threshold()
         gc.set_threshold(young, middle, old)
