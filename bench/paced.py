@@ -141,37 +141,68 @@ def _settle(pending: list[Any]) -> list[Any]:
     return still
 
 
+class _Schedule:
+    """Record i is due at t0 + i / rate: what is due now, and each record's key, value and
+    CreateTime, as both producers send them."""
+
+    def __init__(self, topic: LiveTopic, rate: float, duration_s: float) -> None:
+        self.tenants = tenant_ids(topic.spec)
+        self.rng = random.Random(topic.spec.seed + 1)
+        self.rate = rate
+        self.total = max(1, round(rate * duration_s))
+        self.paced = Paced(rate, uuid.UUID(int=self.rng.getrandbits(128), version=4).hex[:12])
+        self.paced.acked_ms.extend([0.0] * self.total)
+        self.t0 = self.last = 0.0
+
+    def start(self) -> None:
+        """Record 0 is due now: called once the producer is ready, so that its start-up does
+        not count as lateness."""
+        self.t0 = self.last = time.monotonic()
+
+    def due(self) -> int:
+        """How many records are due by now (the producer's lateness noted)."""
+        paced = self.paced
+        due = min(self.total, int((time.monotonic() - self.t0) * self.rate) + 1)
+        paced.behind_s = max(paced.behind_s, (due - 1 - paced.sent) / self.rate)
+        return due
+
+    def record(self) -> tuple[bytes, bytes, int]:
+        """The next record's key, value and CreateTime (ms), taken just before it is sent."""
+        tenant = self.tenants[self.rng.randrange(len(self.tenants))]
+        value = _payload(self.rng, tenant, f"{self.paced.run}-{self.paced.sent}")
+        return tenant.encode(), value, time.time_ns() // 1_000_000
+
+    def wait_s(self) -> float:
+        """Until the next record is due, a millisecond at least: records sent in one wake-up
+        carry their own timestamps, so a burst does not bias their latency."""
+        self.last = time.monotonic()
+        return max(0.001, self.t0 + self.paced.sent / self.rate - self.last)
+
+    def done(self) -> Paced:
+        self.paced.seconds = self.last - self.t0
+        return self.paced
+
+
 async def _publish(bootstrap: str, topic: LiveTopic, rate: float, duration_s: float) -> Paced:
-    tenants = tenant_ids(topic.spec)
-    rng = random.Random(topic.spec.seed + 1)
-    paced = Paced(rate, uuid.UUID(int=rng.getrandbits(128), version=4).hex[:12])
-    total = max(1, round(rate * duration_s))
-    paced.acked_ms.extend([0.0] * total)
+    schedule = _Schedule(topic, rate, duration_s)
+    paced = schedule.paced
     p = producer(bootstrap)
     await p.start()
     try:
         pending: list[Any] = []
-        t0 = time.monotonic()
-        last = t0
-        while paced.sent < total:
-            now = time.monotonic()
-            due = min(total, int((now - t0) * rate) + 1)
-            paced.behind_s = max(paced.behind_s, (due - 1 - paced.sent) / rate)
+        schedule.start()
+        while paced.sent < schedule.total:
+            due = schedule.due()
             while paced.sent < due:
-                tenant = tenants[rng.randrange(len(tenants))]
-                value = _payload(rng, tenant, f"{paced.run}-{paced.sent}")
-                created = time.time_ns() // 1_000_000
-                fut = await p.send(topic.topic, value, key=tenant.encode(), timestamp_ms=created)
+                key, value, created = schedule.record()
+                fut = await p.send(topic.topic, value, key=key, timestamp_ms=created)
                 fut.add_done_callback(partial(_on_ack, paced.acked_ms, paced.sent))
                 pending.append(fut)
                 paced.created_ms.append(created)
                 if len(pending) >= SETTLE_EVERY:
                     pending = _settle(pending)
-            last = time.monotonic()
-            # Sleep until the next record is due, a millisecond at least: records sent in one
-            # wake-up carry their own timestamps, so a burst does not bias their latency.
-            await asyncio.sleep(max(0.001, t0 + paced.sent / rate - time.monotonic()))
-        paced.seconds = last - t0
+            await asyncio.sleep(schedule.wait_s())
+        schedule.done()
         await p.flush()
         await asyncio.gather(*pending)
     finally:
@@ -198,11 +229,8 @@ class _Acks:
 
 
 def _publish_confluent(bootstrap: str, topic: LiveTopic, rate: float, duration_s: float) -> Paced:
-    tenants = tenant_ids(topic.spec)
-    rng = random.Random(topic.spec.seed + 1)
-    paced = Paced(rate, uuid.UUID(int=rng.getrandbits(128), version=4).hex[:12])
-    total = max(1, round(rate * duration_s))
-    paced.acked_ms.extend([0.0] * total)
+    schedule = _Schedule(topic, rate, duration_s)
+    paced = schedule.paced
     acks = _Acks(paced.acked_ms)
     p = Producer(
         {
@@ -213,34 +241,23 @@ def _publish_confluent(bootstrap: str, topic: LiveTopic, rate: float, duration_s
             "queue.buffering.max.messages": 1_000_000,
         }
     )
-    t0 = time.monotonic()
-    last = t0
-    while paced.sent < total:
-        now = time.monotonic()
-        due = min(total, int((now - t0) * rate) + 1)
-        paced.behind_s = max(paced.behind_s, (due - 1 - paced.sent) / rate)
+    schedule.start()
+    while paced.sent < schedule.total:
+        due = schedule.due()
         while paced.sent < due:
-            tenant = tenants[rng.randrange(len(tenants))]
-            i = paced.sent
-            value = _payload(rng, tenant, f"{paced.run}-{i}")
-            created = time.time_ns() // 1_000_000
+            key, value, created = schedule.record()
+            on_delivery = partial(acks.on_delivery, paced.sent)
             while True:
                 try:
-                    p.produce(
-                        topic.topic, value, tenant.encode(), timestamp=created, on_delivery=partial(acks.on_delivery, i)
-                    )
+                    p.produce(topic.topic, value, key, timestamp=created, on_delivery=on_delivery)
                     break
                 except BufferError:  # the local queue is full: let deliveries drain it
                     p.poll(0.01)
             paced.created_ms.append(created)
         p.poll(0)  # delivery reports, timed as they are served
         acks.check()
-        last = time.monotonic()
-        # Sleep until the next record is due, a millisecond at least: records sent in one
-        # wake-up carry their own timestamps, so a burst does not bias their latency. Delivery
-        # reports are served while waiting.
-        p.poll(max(0.001, t0 + paced.sent / rate - time.monotonic()))
-    paced.seconds = last - t0
+        p.poll(schedule.wait_s())  # delivery reports are served while waiting
+    schedule.done()
     left = p.flush(60)
     acks.check()
     if left:

@@ -37,6 +37,21 @@ def found_by(w: WorkerProcess) -> list[str]:
     ]
 
 
+def restore_behind(s: Scenario, sent: Sent, dump: Path, seed: int) -> int:
+    """Publish and apply 2000 events, back the database up, publish and apply 1000 more (keys
+    the worker's dedupe cache now holds), restore the backup: rows and ledger go back together.
+    Returns the events stored at the backup."""
+    publish(s, sent, 2000, duplicates=0.1, seed=seed)
+    wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
+    assert s.cli("backup", str(dump), dsn=s.dsn).returncode == 0
+    at_backup = stored(s, sent)
+    publish(s, sent, 1000, duplicates=0.1, seed=seed + 1)
+    wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
+    restored = s.cli("restore", str(dump), "--yes", dsn=s.dsn)
+    assert restored.returncode == 0, restored.stderr
+    return at_backup
+
+
 def test_a_database_restored_to_an_earlier_point_under_a_running_worker_gets_every_event_back(
     scenario: Scenario, tmp_path: Path
 ) -> None:
@@ -48,14 +63,7 @@ def test_a_database_restored_to_an_earlier_point_under_a_running_worker_gets_eve
     create_topics(s)
     w = WorkerProcess(s.env(EVENTSINK_LOG_CHECK_S="3600"), s.data_dir / "w.log").start()
     try:
-        publish(s, sent, 2000, duplicates=0.1, seed=101)
-        wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
-        dump = tmp_path / "before.dump"
-        assert s.cli("backup", str(dump), dsn=s.dsn).returncode == 0
-        publish(s, sent, 1000, duplicates=0.1, seed=102)  # committed after the backup: cached keys
-        wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
-        restored = s.cli("restore", str(dump), "--yes", dsn=s.dsn)
-        assert restored.returncode == 0, restored.stderr
+        restore_behind(s, sent, tmp_path / "before.dump", seed=101)
         assert stored(s, sent) < sent.unique  # the last 1000 are gone from the database
         publish(s, sent, 500, duplicates=0.1, seed=103)
         wait_applied(s.dsn, s.group, s.topic, sent.last_offsets, timeout=120)
@@ -77,15 +85,7 @@ def test_a_database_restored_under_an_idle_worker_is_refilled_without_new_traffi
     create_topics(s)
     w = WorkerProcess(s.env(EVENTSINK_LOG_CHECK_S="1"), s.data_dir / "w.log").start()
     try:
-        publish(s, sent, 2000, duplicates=0.1, seed=111)
-        wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
-        dump = tmp_path / "before.dump"
-        assert s.cli("backup", str(dump), dsn=s.dsn).returncode == 0
-        before_rows = stored(s, sent)
-        publish(s, sent, 1000, duplicates=0.1, seed=112)
-        wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
-        restored = s.cli("restore", str(dump), "--yes", dsn=s.dsn)
-        assert restored.returncode == 0, restored.stderr
+        before_rows = restore_behind(s, sent, tmp_path / "before.dump", seed=111)
         # The worker may refill before this line runs, so the restore is proved by the log below.
         wait_until(lambda: stored(s, sent) == sent.unique, 60, what="every event stored again")
     finally:
