@@ -24,6 +24,7 @@ class TcpProxy:
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self.connections = 0
+        self._cuts = 0  # how many times the proxy was cut: a connection accepted before one is dropped
 
     def __enter__(self) -> TcpProxy:
         return self.start()
@@ -45,6 +46,7 @@ class TcpProxy:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        cuts = self._cuts
         host, port = self.target
         try:
             if host.startswith("/"):
@@ -53,6 +55,12 @@ class TcpProxy:
                 up_reader, up_writer = await asyncio.open_connection(host, port)
         except OSError:
             writer.close()
+            return
+        if self._cuts != cuts:
+            # Cut while this connection reached the target: `_cut` did not see it, and it must
+            # not outlive the cut (a client would go on talking to the database).
+            writer.transport.abort()
+            up_writer.transport.abort()
             return
         self._writers |= {writer, up_writer}
         await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True)
@@ -70,6 +78,7 @@ class TcpProxy:
                 writer.close()
 
     async def _cut(self) -> None:
+        self._cuts += 1
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
