@@ -8,10 +8,16 @@ last): sources edited while the benchmark runs do not split it between two versi
 contender's database is migrated with the snapshot's migrations. The harness itself (bench/,
 copied into the snapshot from the working tree, and the load generators it imports) is the
 working tree's.
+
+The snapshot is byte-compiled when it is taken, as pip compiles a package it installs (the
+worker's image, deploy/Dockerfile): without it, where PYTHONDONTWRITEBYTECODE is set (this
+machine's environment sets it), every process compiled eventsink's 83 modules again at each start,
+0.15 s of a worker's start that no installed worker pays (bench/RESULTS.md, 2026-12-06).
 """
 
 from __future__ import annotations
 
+import compileall
 import hashlib
 import shutil
 import subprocess
@@ -32,15 +38,18 @@ def resolve(rev: str) -> str:
 
 
 def snapshot(dest: Path, rev: str | None = None) -> Path:
-    """eventsink's packages of the working tree, or of `rev`; bench/ of the working tree."""
+    """eventsink's packages of the working tree, or of `rev`; bench/ of the working tree; all
+    byte-compiled."""
     ignore = shutil.ignore_patterns("__pycache__", "out")
     shutil.copytree(REPO / "bench", dest / "bench", ignore=ignore)
     if rev is None:
         for package in PACKAGES:
             shutil.copytree(REPO / package, dest / package, ignore=ignore)
-        return dest
-    archive = subprocess.run(["git", "archive", rev, *PACKAGES], cwd=REPO, capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    else:
+        archive = subprocess.run(["git", "archive", rev, *PACKAGES], cwd=REPO, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    if not compileall.compile_dir(dest, quiet=1, workers=0):
+        raise RuntimeError(f"the snapshot in {dest} does not compile")
     return dest
 
 
