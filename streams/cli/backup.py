@@ -38,6 +38,7 @@ from sinks import migrate as migrations
 from sinks.direct import POOLER_HINT, through_pooler
 from sinks.dsn import database_of, redact_dsn
 from sinks.secrets import SECRET_PARAMS, register_dsn, scrub
+from streams.cli import restore_transaction
 from streams.cli.confirm import confirm
 from streams.cli.console import err, out, settings
 from streams.settings import Settings
@@ -136,6 +137,26 @@ def _candidates(name: str) -> list[Path]:
     for folder in (spec.submodule_search_locations or []) if spec else []:
         found += sorted(Path(folder).glob(f"pginstall*/bin/{name}"))
     return found
+
+
+def _differences(detail: str, expected: dict[str, int]) -> str:
+    """The tables whose restored rows (the JSON the check raised with) differ from the manifest."""
+    raised = detail.split(restore_transaction.COUNTS_DIFFER, 1)[1].lstrip(": ").splitlines()[0]
+    try:
+        found: dict[str, int] = orjson.loads(raised)
+    except orjson.JSONDecodeError:
+        return raised
+    return ", ".join(
+        f"{t} {found.get(t, 'absent')} restored, {expected.get(t, 'absent')} in the manifest"
+        for t in sorted(set(found) | set(expected))
+        if found.get(t) != expected.get(t)
+    )
+
+
+def _beside(tool: Path, name: str, server_major: int, env: dict[str, str]) -> Path:
+    """`name` (psql) from the installation `tool` comes from, else the first new enough."""
+    sibling = tool.parent / name
+    return sibling if sibling.exists() else pg_tool(name, server_major, env)[0]
 
 
 def pg_tool(name: str, server_major: int, env: dict[str, str]) -> tuple[Path, int]:
@@ -434,21 +455,41 @@ def restore(file: Path, target_url: str | None, yes: bool, no_privileges: bool, 
                 "locks, and a worker left running would go on from its own state, not the backup's[/]",
                 highlight=False,
             )
-        command = [str(tool), "--clean", "--if-exists", "--no-owner", "--single-transaction", "--exit-on-error"]
-        command += ["--no-password", *(["--no-privileges"] if no_privileges else []), f"--dbname={conninfo}", str(file)]
+        script = [str(tool), "--clean", "--if-exists", "--no-owner", *(["--no-privileges"] if no_privileges else [])]
+        script += ["--file=-", str(file)]
+        # psql of the same installation: it reads the meta-commands this pg_restore writes (\restrict).
+        psql = [str(_beside(tool, "psql", target.server_major, env)), "-X", "-q", "--no-password"]
+        psql += ["-v", "ON_ERROR_STOP=1", f"--dbname={conninfo}", "--file=-"]
+        expected = manifest["tables"] if manifest else None
         started = time.monotonic()
         try:
-            _run(command, env, f"pg_restore into {display}")
-        except click.ClickException as exc:
-            exc.message += "\nNothing was changed: the restore runs in one transaction."
-            raise
+            with _spinner() as spinner:
+                task = spinner.add_task(f"pg_restore into {display}, one transaction", detail="")
+                restore_transaction.restore(
+                    script,
+                    psql,
+                    env,
+                    restore_transaction.count_check(SCHEMA, expected) if expected is not None else None,
+                    progress=lambda n: spinner.update(task, detail=f"{_size(n)} of script applied"),
+                )
+        except restore_transaction.RestoreFailed as exc:
+            if expected is not None and restore_transaction.COUNTS_DIFFER in exc.detail:
+                raise click.ClickException(
+                    f"the restored row counts differ from the backup's manifest: {_differences(exc.detail, expected)}"
+                    ".\nNothing was changed: the counts are checked in the restore's transaction, before its commit."
+                ) from None
+            raise click.ClickException(
+                f"{exc.tool} failed: {scrub(exc.detail)[-3000:]}\nNothing was changed: the restore runs in one "
+                "transaction."
+            ) from None
         with psycopg.connect(dsn, autocommit=True) as conn:
-            counts = _counts(conn, [r[0] for r in conn.execute(TABLES, (SCHEMA,))])
+            # What the restore's transaction verified is the manifest; read now, another session
+            # (a worker left running) may already have written.
+            tables = [r[0] for r in conn.execute(TABLES, (SCHEMA,))]
+            counts = expected if expected is not None else _counts(conn, tables)
             version = _migration_version(conn)
-        expected = manifest["tables"] if manifest else None
-        out.print(_rows_table(f"{database_of(dsn)}: schema {SCHEMA} restored", counts, expected))
-        if expected is not None and counts != expected:
-            raise click.ClickException("the restored row counts differ from the backup's manifest")
+        checked = ", row counts checked before its commit" if expected is not None else ""
+        out.print(_rows_table(f"{database_of(dsn)}: schema {SCHEMA} restored{checked}", counts, expected))
         latest = max((m.version for m in migrations.available()), default=0)
         err.print(
             f"restored {file} into {display}: {len(counts)} tables, {sum(counts.values()):,} rows in "

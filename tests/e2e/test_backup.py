@@ -194,6 +194,26 @@ def test_restore_refuses_a_backup_that_does_not_match_its_manifest(
     assert rows(target, "SELECT to_regnamespace('eventsink')") == [(None,)], "nothing was restored"
 
 
+def test_restore_checks_the_row_counts_before_its_commit(
+    database_url: str, new_database: Callable[[], str], tmp_path: Path
+) -> None:
+    """The manifest's row counts are checked by a statement of the restore's own transaction: a
+    difference rolls it back (nothing changes), and rows another session writes after the commit
+    (a worker left running) can no longer make a faithful restore look wrong."""
+    dump = tmp_path / "eventsink.dump"
+    assert eventsink("backup", str(dump), env={"DATABASE_URL": database_url}).returncode == 0
+    manifest = orjson.loads(manifest_path(dump).read_bytes())
+    backed_up = manifest["tables"]["metrics_raw"]
+    manifest["tables"]["metrics_raw"] = backed_up + 1  # the dump itself still matches its checksum
+    manifest_path(dump).write_bytes(orjson.dumps(manifest))
+    target = new_database()
+    done = eventsink("restore", str(dump), env={"DATABASE_URL": target})
+    assert done.returncode == 1, done.stderr
+    assert f"metrics_raw {backed_up} restored, {backed_up + 1} in the manifest" in done.stderr, done.stderr
+    assert "Nothing was changed" in done.stderr
+    assert rows(target, "SELECT to_regnamespace('eventsink')") == [(None,)], "nothing was restored"
+
+
 def test_restore_refuses_a_target_schema_newer_than_the_backup(
     database_url: str, new_database: Callable[[], str], tmp_path: Path
 ) -> None:
