@@ -7,12 +7,18 @@ manifest. Here pg_restore writes the archive as a script (`-f -`) and psql appli
 transaction this module opens: the manifest's counts are checked by a statement of that same
 transaction, and COMMIT is sent only once pg_restore has exited 0 and the check has passed. If
 anything fails (pg_restore, a statement, the check), psql stops (ON_ERROR_STOP) or its input ends
-without a COMMIT, and the server rolls the transaction back: nothing changes.
+without a COMMIT, and the server rolls the transaction back: nothing changes. Both tools die
+with this process (Linux's parent-death signal): a restore whose tool was killed (SIGTERM, SIGKILL)
+must not go on and commit behind its back.
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -63,6 +69,24 @@ $eventsink_check$;
 """
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def _parent_death_kills() -> Callable[[], None] | None:
+    """What a child runs before exec so that it is killed when this process dies (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    parent = os.getpid()
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def arm() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os._exit(1)
+
+    return arm
+
+
 def restore(
     pg_restore: Sequence[str],
     psql: Sequence[str],
@@ -77,8 +101,11 @@ def restore(
     committed) when either tool fails.
     """
     with tempfile.TemporaryFile() as restore_err, tempfile.TemporaryFile() as psql_err:
-        producer = subprocess.Popen(pg_restore, env=env, stdout=subprocess.PIPE, stderr=restore_err)
-        consumer = subprocess.Popen(psql, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=psql_err)
+        arm = _parent_death_kills()
+        producer = subprocess.Popen(pg_restore, env=env, stdout=subprocess.PIPE, stderr=restore_err, preexec_fn=arm)
+        consumer = subprocess.Popen(
+            psql, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=psql_err, preexec_fn=arm
+        )
         assert producer.stdout is not None and consumer.stdin is not None
         sent, fed = 0, True
         try:

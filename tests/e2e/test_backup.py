@@ -23,7 +23,7 @@ from sinks.migrate import migrate
 from streams.cli.backup import libpq_environment, manifest_path, pg_tool
 from streams.dev import embedded
 from tests.faults.traffic import oracle
-from tests.helpers import Scenario, WorkerProcess, eventsink, wait_applied
+from tests.helpers import Scenario, WorkerProcess, eventsink, wait_applied, wait_until
 from tests.workload import Sent, apply_all_kinds, create_topics, publish
 
 PLANTED = "Pl4nted-backup-secret"
@@ -212,6 +212,67 @@ def test_restore_checks_the_row_counts_before_its_commit(
     assert f"metrics_raw {backed_up} restored, {backed_up + 1} in the manifest" in done.stderr, done.stderr
     assert "Nothing was changed" in done.stderr
     assert rows(target, "SELECT to_regnamespace('eventsink')") == [(None,)], "nothing was restored"
+
+
+def _children(pid: int) -> dict[int, str]:
+    """{pid: command name} of the processes whose parent is `pid` (Linux's /proc)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+            found[int(entry.name)] = stat[stat.index("(") + 1 : stat.rindex(")")]
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_restore_whose_tool_is_killed_does_not_commit_behind_its_back(
+    database_url: str, new_database: Callable[[], str], tmp_path: Path
+) -> None:
+    """The whole script and its COMMIT are in psql's input (psql waits for a lock another session
+    holds), pg_restore is done, and the tool is killed (SIGKILL: no handler of its own runs). psql
+    must die with it, so that the restore never commits: the target keeps its schema."""
+    dump = tmp_path / "eventsink.dump"
+    assert eventsink("backup", str(dump), env={"DATABASE_URL": database_url}).returncode == 0
+    target = new_database()
+    assert eventsink("restore", str(dump), env={"DATABASE_URL": target}).returncode == 0
+    schema = "SELECT 'eventsink'::regnamespace::oid, 'eventsink.metrics_raw'::regclass::oid"
+    before = rows(target, schema)
+    psql_backends = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND application_name = 'eventsink restore'"
+    )
+    with psycopg.connect(target) as blocker:
+        blocker.execute("LOCK TABLE eventsink.metrics_raw IN ACCESS SHARE MODE")  # the restore's DROP waits
+        tool = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "restore", "--yes", str(dump)],
+            env={**os.environ, "DATABASE_URL": target, "EVENTSINK_LOG_FORMAT": "json"},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_until(
+                lambda: rows(target, psql_backends + " AND wait_event_type = 'Lock'") == [(1,)],
+                60,
+                0.05,
+                what="the restore's psql waiting for the lock",
+            )
+            # pg_restore has written everything (the tool then sends the check and COMMIT and waits for psql).
+            wait_until(lambda: "pg_restore" not in _children(tool.pid).values(), 60, 0.05, what="pg_restore done")
+            wchan = Path(f"/proc/{tool.pid}/wchan")
+            wait_until(lambda: wchan.read_text() == "do_wait", 10, 0.05, what="the tool waiting for psql")
+            tool.kill()
+        finally:
+            tool.kill()
+            tool.wait()
+        blocker.rollback()  # the lock goes: a psql still alive would go on and commit now
+    wait_until(lambda: rows(target, psql_backends) == [(0,)], 60, 0.05, what="the restore's session gone")
+    assert rows(target, schema) == before, "the killed restore committed"
 
 
 def test_restore_refuses_a_target_schema_newer_than_the_backup(
