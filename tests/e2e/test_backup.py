@@ -231,13 +231,17 @@ def _children(pid: int) -> dict[int, str]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
 def test_a_restore_whose_tool_is_killed_does_not_commit_behind_its_back(
-    database_url: str, new_database: Callable[[], str], tmp_path: Path
+    new_database: Callable[[], str], tmp_path: Path
 ) -> None:
     """The whole script and its COMMIT are in psql's input (psql waits for a lock another session
     holds), pg_restore is done, and the tool is killed (SIGKILL: no handler of its own runs). psql
     must die with it, so that the restore never commits: the target keeps its schema."""
+    # An empty schema: its script (about 24 KB) fits in psql's input pipe, so pg_restore finishes
+    # and the tool sends the COMMIT while psql still waits.
+    source = new_database()
+    migrate(source)
     dump = tmp_path / "eventsink.dump"
-    assert eventsink("backup", str(dump), env={"DATABASE_URL": database_url}).returncode == 0
+    assert eventsink("backup", str(dump), env={"DATABASE_URL": source}).returncode == 0
     target = new_database()
     assert eventsink("restore", str(dump), env={"DATABASE_URL": target}).returncode == 0
     schema = "SELECT 'eventsink'::regnamespace::oid, 'eventsink.metrics_raw'::regclass::oid"
