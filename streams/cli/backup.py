@@ -160,11 +160,16 @@ def _beside(tool: Path, name: str, server_major: int, env: dict[str, str]) -> Pa
 
 
 def pg_tool(name: str, server_major: int, env: dict[str, str]) -> tuple[Path, int]:
-    """The first `name` (pg_dump, pg_restore) at least as new as the server."""
+    """The oldest `name` (pg_dump, pg_restore, psql) at least as new as `server_major`, the
+    first found of that version. Not simply the first found: a newer pg_restore writes settings
+    an older server refuses (pg_restore 18's `SET transaction_timeout` on PostgreSQL 15)."""
     versions = [(tool, _major(tool, env)) for tool in _candidates(name)]
-    for tool, major in versions:
-        if major is not None and major >= server_major:
-            return tool, major
+    fitting = [
+        (major, i, tool) for i, (tool, major) in enumerate(versions) if major is not None and major >= server_major
+    ]
+    if fitting:
+        major, _, tool = min(fitting)
+        return tool, major
     package = f"postgresql-client-{server_major}"
     if not versions:
         raise click.ClickException(f"{name} not found: install {package} (or newer), or put {name} on PATH")

@@ -112,6 +112,23 @@ def test_pg_tools_older_than_the_server_are_refused_with_the_package_to_install(
             pg_tool("pg_restore", 99, env)
 
 
+def test_the_pg_tool_nearest_the_server_is_taken_not_the_first_on_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A newer pg_restore first on PATH writes settings an older server refuses (pg_restore 18's
+    SET transaction_timeout on PostgreSQL 15): the oldest one new enough is taken."""
+    with libpq_environment("host=127.0.0.1", "eventsink test") as (env, _):
+        _, major = pg_tool("pg_restore", 0, env)
+    newer = tmp_path / "pg_restore"
+    newer.write_text(f'#!/bin/sh\necho "pg_restore (PostgreSQL) {major + 3}.1"\n')
+    newer.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    with libpq_environment("host=127.0.0.1", "eventsink test") as (env, _):
+        tool, found = pg_tool("pg_restore", major, env)
+        assert tool != newer and found == major
+        assert pg_tool("pg_restore", major + 1, env)[1] > major  # only newer ones fit: one of them
+
+
 def test_backup_refuses_a_database_without_the_schema_and_an_existing_file(
     database_url: str, new_database: Callable[[], str], tmp_path: Path
 ) -> None:
