@@ -154,7 +154,7 @@ def _differences(detail: str, expected: dict[str, int]) -> str:
 
 
 def _beside(tool: Path, name: str, server_major: int, env: dict[str, str]) -> Path:
-    """`name` (psql) from the installation `tool` comes from, else the first new enough."""
+    """`name` (psql) from the installation `tool` comes from, else `pg_tool`'s choice."""
     sibling = tool.parent / name
     return sibling if sibling.exists() else pg_tool(name, server_major, env)[0]
 
@@ -490,8 +490,10 @@ def restore(file: Path, target_url: str | None, yes: bool, no_privileges: bool, 
         with psycopg.connect(dsn, autocommit=True) as conn:
             # What the restore's transaction verified is the manifest; read now, another session
             # (a worker left running) may already have written.
-            tables = [r[0] for r in conn.execute(TABLES, (SCHEMA,))]
-            counts = expected if expected is not None else _counts(conn, tables)
+            if expected is not None:
+                counts = expected
+            else:
+                counts = _counts(conn, [r[0] for r in conn.execute(TABLES, (SCHEMA,))])
             version = _migration_version(conn)
         checked = ", row counts checked before its commit" if expected is not None else ""
         out.print(_rows_table(f"{database_of(dsn)}: schema {SCHEMA} restored{checked}", counts, expected))

@@ -136,8 +136,6 @@ def restore(
             raise RestoreFailed(Path(pg_restore[0]).name, _text(restore_err, producer.returncode))
         if applied != 0 or not fed:
             raise RestoreFailed(Path(psql[0]).name, _text(psql_err, applied))
-        if producer.returncode != 0:
-            raise RestoreFailed(Path(pg_restore[0]).name, _text(restore_err, producer.returncode))
 
 
 def _text(stream: IO[bytes], status: int | None) -> str:
