@@ -213,6 +213,15 @@ class WorkerProcess:
         entries = self.logs()
         return [e["partitions"] for e in entries if e.get("event") == "partitions assigned" and e.get("topic") == topic]
 
+    def generations(self, topic: str) -> list[tuple[int, list[int]]]:
+        """(group generation, partitions of `topic`) at each assignment it logged, oldest first."""
+        entries = self.logs()
+        return [
+            (e["generation"], e["partitions"])
+            for e in entries
+            if e.get("event") == "partitions assigned" and e.get("topic") == topic
+        ]
+
     def logged(self, event: str) -> int:
         """How many times the worker logged `event`."""
         return sum(1 for e in self.logs() if e.get("event") == event)

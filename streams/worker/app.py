@@ -407,7 +407,10 @@ class Runtime:
         for topic, pipeline in self.pipelines.items():
             mine = {tp.partition for tp in assigned if tp.topic == topic}
             pipeline.on_assigned(mine)
-            log.info("partitions assigned", topic=topic, partitions=sorted(mine))
+            # The generation tells which of the members' assignments belong to one rebalance.
+            log.info(
+                "partitions assigned", topic=topic, partitions=sorted(mine), generation=self.app.consumer_generation_id
+            )
 
 
 async def _tick(pipeline: Pipeline, interval_s: float) -> None:

@@ -34,9 +34,15 @@ def worker(s: Scenario, tag: str, **env: str) -> WorkerProcess:
 
 
 def shared_by(topic: str, *workers: WorkerProcess) -> bool:
-    """Whether the workers' latest assignments split the topic's four partitions between them."""
-    latest = [w.assigned(topic)[-1] if w.assigned(topic) else [] for w in workers]
-    return all(latest) and sorted(p for partitions in latest for p in partitions) == [0, 1, 2, 3]
+    """Whether the workers' latest assignments, all of one generation (one rebalance every one of
+    them has finished), split the topic's four partitions between them. Latest assignments of
+    different generations can add up to four partitions while a worker is still in a rebalance."""
+    latest = [w.generations(topic)[-1] if w.generations(topic) else (-1, []) for w in workers]
+    return (
+        len({generation for generation, _ in latest}) == 1
+        and all(partitions for _, partitions in latest)
+        and sorted(p for _, partitions in latest for p in partitions) == [0, 1, 2, 3]
+    )
 
 
 def progressed(s: Scenario, since: int) -> bool:
