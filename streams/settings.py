@@ -132,6 +132,11 @@ class Settings(BaseSettings):
     # also waits up to N ms for `batch_size` records (fewer, larger transactions).
     batch_max_wait_ms: int = Field(0, ge=0)
     session_timeout_ms: int = Field(10_000, ge=1000)
+    # At a rebalance, read the partitions given up outside the group until the new assignment
+    # (streams.worker.rebalance_reader): partitions that do not move keep committing through the
+    # group's join instead of stopping for it (about 4 s on Tansu). The ledger keeps it
+    # exactly-once; false: stop at every rebalance, as the group protocol does.
+    read_during_rebalance: bool = True
     # How long a fetch may wait for records (Kafka's consumer default is 500 ms; Faust hard-codes
     # 1500 ms). A broker that waits it out when records are there (Tansu does, in part) adds it
     # to latency: 100 ms halved p50 from Kafka timestamp to commit at 50 % load (bench/RESULTS.md);

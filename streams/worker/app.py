@@ -35,6 +35,7 @@ from streams.worker.faust_internals import (
 from streams.worker.pipeline import Pipeline, PipelineConfig
 from streams.worker.positioning import Positioning
 from streams.worker.reachability import Check, Reachability
+from streams.worker.rebalance_reader import RebalanceReader
 
 log = logs.get(__name__)
 
@@ -87,16 +88,34 @@ class TopicControl:
     def _consumer(self) -> LedgerConsumer:
         return self.runtime.app.consumer  # type: ignore[return-value]
 
+    # A partition read through a rebalance (`RebalanceReader`) is that reader's, not the group
+    # consumer's, until its new assignment.
+
     def hold(self, partition: int) -> None:
-        self._consumer.hold(TP(self.topic, partition))
+        reader = self.runtime.rebalance_reader
+        if reader is not None and reader.reading(self.topic, partition):
+            reader.hold(self.topic, partition)
+        else:
+            self._consumer.hold(TP(self.topic, partition))
 
     def release(self, partition: int) -> None:
-        self._consumer.release(TP(self.topic, partition))
+        reader = self.runtime.rebalance_reader
+        if reader is not None and reader.reading(self.topic, partition):
+            reader.release_hold(self.topic, partition)
+        else:
+            self._consumer.release(TP(self.topic, partition))
 
     async def seek(self, partition: int, offset: int) -> None:
-        await self._consumer.seek_to_ledger(TP(self.topic, partition), offset)
+        reader = self.runtime.rebalance_reader
+        if reader is not None and reader.reading(self.topic, partition):
+            reader.seek(self.topic, partition, offset)
+        else:
+            await self._consumer.seek_to_ledger(TP(self.topic, partition), offset)
 
     def log_gap(self, partition: int, previous: int, offset: int) -> bool:
+        reader = self.runtime.rebalance_reader
+        if reader is not None and reader.reading(self.topic, partition):
+            return False  # not verified: the pipeline asks the broker what lies in between
         return self._consumer.log_gaps.verified(TP(self.topic, partition), previous, offset)
 
     def identity(self) -> LogIdentity:
@@ -106,6 +125,9 @@ class TopicControl:
         return await self.runtime.positioning.first_offset_from(self.topic, partition, offset)
 
     def end_offset(self, partition: int) -> int | None:
+        reader = self.runtime.rebalance_reader
+        if reader is not None and reader.reading(self.topic, partition):
+            return reader.end_offset(self.topic, partition)
         try:
             return self._consumer.highwater(TP(self.topic, partition))
         except Exception:  # not assigned (anymore), or no fetch yet
@@ -158,6 +180,19 @@ class Runtime:
         self._committer: asyncio.Task[None] | None = None
         self.sinks: dict[str, Sink] = {}
         self.pipelines: dict[str, Pipeline] = {}
+        self.rebalance_reader = (
+            RebalanceReader(
+                settings.bootstrap_list,
+                settings.kafka_security(),
+                self.pipelines,
+                self.budget,
+                fetch_max_wait_ms=settings.fetch_max_wait_ms,
+                max_records=settings.max_poll_records,
+                limit_s=settings.session_timeout_ms / 1000.0,
+            )
+            if settings.read_during_rebalance
+            else None
+        )
         # What ended a pipeline unexpectedly; the worker is exiting because of it.
         self.crashed: BaseException | None = None
         # Faust has started every agent; "worker ready" waits for the database and the broker too.
@@ -213,6 +248,8 @@ class Runtime:
                 if task is not None:
                     task.cancel()
             self._committer = self._watcher = None
+            if self.rebalance_reader is not None:
+                await self.rebalance_reader.close()
             await self.positioning.stop()
             await self.commit_offsets()
             await asyncio.gather(*(pool.close() for pool in self.all_pools()))
@@ -299,6 +336,8 @@ class Runtime:
         """Faust's `on_before_shutdown`: the consumer has stopped, the producer still runs. Every
         pipeline writes what it holds now, so that the dedupe table's changelog (and any dead
         letter) still has a producer; an agent's own drain, later, finds nothing left."""
+        if self.rebalance_reader is not None:
+            await self.rebalance_reader.close()
         await asyncio.gather(*(asyncio.shield(p.drain()) for p in self.pipelines.values()))
 
     def _register(self, kind: Kind, partitions: int) -> None:
@@ -396,15 +435,20 @@ class Runtime:
     async def _on_revoked(self, sender: Any, revoked: set[TP], **_: Any) -> None:
         # Not ours to commit anymore (the new owner commits from its ledger).
         self.kafka_offsets = {tp: o for tp, o in self.kafka_offsets.items() if tp not in revoked}
+        reader = self.rebalance_reader
+        # What the reader reads on stays in its pipeline until the new assignment.
+        read = reader.start(revoked) if reader is not None and self.crashed is None else set()
         for topic, pipeline in self.pipelines.items():
-            pipeline.on_revoked({tp.partition for tp in revoked if tp.topic == topic})
+            pipeline.on_revoked({tp.partition for tp in revoked if tp.topic == topic and tp not in read})
         self.app.consumer.log_gaps.forget(revoked)  # type: ignore[attr-defined]
         self.app.consumer.forget_held(revoked)  # type: ignore[attr-defined]
 
     async def _on_assigned(self, sender: Any, assigned: set[TP], **_: Any) -> None:
         telemetry.REBALANCES.inc()
         self.kafka_committed = {tp: o for tp, o in self.kafka_committed.items() if tp in assigned}
+        moved = self.rebalance_reader.release(assigned) if self.rebalance_reader is not None else set()
         for topic, pipeline in self.pipelines.items():
+            pipeline.on_revoked({tp.partition for tp in moved if tp.topic == topic})
             mine = {tp.partition for tp in assigned if tp.topic == topic}
             pipeline.on_assigned(mine)
             # The generation tells which of the members' assignments belong to one rebalance.

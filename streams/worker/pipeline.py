@@ -306,6 +306,39 @@ class Pipeline:
     def on_assigned(self, partitions: set[int]) -> None:
         self._owned = set(partitions)
 
+    def next_offset(self, p: int) -> int | None:
+        """The offset a partition's next delivery should have, as its deliveries stand (None:
+        not known, or the partition is stopped): where a `RebalanceReader` reads it from."""
+        st = self._parts.get(p)
+        if st is None or st.blocked is not None or st.revoked:
+            return None
+        cursor = st.cursor
+        if cursor.expect is not None:
+            return cursor.expect
+        return None if cursor.previous is None else cursor.previous + 1
+
+    def is_held(self, p: int) -> bool:
+        st = self._parts.get(p)
+        return st is not None and st.held
+
+    def sought(self, p: int, offset: int | None) -> None:
+        """A partition read through a rebalance is the group consumer's again, which delivers from
+        `offset` (the ledger's; None: from where it stands): what was buffered from the other
+        consumer is dropped, to come again. A batch in flight commits or not: the ledger decides."""
+        st = self._parts.get(p)
+        if st is None:
+            return
+        self._drop(st, st.buffer)
+        st.buffer.clear()
+        st.first_at = None
+        st.cut = False
+        # The group's consumer starts unpaused (`LedgerConsumer.forget_held` at the revocation).
+        st.held = False
+        if offset is None:
+            st.cursor.lose_track()
+        else:
+            st.cursor.sought(offset)
+
     def on_revoked(self, partitions: set[int]) -> None:
         """Forget what is buffered for partitions this worker no longer owns.
 

@@ -75,12 +75,19 @@ class Positioning:
             for topic in runtime.sinks
         }
         wanted = {topic: tps for topic, tps in wanted.items() if tps}
+        # Partitions read through the rebalance stop being read there before the ledger is read:
+        # from here the group's consumer delivers them, from the ledger.
+        reader = runtime.rebalance_reader
+        read = {tp for tps in wanted.values() for tp in tps if reader is not None and reader.finish(tp)}
         await self.refresh_identities(wanted)
         ledgers = await self._ledgers(wanted, "at assignment")
         targets: dict[TP, int] = {}
         for topic, tps in wanted.items():
             ledger = ledgers.get(topic)
             if ledger is None:
+                for tp in tps:
+                    if tp in read:
+                        runtime.pipelines[topic].sought(tp.partition, None)
                 continue
             changed = await self._changed(topic, [tp.partition for tp in tps], ledger)
             pipeline = runtime.pipelines[topic]
@@ -90,6 +97,8 @@ class Positioning:
                     continue
                 position = ledger.get(tp.partition)
                 targets[tp] = (position.last_offset if position else -1) + 1
+                if tp in read:
+                    pipeline.sought(tp.partition, targets[tp])
             pipeline.preload({tp.partition: targets[tp] - 1 for tp in tps if tp in targets})
             log.info("sought to the ledger", topic=topic, next_offsets={tp.partition: targets.get(tp) for tp in tps})
         return targets

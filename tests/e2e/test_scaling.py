@@ -6,7 +6,10 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
+from datetime import datetime
 
+import psycopg
 import pytest
 
 from tests.helpers import Scenario, WorkerProcess, ledger_totals, wait_applied, wait_until
@@ -136,3 +139,98 @@ def test_a_changelog_left_behind_by_a_partition_change_is_refused_then_rebuilt(s
         assert_exactly_once(s, sent)
     finally:
         w.stop()
+
+
+def _ledger_clock(s: Scenario) -> str:
+    """Note every advance of the scenario group's ledger rows, at COMMIT, with PostgreSQL's clock:
+    the ledger's own history, not the worker's word. Returns the table it writes; dropped with
+    `_drop_ledger_clock`."""
+    table = f"public.ledger_clock_{s.name}"
+    with psycopg.connect(s.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE UNLOGGED TABLE {table} (partition integer, last_offset bigint, committed_at timestamptz)")
+        conn.execute(
+            f"CREATE FUNCTION public.note_ledger_{s.name}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER"
+            f" AS $$ BEGIN INSERT INTO {table} VALUES (NEW.partition, NEW.last_offset, clock_timestamp());"
+            " RETURN NULL; END $$"
+        )
+        conn.execute(
+            f"CREATE CONSTRAINT TRIGGER ledger_clock_{s.name} AFTER UPDATE ON eventsink.offsets_ledger"
+            " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW"
+            f" WHEN (NEW.consumer_group = '{s.group}' AND NEW.topic = '{s.topic}'"
+            " AND NEW.last_offset > OLD.last_offset)"
+            f" EXECUTE FUNCTION public.note_ledger_{s.name}()"
+        )
+    return table
+
+
+def _drop_ledger_clock(s: Scenario) -> None:
+    with psycopg.connect(s.dsn, autocommit=True) as conn:
+        conn.execute(f"DROP TRIGGER IF EXISTS ledger_clock_{s.name} ON eventsink.offsets_ledger")
+        conn.execute(f"DROP FUNCTION IF EXISTS public.note_ledger_{s.name}()")
+        conn.execute(f"DROP TABLE IF EXISTS public.ledger_clock_{s.name}")
+
+
+def _at(entry: dict) -> datetime:
+    return datetime.fromisoformat(entry["timestamp"].replace("Z", "+00:00"))
+
+
+@pytest.mark.parametrize("reading", [True, False], ids=["reading", "not-reading"])
+def test_partitions_that_stay_keep_committing_through_a_rebalance(scenario: Scenario, reading: bool) -> None:
+    """When a second worker joins, the first gives up every partition (eager rebalancing) and gets
+    those it keeps back only once the group has formed again (Tansu holds the join 3 s). Reading
+    through the rebalance, it commits meanwhile, on the partitions it keeps, records it had not
+    delivered when the rebalance began: the ledger's history (a trigger's, PostgreSQL's clock) has
+    such commits before the worker's new assignment. Turned off, it reads nothing outside the
+    group. Every event applied once either way."""
+    s = scenario
+    sent = Sent(tenants=[str(uuid.uuid4()) for _ in range(40)])  # every partition busy
+    create_topics(s)
+    clock = _ledger_clock(s)
+    option = {"EVENTSINK_READ_DURING_REBALANCE": str(reading).lower()}
+    first = WorkerProcess(s.env(**option), s.data_dir / "first.log").start()
+    feeder = Feeder(s, sent, chunk=500, rate=800, seed=61).start()
+    second = None
+    try:
+        wait_until(lambda: applied(s) > 0, 60, what="the first worker's commits")
+        second = WorkerProcess(s.env(**option), s.data_dir / "second.log").start()  # its own web port
+        wait_until(lambda: len(first.assigned(s.topic)) >= 2, 90, what="the first worker's second assignment")
+        feeder.stop()
+        publish(s, sent, 500, seed=1061)
+        wait_applied(s.dsn, s.group, s.topic, sent.last_offsets, timeout=120)
+        assert_exactly_once(s, sent)
+        starts = [e for e in first.logs() if e.get("event") == "reading through the rebalance"]
+        if not reading:
+            assert starts == []
+            return
+        assignments = [e for e in first.logs() if e.get("event") == "partitions assigned" and e["topic"] == s.topic]
+        before, after = set(assignments[0]["partitions"]), set(assignments[1]["partitions"])
+        kept = before & after
+        assert kept, f"the first worker kept none of {sorted(before)}"
+        began, reassigned = _at(starts[0]), _at(assignments[1])
+        # Where the reading began, per kept partition: what the group's consumer had delivered.
+        prefix = f"{s.topic}["
+        read_from = {
+            int(name[len(prefix) : -1]): offset
+            for name, offset in starts[0]["partitions"].items()
+            if name.startswith(prefix) and int(name[len(prefix) : -1]) in kept
+        }
+        assert read_from, f"nothing of the kept partitions {sorted(kept)} was read: {starts[0]['partitions']}"
+        with psycopg.connect(s.dsn) as conn:
+            history = conn.execute(f"SELECT partition, last_offset, committed_at FROM {clock}").fetchall()
+        during = [
+            (p, last, at)
+            for p, last, at in history
+            if p in read_from and last >= read_from[p] and began < at < reassigned
+        ]
+        assert during, (
+            f"no commit of a kept partition past where the reading began ({read_from}) between "
+            f"{began} and the new assignment at {reassigned}: {sorted(history)[-8:]}"
+        )
+        assert first.logged("read through the rebalance") >= 1
+    finally:
+        if feeder.alive():
+            feeder.stop()
+        for w in (first, second):
+            if w is not None and w.alive():
+                w.stop()
+        _drop_ledger_clock(s)

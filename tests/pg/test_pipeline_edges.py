@@ -331,3 +331,38 @@ async def test_an_idle_partition_whose_ledger_went_back_is_sought_to_it(sink: Si
     with psycopg.connect(database_url) as conn:
         stored = conn.execute("SELECT count(*) FROM eventsink.metrics_raw WHERE tenant_id = %s", (tenant,)).fetchone()
     assert stored == (20,)
+
+
+async def test_a_partition_read_through_a_rebalance_and_kept_resumes_from_the_ledger(
+    sink: Sink, database_url: str
+) -> None:
+    """`RebalanceReader`'s side of the pipeline: a partition it read on (the group's consumer had
+    delivered up to 49) is handed back at the new assignment positioned from the ledger
+    (`sought`): what was buffered from the reader is dropped, a late record of the reader above
+    the ledger's offset is stale, and the group's consumer's deliveries from the ledger apply
+    every record once."""
+    topic, tenant, log = f"m-{uuid.uuid4().hex[:8]}", str(uuid.uuid4()), RetainedLog(start=0)
+    p = pipeline(sink, log, topic, "stop")
+    p.on_assigned({0})
+    p.ingest(messages(tenant, range(0, 50)))
+    await until(lambda: (ledger(database_url, sink.group, topic) or (-1, 0))[0] == 49)
+    assert p.next_offset(0) == 50  # where the reader starts
+    p.ingest(messages(tenant, range(50, 100)))  # the reader's deliveries, during the group's join
+    assert p.next_offset(0) == 100
+    last, _ = ledger(database_url, sink.group, topic) or (-1, 0)
+    p.sought(0, last + 1)  # the new assignment keeps it: positioned from the ledger
+    assert p.next_offset(0) == last + 1
+    p.ingest(messages(tenant, range(100, 110)))  # the reader's last fetch, late: stale
+    p.ingest(messages(tenant, range(last + 1, 120)))  # the group's consumer, from the ledger
+    await until(lambda: (ledger(database_url, sink.group, topic) or (-1, 0))[0] == 119)
+    await p.drain()
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT count(*), count(DISTINCT dedupe_id) FROM eventsink.metrics_raw WHERE tenant_id = %s", (tenant,)
+        ).fetchone()
+        events = conn.execute(
+            "SELECT events, duplicates FROM eventsink.offsets_ledger WHERE consumer_group = %s AND topic = %s",
+            (sink.group, topic),
+        ).fetchone()
+    assert rows == (120, 120)
+    assert events == (120, 0)  # each offset counted once: none applied twice, none taken for a duplicate
