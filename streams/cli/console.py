@@ -5,16 +5,18 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 from psycopg.conninfo import conninfo_to_dict
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from sinks.secrets import MIN_LENGTH, register_dsn, scrub
 from streams import logs
 from streams.settings import Settings, SettingsError, deprecated_names, load, unknown_variables
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 # Wide when not a terminal, so that tables piped or captured are not folded at 80 columns.
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
@@ -161,6 +163,15 @@ def warn_unknown_variables() -> None:
 
 def progress_bar(total: int | None = None) -> Progress:
     """A progress bar on stderr when it is a terminal (silent in pipes and CI logs)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

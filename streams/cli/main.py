@@ -2,37 +2,56 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
-from sinks import migrate as migrations
 from sinks.secrets import scrub
-from streams.cli import names
-from streams.cli.backup import backup, restore
-from streams.cli.chat import chat
-from streams.cli.confirm import confirm
-from streams.cli.console import err, out, scrub_output, settings, warn_unknown_variables
-from streams.cli.dlq import dlq
-from streams.cli.lag import lag
-from streams.cli.ledger import ledger_command
-from streams.cli.produce import produce
-from streams.cli.retention import retention
-from streams.cli.schema import schema
-from streams.cli.tail import tail_command
-from streams.cli.topics import topics
-from streams.cli.verify import verify
+from streams.cli.console import err, scrub_output, settings, warn_unknown_variables
 from streams.settings import SettingsError
 
 # Exit statuses, the same for every command.
 DONE, FAILED, USAGE, INTERRUPTED = 0, 1, 2, 130
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# The commands of other modules, by name: each module is imported when its command is invoked
+# (or listed, by `--help`), so that a command, `worker` first, starts without importing what only
+# the others use (rich's progress bars, pg_dump's handling, the producers, the readers).
+LAZY_COMMANDS = {
+    "backup": ("streams.cli.backup", "backup"),
+    "chat": ("streams.cli.chat", "chat"),
+    "dlq": ("streams.cli.dlq", "dlq"),
+    "lag": ("streams.cli.lag", "lag"),
+    "ledger": ("streams.cli.ledger", "ledger_command"),
+    "produce": ("streams.cli.produce", "produce"),
+    "restore": ("streams.cli.backup", "restore"),
+    "retention": ("streams.cli.retention", "retention"),
+    "schema": ("streams.cli.schema", "schema"),
+    "tail": ("streams.cli.tail", "tail_command"),
+    "topics": ("streams.cli.topics", "topics"),
+    "verify": ("streams.cli.verify", "verify"),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose `LAZY_COMMANDS` are imported and added on first use (click's documented
+    pattern for lazily loaded subcommands)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in LAZY_COMMANDS:
+            module, attribute = LAZY_COMMANDS[cmd_name]
+            self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="eventsink")
 def cli() -> None:
     """eventsink: Kafka metric, chat and analysis events into PostgreSQL, exactly once.
@@ -55,6 +74,12 @@ def cli() -> None:
 @click.option("--yes", is_flag=True, help="With --down-to: drop tables that hold rows without asking.")
 def migrate(show_status: bool, target: int | None, down_to: int | None, dry_run: bool, yes: bool) -> None:
     """Apply the database migrations (safe to run twice, and concurrently)."""
+    from rich.table import Table
+
+    from sinks import migrate as migrations
+    from streams.cli import names
+    from streams.cli.console import out
+
     if target is not None:
         names.migration_version(target, "--to")
     if down_to is not None:
@@ -90,6 +115,9 @@ def migrate(show_status: bool, target: int | None, down_to: int | None, dry_run:
 def _migrate_down(dsn: str, display: str, down_to: int, *, dry_run: bool, yes: bool) -> None:
     """Roll back above `down_to`: what it undoes and drops is shown first (and is all a dry run
     does); tables that hold rows go only with --yes or a person's yes at a terminal."""
+    from sinks import migrate as migrations
+    from streams.cli.confirm import confirm
+
     plan = migrations.plan_rollback(dsn, down_to)
     listed = ", ".join(f"{m.version:04d}_{m.name}" for m in plan.migrations) or "-"
     dropped = ", ".join(f"{t} ({n:,} rows)" for t, n in plan.dropped.items()) or "none"
@@ -155,23 +183,6 @@ def run(count: int, tenants: int, keep_running: bool) -> None:
     from streams.dev import run as demo
 
     demo.main(count=count, tenants=tenants, keep_running=keep_running)
-
-
-for command in (
-    produce,
-    chat,
-    retention,
-    schema,
-    tail_command,
-    lag,
-    ledger_command,
-    topics,
-    dlq,
-    verify,
-    backup,
-    restore,
-):
-    cli.add_command(command)
 
 
 def explain(exc: BaseException) -> tuple[str, str]:

@@ -256,7 +256,9 @@ def password_pg() -> Iterator[PasswordPostgres]:
 
 def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
     yield prefix
-    for name, command in group.commands.items():
+    context = click.Context(group)
+    for name in group.list_commands(context):  # `eventsink`'s own are loaded when asked for by name
+        command = group.get_command(context, name)
         if isinstance(command, click.Group):
             yield from _commands(command, (*prefix, name))
         else:
