@@ -111,8 +111,12 @@ def _event_detail(e: Event) -> str:
         return f"{e.name} -"
     text = f"{e.name} {e.unmoved_gap.ms:,.0f} ms"
     if e.assigned_ms is not None:
-        after = e.unmoved_gap.end_ms - (e.at_ms + e.assigned_ms)
-        text += f" ({after:,.0f} ms of it after A's new assignment)"
+        assigned = e.at_ms + e.assigned_ms
+        start, end = e.unmoved_gap.start_ms - assigned, e.unmoved_gap.end_ms - assigned
+        if start < 0 < end:
+            text += f" ({end:,.0f} ms of it after A's new assignment)"
+        else:  # reading through the rebalance: the longest gap need not span the assignment
+            text += f" (from {start:,.0f} to {end:,.0f} ms after A's new assignment)"
     return text
 
 
@@ -159,15 +163,18 @@ def render(results: RebalanceResults, level: str = "###") -> str:
         "A's last assignment before the event and in its first after (its `partitions assigned` log lines); moved: "
         "those that went to B (join) or came back from B (leave). From the event (B's spawn, B's SIGTERM) to: "
         "B started, B's `worker starting` line (interpreter up, imports done); A's last commit, the last commit "
-        "A made before its next assignment (about when it learnt of the rebalance, at a heartbeat, and gave up "
-        "every partition: eager rebalancing); A/B assigned, that worker's first "
+        "A made before its next assignment (without reading through the rebalance, about when it learnt of the "
+        "rebalance, at a heartbeat, and gave up every partition: eager rebalancing; reading through it, "
+        "`EVENTSINK_READ_DURING_REBALANCE`, up to the assignment); A/B assigned, that worker's first "
         "`partitions assigned` line after it (the group's join and sync done, Faust's on_partitions_assigned "
         "starting); A sought, A's `sought to the ledger` after that assignment (the dedupe table's changelog "
         "read, positions taken from the ledger: fetching resumes). handover: join, from B's spawn to B's first commit; "
         "leave, from B's SIGTERM to A's first commit on the partitions B had. Longest gap, A alone: every partition, "
         "from 2 s after the first send to B's spawn (the steady state). Latency: CreateTime → the row's commit, "
         "every record. commits unmapped: connections the harness did not see (worker unknown); off-assignment: "
-        "commits by a worker on a partition its last logged assignment did not hold.",
+        "commits by a worker on a partition its last logged assignment did not hold (a batch read through the "
+        "rebalance that commits after the new assignment moved its partition: harmless, the ledger skips in "
+        "the next owner's batch what it applied).",
         table(
             EVENT_HEADER,
             [False, False, *([True] * (len(EVENT_HEADER) - 2))],
