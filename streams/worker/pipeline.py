@@ -306,6 +306,16 @@ class Pipeline:
     def on_assigned(self, partitions: set[int]) -> None:
         self._owned = set(partitions)
 
+    def claim(self, partitions: set[int]) -> set[int]:
+        """Partitions the group's consumer is positioned on are this pipeline's, whatever the order
+        in which the rebalance's steps ran: returns those it did not own (records of a partition
+        not owned are dropped as stale, and nothing would apply it until the next rebalance)."""
+        if self._owned is None:
+            return set()
+        missing = partitions - self._owned
+        self._owned |= missing
+        return missing
+
     def next_offset(self, p: int) -> int | None:
         """The offset a partition's next delivery should have, as its deliveries stand (None:
         not known, or the partition is stopped): where a `RebalanceReader` reads it from."""

@@ -83,6 +83,11 @@ class Positioning:
         ledgers = await self._ledgers(wanted, "at assignment")
         targets: dict[TP, int] = {}
         for topic, tps in wanted.items():
+            unowned = runtime.pipelines[topic].claim({tp.partition for tp in tps})
+            if unowned:
+                log.warning(
+                    "assigned partitions were not their pipeline's; taken", topic=topic, partitions=sorted(unowned)
+                )
             ledger = ledgers.get(topic)
             if ledger is None:
                 for tp in tps:
@@ -91,6 +96,11 @@ class Positioning:
                 continue
             changed = await self._changed(topic, [tp.partition for tp in tps], ledger)
             pipeline = runtime.pipelines[topic]
+            unowned = pipeline.claim({tp.partition for tp in tps})
+            if unowned:
+                log.warning(
+                    "assigned partitions were not their pipeline's; taken", topic=topic, partitions=sorted(unowned)
+                )
             for tp in tps:
                 if tp.partition in changed:
                     pipeline.block(tp.partition, "log_changed", changed[tp.partition])

@@ -74,6 +74,10 @@ class RebalanceReader:
         self._starts: dict[TopicPartition, int] = {}  # where each is read from
         self._held: set[TopicPartition] = set()  # paused by its pipeline (its buffer is full)
         self._assigned = False  # the consumer has `_reading` as its assignment
+        # The new assignment came (`release`): what is still in `_reading` is kept, and waits for
+        # `finish` to be handed back, whatever stops the reading meanwhile.
+        self._settled = False
+        self._said = False  # "read through the rebalance" logged for this reading
         self._records = 0
         self._started_at = 0.0
 
@@ -93,7 +97,7 @@ class RebalanceReader:
     def release_hold(self, topic: str, partition: int) -> None:
         ktp = TopicPartition(topic, partition)
         self._held.discard(ktp)
-        if self._assigned and ktp in self._reading and self._consumer is not None:
+        if self._assigned and ktp in self._reading and self._consumer is not None and self.active:
             self._consumer.resume(ktp)
 
     def seek(self, topic: str, partition: int, offset: int) -> None:
@@ -107,6 +111,11 @@ class RebalanceReader:
         if not self._assigned or ktp not in self._reading or self._consumer is None:
             return None
         return self._consumer.highwater(ktp)
+
+    @property
+    def active(self) -> bool:
+        """Whether it is reading now (a partition may be `reading` and wait for `finish`)."""
+        return self._task is not None and not self._task.done()
 
     # -- the rebalance ----------------------------------------------------------------------------
 
@@ -126,6 +135,7 @@ class RebalanceReader:
                 held.add(ktp)
         self._stop_task()  # a rebalance during a rebalance: what is read is read on, from here
         self._reading, self._starts, self._held, self._assigned = set(starts), starts, held, False
+        self._settled = self._said = False
         if not starts:
             return set()
         self._records = 0
@@ -142,6 +152,7 @@ class RebalanceReader:
         (the caller revokes them in their pipelines)."""
         keep = {TopicPartition(tp.topic, tp.partition) for tp in assigned}
         moved = self._reading - keep
+        self._settled = True
         self._unassign(moved)
         return {TP(t.topic, t.partition) for t in moved}
 
@@ -178,12 +189,14 @@ class RebalanceReader:
             self._done("the new assignment")
 
     def _done(self, why: str) -> None:
-        log.info(
-            "read through the rebalance",
-            records=self._records,
-            seconds=round(time.monotonic() - self._started_at, 3),
-            until=why,
-        )
+        if not self._said:
+            self._said = True
+            log.info(
+                "read through the rebalance",
+                records=self._records,
+                seconds=round(time.monotonic() - self._started_at, 3),
+                until=why,
+            )
         self._stop_task()
 
     def _stop_task(self) -> None:
@@ -246,6 +259,13 @@ class RebalanceReader:
         except Exception as exc:
             why = "an error"
             log.error("reading through the rebalance failed", exc_info=exc)
+        self._pause(self._consumer.assignment() if self._consumer is not None else ())
+        if self._settled:
+            # The new assignment came: what is left is kept, and stays in `_reading`, unread,
+            # until `finish` hands it back to the group's consumer (revoked here, the pipelines
+            # would drop records of partitions the group's consumer delivers them).
+            self._done(why)
+            return
         # Stopped without an assignment: the pipelines forget what is left, positioned from the
         # ledger at the next assignment.
         left, self._reading, self._assigned = self._reading, set(), False
@@ -253,6 +273,5 @@ class RebalanceReader:
             mine = {t.partition for t in left if t.topic == topic}
             if mine:
                 pipeline.on_revoked(mine)
-        self._pause(self._consumer.assignment() if self._consumer is not None else ())
         if left:
             self._done(why)
