@@ -342,8 +342,12 @@ class Pipeline:
         st.buffer.clear()
         st.first_at = None
         st.cut = False
-        # The group's consumer starts unpaused (`LedgerConsumer.forget_held` at the revocation).
-        st.held = False
+        if st.held:
+            # The group's consumer may have been paused on it between the reader's `finish` and
+            # now (Faust resumes a partition's stream before the ledger seek): released here, as
+            # nothing else would release it once the buffer is gone.
+            st.held = False
+            self.control.release(p)
         if offset is None:
             st.cursor.lose_track()
         else:
@@ -503,6 +507,8 @@ class Pipeline:
                 log.warning(
                     "seeking to the ledger again", topic=self.topic, partition=st.number, offset=st.cursor.expect
                 )
+                if not st.held:  # a pause nobody meant to keep would stop the seek's records too
+                    self.control.release(st.number)
                 await self._seek_to_ledger(st)
             elif self._starved(st):
                 # Records exist past what was applied, yet none arrives: whatever lost them on
@@ -800,7 +806,16 @@ class Pipeline:
         try:
             ledger = await self.sink.positions(self.topic)
             position = ledger.get(st.number)
-            await self.control.seek(st.number, (position.last_offset if position else -1) + 1)
+            target = (position.last_offset if position else -1) + 1
+            # The cursor expects what this seek brings, not an earlier seek's target: a batch that
+            # committed since may have taken the ledger past it, and everything the seek delivered
+            # would be stale to the old target, for ever.
+            self._drop(st, st.buffer)
+            st.buffer.clear()
+            st.first_at = None
+            st.cut = False
+            st.cursor.sought(target)
+            await self.control.seek(st.number, target)
         except Exception as exc:
             log.warning("could not seek to the ledger", topic=self.topic, partition=st.number, error=str(exc))
 

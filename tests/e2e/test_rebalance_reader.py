@@ -95,3 +95,99 @@ async def test_a_time_limit_after_the_new_assignment_leaves_the_kept_partitions_
     counted = ledger(s.dsn, s.group, s.topic)
     for q in (0, 1):
         assert counted[q]["events"] == len(records[q])  # every offset once: none twice, none lost
+
+
+class Routed(RetainedLog):
+    """`app.TopicControl`'s routing: to the reader while it reads the partition, else to the
+    group's consumer (`held`: the partitions paused there, `LedgerConsumer.held`)."""
+
+    def __init__(self, topic: str) -> None:
+        super().__init__(start=0)
+        self.topic = topic
+        self.reader: RebalanceReader | None = None
+
+    def hold(self, partition: int) -> None:
+        if self.reader is not None and self.reader.reading(self.topic, partition):
+            self.reader.hold(self.topic, partition)
+        else:
+            self.held.add(partition)
+
+    def release(self, partition: int) -> None:
+        if self.reader is not None and self.reader.reading(self.topic, partition):
+            self.reader.release_hold(self.topic, partition)
+        else:
+            self.held.discard(partition)
+
+
+async def test_a_pause_the_group_consumer_took_before_the_hand_back_is_released_by_it(scenario: Scenario) -> None:
+    """Between the reader's `finish` and `sought` the ledger is read; Faust has resumed the
+    partition's stream by then, and the group's consumer may deliver enough from Kafka's committed
+    offset to pause the partition (its hold). The hand-back drops that buffer, so it must release
+    the pause too: nothing else would, and the partition would stop, unalerted (a helper's
+    reproduction, with the database slow and cut during the read-through)."""
+    s = scenario
+    sent = Sent(tenants=[str(uuid.uuid4()) for _ in range(40)])
+    await asyncio.to_thread(create_topics, s)
+    await asyncio.to_thread(publish, s, sent, 2000)
+    records = await read_all(s, range(4))
+    assert len(records[0]) > 400, len(records[0])
+    async with writers_pool(s.dsn, WRITER) as pool:
+        control = Routed(s.topic)
+        p = pipeline(Sink(pool, s.group, WRITER, Letters()), control, s.topic, "stop")  # hold_records=100
+        p.on_assigned({0})
+        p.ingest(fetch(s, 0, records[0][:DELIVERED]))  # the group's consumer, before the rebalance
+        reader = RebalanceReader(
+            [s.bootstrap], {}, {s.topic: p}, p.budget, fetch_max_wait_ms=100, max_records=1000, limit_s=30.0
+        )
+        control.reader = reader
+        try:
+            # A short join: the assignment and the hand-back come before the reader has read
+            # (had it read past the hold, the pause would be its own, undone by `finish`).
+            assert reader.start({TP(s.topic, 0)}) == {TP(s.topic, 0)}
+            assert reader.release({TP(s.topic, 0)}) == set()  # the new assignment keeps it
+            p.on_assigned({0})
+            assert reader.finish(TP(s.topic, 0))  # `Positioning.targets`, then its ledger read
+            last = ledger(s.dsn, s.group, s.topic).get(0, {}).get("last_offset", -1)
+            p.ingest(fetch(s, 0, records[0][:300]))  # the group's consumer, from Kafka's committed offset
+            assert 0 in control.held  # paused by the pipeline's hold
+            p.sought(0, last + 1)
+            assert 0 not in control.held
+            p.ingest(fetch(s, 0, [r for r in records[0] if r.offset > last]))
+            await until(
+                lambda: ledger(s.dsn, s.group, s.topic).get(0, {}).get("last_offset") == records[0][-1].offset,
+                timeout=30,
+            )
+            await p.drain()
+        finally:
+            await reader.close()
+    assert ledger(s.dsn, s.group, s.topic)[0]["events"] == len(records[0])
+
+
+async def test_a_seek_again_expects_the_ledger_it_seeks_to(scenario: Scenario) -> None:
+    """A hand-back positioned at the ledger as read before a batch in flight committed (the ledger
+    then passes the target, which never comes): the pipeline seeks to the ledger again, and must
+    then take what that seek delivers, not wait for the old target for ever (a helper's
+    reproduction)."""
+    s = scenario
+    sent = Sent(tenants=[str(uuid.uuid4()) for _ in range(40)])
+    await asyncio.to_thread(create_topics, s)
+    await asyncio.to_thread(publish, s, sent, 2000)
+    records = await read_all(s, range(4))
+    assert len(records[0]) > 300, len(records[0])
+    async with writers_pool(s.dsn, WRITER) as pool:
+        control = Routed(s.topic)
+        p = pipeline(Sink(pool, s.group, WRITER, Letters()), control, s.topic, "stop")
+        p.SEEK_AGAIN_AFTER_S = 1.0  # 15 s in the worker
+        p.on_assigned({0})
+        p.ingest(fetch(s, 0, records[0][:200]))
+        await until(lambda: ledger(s.dsn, s.group, s.topic).get(0, {}).get("last_offset") == 199, timeout=30)
+        p.sought(0, 100)  # the ledger as read before the batch of 100..199 committed
+        await until(lambda: bool(control.seeks), timeout=30)  # "seeking to the ledger again"
+        assert control.seeks[-1] == (0, 200)
+        p.ingest(fetch(s, 0, [r for r in records[0] if r.offset >= 200]))  # what that seek delivers
+        await until(
+            lambda: ledger(s.dsn, s.group, s.topic).get(0, {}).get("last_offset") == records[0][-1].offset,
+            timeout=30,
+        )
+        await p.drain()
+    assert ledger(s.dsn, s.group, s.topic)[0]["events"] == len(records[0])
