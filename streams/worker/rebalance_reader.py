@@ -17,8 +17,11 @@ What stops the reading of a partition:
 - the new assignment does not have it (`release`): the pipeline forgets it, as at a revocation;
 - the new assignment has it, and the ledger positions the group's consumer (`finish`): the
   consumer delivers from the ledger on, and the pipeline drops what it buffered from here;
-- after `limit_s` without an assignment, at a fetch error and at shutdown: the pipelines forget
-  every partition still read here, and the next assignment positions them from the ledger.
+- after `limit_s`, or at a fetch error: before the new assignment, the pipelines forget every
+  partition still read here, and the assignment positions them from the ledger; after it, the
+  kept partitions wait, unread, for `finish` (revoked then, the records the group's consumer
+  delivers of them would be stale to their pipeline);
+- shutdown: the pipelines drain what they hold.
 """
 
 from __future__ import annotations
