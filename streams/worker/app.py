@@ -306,6 +306,11 @@ class Runtime:
         nothing new, and its committed offset (the lag KEDA scales on) would stay stale."""
         if not self.kafka_offsets:
             return
+        if getattr(self.app, "rebalancing", False):
+            # Not while the group re-forms: a commit in the old generation is refused with
+            # ILLEGAL_GENERATION, and aiokafka then rejoins, which starts one more rebalance
+            # (batches read through a rebalance commit during it). Kept for the next commit.
+            return
         offsets, self.kafka_offsets = self.kafka_offsets, {}
         if await commit_offsets(self.app, offsets):
             self.kafka_committed.update(offsets)

@@ -54,3 +54,16 @@ async def test_offsets_the_broker_refused_are_committed_next_time(broker: Broker
     assert rt.kafka_committed == {A: 15, B: 20}
     await Runtime.commit_offsets(rt)  # nothing new: nothing committed again
     assert len(broker.committed) == 1
+
+
+async def test_nothing_is_committed_while_the_group_rebalances(broker: Broker) -> None:
+    """A commit in the old generation is refused (ILLEGAL_GENERATION) and makes aiokafka rejoin:
+    one more rebalance. Batches read through a rebalance commit during it; their offsets wait."""
+    rt = runtime()
+    rt.app = SimpleNamespace(rebalancing=True)
+    rt.kafka_offsets = {A: 10}
+    await Runtime.commit_offsets(rt)
+    assert broker.committed == []
+    rt.app.rebalancing = False
+    await Runtime.commit_offsets(rt)
+    assert broker.committed == [{A: 10}]
