@@ -91,30 +91,31 @@ class TopicControl:
     # A partition read through a rebalance (`RebalanceReader`) is that reader's, not the group
     # consumer's, until its new assignment.
 
-    def hold(self, partition: int) -> None:
+    def _reader(self, partition: int) -> RebalanceReader | None:
+        """The rebalance reader, if it reads `partition` now."""
         reader = self.runtime.rebalance_reader
-        if reader is not None and reader.reading(self.topic, partition):
+        return reader if reader is not None and reader.reading(self.topic, partition) else None
+
+    def hold(self, partition: int) -> None:
+        if (reader := self._reader(partition)) is not None:
             reader.hold(self.topic, partition)
         else:
             self._consumer.hold(TP(self.topic, partition))
 
     def release(self, partition: int) -> None:
-        reader = self.runtime.rebalance_reader
-        if reader is not None and reader.reading(self.topic, partition):
+        if (reader := self._reader(partition)) is not None:
             reader.release_hold(self.topic, partition)
         else:
             self._consumer.release(TP(self.topic, partition))
 
     async def seek(self, partition: int, offset: int) -> None:
-        reader = self.runtime.rebalance_reader
-        if reader is not None and reader.reading(self.topic, partition):
+        if (reader := self._reader(partition)) is not None:
             reader.seek(self.topic, partition, offset)
         else:
             await self._consumer.seek_to_ledger(TP(self.topic, partition), offset)
 
     def log_gap(self, partition: int, previous: int, offset: int) -> bool:
-        reader = self.runtime.rebalance_reader
-        if reader is not None and reader.reading(self.topic, partition):
+        if self._reader(partition) is not None:
             return False  # not verified: the pipeline asks the broker what lies in between
         return self._consumer.log_gaps.verified(TP(self.topic, partition), previous, offset)
 
@@ -125,8 +126,7 @@ class TopicControl:
         return await self.runtime.positioning.first_offset_from(self.topic, partition, offset)
 
     def end_offset(self, partition: int) -> int | None:
-        reader = self.runtime.rebalance_reader
-        if reader is not None and reader.reading(self.topic, partition):
+        if (reader := self._reader(partition)) is not None:
             return reader.end_offset(self.topic, partition)
         try:
             return self._consumer.highwater(TP(self.topic, partition))

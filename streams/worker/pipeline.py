@@ -331,6 +331,13 @@ class Pipeline:
         st = self._parts.get(p)
         return st is not None and st.held
 
+    def _empty(self, st: _Partition) -> None:
+        """Drop what the partition buffered (its bytes go back): it comes again after a seek."""
+        self._drop(st, st.buffer)
+        st.buffer.clear()
+        st.first_at = None
+        st.cut = False
+
     def sought(self, p: int, offset: int | None) -> None:
         """A partition read through a rebalance is the group consumer's again, which delivers from
         `offset` (the ledger's; None: from where it stands): what was buffered from the other
@@ -338,10 +345,7 @@ class Pipeline:
         st = self._parts.get(p)
         if st is None:
             return
-        self._drop(st, st.buffer)
-        st.buffer.clear()
-        st.first_at = None
-        st.cut = False
+        self._empty(st)
         if st.held:
             # The group's consumer may have been paused on it between the reader's `finish` and
             # now (Faust resumes a partition's stream before the ledger seek): released here, as
@@ -637,10 +641,7 @@ class Pipeline:
                 error=str(exc),
             )
             # What follows the abandoned batch cannot follow the ledger: it comes again too.
-            self._drop(st, st.buffer)
-            st.buffer.clear()
-            st.first_at = None
-            st.cut = False
+            self._empty(st)
             st.cursor.lose_track()
         return None
 
@@ -795,11 +796,8 @@ class Pipeline:
     def _seek_back(self, st: _Partition, batch: Batch[Any], first: int) -> None:
         """Drop what was fetched from the wrong position: it comes again after the seek."""
         # The batch's own records are given back by its writer, after the attempt.
-        self._drop(st, st.buffer)
+        self._empty(st)
         self._stale(len(batch), 0)
-        st.buffer.clear()
-        st.first_at = None
-        st.cut = False
         st.cursor.sought(first)
 
     async def _seek_to_ledger(self, st: _Partition) -> None:
@@ -810,10 +808,7 @@ class Pipeline:
             # The cursor expects what this seek brings, not an earlier seek's target: a batch that
             # committed since may have taken the ledger past it, and everything the seek delivered
             # would be stale to the old target, for ever.
-            self._drop(st, st.buffer)
-            st.buffer.clear()
-            st.first_at = None
-            st.cut = False
+            self._empty(st)
             st.cursor.sought(target)
             await self.control.seek(st.number, target)
         except Exception as exc:

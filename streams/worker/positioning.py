@@ -83,7 +83,8 @@ class Positioning:
         ledgers = await self._ledgers(wanted, "at assignment")
         targets: dict[TP, int] = {}
         for topic, tps in wanted.items():
-            unowned = runtime.pipelines[topic].claim({tp.partition for tp in tps})
+            pipeline = runtime.pipelines[topic]
+            unowned = pipeline.claim({tp.partition for tp in tps})
             if unowned:
                 log.warning(
                     "assigned partitions were not their pipeline's; taken", topic=topic, partitions=sorted(unowned)
@@ -92,15 +93,9 @@ class Positioning:
             if ledger is None:
                 for tp in tps:
                     if tp in read:
-                        runtime.pipelines[topic].sought(tp.partition, None)
+                        pipeline.sought(tp.partition, None)
                 continue
             changed = await self._changed(topic, [tp.partition for tp in tps], ledger)
-            pipeline = runtime.pipelines[topic]
-            unowned = pipeline.claim({tp.partition for tp in tps})
-            if unowned:
-                log.warning(
-                    "assigned partitions were not their pipeline's; taken", topic=topic, partitions=sorted(unowned)
-                )
             for tp in tps:
                 if tp.partition in changed:
                     pipeline.block(tp.partition, "log_changed", changed[tp.partition])

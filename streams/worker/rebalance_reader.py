@@ -136,8 +136,8 @@ class RebalanceReader:
             starts[ktp] = offset
             if pipeline.is_held(tp.partition):
                 held.add(ktp)
-        if self._reading and not self._said:
-            self._done("another rebalance")  # said before it is read on, from here
+        if self._reading:
+            self._done("another rebalance")  # said (once) before it is read on, from here
         self._stop_task()  # a rebalance during a rebalance: what is read is read on, from here
         self._reading, self._starts, self._held, self._assigned = set(starts), starts, held, False
         self._settled = self._said = False

@@ -42,6 +42,22 @@ async def read_all(s: Scenario, partitions: range) -> dict[int, list[ConsumerRec
         await consumer.stop()
 
 
+async def loaded(s: Scenario, count: int) -> dict[int, list[ConsumerRecord]]:
+    """`count` metric records published to the scenario's four partitions (40 tenants, so every
+    partition has some), as they are in the log."""
+    sent = Sent(tenants=[str(uuid.uuid4()) for _ in range(40)])
+    await asyncio.to_thread(create_topics, s)
+    await asyncio.to_thread(publish, s, sent, count)
+    return await read_all(s, range(4))
+
+
+def fullest(records: dict[int, list[ConsumerRecord]], more_than: int) -> int:
+    """The partition with the most records (keys spread unevenly), which must have `more_than`."""
+    q = max(records, key=lambda k: len(records[k]))
+    assert len(records[q]) > more_than, {k: len(r) for k, r in records.items()}
+    return q
+
+
 def fetch(s: Scenario, p: int, records: list[ConsumerRecord]) -> list[Fetched]:
     return [Fetched(TP(s.topic, p), records, 0, 0)]
 
@@ -55,10 +71,7 @@ async def test_a_time_limit_after_the_new_assignment_leaves_the_kept_partitions_
     stale to it, and nothing applied them until the next rebalance (a helper's reproduction, with
     a short session timeout). Each kept partition ends with every offset counted once."""
     s = scenario
-    sent = Sent(tenants=[str(uuid.uuid4()) for _ in range(40)])  # every partition has records
-    await asyncio.to_thread(create_topics, s)
-    await asyncio.to_thread(publish, s, sent, 1000)
-    records = await read_all(s, range(4))
+    records = await loaded(s, 1000)
     assert all(len(records[p]) > DELIVERED for p in range(4)), {p: len(r) for p, r in records.items()}
     async with writers_pool(s.dsn, WRITER) as pool:
         p = pipeline(Sink(pool, s.group, WRITER, Letters()), RetainedLog(start=0), s.topic, "stop")
@@ -126,12 +139,8 @@ async def test_a_pause_the_group_consumer_took_before_the_hand_back_is_released_
     the pause too: nothing else would, and the partition would stop, unalerted (a helper's
     reproduction, with the database slow and cut during the read-through)."""
     s = scenario
-    sent = Sent(tenants=[str(uuid.uuid4()) for _ in range(40)])
-    await asyncio.to_thread(create_topics, s)
-    await asyncio.to_thread(publish, s, sent, 2000)
-    records = await read_all(s, range(4))
-    q = max(records, key=lambda k: len(records[k]))  # keys spread unevenly: the fullest
-    assert len(records[q]) > 400, {k: len(r) for k, r in records.items()}
+    records = await loaded(s, 2000)
+    q = fullest(records, more_than=400)
     async with writers_pool(s.dsn, WRITER) as pool:
         control = Routed(s.topic)
         p = pipeline(Sink(pool, s.group, WRITER, Letters()), control, s.topic, "stop")  # hold_records=100
@@ -170,12 +179,8 @@ async def test_a_seek_again_expects_the_ledger_it_seeks_to(scenario: Scenario) -
     then take what that seek delivers, not wait for the old target for ever (a helper's
     reproduction)."""
     s = scenario
-    sent = Sent(tenants=[str(uuid.uuid4()) for _ in range(40)])
-    await asyncio.to_thread(create_topics, s)
-    await asyncio.to_thread(publish, s, sent, 2000)
-    records = await read_all(s, range(4))
-    q = max(records, key=lambda k: len(records[k]))  # keys spread unevenly: the fullest
-    assert len(records[q]) > 300, {k: len(r) for k, r in records.items()}
+    records = await loaded(s, 2000)
+    q = fullest(records, more_than=300)
     async with writers_pool(s.dsn, WRITER) as pool:
         control = Routed(s.topic)
         p = pipeline(Sink(pool, s.group, WRITER, Letters()), control, s.topic, "stop")

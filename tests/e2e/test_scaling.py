@@ -58,15 +58,20 @@ def test_workers_joining_and_leaving_mid_stream_apply_everything_once(scenario: 
         assert_exactly_once(s, sent)
         assert second.stop() == 0
     finally:
-        if feeder.alive():
-            feeder.stop()
-        for w in (first, second):
-            if w is not None and w.alive():
-                w.stop()
+        stop_all(feeder, first, second)
     for w in (first, second):
         assert w is not None and w.logged("worker ready") >= 1
         paging = [e for e in w.logs() if e.get("level") not in ("debug", "info", "warning")]
         assert paging == [], f"{w.log_path.name}: {paging[:3]}"
+
+
+def stop_all(feeder: Feeder, *workers: WorkerProcess | None) -> None:
+    """At a test's end, whatever happened: the feeder, then the workers still running."""
+    if feeder.alive():
+        feeder.stop()
+    for w in workers:
+        if w is not None and w.alive():
+            w.stop()
 
 
 def applied(s: Scenario) -> int:
@@ -228,9 +233,5 @@ def test_partitions_that_stay_keep_committing_through_a_rebalance(scenario: Scen
         )
         assert first.logged("read through the rebalance") >= 1
     finally:
-        if feeder.alive():
-            feeder.stop()
-        for w in (first, second):
-            if w is not None and w.alive():
-                w.stop()
+        stop_all(feeder, first, second)
         _drop_ledger_clock(s)
