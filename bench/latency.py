@@ -94,7 +94,7 @@ class LatencySpec:
     # not wait for a timer); 0: none.
     low_rate: int = 100
     ready_s: float = 120.0  # how long a contender may take to commit every probe
-    producer: str = "aiokafka"  # bench.paced.PRODUCERS
+    producer: str = "confluent"  # bench.paced.PRODUCERS
 
     @property
     def live(self) -> LiveSpec:
@@ -157,6 +157,33 @@ def _timed(published: Paced, rows: Iterable[tuple[str, float, float]]) -> Iterab
             yield i, committed, received
 
 
+def _timeline(path: Path, published: Paced, timed: Sequence[tuple[int, float, float]]) -> None:
+    """Per second of CreateTime since the first send: records sent, rows committed, and their
+    p50, p99 and max latency to commit and to received_at (ms): where a tail comes from (a
+    steady queue, or a few stalls)."""
+    created = published.created_ms
+    if not created:
+        return
+    t0 = created[0]
+    buckets: dict[int, tuple[list[float], list[float]]] = {}
+    for i, committed, received in timed:
+        b = buckets.setdefault(int((created[i] - t0) // 1000), ([], []))
+        b[0].append(committed - created[i])
+        b[1].append(received - created[i])
+    sent = [0] * (int((created[-1] - t0) // 1000) + 1)
+    for c in created:
+        sent[int((c - t0) // 1000)] += 1
+    lines = ["second,sent,committed,commit_p50_ms,commit_p99_ms,commit_max_ms,received_p50_ms,received_p99_ms"]
+    for second, n in enumerate(sent):
+        to_commit, to_received = buckets.get(second, ([], []))
+        c, r = summarise(to_commit), summarise(to_received)
+        cells = [second, n, len(to_commit)]
+        cells += [f"{c.p50:.0f}", f"{c.p99:.0f}", f"{c.max:.0f}"] if c else ["", "", ""]
+        cells += [f"{r.p50:.0f}", f"{r.p99:.0f}"] if r else ["", ""]
+        lines.append(",".join(map(str, cells)))
+    path.write_text("\n".join(lines) + "\n")
+
+
 def _wait(conn: psycopg.Connection, spawned: Sequence[Spawned], target: int, like: str | None, limit_s: float) -> str:
     """Poll until `target` rows (LIKE `like`) are committed: '' when they are, else why not."""
     deadline = time.monotonic() + limit_s
@@ -194,7 +221,9 @@ def _drive(
             rss_mb = sum(s.final_peak() for s in spawned) / 2**20
             if any(s.exited() for s in spawned):
                 return LatencyRun(name, fraction, rate, published, error=why or "exited before it was stopped")
-            to_commit, to_received = latencies(published.created_ms, _timed(published, commit_clock.rows(conn)))
+            timed = list(_timed(published, commit_clock.rows(conn)))
+            to_commit, to_received = latencies(published.created_ms, timed)
+            _timeline(logs / f"{tag}-timeline.csv", published, timed)
             transactions = commit_clock.transactions(conn, f"{PROBE}%")
     finally:
         for s in spawned:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bench.latency import LATENCY_CONTENDERS, ONE_RATE, LatencyResults, LatencyRun, load
 from bench.latency_stats import Summary, nearest
-from bench.paced import LINGER_MS, PRODUCER_NAMES
+from bench.paced import ACK_SAMPLE, LINGER_MS, PRODUCER_NAMES
 from bench.tables import table
 
 GOAL_MS = 300.0
@@ -129,7 +129,8 @@ def render(results: LatencyResults, level: str = "###") -> str:
         ),
         "Latency = committed_at - CreateTime, per record. received_at: the same from the record's "
         "CreateTime to its row's received_at (the start of its transaction); ack: from CreateTime to the broker's "
-        "acknowledgement as the producer got it (the publishing side's share). rows / transaction = "
+        "acknowledgement as the producer got it (the publishing side's share; every "
+        f"{ACK_SAMPLE}th record timed). rows / transaction = "
         "the records' rows / the transactions that inserted them; CPU µs/record = the contender's "
         "CPU time from the first send to the last row committed / records. committed: rows "
         f"committed within {spec.drain_s:.0f} s of the last send; percentiles are of those.",
