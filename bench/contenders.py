@@ -11,7 +11,7 @@ import asyncio
 import os
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -86,12 +86,14 @@ def metric_only(ctx: Context) -> Workload | LiveTopic:
     return ctx.workload
 
 
-def eventsink(ctx: Context, workers: int = 1) -> Plan:
-    """`eventsink worker` processes in one consumer group (dedupe table and ledger on)."""
+def eventsink(ctx: Context, workers: int = 1, settings: Mapping[str, str] | None = None) -> Plan:
+    """`eventsink worker` processes in one consumer group (dedupe table and ledger on);
+    `settings`: EVENTSINK_* on top of the scenario's."""
     command = [sys.executable, "-m", "streams.cli", "worker"]
     # A web port of its own per worker (if its web server is on): they share this host.
     ports = [{"EVENTSINK_WEB_PORT": str(free_port())} for _ in range(workers)]
-    return Plan([command] * workers, environment(ctx), ctx.src, ledger_probe(ctx), ctx.dsn, ports)
+    env = {**environment(ctx), **(settings or {})}
+    return Plan([command] * workers, env, ctx.src, ledger_probe(ctx), ctx.dsn, ports)
 
 
 def reference(ctx: Context) -> Plan:
@@ -154,6 +156,10 @@ CONTENDERS = {
         "(bench/quix_app.py), its default 5 s commit interval",
     ),
     "eventsink2": Contender(partial(eventsink, workers=2), "two `eventsink worker` processes in one consumer group"),
+    "eventsink2-count": Contender(
+        partial(eventsink, workers=2, settings={"EVENTSINK_ASSIGN_BY_BACKLOG_RECORDS": "0"}),
+        "the same two processes, partitions assigned by count only (EVENTSINK_ASSIGN_BY_BACKLOG_RECORDS=0)",
+    ),
     "quix-1s": Contender(partial(quix, commit_interval=1.0), "the same Quix Streams app with 1 s commits"),
 }
 

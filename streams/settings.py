@@ -137,6 +137,11 @@ class Settings(BaseSettings):
     # group's join instead of stopping for it (about 4 s on Tansu). The ledger keeps it
     # exactly-once; false: stop at every rebalance, as the group protocol does.
     read_during_rebalance: bool = True
+    # When the group's backlog is at least this many records, its leader assigns partitions by
+    # backlog (each member keeps as many, the heaviest swapped with lighter ones) instead of by
+    # count alone, so that a group scaled out to catch up finishes together
+    # (streams.worker.backlog). 0: always by count, as Faust does.
+    assign_by_backlog_records: int = Field(50_000, ge=0)
     # How long a fetch may wait for records (Kafka's consumer default is 500 ms; Faust hard-codes
     # 1500 ms). A broker that waits it out when records are there (Tansu does, in part) adds it
     # to latency: 100 ms halved p50 from Kafka timestamp to commit at 50 % load (bench/RESULTS.md);

@@ -16,11 +16,14 @@ from streams import logs
 from streams.kinds import Kind, kinds
 from streams.settings import Settings
 from streams.tools import topics
+from streams.tools.reader import Reader
 from streams.worker import telemetry, web
+from streams.worker.backlog import Backlog
 from streams.worker.budget import Budget
 from streams.worker.deadletters import DeadLetterPublisher
 from streams.worker.dedupe_cache import DedupeCache
 from streams.worker.faust_internals import (
+    BacklogAssignor,
     ChannelReader,
     EventsinkApp,
     LeanTableManager,
@@ -74,6 +77,7 @@ def faust_config(settings: Settings) -> dict[str, Any]:
         web_bind="0.0.0.0",
         autodiscover=False,
         TableManager=LeanTableManager,
+        PartitionAssignor=BacklogAssignor,
     )
 
 
@@ -193,6 +197,14 @@ class Runtime:
             if settings.read_during_rebalance
             else None
         )
+        # Read by the assignor when this worker leads the group (streams.worker.backlog).
+        self.backlog = Backlog(self._measure_backlog, settings.assign_by_backlog_records)
+        self._backlog_task: asyncio.Task[None] | None = None
+        self._backlog_reader: Reader | None = None
+        app.backlog = self.backlog  # type: ignore[attr-defined]
+        app.backlog_topics = [  # type: ignore[attr-defined]
+            t for k in self.kinds for t in (k.topic, changelog_topic(settings, k))
+        ]
         # What ended a pipeline unexpectedly; the worker is exiting because of it.
         self.crashed: BaseException | None = None
         # Faust has started every agent; "worker ready" waits for the database and the broker too.
@@ -238,16 +250,21 @@ class Runtime:
             self._committer = asyncio.create_task(self._commit_offsets_periodically())
         if self._watcher is None:
             self._watcher = asyncio.create_task(self.reachability.run(), name="reachability")
+        if self._backlog_task is None and self.settings.assign_by_backlog_records > 0:
+            self._backlog_task = asyncio.create_task(self.backlog.run(), name="backlog")
         self.positioning.start()
 
     async def release(self) -> None:
         self._users -= 1
         if self._users <= 0 and self._opened:
             self._opened = False
-            for task in (self._committer, self._watcher):
+            for task in (self._committer, self._watcher, self._backlog_task):
                 if task is not None:
                     task.cancel()
-            self._committer = self._watcher = None
+            self._committer = self._watcher = self._backlog_task = None
+            if self._backlog_reader is not None:
+                await self._backlog_reader.close()
+                self._backlog_reader = None
             if self.rebalance_reader is not None:
                 await self.rebalance_reader.close()
             await self.positioning.stop()
@@ -269,6 +286,22 @@ class Runtime:
                 kafka=self.settings.kafka_bootstrap_servers,
                 database=self.settings.dsn_display,
             )
+
+    async def _measure_backlog(self) -> dict[str, dict[int, int]]:
+        """Per source topic and partition, the records past the ledger's position (from the
+        log's start where the ledger has none)."""
+        if self._backlog_reader is None:
+            self._backlog_reader = Reader(self.settings.bootstrap_list, self.settings.kafka_security())
+        reader, out = self._backlog_reader, {}
+        for topic, sink in self.sinks.items():
+            ends = await reader.end_offsets(topic)
+            ledger = await sink.positions(topic)
+            unknown = [p for p in ends if p not in ledger]
+            starts = await reader.beginning_offsets(topic, unknown) if unknown else {}
+            out[topic] = {
+                p: end - (ledger[p].last_offset + 1 if p in ledger else starts.get(p, 0)) for p, end in ends.items()
+            }
+        return out
 
     async def _probe_database(self) -> None:
         try:

@@ -67,6 +67,7 @@ import faust
 from aiokafka.errors import ConsumerStoppedError
 from aiokafka.structs import OffsetAndMetadata
 from aiokafka.structs import TopicPartition as KafkaTopicPartition
+from faust.assignor import PartitionAssignor
 from faust.streams import _current_event
 from faust.tables.manager import TableManager
 from faust.transport.conductor import Conductor
@@ -78,6 +79,7 @@ from mode import Service
 from streams import logs
 from streams.aiokafka_internals import instrument
 from streams.worker import telemetry
+from streams.worker.backlog import balance
 from streams.worker.budget import DEFAULT_BUDGET_BYTES, Budget, record_bytes
 
 log = logs.get(__name__)
@@ -569,6 +571,54 @@ class LeanTableManager(TableManager):
         if not self.should_stop:
             await self._update_channels()
             await self.recovery.start()
+
+
+class BacklogAssignor(PartitionAssignor):
+    """Faust's assignor, then partitions swapped between members by backlog (`backlog.balance`).
+
+    Faust's assignment moves partition N of every source topic and of their changelogs
+    together; so does each swap, for the topics `app.backlog_topics` names. Only the leader
+    assigns; the weights are its own measurement (`app.backlog`), None to keep Faust's.
+    """
+
+    def _protocol_assignments(
+        self, assignments: Any, cl_distribution: Any, tp_distribution: Any, topic_groups: Any
+    ) -> Any:
+        backlog = getattr(self.app, "backlog", None)
+        weights = backlog.weights() if backlog is not None else None
+        topics = getattr(self.app, "backlog_topics", ())
+        if weights and topics and _swap_by_backlog(assignments, topics, weights):
+            # What Faust tells every member of where each table's partitions are.
+            cl_distribution = self._get_changelog_distribution(assignments)
+            tp_distribution = self._get_external_topic_distribution(assignments)
+        return super()._protocol_assignments(assignments, cl_distribution, tp_distribution, topic_groups)
+
+
+def _swap_by_backlog(assignments: Mapping[str, Any], topics: Iterable[str], weights: Mapping[int, int]) -> bool:
+    """Apply `balance` to Faust's ClientAssignments (member -> actives {topic: [partitions]}) for
+    `topics`, which must be assigned alike (partition N of each to the same member); otherwise,
+    or with standbys among them, they are left as Faust made them. True if anything moved."""
+    topics = [t for t in topics if any(t in a.actives for a in assignments.values())]
+    if not topics:
+        return False
+    held: dict[str, set[int]] = {}
+    for member, a in assignments.items():
+        sets = [set(a.actives.get(t, ())) for t in topics]
+        if any(s != sets[0] for s in sets) or any(a.standbys.get(t) for t in topics):
+            return False
+        held[member] = sets[0]
+    swaps = balance(held, weights)
+    if not swaps:
+        return False
+    for member, a in assignments.items():
+        for t in topics:
+            a.actives[t] = sorted(held[member])
+    log.info(
+        "partitions assigned by backlog",
+        swaps=[{"from": m, "partition": p, "to": o, "for": q} for m, p, o, q in swaps],
+        backlog={m: sum(weights.get(p, 0) for p in ps) for m, ps in held.items()},
+    )
+    return True
 
 
 class LedgerTransport(faust_aiokafka.Transport):
