@@ -13,6 +13,7 @@ host's time.time() when the harness handed the record to the producer), in milli
 
 from __future__ import annotations
 
+import resource
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -24,7 +25,7 @@ from bench import commit_clock, paced
 from bench.commit_clock import ClockOffset
 from bench.contenders import CONTENDERS, Contender, Context
 from bench.latency_stats import Summary, fraction_rates, nearest, summarise
-from bench.measure import Plan, Spawned
+from bench.measure import Plan, Spawned, busy_cpu_s
 from bench.paced import PROBE, LiveSpec, LiveTopic, Paced
 from bench.revision import migrations
 from bench.services import fresh_database
@@ -114,6 +115,12 @@ class LatencyRun:
     transactions: int = 0  # that inserted the published records' rows
     ready_s: float = 0.0  # from the start of the contender to every probe's row committed
     cpu_s: float = 0.0  # the contender's, from the first send to the last row committed
+    # Over the same interval: the harness's own CPU (its producer's threads included), the whole
+    # machine's busy CPU time and its length; busy - contender - harness is the broker's,
+    # PostgreSQL's and anything else's.
+    harness_cpu_s: float = 0.0
+    busy_cpu_s: float = 0.0
+    seconds: float = 0.0
     rss_mb: float = 0.0  # peak, all its processes
     error: str | None = None
 
@@ -155,6 +162,12 @@ def _timed(published: Paced, rows: Iterable[tuple[str, float, float]]) -> Iterab
         i = published.index(dedupe_id)
         if i is not None:
             yield i, committed, received
+
+
+def _own_cpu_s() -> float:
+    """This process's CPU time, every thread's (the producer's own threads included)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def _timeline(path: Path, published: Paced, timed: Sequence[tuple[int, float, float]]) -> None:
@@ -212,12 +225,14 @@ def _drive(
             for s in spawned:
                 s.sample()
             cpu0 = sum(s.cpu_s for s in spawned)
+            machine0, harness0, wall0 = busy_cpu_s(), _own_cpu_s(), time.monotonic()
             published = paced.publish(bootstrap, topic, rate, spec.duration_s, spec.producer)
             # Short of every row after the drain: the run is reported with the records missing.
             why = _wait(conn, spawned, published.sent + probes, None, spec.drain_s)
             for s in spawned:
                 s.sample()
             cpu_s = sum(s.cpu_s for s in spawned) - cpu0
+            machine = (busy_cpu_s() - machine0, _own_cpu_s() - harness0, time.monotonic() - wall0)
             rss_mb = sum(s.final_peak() for s in spawned) / 2**20
             if any(s.exited() for s in spawned):
                 return LatencyRun(name, fraction, rate, published, error=why or "exited before it was stopped")
@@ -240,6 +255,9 @@ def _drive(
         transactions=transactions,
         ready_s=ready_s,
         cpu_s=cpu_s,
+        busy_cpu_s=machine[0],
+        harness_cpu_s=machine[1],
+        seconds=machine[2],
         rss_mb=rss_mb,
     )
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 from bench.latency import LATENCY_CONTENDERS, ONE_RATE, LatencyResults, LatencyRun, load
 from bench.latency_stats import Summary, nearest
 from bench.paced import ACK_SAMPLE, LINGER_MS, PRODUCER_NAMES
 from bench.tables import table
+
+CORES = os.cpu_count() or 1
 
 GOAL_MS = 300.0
 # A light stream (`LatencySpec.low_rate`): p99 below the batch wait of the former default (500 ms:
@@ -29,6 +33,9 @@ HEADER = [
     "CPU µs/record",
     "peak RSS MB",
     "ready s",
+    "machine busy",
+    "harness µs/record",
+    "rest, cores",
 ]
 
 
@@ -54,6 +61,20 @@ def row(r: LatencyRun) -> list[str]:
         f"{r.cpu_s / r.committed * 1e6:.0f}" if r.committed else "-",
         f"{r.rss_mb:.0f}",
         f"{r.ready_s:.1f}",
+        *_machine(r),
+    ]
+
+
+def _machine(r: LatencyRun) -> list[str]:
+    """The machine's share busy, the harness's CPU per record, and what the rest used (the
+    broker, PostgreSQL, anything else) in cores, from the first send to the last row."""
+    if r.seconds <= 0:
+        return ["-"] * 3
+    rest = r.busy_cpu_s - r.cpu_s - r.harness_cpu_s
+    return [
+        f"{r.busy_cpu_s / (CORES * r.seconds):.0%}",
+        f"{r.harness_cpu_s / r.published.sent * 1e6:.0f}" if r.published and r.published.sent else "-",
+        f"{rest / r.seconds:.2f}",
     ]
 
 
@@ -132,7 +153,10 @@ def render(results: LatencyResults, level: str = "###") -> str:
         "acknowledgement as the producer got it (the publishing side's share; every "
         f"{ACK_SAMPLE}th record timed). rows / transaction = "
         "the records' rows / the transactions that inserted them; CPU µs/record = the contender's "
-        "CPU time from the first send to the last row committed / records. committed: rows "
+        "CPU time from the first send to the last row committed / records; over the same interval, "
+        "machine busy = the whole machine's busy CPU time / (cores x seconds), harness µs/record = "
+        "the harness's own CPU (its producer's threads included) / records sent, rest = the busy "
+        "CPU time left (the broker, PostgreSQL, anything else) / seconds. committed: rows "
         f"committed within {spec.drain_s:.0f} s of the last send; percentiles are of those.",
         table(HEADER, [False, *([True] * (len(HEADER) - 1))], [row(r) for r in results.runs]),
         clocks(results),

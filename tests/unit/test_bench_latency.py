@@ -7,6 +7,7 @@ from array import array
 
 import pytest
 
+from bench import report_latency
 from bench.commit_clock import ClockOffset, offset_of
 from bench.latency import LatencyResults, LatencyRun, LatencySpec, latencies, schedule
 from bench.latency_stats import Summary, fraction_rates, nearest, percentiles, summarise
@@ -115,6 +116,9 @@ def _run(p99: float, fraction: float = 0.5, rate: int = 500, missing: int = 0) -
         transactions=20,
         ready_s=4.3,
         cpu_s=0.05,
+        harness_cpu_s=0.02,
+        busy_cpu_s=3.05,
+        seconds=2.0,
         rss_mb=150.4,
     )
 
@@ -147,7 +151,8 @@ def test_goal_not_measured_without_a_default_run_at_half_load() -> None:
     assert goal(other).startswith("- not measured:")
 
 
-def test_report_row() -> None:
+def test_report_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(report_latency, "CORES", 2)
     (run,) = _results(950.0).runs
     assert row(run) == [
         "eventsink",
@@ -166,4 +171,7 @@ def test_report_row() -> None:
         "50",  # 0.05 s of CPU for 1000 records
         "150",
         "4.3",
+        "76%",  # 3.05 CPU s busy in 2 s of 2 cores
+        "20",  # 0.02 s of the harness's CPU for 1000 records
+        "1.49",  # (3.05 - 0.05 - 0.02) CPU s in 2 s
     ]
