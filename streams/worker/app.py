@@ -202,9 +202,9 @@ class Runtime:
         self._backlog_task: asyncio.Task[None] | None = None
         self._backlog_reader: Reader | None = None
         app.backlog = self.backlog  # type: ignore[attr-defined]
-        app.backlog_topics = [  # type: ignore[attr-defined]
-            t for k in self.kinds for t in (k.topic, changelog_topic(settings, k))
-        ]
+        app.backlog_topics = {  # type: ignore[attr-defined]
+            k.topic: (k.topic, changelog_topic(settings, k)) for k in self.kinds
+        }
         # What ended a pipeline unexpectedly; the worker is exiting because of it.
         self.crashed: BaseException | None = None
         # Faust has started every agent; "worker ready" waits for the database and the broker too.

@@ -576,35 +576,63 @@ class LeanTableManager(TableManager):
 class BacklogAssignor(PartitionAssignor):
     """Faust's assignor, then partitions swapped between members by backlog (`backlog.balance`).
 
-    Faust's assignment moves partition N of every source topic and of their changelogs
-    together; so does each swap, for the topics `app.backlog_topics` names. Only the leader
-    assigns; the weights are its own measurement (`app.backlog`), None to keep Faust's.
+    `app.backlog_topics` maps each source topic to the topics assigned with it (itself and its
+    dedupe changelog). Faust assigns copartitioned topics (one partition count, the same
+    subscribers) together, partition N of each to one member: source topics whose partitions
+    Faust gave out alike are weighed together by their backlog and balanced as one, their
+    partitions swapped with all their topics. Only the leader assigns; the weights are its own
+    measurement (`app.backlog`), None to keep Faust's.
     """
 
     def _protocol_assignments(
         self, assignments: Any, cl_distribution: Any, tp_distribution: Any, topic_groups: Any
     ) -> Any:
         backlog = getattr(self.app, "backlog", None)
-        weights = backlog.weights() if backlog is not None else None
-        topics = getattr(self.app, "backlog_topics", ())
-        if weights and topics and _swap_by_backlog(assignments, topics, weights):
+        together: Mapping[str, Iterable[str]] = getattr(self.app, "backlog_topics", {})
+        moved = False
+        for sources in assigned_alike(assignments, together):
+            weights = backlog.weights(sources) if backlog is not None else None
+            if weights:
+                topics = [t for source in sources for t in together[source]]
+                moved = _swap_by_backlog(assignments, topics, weights) or moved
+        if moved:
             # What Faust tells every member of where each table's partitions are.
             cl_distribution = self._get_changelog_distribution(assignments)
             tp_distribution = self._get_external_topic_distribution(assignments)
         return super()._protocol_assignments(assignments, cl_distribution, tp_distribution, topic_groups)
 
 
+def assigned_alike(assignments: Mapping[str, Any], sources: Iterable[str]) -> list[list[str]]:
+    """The source topics in sets whose partitions Faust gave out alike (each member the same
+    partition numbers of each): those it assigned together. Topics nobody was given are left out."""
+    alike: dict[tuple[Any, ...], list[str]] = {}
+    for source in sources:
+        held = tuple(sorted((m, tuple(sorted(a.actives.get(source, ())))) for m, a in assignments.items()))
+        if any(ps for _, ps in held):
+            alike.setdefault(held, []).append(source)
+    return list(alike.values())
+
+
 def _swap_by_backlog(assignments: Mapping[str, Any], topics: Iterable[str], weights: Mapping[int, int]) -> bool:
     """Apply `balance` to Faust's ClientAssignments (member -> actives {topic: [partitions]}) for
     `topics`, which must be assigned alike (partition N of each to the same member); otherwise,
-    or with standbys among them, they are left as Faust made them. True if anything moved."""
+    or with standbys among them, they are left as Faust made them (and the log says why). True if
+    anything moved."""
     topics = [t for t in topics if any(t in a.actives for a in assignments.values())]
     if not topics:
         return False
     held: dict[str, set[int]] = {}
     for member, a in assignments.items():
         sets = [set(a.actives.get(t, ())) for t in topics]
-        if any(s != sets[0] for s in sets) or any(a.standbys.get(t) for t in topics):
+        why = (
+            "standby replicas among them"
+            if any(a.standbys.get(t) for t in topics)
+            else "a member holds different partitions of them"
+            if any(x != sets[0] for x in sets)
+            else None
+        )
+        if why is not None:
+            log.info("partitions not assigned by backlog", topics=topics, member=member, reason=why)
             return False
         held[member] = sets[0]
     swaps = balance(held, weights)
@@ -615,6 +643,7 @@ def _swap_by_backlog(assignments: Mapping[str, Any], topics: Iterable[str], weig
             a.actives[t] = sorted(held[member])
     log.info(
         "partitions assigned by backlog",
+        topics=topics,
         swaps=[{"from": m, "partition": p, "to": o, "for": q} for m, p, o, q in swaps],
         backlog={m: sum(weights.get(p, 0) for p in ps) for m, ps in held.items()},
     )

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 
 import pytest
 from faust.assignor.client_assignment import ClientAssignment
 
 from streams.worker.backlog import Backlog, balance
-from streams.worker.faust_internals import _swap_by_backlog
+from streams.worker.faust_internals import _swap_by_backlog, assigned_alike
 
 # The benchmark's metric topic, per partition (bench/RESULTS.md): the skew that motivated it.
 BENCH = dict(enumerate([51_450, 23_738, 15_831, 4_067, 31_449, 39_672, 11_901, 19_900]))
@@ -68,20 +69,65 @@ def test_nothing_to_weigh() -> None:
     assert balance({"a": {0, 1}}, {0: 5, 1: 9}) == []
 
 
-def test_backlog_below_the_threshold_gives_no_weights() -> None:
-    measured = {"t": {0: 10, 1: 20}, "u": {0: 5, 1: -3}}
+def test_weights_sum_the_given_topics_and_need_the_threshold() -> None:
+    measured = {"t": {0: 10, 1: 20}, "u": {0: 5, 1: -3}, "v": {0: 1000}}
 
     async def measure() -> dict[str, dict[int, int]]:
         return measured
 
-    small = Backlog(measure, min_records=100)
-    asyncio.run(small.refresh())
-    assert small.records == {0: 15, 1: 20}  # summed per partition; a negative counts 0
-    assert small.weights() is None
-    assert Backlog(measure, min_records=0).weights() is None  # never measured
-    big = Backlog(measure, min_records=35)
-    asyncio.run(big.refresh())
-    assert big.weights() == {0: 15, 1: 20}
+    backlog = Backlog(measure, min_records=35)
+    assert backlog.weights(["t"]) is None  # never measured
+    asyncio.run(backlog.refresh())
+    assert backlog.weights(["t", "u"]) == {0: 15, 1: 20}  # per partition; a negative counts 0
+    assert backlog.weights(["t"]) is None  # 30 records: below the threshold
+    assert backlog.weights(["v"]) == {0: 1000}  # another group's topics weigh on their own
+    assert backlog.weights(["missing"]) is None
+
+
+def test_an_old_measurement_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def measure() -> dict[str, dict[int, int]]:
+        return {"t": {0: 100, 1: 1}}
+
+    backlog = Backlog(measure, min_records=1, interval_s=10.0)
+    asyncio.run(backlog.refresh())
+    assert backlog.weights(["t"]) == {0: 100, 1: 1}
+    assert backlog.measured_at is not None
+    now = backlog.measured_at
+    monkeypatch.setattr("streams.worker.backlog.time.monotonic", lambda: now + 31.0)
+    assert backlog.weights(["t"]) is None
+
+
+def test_a_measurement_that_hangs_is_given_up_and_the_last_one_kept() -> None:
+    calls = 0
+
+    async def measure() -> dict[str, dict[int, int]]:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            await asyncio.sleep(3600)  # a database or broker that stopped answering
+        return {"t": {0: 7}}
+
+    backlog = Backlog(measure, min_records=1, interval_s=0.05)
+    asyncio.run(backlog.refresh())
+    with pytest.raises(TimeoutError):
+        asyncio.run(backlog.refresh())
+    assert backlog.records == {"t": {0: 7}}
+
+
+def test_many_members_are_balanced_too() -> None:
+    """The least gain is a share of a member's mean load, not of the whole group's: with 32
+    members, each holds about 3 % of the backlog, and a gain relative to the total stopped at
+    the first swap."""
+    rng = random.Random(5)
+    weights = {p: int(rng.lognormvariate(8, 0.6)) for p in range(256)}
+    members = [f"m{i:02}" for i in range(32)]
+    assignment = {m: {p for p in range(256) if p % 32 == i} for i, m in enumerate(members)}  # round robin
+    before = max(loads(assignment, weights).values())
+    balance(assignment, weights)
+    after = max(loads(assignment, weights).values())
+    floor = max(max(weights.values()), sum(weights.values()) / 32)  # no assignment does better
+    assert sorted(map(len, assignment.values())) == [8] * 32
+    assert after - floor <= 0.1 * (before - floor), (before, after, floor)
 
 
 def faust_assignment(actives: dict[str, list[int]], standbys: dict[str, list[int]] | None = None) -> ClientAssignment:
@@ -119,3 +165,13 @@ def test_an_assignment_it_does_not_understand_is_left_as_faust_made_it(
     assert not _swap_by_backlog({"a": a, "b": b}, topics, BENCH)
     assert a.actives["metrics"] == [0, 2, 4, 6]
     assert b.actives == b_actives
+
+
+def test_sources_assigned_alike_are_weighed_together() -> None:
+    """Faust assigns copartitioned topics alike; topics of another partition count (or other
+    subscribers) apart: each set is balanced on its own weights."""
+    a = faust_assignment({"metrics": [0, 2], "chat": [0, 2], "analysis": [0, 1, 2, 3]})
+    b = faust_assignment({"metrics": [1, 3], "chat": [1, 3], "analysis": [4, 5, 6, 7]})
+    c = faust_assignment({})  # subscribed to nothing of ours
+    sets = assigned_alike({"a": a, "b": b, "c": c}, ["metrics", "chat", "analysis", "unknown"])
+    assert sorted(sets) == [["analysis"], ["metrics", "chat"]]
