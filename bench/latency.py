@@ -95,7 +95,7 @@ class LatencySpec:
     # not wait for a timer); 0: none.
     low_rate: int = 100
     ready_s: float = 120.0  # how long a contender may take to commit every probe
-    producer: str = "confluent"  # bench.paced.PRODUCERS
+    producer: str = "aiokafka"  # bench.paced.PRODUCERS
 
     @property
     def live(self) -> LiveSpec:

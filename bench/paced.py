@@ -6,9 +6,12 @@ sent first: once every probe's row is committed, the contender consumes every pa
 `publish` sends metric events (`streams.dev.loadgen.metric.metric_payload`, 50 tenants, no
 duplicates, no invalid records) on a fixed schedule: record i is due at t0 + i / rate.
 
-The producer is librdkafka's (confluent-kafka, the client most services use, whose work is in
-C threads; `--producer aiokafka`: aiokafka's), as services publish: acks=all, linger 5 ms, not
-idempotent (Tansu). The harness sets each record's timestamp itself (its Kafka CreateTime,
+The producer is aiokafka's (`--producer confluent`: librdkafka's, the client most services use,
+whose work is in C threads), as services publish: acks=all, linger 5 ms, not idempotent (Tansu).
+librdkafka's costs the harness less CPU, but on Tansu its acknowledgements come later and the
+broker works more: at 13,175 records/s, p99 to the broker's acknowledgement 366 and 650 ms
+against 76 with aiokafka, and the worker's p99 3.6 to 4.3 s against 0.96 (bench/RESULTS.md,
+sixth round). The harness sets each record's timestamp itself (its Kafka CreateTime,
 milliseconds since the epoch, `time.time()` of this host) just before handing it to the
 producer, and keeps it: record i, whose dedupe_id is `<run>-<i>`, was created at
 `created_ms[i]`. A record is thus timed from before the producer's linger, not from the broker.
@@ -19,7 +22,8 @@ send (a record's value carries its dedupe_id, not its send time), and the broker
 acknowledgement is timed for every `ACK_SAMPLE`-th record only (the publishing side's share of
 the latency; a record the broker never took shows anyway, as a row missing at the end).
 Measured alone at 17,000 records/s with librdkafka: 25 µs of the harness's CPU per record
-when each value was made at its send and each acknowledgement timed, 14 µs this way.
+when each value was made at its send and each acknowledgement timed, 14 µs this way (aiokafka's:
+46 µs before).
 """
 
 from __future__ import annotations
@@ -281,10 +285,10 @@ def _publish_confluent(bootstrap: str, topic: LiveTopic, rate: float, duration_s
 
 
 def publish(
-    bootstrap: str, topic: LiveTopic, rate: float, duration_s: float, producer_name: str = "confluent"
+    bootstrap: str, topic: LiveTopic, rate: float, duration_s: float, producer_name: str = "aiokafka"
 ) -> Paced:
     """Send round(rate * duration_s) metric events at `rate` per second with `producer_name` (one
     of PRODUCERS); returns when all are acked."""
-    if producer_name == "aiokafka":
-        return aio.run(_publish(bootstrap, topic, rate, duration_s))
-    return _publish_confluent(bootstrap, topic, rate, duration_s)
+    if producer_name == "confluent":
+        return _publish_confluent(bootstrap, topic, rate, duration_s)
+    return aio.run(_publish(bootstrap, topic, rate, duration_s))

@@ -98,7 +98,7 @@ class RebalanceSpec:
     seed: int = 1
     drain_s: float = 30.0  # how long rows may take after the last send
     ready_s: float = 120.0  # how long A may take to commit every probe
-    producer: str = "confluent"  # bench.paced.PRODUCERS
+    producer: str = "aiokafka"  # bench.paced.PRODUCERS
 
     @property
     def live(self) -> LiveSpec:

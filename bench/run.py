@@ -4,7 +4,7 @@
                         [--tenants 50] [--duplicates 0.1] [--repeat N]
                         [--only eventsink,reference,plain,quix,eventsink2,quix-1s,...]
                         [--rates 0.25,0.5,0.75] [--duration 60] [--max-rate N] [--low-rate 100]
-                        [--producer confluent|aiokafka] [--content-bytes B] [--db-delay-ms MS] [--memory-seconds S]
+                        [--producer aiokafka|confluent] [--content-bytes B] [--db-delay-ms MS] [--memory-seconds S]
                         [--rebalance-rate N] [--rebalance-seconds S] [--join-at S] [--leave-at S]
                         [--at REV] [--baseline REV] [--profile] [--record]
 
@@ -101,8 +101,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--producer",
         choices=PRODUCERS,
-        default="confluent",
-        help="latency, rebalance: the paced producer's client (default: confluent, librdkafka; aiokafka)",
+        default="aiokafka",
+        help="latency, rebalance: the paced producer's client (default: aiokafka; confluent: librdkafka)",
     )
     p.add_argument(
         "--rebalance-rate",
