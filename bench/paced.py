@@ -155,9 +155,11 @@ def _settle(pending: list[Any]) -> list[Any]:
     return still
 
 
-class _Schedule:
+class Schedule:
     """Record i is due at t0 + i / rate: what is due now, and each record's key, value and
-    CreateTime, as both producers send them."""
+    CreateTime, as both producers send them. Made before the clock runs: every record's key
+    and value are made here (seconds for a million records), so a caller that times the
+    publishing makes it first and hands it to `publish`."""
 
     def __init__(self, topic: LiveTopic, rate: float, duration_s: float) -> None:
         tenants = tenant_ids(topic.spec)
@@ -201,8 +203,7 @@ class _Schedule:
         return self.paced
 
 
-async def _publish(bootstrap: str, topic: LiveTopic, rate: float, duration_s: float) -> Paced:
-    schedule = _Schedule(topic, rate, duration_s)
+async def _publish(bootstrap: str, topic: LiveTopic, schedule: Schedule) -> Paced:
     paced = schedule.paced
     p = producer(bootstrap)
     await p.start()
@@ -247,8 +248,7 @@ class _Acks:
             raise RuntimeError(f"the producer could not deliver a record: {self.failure}")
 
 
-def _publish_confluent(bootstrap: str, topic: LiveTopic, rate: float, duration_s: float) -> Paced:
-    schedule = _Schedule(topic, rate, duration_s)
+def _publish_confluent(bootstrap: str, topic: LiveTopic, schedule: Schedule) -> Paced:
     paced = schedule.paced
     acks = _Acks(paced.acked_ms)
     p = Producer(
@@ -285,10 +285,17 @@ def _publish_confluent(bootstrap: str, topic: LiveTopic, rate: float, duration_s
 
 
 def publish(
-    bootstrap: str, topic: LiveTopic, rate: float, duration_s: float, producer_name: str = "aiokafka"
+    bootstrap: str,
+    topic: LiveTopic,
+    rate: float,
+    duration_s: float,
+    producer_name: str = "aiokafka",
+    schedule: Schedule | None = None,
 ) -> Paced:
     """Send round(rate * duration_s) metric events at `rate` per second with `producer_name` (one
-    of PRODUCERS); returns when all are acked."""
+    of PRODUCERS); returns when all are acked. `schedule`: made beforehand (`Schedule(topic, rate,
+    duration_s)`), so that making the records is not in the caller's timing."""
+    schedule = schedule or Schedule(topic, rate, duration_s)
     if producer_name == "confluent":
-        return _publish_confluent(bootstrap, topic, rate, duration_s)
-    return aio.run(_publish(bootstrap, topic, rate, duration_s))
+        return _publish_confluent(bootstrap, topic, schedule)
+    return aio.run(_publish(bootstrap, topic, schedule))

@@ -368,9 +368,12 @@ def _wait_rows(
 
 
 def _publisher(bootstrap: str, topic: LiveTopic, spec: RebalanceSpec, box: list[object]) -> threading.Thread:
+    # The records are made now, so that the first send follows the thread's start at once.
+    schedule = paced.Schedule(topic, spec.rate, spec.duration_s)
+
     def publish() -> None:
         try:
-            box.append(paced.publish(bootstrap, topic, spec.rate, spec.duration_s, spec.producer))
+            box.append(paced.publish(bootstrap, topic, spec.rate, spec.duration_s, spec.producer, schedule))
         except BaseException as exc:  # reported by the caller
             box.append(exc)
 
