@@ -227,7 +227,7 @@ def _drive(
             cpu0 = sum(s.cpu_s for s in spawned)
             schedule = paced.Schedule(topic, rate, spec.duration_s)  # the records, made before the clock runs
             machine0, harness0, wall0 = busy_cpu_s(), _own_cpu_s(), time.monotonic()
-            published = paced.publish(bootstrap, topic, rate, spec.duration_s, spec.producer, schedule)
+            published = paced.publish(bootstrap, schedule, spec.producer)
             # Short of every row after the drain: the run is reported with the records missing.
             why = _wait(conn, spawned, published.sent + probes, None, spec.drain_s)
             for s in spawned:

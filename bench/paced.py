@@ -157,13 +157,14 @@ def _settle(pending: list[Any]) -> list[Any]:
 
 class Schedule:
     """Record i is due at t0 + i / rate: what is due now, and each record's key, value and
-    CreateTime, as both producers send them. Made before the clock runs: every record's key
-    and value are made here (seconds for a million records), so a caller that times the
-    publishing makes it first and hands it to `publish`."""
+    CreateTime, as both producers send them. Every record's key and value are made here
+    (seconds for a million records): a caller that times the publishing makes the schedule
+    first, then hands it to `publish`."""
 
     def __init__(self, topic: LiveTopic, rate: float, duration_s: float) -> None:
         tenants = tenant_ids(topic.spec)
         rng = random.Random(topic.spec.seed + 1)
+        self.topic = topic.topic
         self.rate = rate
         self.total = max(1, round(rate * duration_s))
         self.paced = Paced(rate, uuid.UUID(int=rng.getrandbits(128), version=4).hex[:12])
@@ -203,7 +204,7 @@ class Schedule:
         return self.paced
 
 
-async def _publish(bootstrap: str, topic: LiveTopic, schedule: Schedule) -> Paced:
+async def _publish(bootstrap: str, schedule: Schedule) -> Paced:
     paced = schedule.paced
     p = producer(bootstrap)
     await p.start()
@@ -214,7 +215,7 @@ async def _publish(bootstrap: str, topic: LiveTopic, schedule: Schedule) -> Pace
             due = schedule.due()
             while paced.sent < due:
                 key, value, created = schedule.record()
-                fut = await p.send(topic.topic, value, key=key, timestamp_ms=created)
+                fut = await p.send(schedule.topic, value, key=key, timestamp_ms=created)
                 if paced.sent % ACK_SAMPLE == 0:
                     fut.add_done_callback(partial(_on_ack, paced.acked_ms, paced.sent))
                 pending.append(fut)
@@ -248,7 +249,7 @@ class _Acks:
             raise RuntimeError(f"the producer could not deliver a record: {self.failure}")
 
 
-def _publish_confluent(bootstrap: str, topic: LiveTopic, schedule: Schedule) -> Paced:
+def _publish_confluent(bootstrap: str, schedule: Schedule) -> Paced:
     paced = schedule.paced
     acks = _Acks(paced.acked_ms)
     p = Producer(
@@ -268,7 +269,7 @@ def _publish_confluent(bootstrap: str, topic: LiveTopic, schedule: Schedule) -> 
             on_delivery = partial(acks.on_delivery, paced.sent) if paced.sent % ACK_SAMPLE == 0 else None
             while True:
                 try:
-                    p.produce(topic.topic, value, key, timestamp=created, on_delivery=on_delivery)
+                    p.produce(schedule.topic, value, key, timestamp=created, on_delivery=on_delivery)
                     break
                 except BufferError:  # the local queue is full: let deliveries drain it
                     p.poll(0.01)
@@ -284,18 +285,9 @@ def _publish_confluent(bootstrap: str, topic: LiveTopic, schedule: Schedule) -> 
     return paced
 
 
-def publish(
-    bootstrap: str,
-    topic: LiveTopic,
-    rate: float,
-    duration_s: float,
-    producer_name: str = "aiokafka",
-    schedule: Schedule | None = None,
-) -> Paced:
-    """Send round(rate * duration_s) metric events at `rate` per second with `producer_name` (one
-    of PRODUCERS); returns when all are acked. `schedule`: made beforehand (`Schedule(topic, rate,
-    duration_s)`), so that making the records is not in the caller's timing."""
-    schedule = schedule or Schedule(topic, rate, duration_s)
+def publish(bootstrap: str, schedule: Schedule, producer_name: str = "aiokafka") -> Paced:
+    """Send the schedule's records (made beforehand, so that making them is not in the caller's
+    timing) at its rate with `producer_name` (one of PRODUCERS); returns when all are acked."""
     if producer_name == "confluent":
-        return _publish_confluent(bootstrap, topic, schedule)
-    return aio.run(_publish(bootstrap, topic, schedule))
+        return _publish_confluent(bootstrap, schedule)
+    return aio.run(_publish(bootstrap, schedule))

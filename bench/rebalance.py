@@ -373,7 +373,7 @@ def _publisher(bootstrap: str, topic: LiveTopic, spec: RebalanceSpec, box: list[
 
     def publish() -> None:
         try:
-            box.append(paced.publish(bootstrap, topic, spec.rate, spec.duration_s, spec.producer, schedule))
+            box.append(paced.publish(bootstrap, schedule, spec.producer))
         except BaseException as exc:  # reported by the caller
             box.append(exc)
 
