@@ -6,8 +6,12 @@ by the session: a backend that holds a temporary table drops it in a last transa
 exits, and under synchronous replication that commit waits for the standby; if the standby was
 just promoted (a failover), the backend never exits and the old primary cannot shut down. A
 session-lived table also breaks under PgBouncer's transaction pooling (the next transaction may
-run on another server connection). Creating it per transaction costs a little catalog work,
-measured by `bench/staging_ddl.py` (see bench/RESULTS.md).
+run on another server connection). Creating it per transaction costs catalog work, measured by
+`bench/staging_ddl.py` (see bench/RESULTS.md): about 1.5 ms of PostgreSQL's CPU per transaction
+on the benchmark's machine, most of what a batch of a few rows costs the server. A writer whose
+kind is one set-based statement (metric) can take a small batch without the table:
+`Staging.inline` is the same rows as a FROM item of arrays, one per column (`Staging.arrays`),
+bound as the statement's parameters.
 
 The staging table, the COPY's column types and each record's row tuple are all generated from
 the event model's columns (`schemas.columns.columns_of`), plus the record's Kafka offset: one
@@ -27,7 +31,7 @@ from typing import Any, Generic, TypeVar
 from psycopg import AsyncConnection, AsyncCursor
 from pydantic import BaseModel
 
-from schemas.columns import Column, columns_of
+from schemas.columns import Column, columns_of, jsonb_text
 from sinks.core.batch import Outcome, Record
 
 OFFSET = Column("kafka_offset", "int8")
@@ -64,6 +68,24 @@ class Staging:
     def drop(self) -> str:
         return f"DROP TABLE {self.table}"
 
+    @property
+    def inline(self) -> str:
+        """The staged rows as a FROM item named like the staging table, from one array parameter
+        per column (`arrays`, in column order): for a statement that reads them once. A jsonb
+        column travels as text (serialised as the pool's JSON dumper does) and is cast back."""
+        arrays = ", ".join(f"%s::{_array_element(c)}[]" for c in self.columns)
+        names = ", ".join(c.name for c in self.columns)
+        select = ", ".join(f"{c.name}::jsonb AS {c.name}" if c.pg_type == "jsonb" else c.name for c in self.columns)
+        return f"(SELECT {select} FROM unnest({arrays}) AS u ({names})) AS {self.table}"
+
+    def arrays(self, records: Sequence[Record[Any]]) -> list[list[Any]]:
+        """The `inline` FROM item's parameters: each column's values, in column order."""
+        arrays: list[list[Any]] = [list(values) for values in zip(*self.rows(records), strict=True)]
+        for i, column in enumerate(self.columns):
+            if column.pg_type == "jsonb":
+                arrays[i] = [None if v is None else jsonb_text(v).decode() for v in arrays[i]]
+        return arrays
+
     def rows(self, records: Iterable[Record[Any]]) -> Iterable[tuple[Any, ...]]:
         """Each record's row: its event's fields in column order, then its offset."""
         fields = attrgetter(*(c.name for c in self.columns[:-1]))
@@ -80,6 +102,10 @@ class Staging:
             for row in self.rows(records):
                 await copy.write_row(row)
         return cur
+
+
+def _array_element(column: Column) -> str:
+    return "text" if column.pg_type == "jsonb" else column.pg_type
 
 
 class StagedWriter(Generic[E]):

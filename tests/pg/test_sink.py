@@ -48,9 +48,11 @@ def dead() -> DeadLetters:
     return DeadLetters()
 
 
-@pytest.fixture
-def sink(pool: object, dead: DeadLetters) -> Sink:
-    return Sink(pool, f"g-{uuid.uuid4().hex[:8]}", WRITER, dead)  # type: ignore[arg-type]
+# These batches are small: by default they go inline (arrays bound as parameters); with
+# inline_rows=0 they are staged (a COPY into the transaction's table), as a larger batch always is.
+@pytest.fixture(params=[WRITER, MetricWriter(inline_rows=0)], ids=["inline", "staged"])
+def sink(request: pytest.FixtureRequest, pool: object, dead: DeadLetters) -> Sink:
+    return Sink(pool, f"g-{uuid.uuid4().hex[:8]}", request.param, dead)  # type: ignore[arg-type]
 
 
 def metric(tenant: uuid.UUID, dedupe_id: str, value: float = 1.0, at: datetime | None = None) -> MetricEvent:

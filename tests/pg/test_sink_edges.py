@@ -87,16 +87,33 @@ async def test_a_cached_duplicate_counts_only_if_the_ledger_confirms_its_commit(
     assert ledger_row(database_url, sink.group, topic)[:4] == (7, 8, 7, 1)
 
 
-async def test_a_value_the_driver_cannot_send_is_dead_lettered_alone(sink: Sink, database_url: str) -> None:
+@pytest.mark.parametrize(
+    ("writer", "refusal"),
+    [
+        # Staged: the COPY's float8 dumper refuses it in the client, without a SQLSTATE.
+        (MetricWriter(inline_rows=0), "OverflowError"),
+        # Inline: the array goes as numeric, and the server refuses its cast to float8.
+        (MetricWriter(), "(22003): \"1000000000000000000000"),
+    ],
+    ids=["staged", "inline"],
+)
+async def test_a_value_the_driver_cannot_send_is_dead_lettered_alone(
+    writer: MetricWriter, refusal: str, database_url: str
+) -> None:
     """A value past what the column type can take (here built around the schema, as a bug or a
-    library would) fails in the client, without a SQLSTATE: that record alone is dead-lettered."""
+    library would) fails in the client or in the server: that record alone is dead-lettered."""
     t, topic = uuid.uuid4(), f"m-{uuid.uuid4().hex[:8]}"
-    result = await sink.write(
-        batch(topic, record(0, metric(t, "a")), record(1, metric(t, "huge", value=10**400)), record(2, metric(t, "b")))
-    )
+    async with writers_pool(database_url, writer) as pool:
+        sink = Sink(pool, f"g-{uuid.uuid4().hex[:8]}", writer, Letters())
+        assert writer.inlined(3) is (writer.inline_rows > 0)
+        result = await sink.write(
+            batch(
+                topic, record(0, metric(t, "a")), record(1, metric(t, "huge", value=10**400)), record(2, metric(t, "b"))
+            )
+        )
     assert [d.offset for d in result.dead_letters] == [1]
     assert result.dead_letters[0].reason is Reason.DB_REJECTED
-    assert "OverflowError" in result.dead_letters[0].detail
+    assert refusal in result.dead_letters[0].detail
     assert stored(database_url, t) == {"a": 1.5, "b": 1.5}
     assert ledger_row(database_url, sink.group, topic)[0] == 2
 

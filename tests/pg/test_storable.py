@@ -129,13 +129,19 @@ def draw_owned(
     return ids, unique_keys(data.draw(st.lists(st.sampled_from(ids).flatmap(event_of), min_size=1, max_size=6)))
 
 
+# A metric batch this small goes inline (arrays bound as parameters) by default; staged (a COPY
+# into the transaction's table) when inline_rows is 0, as a larger batch always is.
+@pytest.mark.parametrize("writer", [MetricWriter(), MetricWriter(inline_rows=0)], ids=["inline", "staged"])
 @given(data=st.data())
 @EXAMPLES
-async def test_metric_events_read_back_equal(zone_pool: tuple[str, Any], data: st.DataObject) -> None:
+async def test_metric_events_read_back_equal(
+    zone_pool: tuple[str, Any], writer: MetricWriter, data: st.DataObject
+) -> None:
     _, pool = zone_pool
     tenant = uuid.uuid4()
     events = unique_keys(data.draw(st.lists(valid_metric(tenant), min_size=1, max_size=6)))
-    await write(pool, MetricWriter(), MetricEvent, events)
+    assert writer.inlined(len(events)) is (writer.inline_rows > 0)
+    await write(pool, writer, MetricEvent, events)
     found = await read_back(pool, "eventsink.metrics_raw", "name, value, unit, tags::text", tenant, events)
     for exp in events:
         name, value, unit, tags, *instant = found[exp.dedupe_id]
