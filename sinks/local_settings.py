@@ -34,14 +34,16 @@ class LocalSettings:
     idle_in_transaction_timeout_ms: int = 60_000
     search_path: str = SEARCH_PATH
 
+    @property
+    def params(self) -> tuple[str, str, str, str]:
+        """APPLY's parameters: run it first thing in the transaction (`sinks.core.sink`'s BEGIN)."""
+        return (
+            f"{int(self.statement_timeout_ms)}ms",
+            f"{int(self.lock_timeout_ms)}ms",
+            f"{int(self.idle_in_transaction_timeout_ms)}ms",
+            self.search_path,
+        )
+
     async def apply(self, conn: psycopg.AsyncConnection) -> None:
         """Set them for the transaction `conn` is in (call it first thing in the transaction)."""
-        await conn.execute(
-            APPLY,
-            (
-                f"{int(self.statement_timeout_ms)}ms",
-                f"{int(self.lock_timeout_ms)}ms",
-                f"{int(self.idle_in_transaction_timeout_ms)}ms",
-                self.search_path,
-            ),
-        )
+        await conn.execute(APPLY, self.params)

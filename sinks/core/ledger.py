@@ -123,23 +123,21 @@ class LedgerRow:
     updated_at: datetime
 
 
-async def send_lock(conn: psycopg.AsyncConnection, group: str, topic: str, partition: int) -> psycopg.AsyncCursor:
-    """Lock the partition's ledger row for this transaction (created if new); `locked` reads it.
+# Lock the partition's ledger row for this transaction, created if new (the INSERT finds the row
+# there and writes nothing, except a partition's first time); parameters `lock_params`, result
+# read by `locked`. The row lock is what makes a late writer (a worker fenced out by a rebalance)
+# harmless: it waits for the current owner's commit and then sees the offsets it must skip.
+# `Sink.write` sends it with the BEGIN and the transaction's settings, in one round trip.
+CREATE_AND_LOCK = CREATE.strip() + ";\n" + LOCK.strip()
+CREATE_AND_LOCK_RESULTS = 2  # the INSERT's, then the SELECT's
 
-    The row lock is what makes a late writer (a worker fenced out by a rebalance) harmless:
-    it waits for the current owner's commit and then sees the offsets it must skip.
 
-    Sent in the caller's pipeline (`Sink.write`: with the BEGIN and the transaction's settings,
-    all in one round trip), read once the pipeline is synced. The INSERT finds the row there and
-    writes nothing, except a partition's first time.
-    """
-    key = (group, topic, partition)
-    await conn.execute(CREATE, key)
-    return await conn.execute(LOCK, key)
+def lock_params(group: str, topic: str, partition: int) -> tuple[str, str, int, str, str, int]:
+    return (group, topic, partition) * 2
 
 
 async def locked(cur: psycopg.AsyncCursor) -> Position:
-    """The ledger row `send_lock` locked."""
+    """The ledger row CREATE_AND_LOCK locked (the cursor on the SELECT's result)."""
     row = await cur.fetchone()
     assert row is not None
     return Position(int(row[0]), row[1], row[2])
@@ -152,8 +150,7 @@ async def identify(
     await conn.execute(IDENTIFY, (topic_id, cluster, group, topic, partition))
 
 
-async def advance(
-    conn: psycopg.AsyncConnection,
+def advance_params(
     group: str,
     topic: str,
     partition: int,
@@ -165,11 +162,9 @@ async def advance(
     dead_letters: int,
     superseded: int = 0,
     lost: int = 0,
-) -> None:
-    await conn.execute(
-        ADVANCE,
-        (last_offset, events, rows_applied, duplicates, dead_letters, superseded, lost, group, topic, partition),
-    )
+) -> tuple[object, ...]:
+    """ADVANCE's parameters (`Sink.write` sends it with the COMMIT, in one round trip)."""
+    return (last_offset, events, rows_applied, duplicates, dead_letters, superseded, lost, group, topic, partition)
 
 
 async def record_lost(
