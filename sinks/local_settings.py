@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import psycopg
-
 # eventsink's statements name their schema; the path only keeps anything of the session's (or of
 # another client's on a pooled connection) from shadowing a built-in. Temporary tables (the
 # staging tables) are still found first, as PostgreSQL always looks in pg_temp first for tables.
@@ -43,7 +41,3 @@ class LocalSettings:
             f"{int(self.idle_in_transaction_timeout_ms)}ms",
             self.search_path,
         )
-
-    async def apply(self, conn: psycopg.AsyncConnection) -> None:
-        """Set them for the transaction `conn` is in (call it first thing in the transaction)."""
-        await conn.execute(APPLY, self.params)

@@ -134,10 +134,14 @@ def open_pool(
         configure=configure,
         check=check,
         kwargs={
-            # A batch transaction sends its own BEGIN and COMMIT, each in a pipeline with the
+            # A batch transaction sends its own BEGIN and COMMIT, each in one simple query with the
             # statements beside it (`sinks.core.sink.Sink.write`): psycopg's implicit BEGIN would
             # cost a round trip of its own.
             "autocommit": True,
+            # psycopg's JSON dumper (the COPY path's jsonb) always encodes UTF-8, while the server
+            # reads what it is sent in the client encoding, which PGCLIENTENCODING may change: under
+            # LATIN1, 'ü' was stored as 'Ã¼'. Pinned, every value reads as it was encoded.
+            "client_encoding": "UTF8",
             "keepalives": 1,
             "keepalives_idle": 10,
             "keepalives_interval": 5,

@@ -208,14 +208,16 @@ class Sink:
                 if conn.info.transaction_status != INTRANS:  # never without a BEGIN: autocommit
                     raise RuntimeError(f"no transaction after BEGIN ({conn.info.transaction_status.name})")
                 for _ in range(BEGIN_AND_LOCK_RESULTS - 1):
-                    cur.nextset()
+                    if not cur.nextset():
+                        raise RuntimeError(f"fewer than {BEGIN_AND_LOCK_RESULTS} results from the transaction's start")
                 position = await ledger.locked(cur)
                 result, counts = await self._apply(conn, batch, position, isolate)
                 if counts is None:
                     await cur.execute(COMMIT)
                 else:
                     await cur.execute(ADVANCE_AND_COMMIT, ledger.advance_params(*key, batch.last_offset, **counts))
-                    cur.nextset()
+                    if not cur.nextset():
+                        raise RuntimeError("no COMMIT result after the ledger's advance")
                 if cur.statusmessage != "COMMIT":
                     # A COMMIT of a transaction that had failed answers ROLLBACK, not an error.
                     raise TransientSinkError(f"the transaction ended in {cur.statusmessage} at its COMMIT")
@@ -329,7 +331,8 @@ IDLE, INTRANS = psycopg.pq.TransactionStatus.IDLE, psycopg.pq.TransactionStatus.
 async def _rollback(conn: psycopg.AsyncConnection, exc: BaseException) -> None:
     """End the failed transaction, or close the connection (the pool discards a closed one)
     where it cannot be trusted: an interrupted write (a cancellation can leave psycopg between
-    two states, even in pipeline mode), one still in pipeline mode, one whose ROLLBACK failed.
+    two states), one left in pipeline mode (no statement of ours uses it now; a writer's might),
+    one whose ROLLBACK failed.
     As in psycopg's own `Transaction`, nothing here hides the error that failed the batch."""
     if conn.closed:
         return

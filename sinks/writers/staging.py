@@ -109,7 +109,8 @@ def _array_element(column: Column) -> str:
 
 
 class StagedWriter(Generic[E]):
-    """A kind's writer: `apply` COPYs a batch into the kind's staging table and applies it.
+    """A kind's writer: `apply` COPYs a batch into the kind's staging table and applies it (or,
+    for a kind whose statement reads the rows once, may bind a small batch inline).
 
     A subclass names its kind and staging table in its header,
     `class MetricWriter(StagedWriter[MetricEvent], kind="metric", staging=STAGING)`, with

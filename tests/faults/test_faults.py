@@ -133,8 +133,8 @@ def test_postgresql_unreachable_longer_than_a_batch_timeout(scenario: Scenario) 
         try:
             wait_until(lambda: progressed(s, 0), 90, what="first commits")
             proxy.cut()
-            # What the server had received before the cut it still carries out (a pipelined
-            # ledger advance + COMMIT among it): counted once the worker's sessions are gone.
+            # What the server had received before the cut it still carries out (a ledger advance
+            # + COMMIT sent as one query among it): counted once the worker's sessions are gone.
             wait_until(lambda: sessions(s) == 0, 30, what="the worker's sessions to end")
             cut_at, retried = applied(s), w.logged(RETRYING)
             # Longer than a batch timeout (EVENTSINK_BATCH_MAX_WAIT_MS=200): retries, with backoff.

@@ -104,13 +104,16 @@ async def test_awkward_values_are_stored_as_sent(pool: Any, writer: MetricWriter
         assert occurred == e.occurred_at
 
 
-async def test_a_column_all_null_and_a_column_null_beside_values(pool: Any, database_url: str) -> None:
+@pytest.mark.parametrize("writer", [MetricWriter(), MetricWriter(inline_rows=0)], ids=["inline", "staged"])
+async def test_a_column_all_null_and_a_column_null_beside_values(
+    pool: Any, writer: MetricWriter, database_url: str
+) -> None:
     """Every unit and attributes NULL in one batch (arrays of NULLs alone), then mixed."""
     tenant = uuid.uuid4()
     alone = [event(tenant, i) for i in range(3)]
-    _, _, result = await write(pool, MetricWriter(), alone)
+    _, _, result = await write(pool, writer, alone)
     mixed = [event(tenant, 10, unit="pct", attributes={"a": 1}), event(tenant, 11), event(tenant, 12, unit="")]
-    await write(pool, MetricWriter(), mixed)
+    await write(pool, writer, mixed)
     got = stored(database_url, tenant)
     assert [got[f"e{i}"][2] for i in (0, 1, 2, 10, 11, 12)] == [None, None, None, "pct", None, ""]
     assert [got[f"e{i}"][6] for i in (0, 1, 2, 10, 11, 12)] == [None, None, None, {"a": 1}, None, None]
@@ -139,3 +142,22 @@ async def test_either_side_of_the_inline_bound(pool: Any, size: int, database_ur
     assert len(result.applied) == size
     assert {k: v[7] for k, v in stored(database_url, tenant).items()} == {f"e{i}": i for i in range(size)}
     assert (await sink.positions(topic))[0].last_offset == size - 1
+
+
+@pytest.mark.parametrize("writer", [MetricWriter(), MetricWriter(inline_rows=0)], ids=["inline", "staged"])
+async def test_a_client_encoding_from_the_environment_changes_nothing(
+    writer: MetricWriter, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libpq takes PGCLIENTENCODING from the environment. psycopg's JSON dumper (the staged path's
+    jsonb) encodes UTF-8 whatever the connection's encoding, which the server would read as
+    LATIN1: 'ü' stored as 'Ã¼'. The pool pins UTF8."""
+    monkeypatch.setenv("PGCLIENTENCODING", "LATIN1")
+    tenant = uuid.uuid4()
+    sent = event(tenant, 0, name="ü", unit="é", tags={"ü": "é"}, attributes={"x": "ß"})
+    async with writers_pool(database_url, writer) as latin_pool:
+        async with latin_pool.connection() as conn:
+            assert conn.info.encoding == "utf-8"
+        await write(latin_pool, writer, [sent])
+    monkeypatch.delenv("PGCLIENTENCODING")  # read back as UTF-8 (psycopg's jsonb loader assumes it too)
+    name, _, unit, _, tags, _, attributes, _ = stored(database_url, tenant)["e0"]
+    assert (name, unit, tags, attributes) == ("ü", "é", {"ü": "é"}, {"x": "ß"})

@@ -2,7 +2,7 @@
 
 On a busy machine every round trip waits its turn on both sides (the worker's event loop, the
 server's backend), and a batch's latency is mostly those waits: the BEGIN, the transaction's
-settings and the ledger's lock go in one pipeline, the ledger's advance and the COMMIT in
+settings and the ledger's lock go as one simple query, the ledger's advance and the COMMIT as
 another. Counted from libpq's own trace of the connection (what the client sent and received),
 against a real PostgreSQL; the rows and the ledger are checked beside the count.
 """
@@ -22,6 +22,7 @@ import pytest
 import sinks.pool
 from sinks.core.batch import WriteResult
 from sinks.core.sink import Sink
+from sinks.writers.metric import INLINE_ROWS
 from tests.helpers import ledger, writers_pool
 from tests.pg.test_adaptive_batches import lock_waiters
 from tests.pg.test_pipeline_edges import until
@@ -30,6 +31,8 @@ from tests.pg.test_sink import WRITER, DeadLetters, batch, metric
 # What a metric batch waits for: BEGIN + settings + ledger lock; the staging table's CREATE;
 # the COPY (its start, then its end); the upsert; the ledger's advance + COMMIT.
 METRIC_BATCH_ROUND_TRIPS = 6
+# A batch small enough to go inline (sinks.writers.metric.INLINE_ROWS): no table, no COPY.
+INLINE_BATCH_ROUND_TRIPS = 3
 
 
 @pytest.fixture
@@ -77,12 +80,24 @@ async def test_a_metric_batch_waits_for_the_server_six_times(sink: Sink, own_dat
     assert stored == (150,)
 
 
-async def test_a_failure_in_the_first_pipeline_rolls_back_and_the_connection_serves_the_next_batch(
+async def test_an_inline_metric_batch_waits_for_the_server_three_times(sink: Sink, own_database: str) -> None:
+    topic, tenant = f"m-{uuid.uuid4().hex[:8]}", uuid.uuid4()
+    for first in (0, INLINE_ROWS):
+        records = [(o, metric(tenant, f"d{o}")) for o in range(first, first + INLINE_ROWS)]
+        n, result = await waits(sink, sink.write(batch(topic, 0, records)))
+        assert n == INLINE_BATCH_ROUND_TRIPS and len(result.applied) == INLINE_ROWS
+    assert ledger(own_database, sink.group, topic)[0]["last_offset"] == 2 * INLINE_ROWS - 1
+    with psycopg.connect(own_database) as conn:
+        stored = conn.execute("SELECT count(*) FROM eventsink.metrics_raw WHERE tenant_id = %s", (tenant,)).fetchone()
+    assert stored == (2 * INLINE_ROWS,)
+
+
+async def test_a_failure_in_the_transactions_start_rolls_back_and_the_connection_serves_the_next_batch(
     sink: Sink, own_database: str
 ) -> None:
     """The ledger's lock refused (a NOT NULL column its INSERT does not fill, as a schema drift
-    would): the error comes out of the pipeline, the transaction is rolled back, nothing is
-    applied, and the same connection writes the next batch."""
+    would): the error comes out of the transaction's start, the transaction is rolled back,
+    nothing is applied, and the same connection writes the next batch."""
     topic, tenant = f"m-{uuid.uuid4().hex[:8]}", uuid.uuid4()
     good = batch(topic, 0, [(0, metric(tenant, "a"))])
     with psycopg.connect(own_database, autocommit=True) as conn:
@@ -102,10 +117,12 @@ async def test_a_failure_in_the_first_pipeline_rolls_back_and_the_connection_ser
     assert ledger(own_database, sink.group, topic)[0]["last_offset"] == 0
 
 
-async def test_a_write_cancelled_inside_its_first_pipeline_closes_its_connection(sink: Sink, own_database: str) -> None:
+async def test_a_write_cancelled_inside_its_transactions_start_closes_its_connection(
+    sink: Sink, own_database: str
+) -> None:
     """A worker's shutdown cancels a batch waiting for the ledger's lock (another transaction
-    holds it) inside the pipeline: the connection is closed, never handed out again half-way,
-    and the batch written later is applied once."""
+    holds it) in the transaction's start: the connection is closed, never handed out again
+    half-way, and the batch written later is applied once."""
     topic, tenant = f"m-{uuid.uuid4().hex[:8]}", uuid.uuid4()
     await sink.write(batch(topic, 0, [(0, metric(tenant, "a"))]))
     async with sink.pool.connection() as conn:
