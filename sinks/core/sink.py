@@ -319,8 +319,8 @@ class Sink:
 
 
 # The transaction's start and its end, each one simple query (see the module's docstring): per
-# transaction, the worker spent 0.80 ms of CPU on them as five statements in two pipelines and
-# 0.45 ms this way, the server 0.61 and 0.47 (bench/RESULTS.md, seventh round).
+# transaction, the worker spent 0.81 ms of CPU on them as five statements in two pipelines and
+# 0.44 ms this way, the server 0.63 and 0.46 (bench/RESULTS.md, seventh round).
 BEGIN_AND_LOCK = ";\n".join(["BEGIN", APPLY.strip(), ledger.CREATE_AND_LOCK])
 BEGIN_AND_LOCK_RESULTS = 2 + ledger.CREATE_AND_LOCK_RESULTS  # the BEGIN's, the settings', then the lock's
 ADVANCE_AND_COMMIT = ledger.ADVANCE.strip() + ";\nCOMMIT"
