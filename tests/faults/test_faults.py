@@ -188,15 +188,13 @@ def test_ten_thousand_poison_records_while_valid_traffic_flows(scenario: Scenari
         # publishing.
         samples: list[tuple[int, int]] = []
 
-        def sample() -> None:
-            deadline = time.monotonic() + 180
-            while time.monotonic() < deadline:
-                samples.append((_valid_rows(s), _dead_letters(s)))
-                if samples[-1][1] >= len(poison):
-                    return
-                time.sleep(0.2)  # the sampling's pace
+        def dead_lettered() -> bool:
+            samples.append((_valid_rows(s), _dead_letters(s)))
+            return samples[-1][1] >= len(poison)
 
-        sampler = threading.Thread(target=sample, name="flood sampler")
+        sampler = threading.Thread(
+            target=wait_until, args=(dead_lettered, 180), kwargs={"what": "the flood dead-lettered"}, name="sampler"
+        )
         sampler.start()
         flood = asyncio.run(_republish(s, s.topic, [(k, v) for _, k, v in poison], per_second=1000))
         assert traffic.alive(), "the flood should fall while valid traffic flows"
