@@ -9,6 +9,10 @@ Records are then published at the rate for the duration; the harness waits until
 row is committed (or `drain_s` passed since the last send), stops the contender and computes, per
 record, latency = committed_at (PostgreSQL's clock_timestamp() at COMMIT) - CreateTime (this
 host's time.time() when the harness handed the record to the producer), in milliseconds.
+
+With several rounds (`--rounds`), every round runs the whole schedule again, the contenders' order
+rotated by one each round, so that an anchor (the plain loop) and eventsink are compared round by
+round on a machine whose speed drifts.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import psutil
 import psycopg
 
 from bench import commit_clock, paced
@@ -28,7 +33,7 @@ from bench.latency_stats import Summary, fraction_rates, nearest, summarise
 from bench.measure import Plan, Spawned, busy_cpu_s
 from bench.paced import PROBE, LiveSpec, LiveTopic, Paced
 from bench.revision import migrations
-from bench.services import fresh_database
+from bench.services import Services, fresh_database
 from bench.session import Session, say
 from streams.settings import Settings
 
@@ -80,6 +85,12 @@ LATENCY_CONTENDERS = {
         "Quix Streams (bench/quix_app.py), its default 5 s commit interval (the sink writes once per commit)",
     ),
     "quix-1s": LatencyContender(CONTENDERS["quix-1s"], "the same Quix Streams app with 1 s commits", every_rate=False),
+    # What the machine and the broker allow at that rate: no validation, no ledger, no framework.
+    "plain": LatencyContender(
+        CONTENDERS["plain"],
+        "the plain loop (bench/plain.py: aiokafka getmany, orjson, one COPY and upsert per partition batch), "
+        "the anchor: the latency this machine and broker allow at each rate",
+    ),
 }
 
 
@@ -123,6 +134,9 @@ class LatencyRun:
     seconds: float = 0.0
     rss_mb: float = 0.0  # peak, all its processes
     error: str | None = None
+    round: int = 1
+    # The broker's own CPU over the same interval, when the run started the broker (else None).
+    broker_cpu_s: float | None = None
 
     @property
     def missing(self) -> int:
@@ -142,6 +156,7 @@ class LatencyResults:
     runs: Sequence[LatencyRun]
     clock: ClockOffset | None  # PostgreSQL's clock against the harness's, measured once
     names: Sequence[str]
+    rounds: int = 1
 
     @property
     def measurements(self) -> Sequence[LatencyRun]:
@@ -210,22 +225,43 @@ def _wait(conn: psycopg.Connection, spawned: Sequence[Spawned], target: int, lik
     return ""
 
 
+def _cpu_s(pid: int | None) -> float | None:
+    """A process's CPU time (user + system, its threads), or None without one or once it is gone."""
+    if pid is None:
+        return None
+    try:
+        t = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return None
+    return t.user + t.system
+
+
 def _drive(
-    name: str, fraction: float, rate: int, plan: Plan, topic: LiveTopic, spec: LatencySpec, logs: Path, bootstrap: str
+    name: str,
+    fraction: float,
+    rate: int,
+    plan: Plan,
+    topic: LiveTopic,
+    spec: LatencySpec,
+    logs: Path,
+    services: Services,
+    rnd: int,
 ) -> LatencyRun:
-    tag = f"{name}-{round(fraction * 100)}"
+    bootstrap = services.bootstrap
+    tag = f"{name}-{round(fraction * 100)}-{rnd}"
     t0 = time.monotonic()
     spawned = [Spawned(cmd, plan, logs / f"{tag}-{i}.log", i) for i, cmd in enumerate(plan.commands)]
     try:
         with psycopg.connect(plan.dsn, autocommit=True) as conn:
             probes = spec.partitions
             if why := _wait(conn, spawned, probes, f"{PROBE}%", spec.ready_s):
-                return LatencyRun(name, fraction, rate, error=f"not consuming: {why}")
+                return LatencyRun(name, fraction, rate, error=f"not consuming: {why}", round=rnd)
             ready_s = time.monotonic() - t0
             for s in spawned:
                 s.sample()
             cpu0 = sum(s.cpu_s for s in spawned)
             schedule = paced.Schedule(topic, rate, spec.duration_s)  # the records, made before the clock runs
+            broker0 = _cpu_s(services.broker_pid)
             machine0, harness0, wall0 = busy_cpu_s(), _own_cpu_s(), time.monotonic()
             published = paced.publish(bootstrap, schedule, spec.producer)
             # Short of every row after the drain: the run is reported with the records missing.
@@ -234,9 +270,13 @@ def _drive(
                 s.sample()
             cpu_s = sum(s.cpu_s for s in spawned) - cpu0
             machine = (busy_cpu_s() - machine0, _own_cpu_s() - harness0, time.monotonic() - wall0)
+            broker1 = _cpu_s(services.broker_pid)
+            broker_cpu_s = None if broker0 is None or broker1 is None else broker1 - broker0
             rss_mb = sum(s.final_peak() for s in spawned) / 2**20
             if any(s.exited() for s in spawned):
-                return LatencyRun(name, fraction, rate, published, error=why or "exited before it was stopped")
+                return LatencyRun(
+                    name, fraction, rate, published, error=why or "exited before it was stopped", round=rnd
+                )
             timed = list(_timed(published, commit_clock.rows(conn)))
             to_commit, to_received = latencies(published.created_ms, timed)
             _timeline(logs / f"{tag}-timeline.csv", published, timed)
@@ -260,6 +300,8 @@ def _drive(
         harness_cpu_s=machine[1],
         seconds=machine[2],
         rss_mb=rss_mb,
+        round=rnd,
+        broker_cpu_s=broker_cpu_s,
     )
 
 
@@ -274,20 +316,21 @@ def _describe(r: LatencyRun) -> str:
     return out + f", {r.transactions:,} transactions, CPU {r.cpu_s:.1f}s"
 
 
-def run_one(session: Session, name: str, fraction: float, rate: int, spec: LatencySpec) -> LatencyRun:
-    """One contender at one rate, on its own database, topic and consumer group."""
+def run_one(session: Session, name: str, fraction: float, rate: int, spec: LatencySpec, rnd: int = 1) -> LatencyRun:
+    """One contender at one rate in round `rnd`, on its own database, topic and consumer group."""
     svc, workdir = session.services, session.workdir
     pct = round(fraction * 100) if fraction >= 0.01 else f"r{rate}"
-    group = f"bench-latency-{name}-{pct}-{workdir.name}"
+    key = f"{pct}" if rnd == 1 else f"{pct}_{rnd}"  # round 1 keeps the names of a run without rounds
+    group = f"bench-latency-{name}-{key}-{workdir.name}"
     logs = workdir / "latency"
     logs.mkdir(exist_ok=True)
-    topic = LiveTopic(spec.live, f"bench.latency.{workdir.name}.{name}.{pct}")
-    with fresh_database(svc.admin_dsn, f"bench_latency_{name}_{pct}", migrations(session.src)) as dsn:
+    topic = LiveTopic(spec.live, f"bench.latency.{workdir.name}.{name}.{key}")
+    with fresh_database(svc.admin_dsn, f"bench_latency_{name}_{key}", migrations(session.src)) as dsn:
         commit_clock.install(dsn)
         paced.create_and_probe(svc.bootstrap, topic)
         ctx = Context(svc.bootstrap, dsn, topic, group, workdir / group, session.src)
-        r = _drive(name, fraction, rate, LATENCY_CONTENDERS[name].plan(ctx), topic, spec, logs, svc.bootstrap)
-    say(f"latency {name} at {load(fraction, rate)} ({rate:,}/s): {_describe(r)}")
+        r = _drive(name, fraction, rate, LATENCY_CONTENDERS[name].plan(ctx), topic, spec, logs, svc, rnd)
+    say(f"latency {name} at {load(fraction, rate)} ({rate:,}/s), round {rnd}: {_describe(r)}")
     return r
 
 
@@ -296,19 +339,29 @@ def load(fraction: float, rate: int) -> str:
     return f"{fraction:.0%}" if fraction >= 0.01 else f"{rate:,}/s"
 
 
-def schedule(names: Sequence[str], fractions: Sequence[float]) -> list[tuple[float, str]]:
-    """(fraction, contender) in the order run: by rate, then contender; one-rate contenders once."""
+def schedule(names: Sequence[str], fractions: Sequence[float], rnd: int = 1) -> list[tuple[float, str]]:
+    """(fraction, contender) in the order run: by rate, then contender; one-rate contenders once.
+    Round `rnd` rotates the contenders' order by rnd - 1."""
     one = nearest(fractions, ONE_RATE)
-    return [(f, n) for f in fractions for n in names if LATENCY_CONTENDERS[n].every_rate or f == one]
+    shift = (rnd - 1) % len(names) if names else 0
+    turn = [*names[shift:], *names[:shift]]
+    return [(f, n) for f in fractions for n in turn if LATENCY_CONTENDERS[n].every_rate or f == one]
 
 
 def scenario(
-    session: Session, names: Sequence[str], spec: LatencySpec, max_rate: float, max_rate_from: str
+    session: Session,
+    names: Sequence[str],
+    spec: LatencySpec,
+    max_rate: float,
+    max_rate_from: str,
+    rounds: int = 1,
 ) -> LatencyResults:
     rates = fraction_rates(spec.fractions, max_rate)
     with psycopg.connect(session.services.admin_dsn) as conn:
         clock = commit_clock.clock_offset(conn)
-    runs = [run_one(session, name, f, rates[f], spec) for f, name in schedule(names, spec.fractions)]
-    if spec.low_rate and "eventsink" in names:
-        runs.append(run_one(session, "eventsink", spec.low_rate / max_rate, spec.low_rate, spec))
-    return LatencyResults(spec, max_rate, max_rate_from, runs, clock, list(names))
+    runs = []
+    for rnd in range(1, rounds + 1):
+        runs += [run_one(session, name, f, rates[f], spec, rnd) for f, name in schedule(names, spec.fractions, rnd)]
+        if spec.low_rate and "eventsink" in names:
+            runs.append(run_one(session, "eventsink", spec.low_rate / max_rate, spec.low_rate, spec, rnd))
+    return LatencyResults(spec, max_rate, max_rate_from, runs, clock, list(names), rounds)

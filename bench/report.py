@@ -35,7 +35,12 @@ def _order(results: Results) -> str:
     if results.metric is not None or results.mixed is not None:
         said.append("the order of the contenders rotates from run to run")
     if results.latency is not None:
-        said.append("latency: one run of each contender at each rate, rates in the order of --rates")
+        rounds = results.latency.rounds
+        said.append(
+            "latency: "
+            + ("one run" if rounds == 1 else f"{rounds} rounds, one run each,")
+            + " of each contender at each rate, rates in the order of --rates"
+        )
     if results.rebalance is not None:
         said.append("rebalance: two workers of one group, one at a time")
     return "; ".join(said)

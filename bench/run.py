@@ -1,7 +1,7 @@
 """`python -m bench.run`: load the topics, run each contender on them alone, report.
 
     python -m bench.run [--scenario metric|mixed|latency|memory|rebalance|all] [--events N] [--partitions 8]
-                        [--tenants 50] [--duplicates 0.1] [--repeat N]
+                        [--tenants 50] [--duplicates 0.1] [--repeat N] [--rounds N]
                         [--only eventsink,reference,plain,quix,eventsink2,quix-1s,...]
                         [--rates 0.25,0.5,0.75] [--duration 60] [--max-rate N] [--low-rate 100]
                         [--producer aiokafka|confluent] [--content-bytes B] [--db-delay-ms MS] [--memory-seconds S]
@@ -10,9 +10,10 @@
 
 metric: every contender on one metric topic. mixed: eventsink's (one worker, two workers) on
 metric, chat and analysis topics split 70/20/10. latency: eventsink's worker (default batches at
-every rate, two other batch settings at 50 %) and Quix Streams on a topic published to at fixed
-fractions of one worker's maximum (measured by the metric scenario's eventsink runs, or by one
-such run, unless --max-rate gives it); percentiles of CreateTime -> row committed. memory: one
+every rate, two other batch settings at 50 %), Quix Streams and the plain loop (the anchor) on
+a topic published to at fixed fractions of one worker's maximum (measured by the metric
+scenario's eventsink runs, or by one such run, unless --max-rate gives it); percentiles of
+CreateTime -> row committed, in --rounds rounds. memory: one
 worker's peak RSS on a backlog of 64 KiB chat messages, the database as it is and made slow
 (bench/memory.py). rebalance: a second worker joins one that consumes a topic published to at a
 fixed rate, then leaves; the longest interval without a commit on the partitions that did not
@@ -72,7 +73,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duplicates", type=float, default=0.1, help="fraction of records re-sending an earlier one")
     p.add_argument("--seed", type=int, default=1, help="seed of the load generators")
     p.add_argument(
-        "--repeat", type=int, default=1, help="runs of every contender; medians are reported (latency: one run each)"
+        "--repeat", type=int, default=1, help="runs of every contender; medians are reported (latency: see --rounds)"
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="latency: rounds of the whole schedule, the contenders' order rotated each round; each round "
+        "is reported, and eventsink's p99 against the plain loop's round by round",
     )
     p.add_argument(
         "--only",
@@ -136,6 +144,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--rates takes fractions such as 0.25,0.5,0.75, not {args.rates!r}")
     if not args.fractions or any(f <= 0 for f in args.fractions) or len(set(args.fractions)) < len(args.fractions):
         p.error("--rates takes distinct positive fractions")
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
     if (args.max_rate is not None and args.max_rate <= 0) or args.duration <= 0:
         p.error("--max-rate and --duration must be positive")
     if args.rebalance_rate is not None and args.rebalance_rate <= 0:
@@ -248,7 +258,9 @@ def benchmark(args: argparse.Namespace, svc: Services, workdir: Path) -> report.
             low_rate=args.low_rate,
             producer=args.producer,
         )
-        latency_results = latency.scenario(session, names_in(args, "latency"), lspec, rate, how)
+        latency_results = latency.scenario(
+            session, names_in(args, "latency"), lspec, rate, how, args.rounds
+        )
     memory_results = None
     if run_memory:
         memory_results = memory.scenario(svc, workdir, src, memory.spec_from(args, args.events or EVENTS["memory"]))

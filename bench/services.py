@@ -19,6 +19,9 @@ class Services:
     bootstrap: str
     admin_dsn: str  # a database of the server from which others are created and dropped
     description: str  # for the report
+    # The broker's process when the run started it (Tansu), so that its CPU can be told apart from
+    # PostgreSQL's; None for a broker of KAFKA_BOOTSTRAP_SERVERS.
+    broker_pid: int | None = None
 
 
 @contextlib.contextmanager
@@ -27,10 +30,12 @@ def services(workdir: Path) -> Iterator[Services]:
     with contextlib.ExitStack() as stack:
         bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
         broker = f"Kafka at {bootstrap} (KAFKA_BOOTSTRAP_SERVERS)"
+        broker_pid = None
         if not bootstrap:
             tansu = embedded.EmbeddedKafka(log_path=workdir / "tansu.log").start()
             stack.callback(tansu.stop)
             bootstrap = tansu.bootstrap
+            broker_pid = tansu.process.pid if tansu.process else None
             broker = f"Tansu (in memory) started by the run on {bootstrap}"
         admin_dsn = os.environ.get("DATABASE_URL")
         database = "PostgreSQL of DATABASE_URL"
@@ -42,7 +47,7 @@ def services(workdir: Path) -> Iterator[Services]:
             stack.callback(pg.stop)
             admin_dsn = pg.admin_dsn
             database = "embedded PostgreSQL started by the run"
-        yield Services(bootstrap, admin_dsn, f"{broker}; {database}")
+        yield Services(bootstrap, admin_dsn, f"{broker}; {database}", broker_pid)
 
 
 @contextlib.contextmanager

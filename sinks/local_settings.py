@@ -17,11 +17,15 @@ from dataclasses import dataclass
 # staging tables) are still found first, as PostgreSQL always looks in pg_temp first for tables.
 SEARCH_PATH = "pg_catalog, eventsink"
 
+# array_nulls: psycopg sends a list of None alone (a column NULL in every record of an inline
+# batch, `sinks.writers.staging.Staging.inline`) as the text array `{NULL,...}`, which a database
+# or role with `array_nulls = off` would read as the string 'NULL'.
 APPLY = """
 SELECT set_config('statement_timeout', %s, true),
        set_config('lock_timeout', %s, true),
        set_config('idle_in_transaction_session_timeout', %s, true),
-       set_config('search_path', %s, true)
+       set_config('search_path', %s, true),
+       set_config('array_nulls', 'on', true)
 """
 
 

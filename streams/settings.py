@@ -124,8 +124,9 @@ class Settings(BaseSettings):
     # The most records of one partition's batch. It binds only when records wait (a backlog, a
     # burst): a light stream's batches hold what arrived during the previous transaction. 5000
     # rather than 1000: a backlog is applied in a fifth of the transactions (each pays a few round
-    # trips, a temporary table and a commit), which took the metric benchmark's 200,000 events
-    # about 0.5 s sooner with a lower peak RSS (bench/RESULTS.md, 2026-12-06).
+    # trips, a temporary table above 2,000 metric records, and a commit), which took the metric
+    # benchmark's 200,000 events about 0.5 s sooner with a lower peak RSS (bench/RESULTS.md,
+    # 2026-12-06).
     batch_size: int = Field(5000, ge=1, le=50_000)
     # 0 (adaptive): a partition's records are written as soon as its writer is free, and a busy
     # stream's batch fills with what arrived during the previous transaction. N > 0: a batch

@@ -135,7 +135,8 @@ class Scenario:
             "EVENTSINK_DATA_DIR": str(self.data_dir / self.name),
             "EVENTSINK_LOG_FORMAT": "json",
             "EVENTSINK_LOG_LEVEL": "INFO",
-            "EVENTSINK_WEB_PORT": str(free_port()),
+            # Two in a row: `worker --processes 2` listens on this one and the next.
+            "EVENTSINK_WEB_PORT": str(free_port(2)),
         }
         env.update(extra)
         return env
@@ -326,13 +327,14 @@ class TopicRecord:
         return DeadLetterInfo.from_headers(self.headers)
 
 
-async def read_topic(bootstrap: str, topic: str, timeout: float = 5.0) -> list[TopicRecord]:
+async def read_topic(bootstrap: str, topic: str) -> list[TopicRecord]:
     """Every record of a topic, without a consumer group ([] if the topic does not exist).
 
-    Caught up once past the end offsets seen at the start, or after `timeout` seconds of nothing.
+    Caught up once past the end offsets seen at the start (`Reader.read`: ReadStalled when
+    nothing moves for its stall limit before that).
     """
     try:
-        records = await read_all(bootstrap, topic, idle_s=timeout)
+        records = await read_all(bootstrap, topic)
     except LookupError:
         return []
     return [TopicRecord(r.partition, r.offset, r.key, r.value, list(r.headers or ()), r.timestamp) for r in records]

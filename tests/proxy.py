@@ -25,6 +25,15 @@ class TcpProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self.connections = 0
         self._cuts = 0  # how many times the proxy was cut: a connection accepted before one is dropped
+        # From a cut until the next listen: a connection the kernel accepted before the listener
+        # closed can reach `_accept` only after the cut began (it read the new `_cuts` and went
+        # through, seen once in CI as rows applied while the database was "unreachable").
+        self._refusing = False
+        # While clear, nothing is forwarded (a peer that stopped answering); `held` counts the
+        # chunks that waited for it.
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self.held = 0
 
     def __enter__(self) -> TcpProxy:
         return self.start()
@@ -41,12 +50,16 @@ class TcpProxy:
         return self
 
     async def _listen(self) -> None:
+        self._refusing = False
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port, reuse_address=True)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         cuts = self._cuts
+        if self._refusing:
+            writer.transport.abort()
+            return
         host, port = self.target
         try:
             if host.startswith("/"):
@@ -56,7 +69,7 @@ class TcpProxy:
         except OSError:
             writer.close()
             return
-        if self._cuts != cuts:
+        if self._cuts != cuts or self._refusing:
             # Cut while this connection reached the target: `_cut` did not see it, and it must
             # not outlive the cut (a client would go on talking to the database).
             writer.transport.abort()
@@ -71,6 +84,9 @@ class TcpProxy:
             while data := await reader.read(65536):
                 if self.delay_s:
                     await asyncio.sleep(self.delay_s)
+                if not self._flowing.is_set():
+                    self.held += 1
+                    await self._flowing.wait()
                 writer.write(data)
                 await writer.drain()
         finally:
@@ -78,6 +94,7 @@ class TcpProxy:
                 writer.close()
 
     async def _cut(self) -> None:
+        self._refusing = True
         self._cuts += 1
         if self._server is not None:
             self._server.close()
@@ -101,6 +118,13 @@ class TcpProxy:
         """Delay each chunk forwarded in either direction (a slow database)."""
         self.delay_s = seconds
 
+    def hold(self) -> None:
+        """Stop forwarding in either direction, connections kept open, until `release`."""
+        self._loop.call_soon_threadsafe(self._flowing.clear)
+
+    def release(self) -> None:
+        self._loop.call_soon_threadsafe(self._flowing.set)
+
     async def _end_tasks(self) -> None:
         # The connections' tasks, their transports aborted by `_cut`, end before the loop stops:
         # none is left pending ("Task was destroyed but it is pending" at exit).
@@ -109,6 +133,7 @@ class TcpProxy:
             await asyncio.wait(tasks, timeout=2.0)
 
     def close(self) -> None:
+        self.release()  # held chunks' tasks end with their aborted connections
         with contextlib.suppress(Exception):
             self._call(self._cut())
         with contextlib.suppress(Exception):

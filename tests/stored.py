@@ -85,11 +85,11 @@ def rows(dsn: str, kind: str, tenants: list[str]) -> dict[tuple[str, str], dict[
     return found
 
 
-def dead_letters(bootstrap: str, dlq_topic: str, timeout: float = 3.0) -> dict[tuple[int, int], list[TopicRecord]]:
+def dead_letters(bootstrap: str, dlq_topic: str) -> dict[tuple[int, int], list[TopicRecord]]:
     """A DLQ topic's records by their source (partition, offset) (a list: a dead letter may be
     published twice when a worker dies between publishing and committing)."""
     out: dict[tuple[int, int], list[TopicRecord]] = {}
-    for record in asyncio.run(read_topic(bootstrap, dlq_topic, timeout=timeout)):
+    for record in asyncio.run(read_topic(bootstrap, dlq_topic)):
         info = record.info
         out.setdefault((info.source_partition, info.source_offset), []).append(record)
     return out

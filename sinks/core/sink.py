@@ -43,11 +43,13 @@ gives up on after a few attempts (the worker restarts): never in an endless retr
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 import psycopg
+import psycopg_pool
 
 from schemas.deadletter import DeadLetter, Reason
 from sinks.core import claims, ledger
@@ -123,19 +125,52 @@ class Sink:
         self.transaction_timeout = transaction_timeout
         self.on_split = on_split
         self.health = DatabaseHealth()
+        # Connections this sink holds now, by use ("write", "ledger"): said when the pool runs dry.
+        self._held: Counter[str] = Counter()
 
     @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
-        """A pool connection for one transaction, bounded by `transaction_timeout`; closed
-        (not given back) when the block ends on an error that leaves it worth nothing."""
-        async with self.pool.connection(timeout=self.connection_timeout) as conn:
-            try:
-                async with asyncio.timeout(self.transaction_timeout):
-                    yield conn
-            except BaseException as exc:
-                if connection_is_spent(exc) and not conn.closed:
-                    await conn.close()  # the pool discards a closed connection
-                raise
+    async def _connection(self, use: str) -> AsyncIterator[psycopg.AsyncConnection]:
+        """A pool connection for one transaction (`use`: "write" or "ledger"), bounded by
+        `transaction_timeout`; closed (not given back) when the block ends on an error that leaves
+        it worth nothing.
+
+        Raises `TransientSinkError` (from `PoolTimeout`) when none comes within
+        `connection_timeout`, saying what the pool held then: connections made or being made,
+        idle ones, those in use here and by what (a pool full of writers, or one still
+        connecting, or a database that does not answer or takes no writes).
+
+        psycopg's `pool.connection()` does the same but for its `usage_ms` statistic, which
+        nothing of ours reads."""
+        try:
+            conn = await self.pool.getconn(timeout=self.connection_timeout)
+        except psycopg_pool.PoolTimeout as exc:
+            raise TransientSinkError(f"PoolTimeout: {exc} ({self._pool_state()})") from exc
+        self._held[use] += 1
+        try:
+            # As psycopg's `pool.connection()`: `async with conn` ends what the block left open
+            # (after a spent connection is closed below: then it has nothing to do).
+            async with conn:
+                try:
+                    async with asyncio.timeout(self.transaction_timeout):
+                        yield conn
+                except BaseException as exc:
+                    if connection_is_spent(exc) and not conn.closed:
+                        await conn.close()  # the pool discards a closed connection
+                    raise
+        finally:
+            self._held[use] -= 1
+            await self.pool.putconn(conn)
+
+    def _pool_state(self) -> str:
+        # Not the pool's count of waiting requests: psycopg keeps one that timed out (this one
+        # too) in its queue until a connection comes back, so the count grows with each retry.
+        stats = self.pool.get_stats()
+        size, idle = stats.get("pool_size", 0), stats.get("pool_available", 0)
+        held = ", ".join(f"{n} {use}" for use, n in sorted(self._held.items()) if n) or "none"
+        return (
+            f"pool {self.pool.name}: {size} of at most {stats.get('pool_max', 0)} connections made or being made, "
+            f"{idle} idle, in use here: {held}"
+        )
 
     async def write(self, batch: Batch[Any]) -> WriteResult[Any]:
         """Apply the batch in one transaction (or, if it runs out of time, in halves); see the
@@ -188,13 +223,13 @@ class Sink:
             raise
 
     async def positions(self, topic: str) -> dict[int, ledger.Position]:
-        async with self._connection() as conn:
+        async with self._connection("ledger") as conn:
             return await ledger.positions(conn, self.group, topic)
 
     async def _write(self, batch: Batch[Any], *, isolate: bool) -> WriteResult[Any]:
         topic, partition = batch.topic, batch.partition
         claims.check_range(batch)  # needs no ledger: refused before a connection is taken
-        async with self._connection() as conn:
+        async with self._connection("write") as conn:
             # The pool's connections are in autocommit: the BEGIN and the COMMIT are ours, each
             # sent with the statements beside it as one simple query bound on the client (one
             # round trip and one message to read, not three and two: on a busy machine each round

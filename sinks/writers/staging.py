@@ -9,9 +9,10 @@ session-lived table also breaks under PgBouncer's transaction pooling (the next 
 run on another server connection). Creating it per transaction costs catalog work, measured by
 `bench/staging_ddl.py` (see bench/RESULTS.md): about 1.5 ms of PostgreSQL's CPU per transaction
 on the benchmark's machine, most of what a batch of a few rows costs the server. A writer whose
-kind is one set-based statement (metric) can take a small batch without the table:
+kind is one set-based statement (metric) can take a batch without the table (metric: up to
+2,000 records):
 `Staging.inline` is the same rows as a FROM item of arrays, one per column (`Staging.arrays`),
-bound as the statement's parameters.
+bound as the statement's binary parameters.
 
 The staging table, the COPY's column types and each record's row tuple are all generated from
 the event model's columns (`schemas.columns.columns_of`), plus the record's Kafka offset: one
@@ -72,8 +73,14 @@ class Staging:
     def inline(self) -> str:
         """The staged rows as a FROM item named like the staging table, from one array parameter
         per column (`arrays`, in column order): for a statement that reads them once. A jsonb
-        column travels as text (serialised as the pool's JSON dumper does) and is cast back."""
-        arrays = ", ".join(f"%s::{_array_element(c)}[]" for c in self.columns)
+        column travels as text (serialised as the pool's JSON dumper does) and is cast back.
+
+        The arrays go in binary (`%b`), as the COPY does: psycopg's text array dumper quotes and
+        escapes every element with a regular expression, which cost the worker 3 to 5 times the
+        binary one per row (bench/RESULTS.md, ninth round). A column NULL in every record is the
+        exception: psycopg cannot type a list of None alone and sends the text `{NULL,...}`,
+        read as NULLs because the transaction sets `array_nulls` on (sinks/local_settings.py)."""
+        arrays = ", ".join(f"%b::{_array_element(c)}[]" for c in self.columns)
         names = ", ".join(c.name for c in self.columns)
         select = ", ".join(f"{c.name}::jsonb AS {c.name}" if c.pg_type == "jsonb" else c.name for c in self.columns)
         return f"(SELECT {select} FROM unnest({arrays}) AS u ({names})) AS {self.table}"

@@ -54,6 +54,30 @@ class Start:
 
 
 FROM_BEGINNING = Start(from_beginning=True)
+# How long a read waits for the next record while a partition is short of its end offset. A
+# broker here (Tansu) answered a fetch after more than 2 s on a loaded machine: a reader that took
+# 2 s of quiet for the end read a DLQ short, and verify called 9,676 dead letters missing.
+STALL_S = 60.0
+AFTER_END_POLLS = 2  # polls with records once every partition is at its end, before stopping
+
+
+class ReadStalled(RuntimeError):
+    """Nothing moved for `stall_s` seconds while partitions were short of their end offsets:
+    `short` maps each such partition to (position, end offset), None where it is not known."""
+
+    def __init__(self, topic: str, short: dict[int, tuple[int, int] | None], stall_s: float) -> None:
+        self.topic, self.short, self.stall_s = topic, short, stall_s
+        where = ", ".join(
+            f"[{p}] at {at[0]} of {at[1]}" if at else f"[{p}] at an unknown position"
+            for p, at in sorted(short.items())[:8]
+        )
+        more = f" and {len(short) - 8} more" if len(short) > 8 else ""
+        super().__init__(
+            f"reading {topic} stopped short of its end: nothing for {stall_s:g} s with partitions "
+            f"{where}{more}; the broker is slow or unreachable, try again"
+        )
+
+
 log = logs.get(__name__)
 
 
@@ -205,15 +229,22 @@ class Reader:
         start: Start = FROM_BEGINNING,
         partitions: Iterable[int] | None = None,
         follow: bool = False,
-        idle_s: float = 2.0,
+        stall_s: float = STALL_S,
     ) -> AsyncIterator[list[ConsumerRecord]]:
         """Yield chunks of records; without `follow`, stop once caught up with the topic. With
         `follow`, yield one empty chunk when caught up, then live records as they come.
 
-        Caught up means past the end offsets seen at the start and one more poll brought nothing,
-        or nothing came for `idle_s` seconds: some brokers (Tansu) report a partition's end as
-        the first offset of its last record batch, so end offsets alone would stop early.
-        Raises LookupError when the topic or the partitions asked for do not exist.
+        Caught up means every partition's position reached the end offset the broker gave at the
+        start, then one more poll brought nothing, or AFTER_END_POLLS polls went by (a topic
+        being written has no quiet moment). The extra polls are there because some brokers
+        (Tansu) report a partition's end as the first offset of its last record batch + 1: the
+        rest of that batch comes after.
+
+        A slow broker is waited for, never taken for the end: a read that stopped early would
+        pass for the whole topic (verify would check less than it says, a replay would replay
+        again). Raises ReadStalled when no record came for `stall_s` seconds while a partition
+        is short of its end, and LookupError when the topic or the partitions asked for do not
+        exist.
         """
         async with self._turn:
             consumer = await self.consumer()
@@ -227,7 +258,9 @@ class Reader:
                 for tp, offset in (await _positions(consumer, tps, start)).items():
                     consumer.seek(tp, offset)
                 ends = await consumer.end_offsets(tps)
-                quiet_since = time.monotonic()
+                positions = await _now_at(consumer, topic, tps, stall_s)
+                progress_at = time.monotonic()
+                after_end: int | None = None  # polls since every partition reached its end
                 caught_up = False
                 while True:
                     try:
@@ -240,21 +273,39 @@ class Reader:
                         self.unreadable.append(
                             Unreadable(tp.topic, tp.partition, offset, f"{type(exc).__name__}: {exc}")
                         )
+                        # aiokafka drops what the other partitions gave in the same call, their
+                        # positions already past it: they read it again.
+                        moved = await _now_at(consumer, topic, tps, stall_s)
+                        for other, at in positions.items():
+                            if other != tp and moved[other] != at:
+                                consumer.seek(other, at)
                         consumer.seek(tp, offset + 1)
+                        positions[tp] = offset + 1
+                        progress_at = time.monotonic()
                         continue
                     records = [r for chunk in batch.values() for r in chunk]
                     if records:
-                        quiet_since = time.monotonic()
                         yield records
-                        continue
+                    now = await _now_at(consumer, topic, tps, stall_s)
+                    if now != positions:  # records, or batches the client steps over (markers, aborted)
+                        progress_at = time.monotonic()
+                    positions = now
                     if caught_up:
                         continue
-                    at_end = all([await consumer.position(tp) >= ends[tp] for tp in tps])
-                    if at_end or time.monotonic() - quiet_since > idle_s:
-                        if not follow:
-                            return
-                        caught_up = True
-                        yield []  # the backlog is over; what follows is live
+                    if after_end is None:
+                        short = {tp.partition: (at, ends[tp]) for tp, at in positions.items() if at < ends[tp]}
+                        if short:
+                            if time.monotonic() - progress_at > stall_s:
+                                raise ReadStalled(topic, short, stall_s)
+                            continue
+                        after_end = 0
+                    if records and after_end < AFTER_END_POLLS:
+                        after_end += 1
+                        continue
+                    if not follow:
+                        return
+                    caught_up = True
+                    yield []  # the backlog is over; what follows is live
             finally:
                 _idle(consumer)
 
@@ -298,6 +349,18 @@ def _idle(consumer: AIOKafkaConsumer) -> None:
     """Stop fetching between operations. Paused, not unassigned: aiokafka 0.14's consumer can
     hang in stop() once a user assignment was dropped (its fetch task waits for a new one)."""
     consumer.pause(*consumer.assignment())
+
+
+async def _now_at(
+    consumer: AIOKafkaConsumer, topic: str, tps: list[TopicPartition], stall_s: float
+) -> dict[TopicPartition, int]:
+    """Each partition's position. aiokafka waits without a limit for a position it is resetting
+    (after an offset out of range) to be looked up: a broker that stopped answering is a stall."""
+    try:
+        found = await asyncio.wait_for(asyncio.gather(*(consumer.position(tp) for tp in tps)), stall_s)
+    except TimeoutError:
+        raise ReadStalled(topic, dict.fromkeys((tp.partition for tp in tps), None), stall_s) from None
+    return dict(zip(tps, found, strict=True))
 
 
 async def _positions(consumer: AIOKafkaConsumer, tps: list[TopicPartition], start: Start) -> dict[TopicPartition, int]:

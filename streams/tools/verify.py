@@ -138,14 +138,19 @@ def verify(
     since: datetime | None = None,
     security: Mapping[str, Any] | None = None,
 ) -> VerifyReport:
-    expected, unreadable = aio.run(_read(bootstrap, kind, since, security))
     report = VerifyReport(kind.topic, group)
-    dlq_sources = expected.dead_lettered
-    report.dlq_repeats = sum(n - 1 for n in dlq_sources.values())
-    with psycopg.connect(dsn) as conn:
+    # Autocommit: no transaction stays open while the topics are read (each statement sees what
+    # is committed when it runs, as a transaction at read committed would).
+    with psycopg.connect(dsn, autocommit=True) as conn:
         report.read_from = read_from(conn)
-        # Read after the topic: whatever the ledger covers now was delivered before we looked.
+        # Read before the topic and its DLQ: every record the ledger covers now is in the topic
+        # when we read it, and so is its dead letter in the DLQ (a worker publishes dead letters
+        # before it commits). Read after them, a ledger that moved on in between would take a
+        # record whose dead letter came after our read of the DLQ for one missing.
         ledger = _ledger(conn, group, kind.topic)
+        expected, unreadable = aio.run(_read(bootstrap, kind, since, security))
+        dlq_sources = expected.dead_lettered
+        report.dlq_repeats = sum(n - 1 for n in dlq_sources.values())
         report.lost = [tuple(r) for r in conn.execute(LOST, (group, kind.topic))]  # type: ignore[misc]
         for u in unreadable:
             # A record batch no Kafka client here can read: accounted for only where the ledger

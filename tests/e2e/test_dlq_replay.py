@@ -33,7 +33,7 @@ def send(s: Scenario, topic: str, records: list[tuple[bytes | None, bytes | None
 
 
 def read(s: Scenario, topic: str) -> list[TopicRecord]:
-    return asyncio.run(read_topic(s.bootstrap, topic, timeout=3.0))
+    return asyncio.run(read_topic(s.bootstrap, topic))
 
 
 def replayed(records: list[TopicRecord]) -> list[tuple[bytes | None, bytes | None, Headers]]:

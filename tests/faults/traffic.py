@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
+import time
+import traceback
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from streams.dev.loadgen.analysis import AnalysisLoad, AnalysisReport, produce_analysis
@@ -55,7 +59,12 @@ class Traffic:
     rounds: int = 0
     _thread: threading.Thread | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
+    _live: tuple[LoadReport, ChatReport, AnalysisReport] = field(
+        default_factory=lambda: (LoadReport(), ChatReport(), AnalysisReport())
+    )
     error: BaseException | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
+    _publisher: Publisher | None = None
 
     def start(self) -> Traffic:
         self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
@@ -70,8 +79,10 @@ class Traffic:
 
     async def _publish(self) -> None:
         s = self.s
+        self._loop = asyncio.get_running_loop()
         self.reports = {topic: Published() for topic in (s.topic, s.chat_topic, s.analysis_topic)}
         async with Publisher(s.bootstrap) as pub:
+            self._publisher = pub
             while True:
                 await self._round(pub, self.seed + 3 * self.rounds)
                 self.rounds += 1
@@ -80,11 +91,13 @@ class Traffic:
 
     async def _round(self, pub: Publisher, seed: int) -> None:
         s, share = self.s, self.rate / 10
+        self._live = (LoadReport(), ChatReport(), AnalysisReport())
         metric, chat, analysis = await asyncio.gather(
             produce_metrics(
                 pub,
                 s.topic,
                 MetricLoad(self.metrics, duplicates=self.duplicates, invalid=self.invalid, rate=share * 7, seed=seed),
+                report=self._live[0],
             ),
             produce_chat(
                 pub,
@@ -96,11 +109,13 @@ class Traffic:
                     rate=share * 2,
                     seed=seed + 1,
                 ),
+                report=self._live[1],
             ),
             produce_analysis(
                 pub,
                 s.analysis_topic,
                 AnalysisLoad(self.analyses, duplicates=self.duplicates, rate=share, seed=seed + 2),
+                report=self._live[2],
             ),
         )
         for topic, report in ((s.topic, metric), (s.chat_topic, chat), (s.analysis_topic, analysis)):
@@ -120,9 +135,77 @@ class Traffic:
         if self.error is not None:
             raise self.error
 
+    def sending(self) -> tuple[int, int, int]:
+        """Records sent so far in the round in flight (metric, chat, analysis): for diagnostics."""
+        metric, chat, analysis = self._live
+        return metric.sent, chat.sent, analysis.sent
+
+    def where(self) -> str:
+        """Where the traffic thread is now, and each of its tasks down its awaits: for a test
+        that finds it stuck (read from another thread without the loop's consent: a diagnostic,
+        never raising, not a value)."""
+        try:
+            return self._where()
+        except Exception as exc:
+            return f"unreadable: {exc!r}"
+
+    def _where(self) -> str:
+        if self._thread is None or self._thread.ident is None:
+            return "not started"
+        frame = sys._current_frames().get(self._thread.ident)
+        lines = ["thread: " + " <- ".join(_frames(traceback.extract_stack(frame)[-6:][::-1])) if frame else "ended"]
+        if self.error is not None:
+            lines.append(f"it raised {self.error!r}")
+        for _ in range(3):  # the set may change while read
+            try:
+                tasks = list(asyncio.all_tasks(self._loop)) if self._loop else []
+                break
+            except RuntimeError:
+                tasks = []
+        for task in tasks:
+            lines.append(f"task {task.get_name()}: " + " -> ".join(_awaits(task.get_coro())))
+        if self._publisher is not None:
+            lines.append(_producer_state(self._publisher))
+        return "; ".join(lines)
+
     @property
     def records(self) -> int:
         return sum(r.sent for r in self.reports.values())
+
+
+def _producer_state(pub: Publisher) -> str:
+    """aiokafka's sender: the nodes it awaits a response from, and the batches it sent that no
+    response has settled yet (their partition and age since created): a batch pending with no
+    node in flight was left out of the response that should have settled it."""
+    error: Exception | None = None
+    for _ in range(3):  # the sets may change while read
+        try:
+            sender = pub._producer._sender
+            accumulator = pub._producer._message_accumulator
+            now = time.monotonic()
+            pending = [
+                f"{b.tp.topic}[{b.tp.partition}] {now - b._ctime:.1f} s" for b in list(accumulator._pending_batches)
+            ]
+            queued = {f"{tp.topic}[{tp.partition}]": len(q) for tp, q in list(accumulator._batches.items()) if q}
+            nodes = sorted(sender._in_flight)
+            return f"producer: in flight to nodes {nodes}, sent and unsettled {pending}, queued {queued}"
+        except Exception as exc:  # changed while read, or a client version this was not written for
+            error = exc
+    return f"producer state unreadable: {error!r}"
+
+
+def _awaits(coro: object) -> list[str]:
+    """A suspended coroutine's chain of awaits, outermost first (a task's `get_stack` gives only
+    its own frame: the coroutines it awaits are reached through `cr_await`)."""
+    frames = []
+    while len(frames) < 12 and (frame := getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)):
+        frames.append(traceback.FrameSummary(frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name))
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return _frames(frames)
+
+
+def _frames(summary: Sequence[traceback.FrameSummary]) -> list[str]:
+    return [f"{f.name} ({f.filename.rsplit('/', 2)[-1]}:{f.lineno})" for f in summary]
 
 
 def settled(

@@ -161,3 +161,30 @@ async def test_a_client_encoding_from_the_environment_changes_nothing(
     monkeypatch.delenv("PGCLIENTENCODING")  # read back as UTF-8 (psycopg's jsonb loader assumes it too)
     name, _, unit, _, tags, _, attributes, _ = stored(database_url, tenant)["e0"]
     assert (name, unit, tags, attributes) == ("ü", "é", {"ü": "é"}, {"x": "ß"})
+
+
+@pytest.mark.parametrize("writer", [MetricWriter(), MetricWriter(inline_rows=0)], ids=["inline", "staged"])
+async def test_array_nulls_off_on_the_database_changes_nothing(writer: MetricWriter, own_database: str) -> None:
+    """psycopg cannot type a list of None alone, so an all-NULL column goes as a text array
+    `{NULL,...}` even where binary was asked for; under `array_nulls = off` (a database's or a
+    role's setting) the server reads its elements as the string 'NULL'. Found by a review: a
+    typical batch (unit, schema_version and attributes NULL in every record) was dead-lettered
+    whole, and a unit NULL beside attributes set was stored as 'NULL'. Each transaction turns it
+    back on (sinks/local_settings.py)."""
+    with psycopg.connect(own_database, autocommit=True) as conn:
+        name = conn.info.dbname
+        conn.execute(f'ALTER DATABASE "{name}" SET array_nulls = off')
+    tenant = uuid.uuid4()
+    typical = [event(tenant, i) for i in range(100)]  # unit, schema_version, attributes: None
+    unit_only = [event(tenant, 100 + i, schema_version=1, attributes={"k": i}) for i in range(3)]
+    async with writers_pool(own_database, writer) as own_pool:
+        async with own_pool.connection() as conn:
+            assert (await (await conn.execute("SHOW array_nulls")).fetchone()) == ("off",)
+        _, _, typical_result = await write(own_pool, writer, typical)
+        await write(own_pool, writer, unit_only)
+    assert len(typical_result.applied) == 100
+    got = stored(own_database, tenant)
+    assert {k: (v[2], v[5], v[6]) for k, v in got.items()} == {
+        **{f"e{i}": (None, None, None) for i in range(100)},
+        **{f"e{100 + i}": (None, 1, {"k": i}) for i in range(3)},
+    }

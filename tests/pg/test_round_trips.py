@@ -65,19 +65,23 @@ async def waits(sink: Sink, write: Awaitable[WriteResult[Any]]) -> tuple[int, Wr
 
 async def test_a_metric_batch_waits_for_the_server_six_times(sink: Sink, own_database: str) -> None:
     topic, tenant = f"m-{uuid.uuid4().hex[:8]}", uuid.uuid4()
-    first = batch(topic, 0, [(o, metric(tenant, f"d{o}")) for o in range(100)])
+    n_rows = INLINE_ROWS + 1  # the smallest batch that is staged
+    first = batch(topic, 0, [(o, metric(tenant, f"d{o}")) for o in range(n_rows)])
     # The partition's first batch: its ledger row is created in the same round trip as the lock.
     n, _ = await waits(sink, sink.write(first))
     assert n == METRIC_BATCH_ROUND_TRIPS
-    second = batch(topic, 0, [(o, metric(tenant, f"d{o % 150}")) for o in range(100, 200)])
+    # Offsets n_rows.. carry new keys for the first half (d<n_rows>..), then the first batch's again.
+    half = n_rows // 2
+    second = batch(topic, 0, [(o, metric(tenant, f"d{o % (n_rows + half)}")) for o in range(n_rows, 2 * n_rows)])
     n, result = await waits(sink, sink.write(second))
     assert n == METRIC_BATCH_ROUND_TRIPS
-    assert len(result.applied) == 50 and len(result.duplicates) == 50  # d100..d149 new, d0..d49 again
+    assert len(result.applied) == half and len(result.duplicates) == n_rows - half
     row = ledger(own_database, sink.group, topic)[0]
-    assert row["last_offset"] == 199 and row["rows_applied"] == 150 and row["duplicates"] == 50
+    assert row["last_offset"] == 2 * n_rows - 1
+    assert row["rows_applied"] == n_rows + half and row["duplicates"] == n_rows - half
     with psycopg.connect(own_database) as conn:
         stored = conn.execute("SELECT count(*) FROM eventsink.metrics_raw WHERE tenant_id = %s", (tenant,)).fetchone()
-    assert stored == (150,)
+    assert stored == (n_rows + half,)
 
 
 async def test_an_inline_metric_batch_waits_for_the_server_three_times(sink: Sink, own_database: str) -> None:

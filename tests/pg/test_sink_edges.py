@@ -94,7 +94,7 @@ async def test_a_cached_duplicate_counts_only_if_the_ledger_confirms_its_commit(
         (MetricWriter(inline_rows=0), "OverflowError"),
         # Inline: the batch's value array mixes float and int, which psycopg refuses to dump; redone
         # record by record, the lone int goes as numeric and the server refuses its cast to float8.
-        (MetricWriter(), "(22003): \"1000000000000000000000"),
+        (MetricWriter(), '(22003): "1000000000000000000000'),
     ],
     ids=["staged", "inline"],
 )

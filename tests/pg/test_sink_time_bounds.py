@@ -3,6 +3,7 @@ and 20): a slow trigger on the test's own database makes every insert slow."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -135,6 +136,38 @@ async def test_the_pool_hands_out_no_connection_to_a_read_only_server(own_databa
         with psycopg.connect(own_database, autocommit=True) as conn:
             conn.execute("SET default_transaction_read_only = off")
             conn.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+
+
+async def test_a_write_that_gets_no_connection_says_what_holds_the_pool(own_database: str) -> None:
+    """A pool whose one connection a write holds (here: waiting on a row lock another session
+    has) leaves the next write to time out; its error says the pool's state, so that an operator
+    reading the log sees writers in use, not a database that does not answer."""
+    with psycopg.connect(own_database, autocommit=True) as blocker:
+        async with writers_pool(own_database, WRITER, max_size=1) as pool:
+            sink = Sink(pool, "g-dry", WRITER, DeadLetters(), connection_timeout=1)
+            await sink.write(batch("metrics", 0, [(0, metric(uuid.uuid4(), "a"))]))  # the ledger row exists
+            blocker.execute("BEGIN")
+            blocker.execute("SELECT * FROM eventsink.offsets_ledger WHERE consumer_group = 'g-dry' FOR UPDATE")
+            held = asyncio.create_task(sink.write(batch("metrics", 0, [(1, metric(uuid.uuid4(), "b"))])))
+            try:
+                for _ in range(500):  # until the held write has the pool's one connection (10 s at most)
+                    if pool.get_stats()["pool_available"] == 0 and sink._held["write"] == 1:
+                        break
+                    await asyncio.sleep(0.02)
+                else:
+                    raise AssertionError(f"the write never took the connection: {pool.get_stats()}")
+                with pytest.raises(TransientSinkError) as raised:
+                    await sink.positions("metrics")
+                assert isinstance(raised.value.__cause__, PoolTimeout)
+                message = str(raised.value)
+                assert "1 of at most 1 connections made or being made, 0 idle, in use here: 1 write" in message, message
+            finally:
+                blocker.execute("ROLLBACK")
+                # Its own failure must not hide the one above: checked after.
+                (result,) = await asyncio.gather(held, return_exceptions=True)
+        assert not isinstance(result, BaseException), result
+        assert result.ledger_after == 1  # the held write went on once the lock was gone
+    assert ledger_at(own_database, "g-dry", "metrics") == 1
 
 
 async def test_a_pooled_connection_that_became_read_only_is_not_handed_out_again(

@@ -96,16 +96,39 @@ def test_one_rate_contenders_run_once_at_the_middle() -> None:
     ]
 
 
+def test_each_round_rotates_the_contenders_order() -> None:
+    names = ["eventsink", "plain", "quix"]
+    assert schedule(names, (0.5,), 1) == [(0.5, "eventsink"), (0.5, "plain"), (0.5, "quix")]
+    assert schedule(names, (0.5,), 2) == [(0.5, "plain"), (0.5, "quix"), (0.5, "eventsink")]
+    assert schedule(names, (0.5,), 4) == schedule(names, (0.5,), 1)
+    # The plain loop is an anchor at every rate; a one-rate contender still runs at the middle only.
+    assert schedule(["eventsink", "plain", "quix-1s"], (0.25, 0.5), 2) == [
+        (0.25, "plain"),
+        (0.25, "eventsink"),
+        (0.5, "plain"),
+        (0.5, "quix-1s"),
+        (0.5, "eventsink"),
+    ]
+
+
 def test_clock_offset_is_against_the_middle_of_the_round_trip() -> None:
     found = offset_of(100.000, 100.0105, 100.020)
     assert found.offset_ms == pytest.approx(0.5)
     assert found.uncertainty_ms == pytest.approx(10.0)
 
 
-def _run(p99: float, fraction: float = 0.5, rate: int = 500, missing: int = 0) -> LatencyRun:
+def _run(
+    p99: float,
+    fraction: float = 0.5,
+    rate: int = 500,
+    missing: int = 0,
+    contender: str = "eventsink",
+    rnd: int = 1,
+    broker_cpu_s: float | None = None,
+) -> LatencyRun:
     paced = Paced(500.0, "r", array("q", range(1000)), seconds=1.998)
     return LatencyRun(
-        "eventsink",
+        contender,
         fraction,
         rate,
         paced,
@@ -120,6 +143,8 @@ def _run(p99: float, fraction: float = 0.5, rate: int = 500, missing: int = 0) -
         busy_cpu_s=3.05,
         seconds=2.0,
         rss_mb=150.4,
+        round=rnd,
+        broker_cpu_s=broker_cpu_s,
     )
 
 
@@ -151,12 +176,53 @@ def test_goal_not_measured_without_a_default_run_at_half_load() -> None:
     assert goal(other).startswith("- not measured:")
 
 
+def _rounds(ours: list[float], plain: list[float | None]) -> LatencyResults:
+    spec = LatencySpec((0.5,), 60.0, 8, 50, 1, low_rate=0)  # no light run: no line for it
+    runs = [_run(p, rnd=k) for k, p in enumerate(ours, 1)]
+    runs += [_run(p, contender="plain", rnd=k) for k, p in enumerate(plain, 1) if p is not None]
+    return LatencyResults(spec, 1000.0, "given", runs, None, ["eventsink", "plain"], len(ours))
+
+
+def test_goal_is_met_only_when_every_round_meets_it() -> None:
+    met = goal(_rounds([250.0, 300.0], [200.0, 150.0])).splitlines()[0]
+    assert met.startswith("- met:") and "round 1: p50 250 ms, p99 250 ms" in met and "round 2:" in met
+    assert goal(_rounds([250.0, 301.0], [200.0, 150.0])).splitlines()[0].startswith("- **not met**:")
+
+
+def test_anchor_gives_eventsinks_p99_over_the_plain_loops_per_round() -> None:
+    anchor = goal(_rounds([900.0, 600.0, 500.0], [600.0, 200.0, 400.0])).splitlines()[-1]
+    assert anchor == (
+        "- anchor: the plain loop at 50% load, p99 by round: 600 ms, 200 ms, 400 ms (above 300 ms in 2 of 3); "
+        "eventsink's p99 / the plain loop's, by round: 1.50, 3.00, 1.25 (median 1.50)"
+    )
+    # A round without the plain loop has no ratio; without the plain loop at all, no anchor line.
+    partial = goal(_rounds([900.0, 600.0], [600.0, None])).splitlines()[-1]
+    assert partial.endswith("by round: 1.50 (median 1.50)")
+    assert len(goal(_results(300.0)).splitlines()) == 2
+    assert len(goal(_rounds([900.0], [None])).splitlines()) == 1
+
+
+def test_an_anchor_line_per_load_the_plain_loop_ran_at() -> None:
+    spec = LatencySpec((0.25, 0.5), 60.0, 8, 50, 1, low_rate=0)
+    runs = [
+        _run(100.0, fraction=0.25),
+        _run(50.0, fraction=0.25, contender="plain"),
+        _run(900.0),
+        _run(450.0, contender="plain"),
+    ]
+    lines = goal(LatencyResults(spec, 1000.0, "given", runs, None, ["eventsink", "plain"])).splitlines()
+    assert lines[1].startswith("- anchor: the plain loop at 25% load, p99 by round: 50 ms (above 300 ms in 0 of 1)")
+    assert lines[1].endswith("by round: 2.00 (median 2.00)")
+    assert lines[2].startswith("- anchor: the plain loop at 50% load, p99 by round: 450 ms (above 300 ms in 1 of 1)")
+
+
 def test_report_row(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(report_latency, "CORES", 2)
     (run,) = _results(950.0).runs
     assert row(run) == [
         "eventsink",
         "50%",
+        "1",
         "500",
         "500",  # 999 intervals in 1.998 s
         "1,000",
@@ -173,5 +239,9 @@ def test_report_row(monkeypatch: pytest.MonkeyPatch) -> None:
         "4.3",
         "76%",  # 3.05 CPU s busy in 2 s of 2 cores
         "20",  # 0.02 s of the harness's CPU for 1000 records
+        "-",  # the broker was not the run's
         "1.49",  # (3.05 - 0.05 - 0.02) CPU s in 2 s
     ]
+    with_broker = row(_run(950.0, rnd=2, broker_cpu_s=1.2))
+    assert with_broker[2] == "2"
+    assert with_broker[-2:] == ["0.60", "0.89"]  # 1.2 CPU s in 2 s; (3.05 - 0.05 - 0.02 - 1.2) in 2 s
