@@ -258,9 +258,7 @@ def benchmark(args: argparse.Namespace, svc: Services, workdir: Path) -> report.
             low_rate=args.low_rate,
             producer=args.producer,
         )
-        latency_results = latency.scenario(
-            session, names_in(args, "latency"), lspec, rate, how, args.rounds
-        )
+        latency_results = latency.scenario(session, names_in(args, "latency"), lspec, rate, how, args.rounds)
     memory_results = None
     if run_memory:
         memory_results = memory.scenario(svc, workdir, src, memory.spec_from(args, args.events or EVENTS["memory"]))

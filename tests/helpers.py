@@ -224,9 +224,35 @@ class WorkerProcess:
             if e.get("event") == "partitions assigned" and e.get("topic") == topic
         ]
 
+    def led(self) -> list[int]:
+        """The group generations in which this worker, as the group's leader, assigned partitions."""
+        return [e["generation"] for e in self.logs() if e.get("event") == "group assigned as its leader"]
+
     def logged(self, event: str) -> int:
         """How many times the worker logged `event`."""
         return sum(1 for e in self.logs() if e.get("event") == event)
+
+
+def shared_by(topic: str, *workers: WorkerProcess) -> bool:
+    """Whether the workers' latest assignments, all of one generation (one rebalance every one of
+    them has finished), split the topic's four partitions between them. Latest assignments of
+    different generations can add up to four partitions while a worker is still in a rebalance."""
+    latest = [w.generations(topic)[-1] if w.generations(topic) else (-1, []) for w in workers]
+    return (
+        len({generation for generation, _ in latest}) == 1
+        and all(partitions for _, partitions in latest)
+        and sorted(p for _, partitions in latest for p in partitions) == [0, 1, 2, 3]
+    )
+
+
+def leader(topic: str, *workers: WorkerProcess) -> WorkerProcess:
+    """The one of `workers` that, as the group's leader, assigned the generation they share (see
+    `shared_by`). Tansu 0.6.0 never completes a rebalance again once its leader left while the
+    group re-formed, so a test that stops one worker of a running group stops one that does not lead."""
+    generation = workers[0].generations(topic)[-1][0]
+    leaders = [w for w in workers if generation in w.led()]
+    assert len(leaders) == 1, f"one leader of generation {generation}, not {len(leaders)}"
+    return leaders[0]
 
 
 COUNTERS = tuple(f.name for f in fields(Counters))  # events, rows_applied, duplicates, dead_letters, superseded

@@ -584,6 +584,20 @@ class BacklogAssignor(PartitionAssignor):
     measurement (`app.backlog`), None to keep Faust's.
     """
 
+    def assign(self, cluster: Any, member_metadata: Mapping[str, Any]) -> Any:
+        """Faust's `assign`, run by the group's leader alone; logged, so that an operator (and a
+        test, which must not stop the leader while the group re-forms on Tansu 0.6.0, see
+        tests/faults/test_faults.py) can tell which worker leads and since which generation."""
+        assignment = super().assign(cluster, member_metadata)
+        coordinator = _coordinator(self.app)
+        log.info(
+            "group assigned as its leader",
+            generation=group_generation(self.app),
+            member=getattr(coordinator, "member_id", None),
+            members=len(member_metadata),
+        )
+        return assignment
+
     def _protocol_assignments(
         self, assignments: Any, cl_distribution: Any, tp_distribution: Any, topic_groups: Any
     ) -> Any:
@@ -770,11 +784,17 @@ def table_partition(topic: str, partition: int) -> Iterator[None]:
 # -- diagnostics ----------------------------------------------------------------------------
 
 
+def _coordinator(app: faust.App) -> Any:
+    """aiokafka's group coordinator of the worker's Kafka consumer; None before it started."""
+    consumer = getattr(app.consumer, "_thread", None) and app.consumer._thread._consumer  # type: ignore[attr-defined]
+    return consumer._coordinator if consumer is not None else None
+
+
 def group_generation(app: faust.App) -> int:
     """The consumer group generation the worker's Kafka consumer is in now (-1 before it joined):
     it changes with every rebalance, before any member of the new generation gets a record."""
-    consumer = getattr(app.consumer, "_thread", None) and app.consumer._thread._consumer  # type: ignore[attr-defined]
-    return int(consumer._coordinator.generation) if consumer is not None else -1
+    coordinator = _coordinator(app)
+    return int(coordinator.generation) if coordinator is not None else -1
 
 
 def consumer_state(app: faust.App) -> dict[str, Any]:

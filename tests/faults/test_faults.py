@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaProducer
 
 from streams.dev.loadgen.metric import poison_records
 from tests.faults.traffic import Traffic, oracle, settled
-from tests.helpers import Scenario, WorkerProcess, ledger_totals, read_topic, wait_until
+from tests.helpers import Scenario, WorkerProcess, leader, ledger_totals, read_topic, shared_by, wait_until
 from tests.proxy import TcpProxy, pg_address, proxied
 from tests.workload import create_topics
 
@@ -31,18 +31,6 @@ RETRYING = "batch not committed; retrying"
 def worker(s: Scenario, tag: str, **env: str) -> WorkerProcess:
     dsn = env.pop("DATABASE_URL", None)
     return WorkerProcess(s.env(dsn, EVENTSINK_BATCH_SIZE="300", **env), s.data_dir / f"{tag}.log").start()
-
-
-def shared_by(topic: str, *workers: WorkerProcess) -> bool:
-    """Whether the workers' latest assignments, all of one generation (one rebalance every one of
-    them has finished), split the topic's four partitions between them. Latest assignments of
-    different generations can add up to four partitions while a worker is still in a rebalance."""
-    latest = [w.generations(topic)[-1] if w.generations(topic) else (-1, []) for w in workers]
-    return (
-        len({generation for generation, _ in latest}) == 1
-        and all(partitions for _, partitions in latest)
-        and sorted(p for _, partitions in latest for p in partitions) == [0, 1, 2, 3]
-    )
 
 
 def progressed(s: Scenario, since: int) -> bool:
@@ -98,19 +86,25 @@ def test_three_workers_one_killed_one_added_one_stopped_one_fenced_out(scenario:
         a.kill9()  # dies mid-batch
         d = worker(s, "d")  # joins mid-stream
         everyone.append(d)
-        # Until the group has dropped the dead worker: Tansu drops a silent member only when another
-        # member's request finds it past its session, and keeps a leader that leaves during a
-        # rebalance as the leader, after which no rebalance completes; so b leaves a group whose
-        # partitions b, c and d share (a's included), not one still re-forming.
+        # Until the group has dropped the dead worker (Tansu drops a silent member only when another
+        # member's request finds it past its session): one of b, c and d then leaves a group whose
+        # partitions they share, a's included.
         wait_until(lambda: shared_by(s.topic, b, c, d), 90, what="the dead worker's partitions taken over")
-        assert b.stop() == 0  # leaves cleanly mid-stream
+        # Tansu 0.6.0 keeps a leader that leaves while the group re-forms as its leader, and then no
+        # rebalance ever completes (`Inner<Forming>::leave`); its members re-form after every
+        # assignment (a Faust member's metadata holds its last one), so the group may re-form at
+        # any time (failed so in the project's CI). The worker that leaves is one that does not
+        # lead: the leader stays the leader until it leaves or misses its session.
+        lead = leader(s.topic, b, c, d)
+        stopped, x, y = sorted((b, c, d), key=lambda w: w is lead)  # the leader last
+        assert stopped.stop() == 0  # leaves cleanly mid-stream
         # Fenced out: frozen past the session timeout, its partitions go to the other; thawed, it
-        # finishes the batch it was writing, late. Frozen once the group is c and d alone: frozen
+        # finishes the batch it was writing, late. Frozen once the group is x and y alone: frozen
         # during a rebalance, it would hold the rebalance for its timeout, not the session's.
-        wait_until(lambda: shared_by(s.topic, c, d), 90, what="the partitions shared by the two left")
-        os.kill(c.pid, signal.SIGSTOP)
-        wait_until(lambda: sorted(d.assigned(s.topic)[-1]) == [0, 1, 2, 3], 90, what="the frozen worker's partitions")
-        os.kill(c.pid, signal.SIGCONT)
+        wait_until(lambda: shared_by(s.topic, x, y), 90, what="the partitions shared by the two left")
+        os.kill(x.pid, signal.SIGSTOP)
+        wait_until(lambda: sorted(y.assigned(s.topic)[-1]) == [0, 1, 2, 3], 90, what="the frozen worker's partitions")
+        os.kill(x.pid, signal.SIGCONT)
         assert traffic.alive(), "the traffic ended before the faults were over"
         traffic.stop()
         settled(s, traffic)
