@@ -15,6 +15,13 @@ class TransientSinkError(SinkError):
     letter): retry the same batch later."""
 
 
+class PoolBusy(TransientSinkError):
+    """No pool connection came in time while this sink's own transactions held every connection
+    its pool may make: the database answers, its transactions take long (locks, load, a slow
+    broker for dead letters). Not a database out of reach (`no_primary` of its cause is not
+    consulted)."""
+
+
 class OffsetGap(SinkError):
     """The batch does not follow the ledger: records between would be skipped if applied."""
 

@@ -58,6 +58,7 @@ from sinks.errors import (
     ClaimRefused,
     LogChanged,
     OffsetGap,
+    PoolBusy,
     SinkError,
     TransientSinkError,
     connection_is_spent,
@@ -137,14 +138,16 @@ class Sink:
         Raises `TransientSinkError` (from `PoolTimeout`) when none comes within
         `connection_timeout`, saying what the pool held then: connections made or being made,
         idle ones, those in use here and by what (a pool full of writers, or one still
-        connecting, or a database that does not answer or takes no writes).
+        connecting, or a database that does not answer or takes no writes); `PoolBusy` when this
+        sink held every connection the pool may make (the pool is the sink's alone: one per kind).
 
         psycopg's `pool.connection()` does the same but for its `usage_ms` statistic, which
         nothing of ours reads."""
         try:
             conn = await self.pool.getconn(timeout=self.connection_timeout)
         except psycopg_pool.PoolTimeout as exc:
-            raise TransientSinkError(f"PoolTimeout: {exc} ({self._pool_state()})") from exc
+            busy = sum(self._held.values()) >= self.pool.max_size
+            raise (PoolBusy if busy else TransientSinkError)(f"PoolTimeout: {exc} ({self._pool_state()})") from exc
         self._held[use] += 1
         try:
             # As psycopg's `pool.connection()`: `async with conn` ends what the block left open
@@ -198,7 +201,9 @@ class Sink:
             result = await self._write_transaction(batch)
         except TransientSinkError as exc:
             cause = exc.__cause__ or exc
-            self.health.failed(scrub(str(exc)), unreachable=no_primary(cause))
+            # A pool full of this sink's own transactions waited for them, not for the database.
+            unreachable = not isinstance(exc, PoolBusy) and no_primary(cause)
+            self.health.failed(scrub(str(exc)), unreachable=unreachable)
             raise
         self.health.committed()
         return result

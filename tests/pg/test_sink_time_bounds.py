@@ -15,7 +15,7 @@ import sinks.pool
 from sinks.core.batch import Hole
 from sinks.core.sink import Sink
 from sinks.dsn import database_of
-from sinks.errors import TransientSinkError
+from sinks.errors import PoolBusy, TransientSinkError
 from sinks.pool import open_pool
 from sinks.writers.metric import MetricWriter
 from tests.helpers import writers_pool
@@ -140,8 +140,9 @@ async def test_the_pool_hands_out_no_connection_to_a_read_only_server(own_databa
 
 async def test_a_write_that_gets_no_connection_says_what_holds_the_pool(own_database: str) -> None:
     """A pool whose one connection a write holds (here: waiting on a row lock another session
-    has) leaves the next write to time out; its error says the pool's state, so that an operator
-    reading the log sees writers in use, not a database that does not answer."""
+    has) leaves the next ledger read and write to time out; the error says the pool's state, so
+    that an operator reading the log sees writers in use, not a database that does not answer,
+    and the sink's health does not call the database unreachable."""
     with psycopg.connect(own_database, autocommit=True) as blocker:
         async with writers_pool(own_database, WRITER, max_size=1) as pool:
             sink = Sink(pool, "g-dry", WRITER, DeadLetters(), connection_timeout=1)
@@ -161,6 +162,12 @@ async def test_a_write_that_gets_no_connection_says_what_holds_the_pool(own_data
                 assert isinstance(raised.value.__cause__, PoolTimeout)
                 message = str(raised.value)
                 assert "1 of at most 1 connections made or being made, 0 idle, in use here: 1 write" in message, message
+                # A write that waits for the sink's own transactions: the database answers, so
+                # /healthz says batches are not committed, not that no primary is reachable.
+                with pytest.raises(PoolBusy) as busy:
+                    await sink.write(batch("metrics", 1, [(0, metric(uuid.uuid4(), "c"))]))
+                assert isinstance(busy.value.__cause__, PoolTimeout)
+                assert sink.health.failing_since is not None and sink.health.unreachable_since is None
             finally:
                 blocker.execute("ROLLBACK")
                 # Its own failure must not hide the one above: checked after.
