@@ -30,12 +30,15 @@ class DatabaseHealth:
         are no longer being retried here (their partitions went to another worker)."""
         return self.failing_since is not None and time.monotonic() - self.last_failure_at > after
 
-    def failed(self, error: str, *, unreachable: bool) -> None:
+    def failed(self, error: str, *, unreachable: bool, since: float | None = None) -> None:
+        """A batch failed now; `since` (time.monotonic()): when what failed began, for a
+        transaction that got no answer from then on."""
         now = time.monotonic()
-        if self.failing_since is None:
-            self.failing_since = now
-        if unreachable and self.unreachable_since is None:
-            self.unreachable_since = now
+        at = now if since is None else min(since, now)
+        if self.failing_since is None or at < self.failing_since:
+            self.failing_since = at
+        if unreachable and (self.unreachable_since is None or at < self.unreachable_since):
+            self.unreachable_since = at
         self.last_error = error[:300]
         self.last_failure_at = now
 

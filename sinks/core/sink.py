@@ -43,6 +43,7 @@ gives up on after a few attempts (the worker restarts): never in an endless retr
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -161,8 +162,11 @@ class Sink:
                         await conn.close()  # the pool discards a closed connection
                     raise
         finally:
-            self._held[use] -= 1
-            await self.pool.putconn(conn)
+            try:
+                await self.pool.putconn(conn)
+            finally:
+                # After: a waiter that times out meanwhile still counts this one as held.
+                self._held[use] -= 1
 
     def _pool_state(self) -> str:
         # Not the pool's count of waiting requests: psycopg keeps one that timed out (this one
@@ -197,13 +201,18 @@ class Sink:
         return _merged(done, await self.write(second))
 
     async def _write_once(self, batch: Batch[Any]) -> WriteResult[Any]:
+        began = time.monotonic()
         try:
             result = await self._write_transaction(batch)
         except TransientSinkError as exc:
             cause = exc.__cause__ or exc
             # A pool full of this sink's own transactions waited for them, not for the database.
             unreachable = not isinstance(exc, PoolBusy) and no_primary(cause)
-            self.health.failed(scrub(str(exc)), unreachable=unreachable)
+            # A transaction past the client's bound had no answer since it began: meanwhile the
+            # other writes waited for its connection (PoolBusy), and the unreachable time counts
+            # from then, not from when the bound ran out.
+            since = began if isinstance(cause, TimeoutError) else None
+            self.health.failed(scrub(str(exc)), unreachable=unreachable, since=since)
             raise
         self.health.committed()
         return result

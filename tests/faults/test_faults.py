@@ -91,10 +91,11 @@ def test_three_workers_one_killed_one_added_one_stopped_one_fenced_out(scenario:
         # partitions they share, a's included.
         wait_until(lambda: shared_by(s.topic, b, c, d), 90, what="the dead worker's partitions taken over")
         # Tansu 0.6.0 keeps a leader that leaves while the group re-forms as its leader, and then no
-        # rebalance ever completes (`Inner<Forming>::leave`); its members re-form after every
-        # assignment (a Faust member's metadata holds its last one), so the group may re-form at
-        # any time (failed so in the project's CI). The worker that leaves is one that does not
-        # lead: the leader stays the leader until it leaves or misses its session.
+        # rebalance ever completes (`Inner<Forming>::leave`); a member's re-join after an
+        # assignment carries new metadata (Faust's holds the assignment) and Tansu answers it with
+        # a new generation, so the group may re-form at any time (failed so in the project's CI).
+        # The worker that leaves is one that does not lead: the leader stays the leader until it
+        # leaves or misses its session.
         lead = leader(s.topic, b, c, d)
         stopped, x, y = sorted((b, c, d), key=lambda w: w is lead)  # the leader last
         assert stopped.stop() == 0  # leaves cleanly mid-stream

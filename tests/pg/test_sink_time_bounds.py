@@ -111,6 +111,7 @@ async def test_a_transaction_past_the_client_bound_is_abandoned_and_its_connecti
         # TimeoutError says nothing itself: the error (logged, and on /healthz) names the bound.
         assert str(raised.value) == "the transaction ran past its 0.5 s bound (transaction_timeout)"
         assert sink.health.failing_since is not None and sink.health.unreachable_since is not None
+        assert sink.health.unreachable_for() >= 0.5  # unanswered since the transaction began
         async with pool.connection(timeout=10) as conn:
             after = (await (await conn.execute("SELECT pg_backend_pid()")).fetchone())[0]  # type: ignore[index]
         assert after != before  # a new connection: the one that ran out of time was closed

@@ -27,3 +27,17 @@ def test_failures_no_longer_retried_are_stale() -> None:
     assert not h.stale(60)
     h.last_failure_at = time.monotonic() - 61
     assert h.stale(60)
+
+
+def test_a_transaction_that_got_no_answer_counts_from_when_it_began() -> None:
+    """A write past the client's bound had no answer for that long: the other writes meanwhile
+    waited for its connection (not unreachable themselves), and /healthz counts from its start."""
+    h = DatabaseHealth()
+    h.failed("PoolBusy: couldn't get a connection", unreachable=False)
+    assert h.unreachable_since is None
+    began = time.monotonic() - 120
+    h.failed("the transaction ran past its 120 s bound", unreachable=True, since=began)
+    assert h.unreachable_since == began and h.failing_since == began
+    assert h.unreachable_for() >= 120
+    h.failed("OperationalError: connection refused", unreachable=True)
+    assert h.unreachable_since == began  # a later failure does not move it forward
