@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -90,14 +91,16 @@ def open_pool(
     lock_timeout_ms: int = 30_000,
     idle_in_transaction_timeout_ms: int = 60_000,
     name: str = "eventsink",
+    check_timeout_s: float = 10.0,
 ) -> Pool:
     """Create (but do not open) a pool whose connections reach a primary, carrying the settings
     each batch transaction sets for itself (`Pool.local`), with `stage_ddl` (none by default) run
     on each.
 
     Every connection is checked when made and again when it is handed out after more than
-    `RECHECK_AFTER_S` idle (one round trip): a lost one, or one that reaches a node that became a
-    standby, is discarded, and the pool connects again; with a multi-host DSN and
+    `RECHECK_AFTER_S` idle (one round trip, given `check_timeout_s` seconds): a lost one, one
+    whose server does not answer, or one that reaches a node that became a standby, is
+    discarded, and the pool connects again; with a multi-host DSN and
     `target_session_attrs=read-write`, libpq tries the hosts in turn and keeps the one that takes
     writes.
 
@@ -121,8 +124,18 @@ def open_pool(
     local = LocalSettings(statement_timeout_ms, lock_timeout_ms, idle_in_transaction_timeout_ms)
 
     async def check(conn: psycopg.AsyncConnection) -> None:
-        if not pool.fresh(conn):
-            await _writable(conn)
+        if pool.fresh(conn):
+            return
+        # Bounded: psycopg_pool's getconn timeout does not cover the check, and a server that
+        # stopped answering (a frozen node, a network path that holds the connection open) would
+        # hold the batch that asked for ever, its /healthz saying nothing. Past the bound psycopg
+        # cancels the query (up to 10 s more) and closes the connection.
+        try:
+            async with asyncio.timeout(check_timeout_s):
+                await _writable(conn)
+        except TimeoutError:
+            await conn.close()  # the pool discards it
+            raise
 
     pool = Pool(
         dsn,

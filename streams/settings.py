@@ -188,6 +188,8 @@ class Settings(BaseSettings):
     # partition's ledger lock): its late commit then fails, harmlessly. Above the dead-letter
     # delivery timeout (30 s), during which a batch's transaction waits for the broker.
     idle_in_transaction_timeout_ms: int = Field(60_000, ge=31_000)
+    # How long a batch waits for a pool connection, and the bound on the check of a connection
+    # idle for more than a second before it is handed out (`sinks.pool`).
     db_connect_timeout_s: float = Field(10.0, gt=0)
     # The client's bound on one batch's transaction, whatever the server does (it may not answer:
     # a backend stuck on a promoted synchronous standby, a half-open connection). Past it the

@@ -153,6 +153,7 @@ class Runtime:
             statement_timeout_ms=settings.statement_timeout_ms,
             lock_timeout_ms=settings.lock_timeout_ms,
             idle_in_transaction_timeout_ms=settings.idle_in_transaction_timeout_ms,
+            check_timeout_s=settings.db_connect_timeout_s,
         )
         self.pools = {
             kind.name: open_pool(

@@ -100,8 +100,11 @@ def _database_health(runtime: Runtime) -> tuple[dict[str, str], list[str]]:
             h.clear()
             continue
         unreachable = h.unreachable_for()
-        what = "no primary reachable" if h.unreachable_since is not None else "batches not committed"
-        failing[topic] = f"{what} for {h.failing_for():.1f} s: {h.last_error}"[:400]
+        if h.unreachable_since is not None:
+            what, seconds = "no primary reachable", unreachable
+        else:
+            what, seconds = "batches not committed", h.failing_for()
+        failing[topic] = f"{what} for {seconds:.1f} s: {h.last_error}"[:400]
         if unreachable >= bound:
             problems.append(f"{topic}: no node taking writes reachable for {unreachable:.0f} s (over {bound:g} s)")
     return failing, problems

@@ -4,6 +4,9 @@ and 20): a slow trigger on the test's own database makes every insert slow."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -176,6 +179,39 @@ async def test_a_write_that_gets_no_connection_says_what_holds_the_pool(own_data
         assert not isinstance(result, BaseException), result
         assert result.ledger_after == 1  # the held write went on once the lock was gone
     assert ledger_at(own_database, "g-dry", "metrics") == 1
+
+
+async def test_an_idle_connection_whose_server_stopped_answering_is_given_up(
+    own_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection idle past `RECHECK_AFTER_S` (here 0) is checked when handed out. Its backend
+    stopped (SIGSTOP, as a frozen node would; the server still accepts new connections): the check
+    gives up after its bound and the connection is closed, so the write fails as unreachable
+    instead of waiting for ever (psycopg_pool's own timeout does not cover the check); the next
+    write commits on a new connection."""
+    monkeypatch.setattr(sinks.pool, "RECHECK_AFTER_S", 0.0)
+    async with writers_pool(own_database, WRITER, max_size=1, check_timeout_s=1.0) as pool:
+        sink = Sink(pool, "g-frozen", WRITER, DeadLetters(), connection_timeout=1)
+        async with pool.connection() as conn:
+            pid = (await (await conn.execute("SELECT pg_backend_pid()")).fetchone())[0]  # type: ignore[index]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            began = time.monotonic()
+            with pytest.raises(TransientSinkError) as raised:
+                # Bounded here too: without the check's bound the write would wait for ever.
+                await asyncio.wait_for(sink.write(batch("metrics", 0, [(0, metric(uuid.uuid4(), "a"))])), 60)
+            waited = time.monotonic() - began
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert isinstance(raised.value.__cause__, PoolTimeout), raised.value
+        assert not isinstance(raised.value, PoolBusy)
+        # The check's 1 s, then psycopg's cancel of the query: up to 10 s more.
+        assert waited < 15, waited
+        assert sink.health.unreachable_since is not None
+        tenant = uuid.uuid4()
+        result = await sink.write(batch("metrics", 0, [(0, metric(tenant, "b"))]))
+        assert result.ledger_after == 0
+    assert rows(own_database, tenant) == 1
 
 
 async def test_a_pooled_connection_that_became_read_only_is_not_handed_out_again(
