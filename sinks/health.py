@@ -17,9 +17,12 @@ class DatabaseHealth:
     unreachable_since: float | None = None
     last_error: str = ""
     last_failure_at: float = 0.0
+    # time.monotonic() of the last commit: a failure never counts from before it.
+    committed_at: float = 0.0
 
     def committed(self) -> None:
         self.clear()
+        self.committed_at = time.monotonic()
 
     def clear(self) -> None:
         self.failing_since = self.unreachable_since = None
@@ -31,10 +34,10 @@ class DatabaseHealth:
         return self.failing_since is not None and time.monotonic() - self.last_failure_at > after
 
     def failed(self, error: str, *, unreachable: bool, since: float | None = None) -> None:
-        """A batch failed now; `since` (time.monotonic()): when what failed began, for a
-        transaction that got no answer from then on."""
+        """A batch failed now; `since` (time.monotonic()): when the attempt that failed began
+        (nothing of it committed from then on), counted from the last commit at the earliest."""
         now = time.monotonic()
-        at = now if since is None else min(since, now)
+        at = now if since is None else max(min(since, now), self.committed_at)
         if self.failing_since is None or at < self.failing_since:
             self.failing_since = at
         if unreachable and (self.unreachable_since is None or at < self.unreachable_since):

@@ -208,11 +208,10 @@ class Sink:
             cause = exc.__cause__ or exc
             # A pool full of this sink's own transactions waited for them, not for the database.
             unreachable = not isinstance(exc, PoolBusy) and no_primary(cause)
-            # A transaction past the client's bound had no answer since it began: meanwhile the
-            # other writes waited for its connection (PoolBusy), and the unreachable time counts
-            # from then, not from when the bound ran out.
-            since = began if isinstance(cause, TimeoutError) else None
-            self.health.failed(scrub(str(exc)), unreachable=unreachable, since=since)
+            # Nothing of the batch committed since it began: a write that waited 30 s for a row
+            # lock, or one past the client's bound (which the other writes waited for, PoolBusy),
+            # has been failing since then, not since its error came.
+            self.health.failed(scrub(str(exc)), unreachable=unreachable, since=began)
             raise
         self.health.committed()
         return result

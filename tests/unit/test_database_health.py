@@ -41,3 +41,14 @@ def test_a_transaction_that_got_no_answer_counts_from_when_it_began() -> None:
     assert h.unreachable_for() >= 120
     h.failed("OperationalError: connection refused", unreachable=True)
     assert h.unreachable_since == began  # a later failure does not move it forward
+
+
+def test_a_failure_never_counts_from_before_the_last_commit() -> None:
+    """Another partition's batch committed while this one waited: not committing since the
+    commit, not since the failed attempt began."""
+    h = DatabaseHealth()
+    began = time.monotonic() - 30
+    h.committed()
+    h.failed("LockNotAvailable: canceling statement due to lock timeout", unreachable=False, since=began)
+    assert h.failing_since is not None and h.failing_since >= h.committed_at > began
+    assert h.unreachable_since is None
