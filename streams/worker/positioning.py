@@ -206,8 +206,11 @@ class Positioning:
                 elif p not in changed and blocked.get(p) == "log_changed":
                     position = ledger.get(p)
                     await pipeline.unblock(p, (position.last_offset if position else -1) + 1)
-                elif p not in blocked and p in ledger:
-                    await pipeline.behind(p, ledger[p].last_offset + 1, applied[topic].get(p))
+                elif p not in blocked:
+                    # No row: the database lost even the partition's first commit (a restore to
+                    # before it, a failover to a standby that never had it): its ledger starts over.
+                    position = ledger.get(p)
+                    await pipeline.behind(p, (position.last_offset if position else -1) + 1, applied[topic].get(p))
                 elif blocked.get(p) in ("data_lost", "unreadable", "gap_unresolved"):
                     position, until = ledger.get(p), pipeline.blocked_until(p)
                     if position is not None and until is not None and position.last_offset >= until:

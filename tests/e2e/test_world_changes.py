@@ -96,6 +96,32 @@ def test_a_database_restored_under_an_idle_worker_is_refilled_without_new_traffi
     assert count_by_tenant(s.dsn, sent.tenants) == dict(sent.unique_per_tenant)
 
 
+def test_a_database_restored_to_before_its_first_commit_is_refilled_without_new_traffic(
+    scenario: Scenario, tmp_path: Path
+) -> None:
+    """As above, but to a backup taken before the worker committed anything: the restore takes the
+    ledger's rows away rather than moving them back (as a failover to a standby that never had a
+    partition's first commit). The periodic check reads a missing row as a ledger at the start,
+    and the worker reads every partition again, with nothing more published."""
+    s, sent = scenario, Sent()
+    create_topics(s)
+    w = WorkerProcess(s.env(EVENTSINK_LOG_CHECK_S="1"), s.data_dir / "w.log").start()
+    try:
+        wait_until(lambda: w.logged("worker ready"), 60, what="the worker ready")
+        dump = tmp_path / "empty.dump"
+        assert s.cli("backup", str(dump), dsn=s.dsn).returncode == 0
+        publish(s, sent, 1000, duplicates=0.1, seed=121)
+        wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
+        restored = s.cli("restore", str(dump), "--yes", dsn=s.dsn)
+        assert restored.returncode == 0, restored.stderr
+        wait_until(lambda: stored(s, sent) == sent.unique, 60, what="every event stored again")
+    finally:
+        assert w.stop() == 0
+    assert set(found_by(w)) == {"the periodic ledger check"}  # the restore took the rows away
+    oracle(s)
+    assert count_by_tenant(s.dsn, sent.tenants) == dict(sent.unique_per_tenant)
+
+
 async def _recreate(bootstrap: str, topic: str, partitions: int) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
