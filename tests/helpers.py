@@ -237,7 +237,7 @@ def shared_by(topic: str, *workers: WorkerProcess) -> bool:
     """Whether the workers' latest assignments, all of one generation (one rebalance every one of
     them has finished), split the topic's four partitions between them. Latest assignments of
     different generations can add up to four partitions while a worker is still in a rebalance."""
-    latest = [w.generations(topic)[-1] if w.generations(topic) else (-1, []) for w in workers]
+    latest = [(w.generations(topic) or [(-1, [])])[-1] for w in workers]  # each log read once
     return (
         len({generation for generation, _ in latest}) == 1
         and all(partitions for _, partitions in latest)

@@ -106,6 +106,12 @@ class Position:
     cluster_id: str | None
 
 
+def next_offset(position: Position | None) -> int:
+    """Where a partition resumes: past its ledger row's last offset; 0 without a row (nothing
+    applied, or a database that lost even the first commit)."""
+    return (position.last_offset if position is not None else NOTHING_APPLIED) + 1
+
+
 @dataclass(frozen=True, slots=True)
 class LedgerRow:
     consumer_group: str

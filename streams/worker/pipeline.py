@@ -43,6 +43,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 from schemas.codec import Decoded, Rejected, decode, dedupe_digest
 from schemas.deadletter import DeadLetter
 from sinks.core.batch import Batch, LogIdentity, Record, WriteResult
+from sinks.core.ledger import next_offset
 from sinks.core.sink import Sink
 from sinks.errors import LogChanged, OffsetGap, TransientSinkError
 from streams import logs
@@ -803,8 +804,7 @@ class Pipeline:
     async def _seek_to_ledger(self, st: _Partition) -> None:
         try:
             ledger = await self.sink.positions(self.topic)
-            position = ledger.get(st.number)
-            target = (position.last_offset if position else -1) + 1
+            target = next_offset(ledger.get(st.number))
             # The cursor expects what this seek brings, not an earlier seek's target: a batch that
             # committed since may have taken the ledger past it, and everything the seek delivered
             # would be stale to the old target, for ever.

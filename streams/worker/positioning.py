@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaClient
 from faust.types import TP
 
 from sinks.core.batch import LogIdentity
-from sinks.core.ledger import Position
+from sinks.core.ledger import Position, next_offset
 from streams import logs
 from streams.tools.identity import TopicIdentity, identities, log_changed
 from streams.tools.reader import Reader
@@ -100,8 +100,7 @@ class Positioning:
                 if tp.partition in changed:
                     pipeline.block(tp.partition, "log_changed", changed[tp.partition])
                     continue
-                position = ledger.get(tp.partition)
-                targets[tp] = (position.last_offset if position else -1) + 1
+                targets[tp] = next_offset(ledger.get(tp.partition))
                 if tp in read:
                     pipeline.sought(tp.partition, targets[tp])
             pipeline.preload({tp.partition: targets[tp] - 1 for tp in tps if tp in targets})
@@ -204,13 +203,11 @@ class Positioning:
                 if p in changed and blocked.get(p) != "log_changed":
                     pipeline.block(p, "log_changed", changed[p])
                 elif p not in changed and blocked.get(p) == "log_changed":
-                    position = ledger.get(p)
-                    await pipeline.unblock(p, (position.last_offset if position else -1) + 1)
+                    await pipeline.unblock(p, next_offset(ledger.get(p)))
                 elif p not in blocked:
-                    # No row: the database lost even the partition's first commit (a restore to
-                    # before it, a failover to a standby that never had it): its ledger starts over.
-                    position = ledger.get(p)
-                    await pipeline.behind(p, (position.last_offset if position else -1) + 1, applied[topic].get(p))
+                    # No row reads as nothing applied: the database lost even the partition's first
+                    # commit (a restore to before it, a failover to a standby that never had it).
+                    await pipeline.behind(p, next_offset(ledger.get(p)), applied[topic].get(p))
                 elif blocked.get(p) in ("data_lost", "unreadable", "gap_unresolved"):
                     position, until = ledger.get(p), pipeline.blocked_until(p)
                     if position is not None and until is not None and position.last_offset >= until:
