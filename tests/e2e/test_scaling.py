@@ -40,6 +40,9 @@ def test_workers_joining_and_leaving_mid_stream_apply_everything_once(scenario: 
         wait_until(lambda: applied(s) > 0, 60, what="the first worker's commits")
         second = WorkerProcess(s.env(dsn), s.data_dir / "second.log").start()  # joins mid-stream
         wait_until(lambda: shared_by(s.topic, first, second), 90, what="the partitions split")
+        # Its partitions come before its "worker ready" (table recovery, then the ready check): the
+        # one stopped below may be this one, and it must have said ready before it goes.
+        wait_until(lambda: second.logged("worker ready") >= 1, 60, what="the second worker ready")
         split_at = applied(s)
         wait_until(lambda: applied(s) > split_at, 60, what="commits after the split")
         assert feeder.alive(), "the stream should still be flowing"
