@@ -133,6 +133,10 @@ class Settings(BaseSettings):
     # also waits up to N ms for `batch_size` records (fewer, larger transactions).
     batch_max_wait_ms: int = Field(0, ge=0)
     session_timeout_ms: int = Field(10_000, ge=1000)
+    # A rebalance longer than this (seconds, from the worker's revocation to the end of its table
+    # recovery) makes /healthz "degraded" and is logged: nothing is applied while it lasts. Above
+    # the group's rebalance timeout (60 s), the longest a rebalance waits for a member.
+    rebalance_degraded_s: float = Field(120.0, gt=0)
     # At a rebalance, read the partitions given up outside the group until the new assignment
     # (streams.worker.rebalance_reader): partitions that do not move keep committing through the
     # group's join instead of stopping for it (about 4 s on Tansu). The ledger keeps it

@@ -39,6 +39,7 @@ from streams.worker.pipeline import Pipeline, PipelineConfig
 from streams.worker.positioning import Positioning
 from streams.worker.reachability import Check, Reachability
 from streams.worker.rebalance_reader import RebalanceReader
+from streams.worker.rebalances import RebalanceClock
 
 log = logs.get(__name__)
 
@@ -236,6 +237,12 @@ class Runtime:
             self._register(kind, partitions[kind.topic])
         app.ledger_positioner = self.positioning.targets
         app.on_unreadable = self._on_unreadable
+        self.rebalances = RebalanceClock(
+            lambda: bool(getattr(app, "rebalancing", False)),
+            lambda: bool(getattr(app, "in_recovery", False)),
+            settings.rebalance_degraded_s,
+        )
+        telemetry.REBALANCING.set_function(self.rebalances.seconds)
         app.on_partitions_revoked.connect(self._on_revoked)
         app.on_partitions_assigned.connect(self._on_assigned)
         app.on_before_shutdown.connect(self._drain_before_shutdown)
@@ -358,6 +365,7 @@ class Runtime:
         interval = float(self.app.conf.broker_commit_interval)
         while True:
             await asyncio.sleep(interval)
+            self.rebalances.check()  # as periodic as the commits, and as cheap
             await self.commit_offsets()
             if log.isEnabledFor(10):  # logging.DEBUG
                 log.debug("consumer state", **consumer_state(self.app))
@@ -472,6 +480,7 @@ class Runtime:
             )
 
     async def _on_revoked(self, sender: Any, revoked: set[TP], **_: Any) -> None:
+        self.rebalances.started()
         # Not ours to commit anymore (the new owner commits from its ledger).
         self.kafka_offsets = {tp: o for tp, o in self.kafka_offsets.items() if tp not in revoked}
         reader = self.rebalance_reader

@@ -145,6 +145,11 @@ DB_FAILING = Gauge(
 )
 POOL_WAITING = Gauge("eventsink_db_pool_waiting", "Requests waiting for a pool connection", registry=REGISTRY)
 REBALANCES = Counter("eventsink_rebalances", "Partition assignments received", registry=REGISTRY)
+REBALANCING = Gauge(
+    "eventsink_rebalancing_seconds",
+    "How long the rebalance in progress has lasted, table recovery included (0: none); nothing is applied meanwhile",
+    registry=REGISTRY,
+)
 GROUP_GENERATION = Gauge(
     "eventsink_group_generation", "The consumer group generation the worker is in (-1: not joined)", registry=REGISTRY
 )

@@ -128,11 +128,15 @@ def health(runtime: Runtime) -> dict[str, Any]:
     problems.extend(unreachable)
     # The database or the broker not answering: nothing is applied, and a restart would not cure it.
     reachability = runtime.reachability.problems
+    # A rebalance that does not end: a restart would only re-join the same group.
+    rebalancing = runtime.rebalances.problem()
+    degraded = stalled or blocked or database or reachability or rebalancing
     return {
-        "status": "failing" if problems else ("degraded" if stalled or blocked or database or reachability else "ok"),
+        "status": "failing" if problems else ("degraded" if degraded else "ok"),
         "problems": problems,
         "database": database,
         "unreachable": reachability,
+        "rebalancing": rebalancing,
         "stalled_partitions": stalled,
         "stopped_partitions": blocked,
         "pid": os.getpid(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import uuid
@@ -26,6 +27,7 @@ from tests.helpers import (
     ledger,
     ledger_totals,
     read_topic,
+    shared_by,
     wait_applied,
     wait_until,
 )
@@ -426,3 +428,45 @@ def test_sigterm_finishes_the_batch_in_flight_and_exits(scenario: Scenario) -> N
     assert (done["consumed"], done["stale"]) == (sent.sent, 0)
     assert done["applied"] + done["duplicates_cache"] + done["duplicates_db"] + done["dead_letters"] == sent.sent
     assert_exactly_once(s, sent)
+
+
+def test_a_rebalance_held_by_a_frozen_member_is_reported_until_the_group_forms(scenario: Scenario) -> None:
+    """A member that stops answering holds every rebalance of its group (until its session ends)
+    and nothing is applied meanwhile, yet no commit fails and no partition is assigned to stall:
+    the member still running must say so (/healthz "degraded" with why, a warning in its log, the
+    `eventsink_rebalancing_seconds` gauge), and stop saying so once the group has formed."""
+    s = scenario
+    create_topics(s)
+    # The group waits for a silent member up to its session timeout (Tansu drops it once another
+    # member's request finds it past it): 20 s, well past the 8 s after which the rebalance is long.
+    frozen = worker(s, "frozen", EVENTSINK_SESSION_TIMEOUT_MS="20000")
+    held = None
+    try:
+        wait_until(lambda: frozen.logged("worker ready"), 90, what="the first worker ready")
+        held = worker(s, "held", EVENTSINK_REBALANCE_DEGRADED_S="8")
+        wait_until(lambda: shared_by(s.topic, frozen, held), 90, what="the partitions split")
+        wait_until(lambda: held.logged("worker ready"), 60, what="the second worker ready")
+        assert health(held)["status"] == "ok" and health(held)["rebalancing"] is None
+        os.kill(frozen.pid, signal.SIGSTOP)
+        joining = worker(s, "joining")  # a rebalance, which waits for the frozen member
+        report = wait_until(lambda: health(held).get("rebalancing"), 90, what="/healthz to report the rebalance")
+        assert health(held)["status"] == "degraded"
+        assert "waiting for the group to form" in report and "over 8 s" in report
+        said = wait_until(
+            lambda: [e for e in held.logs() if e.get("event") == "the group has been rebalancing for long"],
+            30,
+            what="the warning in the log",
+        )
+        assert said[0]["level"] == "warning" and "frozen" in said[0]["fix"]
+        assert samples(held)[("eventsink_rebalancing_seconds", ())] >= 8
+        os.kill(frozen.pid, signal.SIGCONT)
+        wait_until(lambda: health(held).get("rebalancing") is None, 90, what="/healthz to clear")
+        assert health(held)["status"] == "ok"
+        assert held.logged("the group formed again") >= 1
+        wait_until(lambda: joining.logged("worker ready"), 60, what="the joining worker ready")
+        assert joining.stop() == 0
+    finally:
+        os.kill(frozen.pid, signal.SIGCONT)
+        for w in (held, frozen):
+            if w is not None and w.alive():
+                w.stop()

@@ -47,6 +47,7 @@ def test_alert_rules_cover_the_issue_and_use_real_metrics() -> None:
         "EventsinkPartitionStopped",
         "EventsinkRecordsLost",
         "EventsinkFetchFailing",
+        "EventsinkRebalanceStuck",
         "EventsinkPipelineCrashed",
     }
     assert "> 10000" in by_name["EventsinkLagHigh"]["expr"] and by_name["EventsinkLagHigh"]["for"] == "5m"
