@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import getpass
 import os
 import socket
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 import click
 import orjson
@@ -17,6 +21,7 @@ from schemas.codec import printable
 from schemas.deadletter import Reason
 from schemas.framing import unframe
 from sinks.core import deadletters
+from sinks.secrets import scrub
 from streams import aio
 from streams.cli import names
 from streams.cli.console import err, out, progress_bar, settings
@@ -180,14 +185,23 @@ def _refusals(topic: str, refused: list[tool.Refusal]) -> Table:
     return table
 
 
-def _check_target(s: Settings, to: str) -> None:
+def _check_target(s: Settings, to: str, source: str | None) -> None:
     """`--to` names an existing topic that records are consumed from: never a dead-letter topic
-    or a replay log (letters would go where no worker applies them), never a misspelt name (the
-    broker would create it on the first record)."""
+    or a replay log (letters would go where no worker applies them), never another kind's source
+    topic (every record would be dead-lettered there, and its dead-letter topic filled with records
+    of the wrong kind), never a misspelt name (the broker would create it on the first record)."""
     from streams.kinds import all_kinds
 
-    sources = ", ".join(k.topic for k in all_kinds(s))
+    kinds = {k.topic: k.name for k in all_kinds(s)}
+    sources = ", ".join(kinds)
     valid = f"give an existing topic that is no dead-letter or .replays topic, such as {sources}"
+    if source is not None and to != source and to in kinds:
+        raise click.BadParameter(
+            f"{to!r} is the source topic of {kinds[to]} events, and these dead letters are of "
+            f"{kinds.get(source, source)} events from {source!r}: give {source!r}, or a topic no worker reads as "
+            "another kind",
+            param_hint="--to",
+        )
     if to in tool.pairs(s) or to.endswith(".dlq"):
         raise click.BadParameter(f"{to!r} is a dead-letter topic: {valid}", param_hint="--to")
     if to.endswith(".replays"):
@@ -257,7 +271,7 @@ def replay(
     if to == topic:
         raise click.UsageError("--to names the dead-letter topic itself")
     if to is not None:
-        _check_target(s, to)
+        _check_target(s, to, source)
     target = to or source or ""
     letters = tool.select(_read(s, topic), reason, tenant, since_at)
     plan = _plan(s, letters, source, target)
@@ -270,12 +284,35 @@ def replay(
 
     replay_id = tool.new_replay_id()
     log = tool.log_topic(topic)
+    record = tool.ReplayRecord(
+        id=replay_id,
+        at=tool.utc_text(datetime.now(UTC).isoformat()),
+        dlq_topic=topic,
+        to=target,
+        filters={"reason": reason, "tenant": tenant, "since": since},
+        sent=0,
+        repeats=plan.repeats,
+        refused=len(plan.refused),
+        user=_user(),
+        host=socket.gethostname(),
+        origins=[item.letter.info.origin for item in plan.send],
+        status="started",
+        planned=len(plan.send),
+    )
+    # What the broker acknowledged, and what was handed to the client, as the replay goes.
+    done = {"acknowledged": 0, "handed": 0}
+    # How it ended (None: before its first record) and whether that end is on record.
+    ended: list[tuple[tool.ReplayRecord, bool]] = []
 
-    async def go() -> int:
-        # Where the replay is recorded exists before anything is sent: a replay that could not
-        # be recorded sends nothing.
+    def acknowledged(fut: Any) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            done["acknowledged"] += 1
+
+    async def go() -> None:
+        # Where the replay is recorded exists, and the replay is recorded as started, before
+        # anything is sent: a replay that could not be recorded sends nothing, and one killed
+        # half-way is on record with what it set out to send.
         await ensure_topics(s.bootstrap_list, [TopicSpec(log, 1, config=DLQ_CONFIG)], security=s.kafka_security())
-        sent = 0
         with progress_bar() as bar:
             task = bar.add_task(f"replaying {topic}", total=len(plan.send))
             # A letter kept in PostgreSQL was too large for the topic uncompressed: its original
@@ -284,33 +321,75 @@ def replay(
             async with Publisher(
                 s.bootstrap_list, compression_type="gzip", max_request_size=REPLAY_MAX_BYTES, **s.kafka_security()
             ) as pub:
-                for item in plan.send:
-                    await pub.publish_raw(item.topic, item.key, item.value, list(item.lineage(replay_id)))  # type: ignore[arg-type]
-                    sent += 1
-                    bar.update(task, completed=sent)
-                await pub.flush()  # every record acknowledged before the replay is recorded as done
-                record = tool.ReplayRecord(
-                    id=replay_id,
-                    at=tool.utc_text(datetime.now(UTC).isoformat()),
-                    dlq_topic=topic,
-                    to=target,
-                    filters={"reason": reason, "tenant": tenant, "since": since},
-                    sent=sent,
-                    repeats=plan.repeats,
-                    refused=len(plan.refused),
-                    user=_user(),
-                    host=socket.gethostname(),
-                    origins=[item.letter.info.origin for item in plan.send],
-                )
                 await pub.publish_raw(log, replay_id.encode(), record.to_json())
-        return sent
+                await pub.flush()
+                try:
+                    for item in plan.send:
+                        fut = await pub.publish_raw(item.topic, item.key, item.value, list(item.lineage(replay_id)))  # type: ignore[arg-type]
+                        fut.add_done_callback(acknowledged)
+                        done["handed"] += 1
+                        bar.update(task, completed=done["acknowledged"])
+                    await pub.flush()  # every record acknowledged before the replay is recorded as done
+                    bar.update(task, completed=done["acknowledged"])
+                    end = replace(record, status="done", sent=done["acknowledged"])
+                except BaseException as exc:  # Ctrl-C (the task cancelled), or the broker's error
+                    interrupted = isinstance(exc, asyncio.CancelledError | KeyboardInterrupt)
+                    with contextlib.suppress(Exception, asyncio.CancelledError):
+                        # What was handed over may still be acknowledged: a few seconds for it.
+                        await asyncio.wait_for(asyncio.shield(pub.flush()), FINISH_S)
+                    end = replace(
+                        record,
+                        status="interrupted" if interrupted else "failed",
+                        sent=done["acknowledged"],
+                        unconfirmed=done["handed"] - done["acknowledged"],
+                        error="" if interrupted else scrub(f"{type(exc).__name__}: {exc}")[:300],
+                    )
+                    recorded = False
+                    with contextlib.suppress(Exception, asyncio.CancelledError):
+                        await asyncio.wait_for(_record(pub, log, end), FINISH_S)
+                        recorded = True
+                    ended.append((end, recorded))
+                    raise
+                ended.append((end, False))
+                await _record(pub, log, end)
+                ended[0] = (end, True)
 
-    sent = aio.run(go())
+    try:
+        aio.run(go())
+    except BaseException:
+        _say_stopped(ended, record, log)
+        raise
     err.print(
-        f"replayed {sent} record(s) from {topic} to {target} ({counts}); recorded as replay {replay_id} on {log}",
+        f"replayed {done['acknowledged']} record(s) from {topic} to {target} ({counts}); "
+        f"recorded as replay {replay_id} on {log}",
         highlight=False,
     )
     sys.exit(1 if plan.refused else 0)
+
+
+# How long an interrupted or failed replay waits for acknowledgements and for its record.
+FINISH_S = 10.0
+
+
+async def _record(pub: Publisher, log: str, end: tool.ReplayRecord) -> None:
+    await pub.publish_raw(log, end.id.encode(), end.to_json())
+    await pub.flush()
+
+
+def _say_stopped(ended: list[tuple[tool.ReplayRecord, bool]], started: tool.ReplayRecord, log: str) -> None:
+    """What a replay that did not finish sent, and whether that is on record (stderr)."""
+    if not ended:  # stopped before its first record was sent: nothing was replayed
+        err.print(f"nothing replayed from {started.dlq_topic}", highlight=False)
+        return
+    end, recorded = ended[0]
+    where = f"recorded on {log}" if recorded else f"only its start is recorded on {log} (the end could not be written)"
+    err.print(
+        f"replay {end.id} {end.status} after {end.sent} of {end.planned} record(s) acknowledged by the broker "
+        f"({end.unconfirmed} more sent without acknowledgement) to {end.to}; {where}, see `eventsink dlq "
+        f"replays {end.dlq_topic}`. Replaying again sends them again: each is applied once, or dead-lettered "
+        "again as the same dead letter",
+        highlight=False,
+    )
 
 
 def _user() -> str:
@@ -326,8 +405,10 @@ def _user() -> str:
 def replays(topic: str, as_json: bool) -> None:
     """The replays of dead-letter topic TOPIC: when, by whom, to where, what they sent.
 
-    Each `dlq replay` records itself on TOPIC.replays; the records it sent carry its id in
-    their eventsink.replay.id header (and dead letters of them that failed again, too).
+    Each `dlq replay` records itself on TOPIC.replays, as started before it sends anything and
+    as done, interrupted or failed at its end; the records it sent carry its id in their
+    eventsink.replay.id header (and dead letters of them that failed again, too). A replay shown
+    as "started" was killed before it could record its end: up to its planned count was sent.
     """
     s = settings()
     _read(s, topic)  # a usage error unless TOPIC is a dead-letter topic
@@ -335,16 +416,32 @@ def replays(topic: str, as_json: bool) -> None:
         records = aio.run(reader.read_all(s.bootstrap_list, tool.log_topic(topic), security=s.kafka_security()))
     except LookupError:
         records = []
-    found = [r for r in (tool.ReplayRecord.from_json(x.value) for x in records) if r is not None]
+    found = tool.latest(r for r in (tool.ReplayRecord.from_json(x.value) for x in records) if r is not None)
     if as_json:
         for r in found:
             click.echo(r.to_json().decode())
         return
     table = Table(title=f"{topic}: {len(found)} replay(s) recorded", title_justify="left")
-    for col in ("replay", "at (UTC)", "by", "to", "filters", "sent", "repeats", "refused"):
+    for col in ("replay", "at (UTC)", "by", "to", "filters", "status", "sent", "repeats", "refused"):
         table.add_column(col, overflow="fold")
     for r in found:
         filters = " ".join(f"--{k} {v}" for k, v in r.filters.items() if v) or "-"
-        cells = (r.id, r.at, f"{r.user}@{r.host}", r.to, filters, str(r.sent), str(r.repeats), str(r.refused))
+        status = _status(r)
+        cells = (r.id, r.at, f"{r.user}@{r.host}", r.to, filters, status, _sent(r), str(r.repeats), str(r.refused))
         table.add_row(*(Text(printable(str(c))) for c in cells))
     out.print(table)
+
+
+def _status(r: tool.ReplayRecord) -> str:
+    if r.status == "started":
+        return "started, no end recorded (killed?)"
+    return f"{r.status}: {r.error}" if r.error else r.status
+
+
+def _sent(r: tool.ReplayRecord) -> str:
+    if r.status == "started":
+        return f"up to {r.planned}"
+    if r.status == "done":
+        return str(r.sent)
+    unconfirmed = f" (+{r.unconfirmed} unacknowledged)" if r.unconfirmed else ""
+    return f"{r.sent} of {r.planned}{unconfirmed}"

@@ -246,10 +246,12 @@ def plan(letters: Iterable[Letter], source: str | None, target: str, load: Loade
     """Which letters go to `target`, which are refused, how many are repeats.
 
     `source` is the topic the dead-letter topic belongs to: a letter whose source header names
-    another topic (or none) is refused. None (an unconfigured dead-letter topic replayed with
-    `--to`) skips that check. `load` reads originals kept in PostgreSQL (needed only when a letter
-    is marked stored). A record dead-lettered more than once (same `Letter.identity`: a worker that
-    died before its commit, a replay that failed again) is replayed once.
+    another topic (or none) is refused, and so is one that first failed on another topic (its
+    origin: a record of another kind replayed into `source`, which can never be applied there).
+    None (an unconfigured dead-letter topic replayed with `--to`) skips those checks. `load`
+    reads originals kept in PostgreSQL (needed only when a letter is marked stored). A record
+    dead-lettered more than once (same `Letter.identity`: a worker that died before its commit,
+    a replay that failed again) is replayed once.
     """
     send: list[Replay] = []
     refused: list[Refusal] = []
@@ -264,6 +266,11 @@ def plan(letters: Iterable[Letter], source: str | None, target: str, load: Loade
         if source is not None and info.source_topic != source:
             named = repr(info.source_topic) if info.source_topic else "no topic"
             refused.append(Refusal(letter, f"its source header names {named}, not {source!r}"))
+            continue
+        if source is not None and info.origin_topic != source:
+            refused.append(
+                Refusal(letter, f"it first failed on {info.origin_topic!r}, not {source!r}: replay it from there")
+            )
             continue
         if info.source_partition < 0 or info.source_offset < 0:
             refused.append(Refusal(letter, "no valid source partition and offset headers"))
@@ -296,6 +303,14 @@ class ReplayRecord:
 
     `origins` lists each dead letter sent (topic, partition, offset of its first failure); the
     records sent carry the same id in `eventsink.replay.id`.
+
+    A replay records itself twice under its id: `status` "started" before it sends anything
+    (`planned` records, `origins` those it is about to send), then "done", "interrupted" (Ctrl-C)
+    or "failed" (the broker's error in `error`) with `sent`, the records the broker acknowledged,
+    and `unconfirmed`, those handed to the client whose acknowledgement never came (each may or may
+    not be on the topic). A replay whose last record is "started" was killed before it could say
+    how far it got: up to `planned` records may have been sent. Records written before these
+    fields existed read as "done".
     """
 
     id: str
@@ -309,6 +324,10 @@ class ReplayRecord:
     user: str
     host: str
     origins: list[tuple[str, int, int]] = field(default_factory=list)
+    status: str = "done"
+    planned: int = 0
+    unconfirmed: int = 0
+    error: str = ""
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self))
@@ -322,6 +341,14 @@ class ReplayRecord:
             return cls(**data)
         except (orjson.JSONDecodeError, TypeError, AttributeError, KeyError):
             return None
+
+
+def latest(records: Iterable[ReplayRecord]) -> list[ReplayRecord]:
+    """Each replay once, as its last record says (the log's order), in the order replays began."""
+    last: dict[str, ReplayRecord] = {}
+    for r in records:
+        last[r.id] = r  # a dict keeps the first insertion's place
+    return list(last.values())
 
 
 def new_replay_id(now: datetime | None = None) -> str:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import signal
+import subprocess
+import sys
 import uuid
 from collections import Counter
 
@@ -14,6 +17,7 @@ import pytest
 from schemas.deadletter import H_ORIGINAL_SHA256, H_ORIGINAL_SIZE, H_STORED, DeadLetter, Reason
 from sinks.core import deadletters
 from streams.publish.publisher import Publisher
+from streams.tools.reader import Reader
 from streams.tools.topics import SOURCE_CONFIG, TopicSpec, ensure_topics
 from tests.helpers import Scenario, TopicRecord, WorkerProcess, ledger_totals, read_topic, wait_applied, wait_until
 from tests.workload import Sent, create_topics, metric_json, send_raw
@@ -275,3 +279,102 @@ def test_dlq_commands_refuse_a_topic_that_is_not_a_dead_letter_topic(scenario: S
     send(s, other, [(b"k", b"an event, not a dead letter", [])])
     plain = s.cli("dlq", "list", other)
     assert plain.returncode == 2 and f"{other} is not a dead-letter topic" in plain.stderr
+
+
+def replays_recorded(s: Scenario) -> list[dict]:
+    recorded = s.cli("dlq", "replays", s.dlq_topic, "--json")
+    assert recorded.returncode == 0, recorded.stderr
+    return [orjson.loads(line) for line in recorded.stdout.splitlines()]
+
+
+def sent_by(s: Scenario, replay_id: str) -> int:
+    """Records on the source topic that carry this replay's id (what the broker holds of it)."""
+    return sum(1 for r in read(s, s.topic) if dict(r.headers).get("eventsink.replay.id") == replay_id.encode())
+
+
+def replay_stopped_by(s: Scenario, sig: signal.Signals) -> subprocess.CompletedProcess[str]:
+    """`dlq replay`, sent `sig` once the source topic has records of it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "dlq", "replay", s.dlq_topic],
+        env={**s.env(), "EVENTSINK_LOG_FORMAT": "json"},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    before = sum(end_offsets(s, s.topic).values())
+    try:
+        wait_until(lambda: sum(end_offsets(s, s.topic).values()) > before, 120, 0.05, what="the replay's first records")
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def end_offsets(s: Scenario, topic: str) -> dict[int, int]:
+    async def go() -> dict[int, int]:
+        async with Reader([s.bootstrap]) as r:
+            return await r.end_offsets(topic)
+
+    return asyncio.run(go())
+
+
+def test_a_replay_stopped_half_way_is_recorded_with_what_it_sent(scenario: Scenario) -> None:
+    """Ctrl-C in the middle of a replay: the records already sent are on record (the replay's
+    id, status "interrupted", how many the broker acknowledged, of how many), said on stderr, and
+    the count is what the source topic holds of it. A replay killed outright (SIGKILL) is still
+    on record as started, with what it set out to send. (Before: a replay recorded itself only
+    once every record was acknowledged, so a stopped one sent thousands of records unrecorded.)"""
+    s = scenario
+    create_topics(s)
+    n = 60_000  # enough that the replay is still sending when it is stopped
+    send(s, s.dlq_topic, [dead_letter(s, s.topic, i, f"k{i}".encode(), b'{"x": %d}' % i) for i in range(n)])
+
+    stopped = replay_stopped_by(s, signal.SIGINT)
+    assert stopped.returncode == 130, stopped.stderr
+    (replay,) = replays_recorded(s)
+    assert (replay["status"], replay["planned"], replay["to"]) == ("interrupted", n, s.topic)
+    assert 0 < replay["sent"] < n, replay
+    held = sent_by(s, replay["id"])  # the oracle: what the topic holds of this replay
+    assert replay["sent"] <= held <= replay["sent"] + replay["unconfirmed"]
+    assert f"replay {replay['id']} interrupted after {replay['sent']} of {n} record(s)" in stopped.stderr
+    assert "recorded on" in stopped.stderr
+
+    killed = replay_stopped_by(s, signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
+    first, second = replays_recorded(s)
+    assert first == replay
+    assert (second["status"], second["planned"], second["sent"]) == ("started", n, 0)
+    assert 0 < sent_by(s, second["id"]) <= n
+    table = s.cli("dlq", "replays", s.dlq_topic)
+    assert table.returncode == 0
+    assert "interrupted" in table.stdout and "no end recorded" in table.stdout and f"up to {n}" in table.stdout
+
+
+def test_a_replay_to_another_kinds_topic_is_refused(scenario: Scenario) -> None:
+    """`--to chat` for metric dead letters put them where every one is dead-lettered again, into
+    chat's dead-letter topic; and letters that first failed on another topic, found in a
+    dead-letter topic, are refused rather than replayed into the wrong kind again."""
+    s = scenario
+    create_topics(s)
+    chat_dlq = f"{s.chat_topic}.dlq"
+    asyncio.run(ensure_topics([s.bootstrap], [TopicSpec(t, 1, config=SOURCE_CONFIG) for t in (s.chat_topic, chat_dlq)]))
+    send(s, s.dlq_topic, [dead_letter(s, s.topic, 0, b"k", b'{"x": 1}')])
+    refused = s.cli("dlq", "replay", s.dlq_topic, "--to", s.chat_topic)
+    assert refused.returncode == 2, refused.stderr
+    assert f"'{s.chat_topic}' is the source topic of chat events" in refused.stderr
+    assert sum(end_offsets(s, s.chat_topic).values()) == 0
+    # A metric record that was replayed into chat once (before this refusal) and failed there.
+    origin = (
+        ("eventsink.origin.topic", s.topic.encode()),
+        ("eventsink.origin.partition", b"0"),
+        ("eventsink.origin.offset", b"3"),
+        ("eventsink.replay.id", b"20261207T000000Z-00000000"),
+    )
+    dead = DeadLetter(Reason.NOT_AN_OBJECT, "not a chat event", s.chat_topic, 0, 7, b"k", b"[]", origin)
+    send(s, chat_dlq, [(b"k", b"[]", dead.dlq_headers(s.group))])
+    dry = s.cli("dlq", "replay", chat_dlq, "--dry-run")
+    assert dry.returncode == 1, dry.stderr
+    assert "would replay 0 record(s)" in dry.stderr and f"first failed on '{s.topic}'" in dry.stderr

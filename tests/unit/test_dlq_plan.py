@@ -5,10 +5,22 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from schemas.deadletter import H_ORIGINAL_SHA256, H_ORIGINAL_SIZE, H_STORED, DeadLetter, Reason
+import orjson
+
+from schemas.deadletter import (
+    H_ORIGIN_OFFSET,
+    H_ORIGIN_PARTITION,
+    H_ORIGIN_TOPIC,
+    H_ORIGINAL_SHA256,
+    H_ORIGINAL_SIZE,
+    H_REPLAY_ID,
+    H_STORED,
+    DeadLetter,
+    Reason,
+)
 from sinks.core.deadletters import StoredRecord
 from streams.settings import load
-from streams.tools.dlq import Letter, ReplayRecord, dead_letters, pairs, plan, utc_text
+from streams.tools.dlq import Letter, ReplayRecord, dead_letters, latest, pairs, plan, utc_text
 
 
 @dataclass
@@ -218,6 +230,42 @@ def test_a_replay_record_reads_back_and_junk_is_no_replay() -> None:
     assert ReplayRecord.from_json(record.to_json()) == record
     for junk in (b"", b"[]", b"{}", b'{"id": 1}', None):
         assert ReplayRecord.from_json(junk) is None
+    # Written before a replay recorded its start and end: read as one that was done.
+    old = orjson.loads(record.to_json())
+    for name in ("status", "planned", "unconfirmed", "error"):
+        del old[name]
+    assert ReplayRecord.from_json(orjson.dumps(old)) == record and record.status == "done"
+
+
+def test_each_replay_is_listed_once_as_its_last_record_says() -> None:
+    def rec(id_: str, status: str, sent: int) -> ReplayRecord:
+        return ReplayRecord(id_, "at", "metrics.dlq", "metrics", {}, sent, 0, 0, "ops", "host", status=status)
+
+    records = [rec("a", "started", 0), rec("b", "started", 0), rec("a", "interrupted", 5), rec("c", "started", 0)]
+    assert [(r.id, r.status, r.sent) for r in latest(records)] == [
+        ("a", "interrupted", 5),
+        ("b", "started", 0),  # killed before it could record its end
+        ("c", "started", 0),
+    ]
+
+
+def test_a_letter_that_first_failed_on_another_topic_is_refused() -> None:
+    """A metric record replayed into chat (by hand, or before `--to` refused another kind's topic)
+    and dead-lettered there: chat's dead-letter topic holds it, but it can never be applied to chat."""
+    origin = (
+        (H_ORIGIN_TOPIC, b"metrics"),
+        (H_ORIGIN_PARTITION, b"0"),
+        (H_ORIGIN_OFFSET, b"3"),
+        (H_REPLAY_ID, b"r1"),
+    )
+    dead = DeadLetter(Reason.NOT_AN_OBJECT, "not a chat event", "chat", 0, 9, b"k", b"[]", origin)
+    stray = Letter.of(Record(0, 1, b"k", b"[]", dead.dlq_headers("g")))
+    mine = DeadLetter(Reason.NOT_AN_OBJECT, "not a chat event", "chat", 0, 10, b"k", b"[]", ())
+    own = Letter.of(Record(0, 2, b"k", b"[]", mine.dlq_headers("g")))
+    p = plan([stray, own], "chat", "chat")
+    assert [r.letter.offset for r in p.send] == [2]
+    (refusal,) = p.refused
+    assert refusal.letter is stray and refusal.why == "it first failed on 'metrics', not 'chat': replay it from there"
 
 
 def test_a_dead_letter_kept_in_postgresql_carries_the_lineage_on_its_marker() -> None:
