@@ -48,12 +48,18 @@ class FileSecrets(PydanticBaseSettingsSource):
             path = os.environ.get(f"{name}_FILE")
             if not path:
                 continue
+            # SettingsError, not pydantic's ValidationError: a source's error is not one.
             if any(os.environ.get(n) for n in FILE_SECRETS[field_name]):
-                raise ValueError(f"set {name} or {name}_FILE, not both")
+                raise SettingsError(f"set {name} or {name}_FILE, not both")
             try:
-                content = Path(path).read_text().removesuffix("\n")
+                # Trailing line ends dropped: an editor's, `echo`'s, or both (a DSN never ends in one).
+                content = Path(path).read_text().rstrip("\r\n")
             except OSError as exc:
-                raise ValueError(f"{name}_FILE={path}: {exc.strerror}") from None
+                raise SettingsError(f"{name}_FILE={path}: {exc.strerror}") from None
+            except UnicodeDecodeError:
+                raise SettingsError(f"{name}_FILE={path}: not text (UTF-8)") from None
+            if not content.strip():
+                raise SettingsError(f"{name}_FILE={path} is empty")
             # A DSN's pieces are host names and words: its secrets are registered by `register_dsn`.
             secrets.register(content, pieces=field_name != "database_url")
             return content, field_name, False
@@ -236,6 +242,13 @@ class Settings(BaseSettings):
     @classmethod
     def _remember_dsn_secrets(cls, value: SecretStr) -> SecretStr:
         dsn = value.get_secret_value()
+        if not dsn.strip():
+            # libpq would take an empty string for its defaults (the OS user's database on the
+            # local socket): a variable that expanded to nothing must not pick a database.
+            raise ValueError(
+                "DATABASE_URL is empty: set a PostgreSQL connection string "
+                "(postgresql://USER@HOST:5432/DATABASE), or unset it for postgresql://postgres@127.0.0.1:5432/eventsink"
+            )
         secrets.register_dsn(dsn)
         try:
             secrets.dsn_secrets(dsn)
@@ -249,6 +262,8 @@ class Settings(BaseSettings):
     @field_validator("read_database_url", mode="after")
     @classmethod
     def _remember_read_dsn_secrets(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            return None  # set to nothing: unset, so the analysts' tools read DATABASE_URL, as documented
         if value is not None:
             secrets.register_dsn(value.get_secret_value())
             try:

@@ -147,14 +147,28 @@ def _migrate_down(dsn: str, display: str, down_to: int, *, dry_run: bool, yes: b
     )
 
 
+def _cpus() -> int:
+    """The CPUs this process may run on (a container's share where the OS says it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+# Worker processes per CPU a host may run: past it they only compete for the cores (999 on 2 cores
+# took the machine down: out of memory, and 9 minutes to stop). More workers: more hosts.
+PROCESSES_PER_CPU = 4
+
+
 @cli.command()
 @click.option(
     "--processes",
     "-p",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=PROCESSES_PER_CPU * _cpus()),
     default=1,
     show_default=True,
-    help="Worker processes to run and supervise on this host (web ports from EVENTSINK_WEB_PORT up).",
+    help=f"Worker processes to run and supervise on this host (web ports from EVENTSINK_WEB_PORT up); "
+    f"at most {PROCESSES_PER_CPU} per CPU.",
 )
 def worker(processes: int) -> None:
     """Run a worker: every agent of every event kind, until SIGTERM or Ctrl-C drains it."""
@@ -185,6 +199,26 @@ def run(count: int, tenants: int, keep_running: bool) -> None:
     demo.main(count=count, tenants=tenants, keep_running=keep_running)
 
 
+def _database_named() -> str:
+    """The database DATABASE_URL names, as host:port/database (no credentials), and the one
+    EVENTSINK_READ_DATABASE_URL names when it is another; or a word for them."""
+
+    def named(dsn: str) -> str:
+        from psycopg.conninfo import conninfo_to_dict
+
+        params = conninfo_to_dict(dsn)
+        return scrub(f"{params.get('host', 'localhost')}:{params.get('port', 5432)}/{params.get('dbname', '?')}")
+
+    try:
+        from streams.settings import load
+
+        s = load()
+        write, read = named(s.dsn), named(s.read_dsn)
+    except Exception:
+        return "DATABASE_URL names"
+    return write if read == write else f"{write} (or {read}, for a command that reads a standby)"
+
+
 def explain(exc: BaseException) -> tuple[str, str]:
     """What failed, once (an exception's text often repeats its class name), scrubbed; and what to
     do: our own fixed words, printed as they are (scrubbed, `password` in them would be masked for
@@ -194,6 +228,7 @@ def explain(exc: BaseException) -> tuple[str, str]:
     what = text if text.startswith(name) else f"{name}: {text}" if text else name
     from aiokafka.errors import KafkaConnectionError, KafkaError
     from psycopg import OperationalError
+    from psycopg.errors import InvalidSchemaName, UndefinedTable
 
     if isinstance(exc, KafkaConnectionError) or (isinstance(exc, KafkaError) and "bootstrap" in text):
         servers = scrub(os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092 (the default)"))
@@ -201,10 +236,17 @@ def explain(exc: BaseException) -> tuple[str, str]:
             f"no Kafka broker answered at {servers}; start it, or set KAFKA_BOOTSTRAP_SERVERS (and "
             "EVENTSINK_KAFKA_SECURITY_PROTOCOL) to where it listens"
         )
+    if isinstance(exc, UndefinedTable | InvalidSchemaName) and "eventsink." in text:
+        # A database eventsink never migrated: a new one, or DATABASE_URL naming the wrong one.
+        return what, (
+            f"the database {_database_named()} has no eventsink tables: check that DATABASE_URL (or "
+            "EVENTSINK_READ_DATABASE_URL for verify and chat history) names the database the workers write to, "
+            "or create them there with `eventsink migrate`"
+        )
     if isinstance(exc, OperationalError):
         return what, (
-            "check DATABASE_URL (host, port, database, user, password, sslmode) and that PostgreSQL "
-            "is running and reachable from here"
+            "check DATABASE_URL (host, port, database, user, password, sslmode), or EVENTSINK_READ_DATABASE_URL "
+            "for a command that reads a standby, and that PostgreSQL is running and reachable from here"
         )
     return what, ""
 

@@ -124,13 +124,24 @@ def metrics(count: int, invalid: float, as_json: bool, **shared: Any) -> None:
 
 @produce.command("chat")
 @click.option("--conversations", "-c", type=click.IntRange(min=1), default=200, show_default=True)
-@click.option("--turns", type=(int, int), default=(2, 8), show_default=True, help="Messages per conversation.")
+@click.option(
+    "--turns",
+    type=(click.IntRange(min=1), click.IntRange(min=1)),
+    default=(2, 8),
+    show_default=True,
+    metavar="MIN MAX",
+    help="Messages per conversation: at least MIN, at most MAX.",
+)
 @invalid_option("Fraction of records that are invalid (too large, bad role, ...).")
 @common
 def chat(conversations: int, turns: tuple[int, int], invalid: float, as_json: bool, **shared: Any) -> None:
     """Publish conversations: several turns each, interleaved as live traffic would be."""
     from streams.dev.loadgen.chat import ChatLoad, ChatReport, produce_chat
 
+    if turns[0] > turns[1]:
+        raise click.BadParameter(
+            f"MIN {turns[0]} is above MAX {turns[1]}: give MIN MAX, e.g. 2 8", param_hint="--turns"
+        )
     s = settings()
     load = ChatLoad(
         conversations=conversations,

@@ -339,3 +339,40 @@ def test_ctrl_c_exits_130_and_says_what_was_done(scenario: Scenario, tmp_path: P
     wait_until(lambda: (tmp_path / "sup.err").read_text().count('"worker ready"') == 2, 90, what="both ready")
     assert interrupted(supervised) == 130, (tmp_path / "sup.err").read_text()[-2000:]
     assert "worker processes stopped" in (tmp_path / "sup.err").read_text()
+
+
+def test_a_database_never_migrated_is_named_with_what_to_do(pg_admin_dsn: str) -> None:
+    """`lag`, `ledger show` and `verify` against a database without eventsink's tables (a new one,
+    or DATABASE_URL naming the wrong one) said only `UndefinedTable: relation ... does not exist`."""
+    from sinks.dsn import database_of, with_database
+    from streams.dev import embedded
+
+    name = f"eventsink_unmigrated_{uuid.uuid4().hex[:8]}"
+    admin = with_database(pg_admin_dsn, database_of(pg_admin_dsn))
+    dsn = embedded.ensure_database(admin, name)
+    try:
+        for command in (["lag"], ["ledger", "show"]):
+            done = eventsink(*command, env={"DATABASE_URL": with_password(dsn)})
+            assert done.returncode == 1, (command, done.stderr)
+            (line,) = done.stderr.strip().splitlines()
+            assert f"/{name} has no eventsink tables" in line and "`eventsink migrate`" in line, line
+            assert PASSWORD not in line
+    finally:
+        embedded.drop_database(admin, name)
+
+
+def test_usage_errors_that_were_crashes_or_runaways_exit_2_on_one_line(database_url: str) -> None:
+    """`worker --processes 999` started 999 workers on 2 cores (the machine ran out of memory);
+    `produce chat --turns 8 2` raised ValueError; an empty DATABASE_URL picked libpq's defaults."""
+    env = {"DATABASE_URL": database_url}
+    cases = {
+        ("worker", "--processes", "999"): "999 is not in the range 1<=x<=",
+        ("produce", "chat", "--turns", "8", "2"): "MIN 8 is above MAX 2",
+    }
+    for args, said in cases.items():
+        done = eventsink(*args, env=env, timeout=60)
+        assert done.returncode == 2, (args, done.stderr)
+        (line,) = done.stderr.strip().splitlines()
+        assert said in line, line
+    empty = eventsink("migrate", "--status", env={"DATABASE_URL": ""})
+    assert empty.returncode == 2 and "DATABASE_URL is empty" in empty.stderr

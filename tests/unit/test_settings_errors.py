@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -147,3 +148,43 @@ def test_the_commands_of_the_report_refuse_contradicting_topics_as_a_usage_error
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: invalid settings: "), done.stderr
     assert all(variable in lines[0] for variable in env), lines[0]
+
+
+def test_an_empty_database_url_is_refused_not_read_as_libpqs_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DATABASE_URL="" (a variable that expanded to nothing) was libpq's defaults: the OS user's
+    database on the local socket, which `migrate` would have written into."""
+    message = refusal(monkeypatch, DATABASE_URL="")
+    assert message.startswith("DATABASE_URL is empty: set a PostgreSQL connection string")
+    assert refusal(monkeypatch, DATABASE_URL="  ").startswith("DATABASE_URL is empty")
+
+
+def test_an_empty_read_database_url_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app@db.example:5432/events")
+    monkeypatch.setenv("EVENTSINK_READ_DATABASE_URL", "")
+    s = load()
+    assert s.read_database_url is None and s.read_dsn == s.dsn
+
+
+def test_database_url_file_problems_are_settings_errors(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """They were plain ValueErrors, which the CLI reported as failures (exit 1), not usage errors."""
+    missing = tmp_path / "missing"
+    assert (
+        refusal(monkeypatch, DATABASE_URL_FILE=str(missing))
+        == f"DATABASE_URL_FILE={missing}: No such file or directory"
+    )
+    assert refusal(monkeypatch, DATABASE_URL_FILE=str(tmp_path)) == f"DATABASE_URL_FILE={tmp_path}: Is a directory"
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    assert refusal(monkeypatch, DATABASE_URL_FILE=str(empty)) == f"DATABASE_URL_FILE={empty} is empty"
+    dsn = tmp_path / "dsn"
+    dsn.write_text("postgresql://app@db.example:5432/events\n")
+    assert refusal(monkeypatch, DATABASE_URL_FILE=str(dsn), DATABASE_URL="x") == (
+        "set DATABASE_URL or DATABASE_URL_FILE, not both"
+    )
+
+
+def test_a_database_url_file_may_end_in_several_line_ends(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    dsn = tmp_path / "dsn"
+    dsn.write_text("postgresql://app@db.example:5432/events\r\n\n")
+    monkeypatch.setenv("DATABASE_URL_FILE", str(dsn))
+    assert load().dsn == "postgresql://app@db.example:5432/events"
