@@ -419,7 +419,24 @@ class Pipeline:
             st.held = True
             self.control.hold(p)
         telemetry.PARTITION_BLOCKED.labels(self.topic, str(p), reason).set(1)
-        log.error("partition stopped", topic=self.topic, partition=p, reason=reason, detail=detail, fix=detail)
+        log.error(
+            "partition stopped",
+            topic=self.topic,
+            partition=p,
+            reason=reason,
+            detail=detail,
+            fix=self._fix(reason, p, detail),
+        )
+
+    def _fix(self, reason: str, p: int, detail: str) -> str:
+        """What the operator does about a stopped partition (the other reasons' details say it)."""
+        if reason == "log_changed":
+            return (
+                f"if {self.topic} was deleted and created again on purpose, start its new log: eventsink ledger reset "
+                f"--topic {self.topic} --partition {p} (with --dry-run first); if not, check that "
+                "KAFKA_BOOTSTRAP_SERVERS names the cluster the ledger counted"
+            )
+        return detail
 
     async def unblock(self, p: int, next_offset: int) -> None:
         """Resume a stopped partition from `next_offset` (the ledger's, after an operator's reset)."""

@@ -168,7 +168,8 @@ def test_a_recreated_topic_stops_its_partitions_until_an_operator_resets_the_led
         assert status == 200 and health["status"] == "degraded"
         assert sorted(health["stopped_partitions"]) == [f"{s.topic}[{p}]" for p in counted]
         assert stored(s, old) == old.unique, "a record of the new log was applied past a ledger of the old one"
-        assert any(e.get("event") == "partition stopped" and e.get("reason") == "log_changed" for e in w.logs())
+        said = [e for e in w.logs() if e.get("event") == "partition stopped" and e.get("reason") == "log_changed"]
+        assert said and all(f"eventsink ledger reset --topic {s.topic} --partition" in e["fix"] for e in said)
 
         # lag sees them stopped, not caught up: the new log waits whole, and a lag check fails.
         lagged = s.cli("lag", "--json")
