@@ -54,6 +54,9 @@ def pretty(row: TailRow) -> str:
             f" [yellow]DLQ {escape(row.dlq.reason)} from {row.dlq.source_topic}[{row.dlq.source_partition}]"
             f"@{row.dlq.source_offset}: {escape(row.dlq.detail)}[/]"
         )
+    elif row.replayed is not None:
+        replay_id, (topic, partition, offset) = row.replayed
+        head += f" [magenta]replayed by {escape(replay_id)}, first failed at {escape(topic)}[{partition}]@{offset}[/]"
     if isinstance(row.result, Decoded):
         return f"{head} tenant={row.tenant} {_summary(row.result.event)}"
     raw = (row.value or b"").decode("utf-8", "replace")

@@ -17,7 +17,7 @@ import orjson
 from pydantic import BaseModel
 
 from schemas.codec import Decoded, Rejected, decode
-from schemas.deadletter import HEADER_PREFIX, DeadLetterInfo
+from schemas.deadletter import H_REASON, H_REPLAY_ID, HEADER_PREFIX, DeadLetterInfo
 from streams.tools.reader import Reader, Start, Unreadable
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -73,6 +73,9 @@ class TailRow:
     result: Decoded | Rejected
     dlq: DeadLetterInfo | None = None
     text: str = field(default="", repr=False)
+    # A record a replay re-published (`eventsink dlq replay`): the replay's id and where the
+    # record first failed; not a dead letter itself.
+    replayed: tuple[str, tuple[str, int, int]] | None = None
 
     @property
     def timestamp(self) -> datetime | None:
@@ -112,6 +115,12 @@ class TailRow:
                 "source_offset": self.dlq.source_offset,
                 "failed_at": self.dlq.failed_at,
             }
+        if self.replayed is not None:
+            replay_id, (topic, partition, offset) = self.replayed
+            out["replayed"] = {
+                "replay_id": replay_id,
+                "origin": {"topic": topic, "partition": partition, "offset": offset},
+            }
         return out
 
 
@@ -129,7 +138,11 @@ def to_row(
 ) -> TailRow:
     """`decoder`: the kind's (`streams.kinds.Kind.decode`, which knows its value format)."""
     headers = list(record.headers or ())
-    dlq = DeadLetterInfo.from_headers(headers) if any(k.startswith(HEADER_PREFIX) for k, _ in headers) else None
+    ours = DeadLetterInfo.from_headers(headers) if any(k.startswith(HEADER_PREFIX) for k, _ in headers) else None
+    # A dead letter names its reason; a replayed record carries only its lineage (origin, replay id).
+    dlq = ours if ours is not None and any(k == H_REASON for k, _ in headers) else None
+    replay_id = next((v for k, v in headers if k == H_REPLAY_ID), None)
+    replayed = (replay_id.decode("utf-8", "replace"), ours.origin) if dlq is None and ours and replay_id else None
     result = decoder(record.value, model, record.key, context)
     row = TailRow(
         record.topic,
@@ -140,6 +153,7 @@ def to_row(
         record.value,
         result,
         dlq,
+        replayed=replayed,
     )
     row.text = (record.value or b"").decode("utf-8", "replace") + " " + (dlq.detail if dlq else "")
     return row
