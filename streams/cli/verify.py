@@ -6,10 +6,12 @@ import sys
 
 import click
 import orjson
+from rich.markup import escape
 from rich.table import Table
 
 from streams.cli import names
 from streams.cli.console import READ_DSN_HELP, dsn_to_read, err, out, settings
+from streams.settings import Settings
 from streams.tools.tail import parse_since
 from streams.tools.verify import verify as run_verify
 
@@ -30,8 +32,10 @@ def verify(
 
     Per tenant: records seen, distinct valid events, applied, dead-lettered, pending (past the
     ledger), missing and duplicated (including chat counters and analysis rows that disagree with
-    the events). Exits with status 1 when anything is missing or duplicated. It says which server
-    it read, primary or standby (a standby may lag: what it has not replayed yet is pending).
+    the events). Exits with status 1 when anything is missing or duplicated, and when it verified
+    nothing: the database's ledger has no row of the group for TOPIC, or is behind the offsets the
+    group committed in Kafka (not the database the workers write to). It says which server and
+    database it read, primary or standby (a standby may lag: what it has not replayed yet is pending).
     """
     s = settings()
     read_from = dsn_to_read(read_dsn, s)  # a usage error before anything is read
@@ -51,6 +55,7 @@ def verify(
             tenant=tenant,
             since=since_at,
             security=s.kafka_security(),
+            dsn_source=_dsn_source(read_dsn, s),
         )
     except LookupError as exc:
         raise click.ClickException(str(exc)) from None
@@ -78,7 +83,7 @@ def verify(
                 style=style,
             )
         out.print(table)
-        err.print(f"read PostgreSQL at {report.read_from}", highlight=False)
+        err.print(f"read PostgreSQL at {escape(str(report.read_from))}", highlight=False)
         for problem in report.problems[:20]:
             err.print(f"[red]- {problem}[/]", highlight=False)
         if report.dlq_repeats:
@@ -93,6 +98,24 @@ def verify(
                 f"such: {ranges}[/]",
                 highlight=False,
             )
-        err.print("[green]consistent[/]" if report.ok else "[red]inconsistent[/]")
+        if report.behind_kafka and report.on_standby:
+            err.print(
+                f"[yellow]the standby's ledger is behind the group's Kafka committed offsets on "
+                f"{len(report.behind_kafka)} partition(s): it has not replayed them yet (what it has not "
+                "replayed reads as pending)[/]",
+                highlight=False,
+            )
+        if report.unverified is None:
+            err.print("[green]consistent[/]" if report.ok else "[red]inconsistent[/]")
+    if report.unverified is not None:
+        # A check of nothing: the last line says so, and what to check (exit status 1).
+        raise click.ClickException(report.unverified)
     if not report.ok:
         sys.exit(1)
+
+
+def _dsn_source(option: str | None, loaded: Settings) -> str:
+    """What names the DSN verify reads, for the operator to check (never its value)."""
+    if option is not None:
+        return "--read-dsn"
+    return "EVENTSINK_READ_DATABASE_URL" if loaded.read_database_url is not None else "DATABASE_URL"

@@ -8,13 +8,21 @@ and rows duplicated or wrong (a key stored twice; a chat session whose counters 
 its messages or the topic; an analysis row that differs from the in-order fold of its events).
 Records past the ledger are `pending`, not missing. It joins no consumer group.
 
+A check of nothing is never a success: when this database's ledger has no row of the group for
+the topic while the topic holds records (verify pointed at another database, or a group whose
+workers have applied nothing here yet), or when the group's committed offsets in Kafka are past
+this database's ledger (workers commit to Kafka only what the ledger holds, so the ledger always
+leads: this is not the database they write to, or it lost commits), the report says why it
+verified nothing (`unverified`) and is not ok. On a standby, a ledger behind Kafka is replication
+lag: what it has not replayed reads as pending, as it does for the rows.
+
 What the database must hold comes from `streams.tools.expected` (the oracle every check shares);
 this module compares it with the tables, key by key, and tells pending from missing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from typing import Any
@@ -48,6 +56,15 @@ class TenantReport:
         return not self.missing and not self.duplicated
 
 
+@dataclass(frozen=True, slots=True)
+class Behind:
+    """A partition whose ledger here is behind the group's committed offset in Kafka."""
+
+    partition: int
+    ledger_next: int  # the next offset this database's ledger would apply (last applied + 1)
+    committed: int  # the group's committed offset in Kafka (the next to read)
+
+
 @dataclass
 class VerifyReport:
     topic: str
@@ -61,8 +78,16 @@ class VerifyReport:
     lost: list[tuple[int, int, int, str]] = field(default_factory=list)
     # Record batches the Kafka client could not read: (partition, offset, why).
     unreadable: list[tuple[int, int, str]] = field(default_factory=list)
-    # The PostgreSQL server read, and whether it was the primary or a standby.
+    # The PostgreSQL server and database read, and whether it was the primary or a standby.
     read_from: ReadFrom | None = None
+    # This database's ledger rows (partitions) of the group for the topic.
+    ledger_rows: int = 0
+    # The group's committed offsets in Kafka (partition -> next to read), read just before the
+    # ledger; None when the broker could not tell. And the partitions where they are past the ledger.
+    committed: dict[int, int] | None = None
+    behind_kafka: list[Behind] = field(default_factory=list)
+    # What names the DSN read, for the operator to check (DATABASE_URL, --read-dsn, ...).
+    dsn_source: str = "DATABASE_URL"
 
     @property
     def lost_offsets(self) -> int:
@@ -70,7 +95,57 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
-        return all(t.ok for t in self.tenants.values()) and not any("cannot be read" in p for p in self.problems)
+        return (
+            all(t.ok for t in self.tenants.values())
+            and not any("cannot be read" in p for p in self.problems)
+            and self.unverified is None
+        )
+
+    @property
+    def on_standby(self) -> bool:
+        return self.read_from is not None and self.read_from.standby
+
+    @property
+    def unverified(self) -> str | None:
+        """Why this database was not verified against the topic, on one line; None when it was.
+
+        Nothing of the topic applied here (no ledger row of the group) while the topic holds
+        records: every record reads as pending, and "consistent" would be a check of nothing. Or
+        the group's Kafka committed offsets past this primary's ledger: the workers commit to
+        Kafka only what the ledger holds, so they wrote elsewhere, or this database lost commits."""
+        database = self.read_from.database if self.read_from else "?"
+        where = f"database {self.read_from.where}" if self.read_from else "this database"
+        check = f"is {self.dsn_source} (database {database}) the one its workers write to?"
+        committed = self.committed or {}
+        if self.ledger_rows == 0 and self.totals().seen:
+            at = sum(committed.values())
+            head = f"{where} has applied nothing of {self.topic} for group {self.group} (no ledger rows)"
+            if at:
+                return (
+                    f"{head}, yet the group's Kafka committed offsets are at {at} "
+                    f"(summed over {_partitions(len(committed))}): nothing was verified; {check}"
+                )
+            kafka = (
+                "the group's Kafka committed offsets are at 0"
+                if committed
+                else "the group has no committed offsets in Kafka"
+                if self.committed is not None
+                else "the group's Kafka committed offsets could not be read"
+            )
+            return (
+                f"{head} and {kafka}: nothing was verified; run verify once its workers have applied "
+                f"records, and check that {self.dsn_source} (database {database}) is the one they write to"
+            )
+        if self.behind_kafka and not self.on_standby:
+            shown = ", ".join(f"[{b.partition}] {b.ledger_next} < {b.committed}" for b in self.behind_kafka[:8])
+            more = f" and {len(self.behind_kafka) - 8} more" if len(self.behind_kafka) > 8 else ""
+            return (
+                f"the ledger of group {self.group} in {where} is behind the offsets the group committed in "
+                f"Kafka for {self.topic} (next offset here < committed: {shown}{more}): workers commit to "
+                "Kafka only what the ledger holds, so this is not the database they write to, or it lost "
+                f"commits (an older backup restored, a failover); {check}"
+            )
+        return None
 
     def tenant(self, tenant: str) -> TenantReport:
         if tenant not in self.tenants:
@@ -98,7 +173,20 @@ class VerifyReport:
             "total": asdict(self.totals()),
             "problems": self.problems[:100],
             "read_from": self.read_from.as_dict() if self.read_from else None,
+            "ledger_rows": self.ledger_rows,
+            "kafka_committed": None
+            if self.committed is None
+            else [{"partition": p, "offset": o} for p, o in sorted(self.committed.items())],
+            "behind_kafka": [
+                {"partition": b.partition, "ledger_next": b.ledger_next, "kafka_committed": b.committed}
+                for b in self.behind_kafka
+            ],
+            "unverified": self.unverified,
         }
+
+
+def _partitions(n: int) -> str:
+    return f"{n} partition" if n == 1 else f"{n} partitions"
 
 
 LOST = """
@@ -137,18 +225,29 @@ def verify(
     tenant: str | None = None,
     since: datetime | None = None,
     security: Mapping[str, Any] | None = None,
+    dsn_source: str = "DATABASE_URL",
 ) -> VerifyReport:
-    report = VerifyReport(kind.topic, group)
+    report = VerifyReport(kind.topic, group, dsn_source=dsn_source)
     # Autocommit: no transaction stays open while the topics are read (each statement sees what
     # is committed when it runs, as a transaction at read committed would).
     with psycopg.connect(dsn, autocommit=True) as conn:
         report.read_from = read_from(conn)
-        # Read before the topic and its DLQ: every record the ledger covers now is in the topic
-        # when we read it, and so is its dead letter in the DLQ (a worker publishes dead letters
-        # before it commits). Read after them, a ledger that moved on in between would take a
-        # record whose dead letter came after our read of the DLQ for one missing.
-        ledger = _ledger(conn, group, kind.topic)
-        expected, unreadable = aio.run(_read(bootstrap, kind, since, security))
+        # The ledger is read after the group's Kafka committed offsets: a worker commits to Kafka
+        # only what its ledger transaction committed, so a ledger read after them is never behind
+        # them unless this is not the workers' database (or it lost commits). And before the topic
+        # and its DLQ: every record the ledger covers now is in the topic when we read it, and so
+        # is its dead letter in the DLQ (a worker publishes dead letters before it commits). Read
+        # after them, a ledger that moved on in between would take a record whose dead letter came
+        # after our read of the DLQ for one missing.
+        committed, ledger, expected, unreadable = aio.run(
+            _read(bootstrap, kind, since, security, group, lambda: _ledger(conn, group, kind.topic))
+        )
+        report.ledger_rows, report.committed = len(ledger), committed
+        report.behind_kafka = [
+            Behind(p, ledger.get(p, -1) + 1, c)
+            for p, c in sorted((committed or {}).items())
+            if c > ledger.get(p, -1) + 1
+        ]
         dlq_sources = expected.dead_lettered
         report.dlq_repeats = sum(n - 1 for n in dlq_sources.values())
         report.lost = [tuple(r) for r in conn.execute(LOST, (group, kind.topic))]  # type: ignore[misc]
@@ -202,11 +301,31 @@ def verify(
 
 
 async def _read(
-    bootstrap: list[str], kind: Kind, since: datetime | None, security: Mapping[str, Any] | None
-) -> tuple[Expected, list[Unreadable]]:
+    bootstrap: list[str],
+    kind: Kind,
+    since: datetime | None,
+    security: Mapping[str, Any] | None,
+    group: str,
+    ledger: Callable[[], dict[int, int]],
+) -> tuple[dict[int, int] | None, dict[int, int], Expected, list[Unreadable]]:
+    """The group's Kafka committed offsets, then the ledger (`ledger()`), then the topic and its DLQ."""
     async with Reader(bootstrap, security) as reader:
+        committed = await _committed(reader, group, kind.topic)
+        positions = ledger()
         expected = await read_expected(reader, kind, since)
-        return expected, [u for u in reader.unreadable if u.topic == kind.topic]
+        return committed, positions, expected, [u for u in reader.unreadable if u.topic == kind.topic]
+
+
+async def _committed(reader: Reader, group: str, topic: str) -> dict[int, int] | None:
+    """partition -> the group's committed offset in Kafka (partitions without one left out); None
+    when the broker cannot tell (the report then says so; the topic is still read and checked)."""
+    try:
+        found = await reader.committed(group, topic, await reader.partitions(topic))
+    except LookupError:
+        raise
+    except Exception:
+        return None
+    return {p: o for p, o in found.items() if o is not None}
 
 
 def _classify_invalid(

@@ -8,11 +8,14 @@ import uuid
 import orjson
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
+from streams.dev.loadgen.metric import LoadReport
 from tests.helpers import (
     Scenario,
     WorkerProcess,
     commit_group_offsets,
+    committed_offsets,
     expected,
     read_topic,
     wait_applied,
@@ -80,13 +83,120 @@ def test_verify_reconciles_every_kind_and_finds_what_is_wrong(scenario: Scenario
 
 
 def test_records_not_yet_applied_are_pending_not_missing(scenario: Scenario) -> None:
+    """A lagging group: what its ledger has not reached yet is pending, not missing, and verify
+    passes. A group that has applied nothing in this database verified nothing: never consistent."""
     s, sent = scenario, Sent()
     create_topics(s)
-    publish(s, sent, 300, seed=54)
+    first = publish(s, sent, 300, seed=54)
     # The group exists (the broker knows it, as once a worker joined); its ledger counts nothing yet.
     asyncio.run(commit_group_offsets(s.bootstrap, s.group, s.topic, {p: 0 for p in range(4)}))
+    done = s.cli("verify", s.topic, "--json")
+    assert done.returncode == 1, done.stderr
+    report = orjson.loads(done.stdout)
+    assert not report["ok"] and report["ledger_rows"] == 0
+    assert report["total"]["pending"] == report["total"]["unique"] == sent.unique
+    last = done.stderr.strip().splitlines()[-1]
+    assert (
+        f"has applied nothing of {s.topic} for group {s.group} (no ledger rows) and the group's Kafka committed "
+        "offsets are at 0: nothing was verified" in last
+    ), done.stderr
+    assert report["unverified"] in last
+
+    w = WorkerProcess(s.env(), s.data_dir / "w.log").start()
+    try:
+        wait_applied(s.dsn, s.group, s.topic, first.last_offsets)
+    finally:
+        assert w.stop() == 0
+    later = publish(s, sent, 200, seed=55)  # after the worker stopped: past the ledger
     code, report = verified(s, s.topic)
-    assert code == 0 and report["total"]["pending"] == report["total"]["unique"] == sent.unique
+    assert code == 0 and report["ok"], (report["total"], report["unverified"], report["problems"][:5])
+    total = report["total"]
+    assert (total["applied"], total["pending"], total["missing"]) == (_unique(first), _unique(later), 0)
+    assert report["unverified"] is None and report["behind_kafka"] == []
+
+
+def _unique(report: LoadReport) -> int:
+    return sum(report.unique_per_tenant.values())
+
+
+def _database(dsn: str) -> tuple[str, str]:
+    """(host:port/database as libpq connects to it, the database name)."""
+    with psycopg.connect(dsn) as conn:
+        return f"{conn.info.host}:{conn.info.port}/{conn.info.dbname}", conn.info.dbname
+
+
+def test_verify_pointed_at_another_database_fails_naming_it(scenario: Scenario, own_database: str) -> None:
+    """The group applied the whole topic in the scenario's database (its Kafka committed offsets at
+    the end of every partition). verify against another, freshly migrated database read nothing
+    applied: exit status 1, one line naming the database and the group's committed offsets, never
+    "consistent", no password. Against the right database it is consistent."""
+    s, sent = scenario, Sent()
+    create_topics(s)
+    publish(s, sent, 400, duplicates=0.1, seed=57)
+    ends = {p: o + 1 for p, o in sent.last_offsets.items()}  # the producer's offsets: the oracle
+    w = WorkerProcess(s.env(), s.data_dir / "w.log").start()
+    try:
+        wait_applied(s.dsn, s.group, s.topic, sent.last_offsets)
+        wait_until(
+            lambda: asyncio.run(committed_offsets(s.bootstrap, s.group, s.topic, ends)) == ends,
+            60,
+            what=f"the group's Kafka committed offsets at {ends}",
+        )
+    finally:
+        assert w.stop() == 0
+
+    secret = f"vf-{uuid.uuid4().hex}"  # trust auth: never sent, but it is in DATABASE_URL
+    other = make_conninfo(own_database, password=secret)
+    where, name = _database(other)
+    wrong = s.cli("verify", s.topic, dsn=other)
+    lines = wrong.stderr.strip().splitlines()
+    assert wrong.returncode == 1, wrong.stderr
+    assert f"read PostgreSQL at {where} (primary)" in wrong.stderr, wrong.stderr
+    assert lines[-1] == (
+        f"error: database {where} has applied nothing of {s.topic} for group {s.group} (no ledger rows), yet the "
+        f"group's Kafka committed offsets are at {sum(ends.values())} (summed over {len(ends)} partitions): "
+        f"nothing was verified; is DATABASE_URL (database {name}) the one its workers write to?"
+    ), wrong.stderr
+    assert not {"consistent", "inconsistent"} & {line.strip() for line in lines}, wrong.stderr
+    as_json = s.cli("verify", s.topic, "--json", dsn=other)
+    assert as_json.returncode == 1, as_json.stderr
+    report = orjson.loads(as_json.stdout)
+    assert not report["ok"] and report["ledger_rows"] == 0 and report["unverified"] in as_json.stderr
+    assert (report["total"]["applied"], report["total"]["pending"]) == (0, sent.unique)
+    assert report["read_from"] == {"server": where.rsplit("/", 1)[0], "database": name, "role": "primary"}
+    assert report["kafka_committed"] == [{"partition": p, "offset": o} for p, o in sorted(ends.items())]
+    named = s.cli("verify", s.topic, "--read-dsn", other)
+    assert named.returncode == 1 and f"is --read-dsn (database {name}) the one" in named.stderr, named.stderr
+
+    # A ledger there, but behind the offsets the group committed in Kafka (its workers wrote
+    # elsewhere, or the database lost commits): refused too, partition by partition.
+    with psycopg.connect(other) as conn:
+        for p in ends:
+            conn.execute(
+                "INSERT INTO eventsink.offsets_ledger (consumer_group, topic, partition) VALUES (%s, %s, %s)",
+                (s.group, s.topic, p),
+            )
+    behind = s.cli("verify", s.topic, dsn=other)
+    assert behind.returncode == 1, behind.stderr
+    shown = ", ".join(f"[{p}] 0 < {o}" for p, o in sorted(ends.items()))
+    assert behind.stderr.strip().splitlines()[-1] == (
+        f"error: the ledger of group {s.group} in database {where} is behind the offsets the group committed in "
+        f"Kafka for {s.topic} (next offset here < committed: {shown}): workers commit to Kafka only what the ledger "
+        "holds, so this is not the database they write to, or it lost commits (an older backup restored, a "
+        f"failover); is DATABASE_URL (database {name}) the one its workers write to?"
+    ), behind.stderr
+    for done in (wrong, as_json, named, behind):
+        assert secret not in done.stdout + done.stderr
+
+    right, right_name = _database(s.worker_dsn or s.dsn)
+    human = s.cli("verify", s.topic)
+    assert human.returncode == 0, human.stderr
+    assert f"read PostgreSQL at {right} (primary)" in human.stderr and human.stderr.strip().endswith("consistent")
+    code, report = verified(s, s.topic)
+    assert code == 0 and report["ok"] and report["unverified"] is None, report["unverified"]
+    assert report["read_from"]["database"] == right_name and report["ledger_rows"] == len(ends)
+    total = report["total"]
+    assert (total["seen"], total["applied"], total["pending"], total["missing"]) == (sent.sent, sent.unique, 0, 0)
 
 
 def test_dlq_list_and_replay_after_a_limit_is_raised(scenario: Scenario) -> None:

@@ -103,9 +103,10 @@ def test_secrets_can_come_from_files(database_url: str, tmp_path: Path, monkeypa
     settings = load(kafka_security_protocol="SASL_SSL", kafka_sasl_username="svc")
     assert settings.kafka_security()["sasl_plain_password"] == PASSWORD
     both = cli("migrate", env={"DATABASE_URL_FILE": str(secret), "DATABASE_URL": database_url})
-    assert both.returncode == 1 and "not both" in both.stderr
+    # Usage errors (invalid settings), not failures.
+    assert both.returncode == 2 and "invalid settings: set DATABASE_URL or DATABASE_URL_FILE, not both" in both.stderr
     missing = cli("migrate", env={"DATABASE_URL_FILE": str(tmp_path / "nope")})
-    assert missing.returncode == 1 and "DATABASE_URL_FILE" in missing.stderr and "No such file" in missing.stderr
+    assert missing.returncode == 2 and "DATABASE_URL_FILE" in missing.stderr and "No such file" in missing.stderr
 
 
 def test_the_writer_role_cannot_delete_or_change_the_schema(writer_url: str, database_url: str) -> None:

@@ -79,14 +79,14 @@ def test_chat_history_reads_a_standby_when_asked_and_says_so(replicated: Primary
     port = {name: str(p) for name, p in replicated.ports.items()}
     # By default the tools read DATABASE_URL: here the primary, and they say so.
     got, said = history({"DATABASE_URL": primary}, session, tenant)
-    assert got == contents and f"127.0.0.1:{port['primary']} (primary)" in said, said
+    assert got == contents and f"127.0.0.1:{port['primary']}/{DATABASE} (primary)" in said, said
     # EVENTSINK_READ_DATABASE_URL: the standby.
     got, said = history({"DATABASE_URL": primary, "EVENTSINK_READ_DATABASE_URL": standby}, session, tenant)
-    assert got == contents and f"127.0.0.1:{port['standby']} (standby)" in said, said
+    assert got == contents and f"127.0.0.1:{port['standby']}/{DATABASE} (standby)" in said, said
     # --read-dsn with both servers and target_session_attrs=prefer-standby: libpq picks the standby.
     read = replicated.prefer_standby(DATABASE)
     got, said = history({"DATABASE_URL": primary}, session, tenant, "--read-dsn", read)
-    assert got == contents and f"127.0.0.1:{port['standby']} (standby)" in said, said
+    assert got == contents and f"127.0.0.1:{port['standby']}/{DATABASE} (standby)" in said, said
 
 
 def test_verify_reads_a_standby_and_reports_it(
@@ -115,10 +115,16 @@ def test_verify_reads_a_standby_and_reports_it(
     assert done.returncode == 0, done.stderr
     report = orjson.loads(done.stdout)
     assert report["ok"] and report["total"]["applied"] == sent.unique, report["total"]
-    assert report["read_from"] == {"server": f"127.0.0.1:{replicated.ports['standby']}", "role": "standby"}
+    assert report["read_from"] == {
+        "server": f"127.0.0.1:{replicated.ports['standby']}",
+        "database": DATABASE,
+        "role": "standby",
+    }
     done = s.cli("verify", s.topic, "--read-dsn", primary)
     assert done.returncode == 0, done.stderr
-    assert f"read PostgreSQL at 127.0.0.1:{replicated.ports['primary']} (primary)" in done.stderr, done.stderr
+    assert f"read PostgreSQL at 127.0.0.1:{replicated.ports['primary']}/{DATABASE} (primary)" in done.stderr, (
+        done.stderr
+    )
 
 
 def test_an_unparseable_read_dsn_is_a_usage_error_that_quotes_nothing(database_url: str) -> None:
