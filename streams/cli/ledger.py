@@ -25,6 +25,7 @@ from contextlib import contextmanager
 import click
 import orjson
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from rich.table import Table
 
 from sinks.core import ledger
@@ -76,6 +77,21 @@ async def _log_bounds(s: Settings, topic: str, partitions: list[int]) -> tuple[d
         if not present:
             return {}, {}
         return await reader.beginning_offsets(topic, present), await reader.end_offsets(topic, present)
+
+
+async def _committed(s: Settings, topic: str, partition: int) -> int | None:
+    """The group's committed offset in Kafka for topic[partition] (None: none, or unknown)."""
+    try:
+        async with Reader(s.bootstrap_list, s.kafka_security()) as reader:
+            return (await reader.committed(s.group_id, topic, [partition])).get(partition)
+    except Exception:  # the broker's answer is a second opinion here, not a condition
+        return None
+
+
+def _where(dsn: str) -> str:
+    """host:port/database of a DSN, never its credentials."""
+    params = conninfo_to_dict(dsn)
+    return scrub(f"{params.get('host', 'localhost')}:{params.get('port', 5432)}/{params.get('dbname', '?')}")
 
 
 @ledger_command.command("show")
@@ -241,7 +257,18 @@ def skip(topic: str, partition: int, to: int, dry_run: bool, lose_live_records: 
     start, end = starts[partition], ends[partition]
     where = f"{topic}[{partition}]"
     row = next((r for r in aio.run(_rows(s.dsn, s.group_id, topic)) if r.partition == partition), None)
-    if row is not None:
+    if row is None:
+        # No row here, yet the group's workers committed an offset in Kafka, which they do only
+        # for what a ledger holds: their ledger is in another database (or this one lost it).
+        committed = aio.run(_committed(s, topic, partition))
+        if committed:
+            raise click.UsageError(
+                f"the ledger of group {s.group_id} in database {_where(s.dsn)} has no {where}, yet the group "
+                f"committed offset {committed} for it in Kafka: its workers write their ledger to another "
+                "database (check DATABASE_URL), or this one lost it; a skip here would be recorded where they "
+                "never look"
+            )
+    else:
         # Offsets of one log are no offsets of another: a ledger that counts the log before a
         # recreation would record as lost what the new log never lost (the worker's and `reset`'s rule).
         now = aio.run(broker_identities(s.bootstrap_list, s.kafka_security(), [topic])).get(topic)

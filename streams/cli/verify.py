@@ -7,10 +7,11 @@ import sys
 import click
 import orjson
 from rich.markup import escape
+from rich.progress import TaskID
 from rich.table import Table
 
 from streams.cli import names
-from streams.cli.console import READ_DSN_HELP, dsn_to_read, err, out, settings
+from streams.cli.console import READ_DSN_HELP, dsn_to_read, err, out, progress_bar, settings
 from streams.settings import Settings
 from streams.tools.tail import parse_since
 from streams.tools.verify import verify as run_verify
@@ -47,16 +48,27 @@ def verify(
     names.broker_partitions(s, kind.topic)
     group = names.group(s, group)
     try:
-        report = run_verify(
-            s.bootstrap_list,
-            read_from,
-            group,
-            kind,
-            tenant=tenant,
-            since=since_at,
-            security=s.kafka_security(),
-            dsn_source=_dsn_source(read_dsn, s),
-        )
+        # Reading a large topic takes a while: records read so far, on a terminal (the total is
+        # not known until the read ends: Tansu under-reports end offsets).
+        with progress_bar() as bar:
+            tasks: dict[str, TaskID] = {}
+
+            def progress(what: str, n: int) -> None:
+                if what not in tasks:
+                    tasks[what] = bar.add_task(f"reading {what}", total=None)
+                bar.update(tasks[what], advance=n)
+
+            report = run_verify(
+                s.bootstrap_list,
+                read_from,
+                group,
+                kind,
+                tenant=tenant,
+                since=since_at,
+                security=s.kafka_security(),
+                dsn_source=_dsn_source(read_dsn, s),
+                progress=progress,
+            )
     except LookupError as exc:
         raise click.ClickException(str(exc)) from None
     if report.totals().seen == 0:

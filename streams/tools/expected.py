@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
@@ -46,6 +46,9 @@ from streams.tools.reader import FROM_BEGINNING, Reader, Start
 Key = tuple[UUID, str]  # (tenant_id, dedupe_id)
 Where = tuple[int, int]  # (partition, offset)
 NOT_A_TENANT = "(not a tenant)"  # the tenant of an invalid record whose key is not a tenant_id
+# What a reader reports as it goes: (topic, records of it just read).
+Progress = Callable[[str, int], None]
+
 # The event field naming the row a tenant owns, per kind that has one.
 OWNED_BY = {"chat": "conversation_id", "analysis": "analysis_id"}
 
@@ -285,20 +288,27 @@ def key_tenant(key: bytes | None) -> str:
     return NOT_A_TENANT if tenant is None else str(tenant)
 
 
-async def read_expected(reader: Reader, kind: Kind, since: datetime | None = None) -> Expected:
+async def read_expected(
+    reader: Reader, kind: Kind, since: datetime | None = None, progress: Progress | None = None
+) -> Expected:
     """Read `kind.topic` (all of it, or since a time) and its DLQ (all of it; none if missing).
+    `progress(topic, n)`: n more records of `topic` read.
 
     Raises LookupError when the topic itself does not exist.
     """
     start = Start(since=since, last=None) if since else FROM_BEGINNING
-    records = await reader.read_all(kind.topic, start=start)
+
+    def counting(topic: str) -> Callable[[int], None] | None:
+        return None if progress is None else (lambda n: progress(topic, n))
+
+    records = await reader.read_all(kind.topic, start=start, on_records=counting(kind.topic))
     if since is not None:
         # The records' own timestamps decide, as `tail` does: a broker's answer to "the offset
         # for this time" may be wrong (Tansu answers offset 0 for a time after its last record).
         since_ms = since.timestamp() * 1000
         records = [r for r in records if r.timestamp >= since_ms]
     try:
-        dead = await reader.read_all(kind.dlq_topic)
+        dead = await reader.read_all(kind.dlq_topic, on_records=counting(kind.dlq_topic))
     except LookupError:
         dead = []
     return expect(kind, records, dead)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -309,9 +309,17 @@ class Reader:
             finally:
                 _idle(consumer)
 
-    async def read_all(self, topic: str, **kwargs: Any) -> list[ConsumerRecord]:
-        """Every record `read` yields (without `follow`), in one list."""
-        return [record async for chunk in self.read(topic, **kwargs) for record in chunk]
+    async def read_all(
+        self, topic: str, *, on_records: Callable[[int], None] | None = None, **kwargs: Any
+    ) -> list[ConsumerRecord]:
+        """Every record `read` yields (without `follow`), in one list; `on_records(n)` after each
+        chunk of n records (a progress display)."""
+        out: list[ConsumerRecord] = []
+        async for chunk in self.read(topic, **kwargs):
+            out.extend(chunk)
+            if on_records is not None:
+                on_records(len(chunk))
+        return out
 
     async def first_offset_from(self, topic: str, partition: int, offset: int, timeout: float = 10.0) -> int:
         """The offset of the first record at or after `offset` that the broker still has.

@@ -34,7 +34,7 @@ from sinks.retention import METRICS, horizon_of
 from sinks.writers.analysis import SELECT_ROWS
 from streams import aio
 from streams.kinds import Kind
-from streams.tools.expected import Analysis, Expected, Key, Seen, Session, read_expected
+from streams.tools.expected import Analysis, Expected, Key, Progress, Seen, Session, read_expected
 from streams.tools.reader import Reader, Unreadable
 from streams.tools.source import ReadFrom, read_from
 
@@ -226,7 +226,9 @@ def verify(
     since: datetime | None = None,
     security: Mapping[str, Any] | None = None,
     dsn_source: str = "DATABASE_URL",
+    progress: Progress | None = None,
 ) -> VerifyReport:
+    """`progress(topic, n)`: n more records of `topic` (the source or its DLQ) read."""
     report = VerifyReport(kind.topic, group, dsn_source=dsn_source)
     # Autocommit: no transaction stays open while the topics are read (each statement sees what
     # is committed when it runs, as a transaction at read committed would).
@@ -240,7 +242,7 @@ def verify(
         # after them, a ledger that moved on in between would take a record whose dead letter came
         # after our read of the DLQ for one missing.
         committed, ledger, expected, unreadable = aio.run(
-            _read(bootstrap, kind, since, security, group, lambda: _ledger(conn, group, kind.topic))
+            _read(bootstrap, kind, since, security, group, lambda: _ledger(conn, group, kind.topic), progress)
         )
         report.ledger_rows, report.committed = len(ledger), committed
         report.behind_kafka = [
@@ -307,12 +309,13 @@ async def _read(
     security: Mapping[str, Any] | None,
     group: str,
     ledger: Callable[[], dict[int, int]],
+    progress: Progress | None,
 ) -> tuple[dict[int, int] | None, dict[int, int], Expected, list[Unreadable]]:
     """The group's Kafka committed offsets, then the ledger (`ledger()`), then the topic and its DLQ."""
     async with Reader(bootstrap, security) as reader:
         committed = await _committed(reader, group, kind.topic)
         positions = ledger()
-        expected = await read_expected(reader, kind, since)
+        expected = await read_expected(reader, kind, since, progress)
         return committed, positions, expected, [u for u in reader.unreadable if u.topic == kind.topic]
 
 

@@ -268,3 +268,44 @@ def asyncio_read(s: Scenario, topic: str) -> list:
     import asyncio
 
     return asyncio.run(read_topic(s.bootstrap, topic))
+
+
+def test_verify_shows_its_reading_on_a_terminal_and_nothing_of_it_in_a_pipe(scenario: Scenario) -> None:
+    """Reading a large topic took verify 15 s without a word: on a terminal it now counts the
+    records read, per topic; piped, stderr carries no terminal control codes."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    s, sent = scenario, Sent()
+    create_topics(s)
+    publish(s, sent, 3000, seed=77)
+    # A group known to the broker (no worker: verify then exits 1, having applied nothing; its
+    # reading is what is looked at here).
+    asyncio.run(commit_group_offsets(s.bootstrap, s.group, s.topic, {p: 0 for p in range(4)}))
+    env = {**s.env(), "EVENTSINK_LOG_FORMAT": "json", "TERM": "xterm", "COLUMNS": "160"}
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "verify", s.topic],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=follower,
+    )
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the child closed the terminal (EIO)
+            break
+        if not chunk:
+            break
+        shown += chunk
+    proc.communicate(timeout=120)
+    os.close(leader)
+    text = shown.decode("utf-8", "replace")
+    assert f"reading {s.topic}" in text and "3000/?" in text, text[-2000:]
+    piped = s.cli("verify", s.topic)
+    assert f"reading {s.topic}" not in piped.stderr and "\x1b" not in piped.stderr + piped.stdout

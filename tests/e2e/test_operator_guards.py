@@ -384,3 +384,23 @@ def test_verify_since_reads_the_records_of_the_window_by_their_own_timestamps(sc
     assert [(t["tenant"], t["seen"]) for t in orjson.loads(window.stdout)["tenants"]] == [(b, 2)]
     whole = s.cli("verify", s.topic, "--json")
     assert sorted((t["tenant"], t["seen"]) for t in orjson.loads(whole.stdout)["tenants"]) == sorted([(a, 5), (b, 2)])
+
+
+def test_a_skip_in_a_database_its_workers_never_wrote_to_is_refused(scenario: Scenario) -> None:
+    """`ledger skip` with DATABASE_URL naming another database: the group's workers committed
+    offsets in Kafka (they commit only what their ledger holds), and this database has no ledger
+    row of theirs; the skip would be recorded where they never look. Refused, naming the database."""
+    s, sent = scenario, Sent()
+    create_topics(s)
+    tenant = sent.tenants[0]
+    send_raw(s, sent, [(tenant.encode(), metric_json(tenant, f"a{i}")) for i in range(8)], partition=2, one_by_one=True)
+    asyncio.run(commit_group_offsets(s.bootstrap, s.group, s.topic, {2: 6}))  # as its workers would have
+    skip = ["ledger", "skip", "--topic", s.topic, "--partition", "2", "--to", "4", OVERRIDE]
+    for dry in (["--dry-run"], []):
+        refused = usage_error(s.cli(*skip, *dry))
+        database = psycopg.conninfo.conninfo_to_dict(s.worker_dsn or s.dsn)["dbname"]
+        assert (
+            f"the ledger of group {s.group} in database " in refused and f"/{database} has no {s.topic}[2]" in refused
+        )
+        assert "committed offset 6 for it in Kafka" in refused and "check DATABASE_URL" in refused
+    assert ledger(s.dsn, s.group, s.topic) == {}  # nothing recorded
