@@ -281,7 +281,7 @@ def backup(file: Path, force: bool) -> None:
         )
     s = settings()
     if file.exists() and not force:
-        raise click.ClickException(f"{file} exists: pass --force to overwrite it")
+        raise click.UsageError(f"{file} exists: pass --force to overwrite it, or name another file")
     partial = file.with_name(file.name + ".partial")
     started = time.monotonic()
     with (

@@ -113,7 +113,15 @@ def list_(topic: str, reason: str | None, tenant: str | None, since: str | None,
     """
     s = settings()
     since_at = _since(since)  # a usage error before anything is read
-    picked = tool.dead_letters(tool.select(_read(s, topic), reason, tenant, since_at))
+    letters = _read(s, topic)
+    picked = tool.dead_letters(tool.select(letters, reason, tenant, since_at))
+    if not picked and (reason or tenant or since):
+        # A filter that matches nothing looks like a clean topic: said, beside the empty output.
+        filters = " ".join(f"--{k} {v}" for k, v in (("reason", reason), ("tenant", tenant), ("since", since)) if v)
+        err.print(
+            f"no dead letter of {topic} matches {filters} ({len(tool.dead_letters(letters))} dead letters in all)",
+            highlight=False,
+        )
     shown = picked[-limit:]
     confluent = _confluent_sources(s)
     if as_json:

@@ -28,7 +28,13 @@ def _kind_of(s: Settings, topic: str, type_: str | None) -> Kind:
             f"{topic!r} is not one of eventsink's topics: give --type metric|chat|analysis", param_hint="TOPIC"
         )
     names.broker_partitions(s, topic)
-    if type_ is None and ours is not None:
+    if ours is not None and type_ is not None and type_ != ours.name:
+        # Every record would read as invalid: the settings say what the topic carries.
+        raise click.BadParameter(
+            f"{topic!r} carries {ours.name} events by these settings: leave --type out, or give --type {ours.name}",
+            param_hint="--type",
+        )
+    if ours is not None:
         return ours
     return next(kind for kind in all_kinds(s) if kind.name == type_)
 

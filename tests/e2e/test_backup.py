@@ -138,7 +138,8 @@ def test_backup_refuses_a_database_without_the_schema_and_an_existing_file(
     existing = tmp_path / "existing.dump"
     existing.write_text("keep me")
     done = eventsink("backup", str(existing), env={"DATABASE_URL": database_url})
-    assert done.returncode == 1 and "--force" in done.stderr
+    # A usage error, like a missing directory: the command line names a file it will not write.
+    assert done.returncode == 2 and "--force" in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert existing.read_text() == "keep me"
 
 

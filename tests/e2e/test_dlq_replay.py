@@ -378,3 +378,16 @@ def test_a_replay_to_another_kinds_topic_is_refused(scenario: Scenario) -> None:
     dry = s.cli("dlq", "replay", chat_dlq, "--dry-run")
     assert dry.returncode == 1, dry.stderr
     assert "would replay 0 record(s)" in dry.stderr and f"first failed on '{s.topic}'" in dry.stderr
+
+
+def test_dlq_list_says_when_its_filters_match_nothing(scenario: Scenario) -> None:
+    """An unknown tenant listed an empty table, exit 0, not a word: a clean topic to the eye."""
+    s = scenario
+    create_topics(s)
+    send(s, s.dlq_topic, [dead_letter(s, s.topic, 0, b"k", b'{"x": 1}')])
+    nobody = str(uuid.uuid4())
+    done = s.cli("dlq", "list", s.dlq_topic, "--tenant", nobody)
+    assert done.returncode == 0, done.stderr
+    assert f"no dead letter of {s.dlq_topic} matches --tenant {nobody} (1 dead letters in all)" in done.stderr
+    everything = s.cli("dlq", "list", s.dlq_topic)
+    assert everything.returncode == 0 and "no dead letter" not in everything.stderr

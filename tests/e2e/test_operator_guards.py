@@ -55,6 +55,10 @@ MISTAKES: dict[str, tuple[Args, str]] = {
     "verify group": (lambda s: ["verify", s.topic, "--group", "nosuch"], "no consumer group 'nosuch'"),
     "tail topic": (lambda s: ["tail", "metrcs"], "no topic 'metrcs': eventsink's topics are"),
     "tail typed topic": (lambda s: ["tail", "nosuch", "--type", "metric"], "'nosuch' does not exist on the broker"),
+    "tail mistyped topic": (
+        lambda s: ["tail", s.topic, "--type", "chat"],
+        "'{topic}' carries metric events by these settings: leave --type out, or give --type metric",
+    ),
     "tail tenant": (lambda s: ["tail", s.topic, "--tenant", NOT_A_UUID], "is not a tenant id"),
     "tail partition": (
         lambda s: ["tail", s.topic, "--partition", "9"],
