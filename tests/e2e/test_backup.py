@@ -342,6 +342,8 @@ def test_a_restored_backup_has_the_same_rows_ledger_and_sequences_and_passes_ver
     for query in (LEDGER, MIGRATIONS, SEQUENCES, GRANTS):
         assert rows(restored, query) == rows(s.dsn, query), query
     assert f"{s.group}-dedupe-metric-changelog" in done.stderr, "the restore names the changelogs to delete"
+    # And what forgetting them costs, as the workers behave (test below): a warning, not data.
+    assert "dedupe entries past the ledger dropped" in " ".join(done.stderr.split())
     oracle(dataclasses.replace(s, dsn=restored))
 
     # Into a database whose schema holds rows: only with --yes, and the result is the same.
