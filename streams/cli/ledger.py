@@ -79,6 +79,11 @@ async def _log_bounds(s: Settings, topic: str, partitions: list[int]) -> tuple[d
         return await reader.beginning_offsets(topic, present), await reader.end_offsets(topic, present)
 
 
+def _for_group(s: Settings, group: str | None) -> Settings:
+    """The settings with the group checked (`--group`, else EVENTSINK_GROUP_ID) and set."""
+    return s.model_copy(update={"group_id": names.group(s, group)})
+
+
 async def _committed(s: Settings, topic: str, partition: int) -> int | None:
     """The group's committed offset in Kafka for topic[partition] (None: none, or unknown)."""
     try:
@@ -140,8 +145,9 @@ def show(topic: str | None, group: str | None, as_json: bool) -> None:
 @click.option(
     "--partition", type=click.IntRange(min=0, max=2**31 - 1), default=None, help="Only this partition (all by default)."
 )
+@click.option("--group", default=None, help="Consumer group (default: EVENTSINK_GROUP_ID).")
 @click.option("--dry-run", is_flag=True, help="Show what would change; change nothing.")
-def reset(topic: str, partition: int | None, dry_run: bool) -> None:
+def reset(topic: str, partition: int | None, group: str | None, dry_run: bool) -> None:
     """Start the partitions of a recreated topic from the beginning of the new log.
 
     Only partitions whose log is not the one the ledger counted (another topic id or cluster id,
@@ -150,7 +156,7 @@ def reset(topic: str, partition: int | None, dry_run: bool) -> None:
     """
     s = settings()
     topic = names.source_kind(s, topic, "--topic").topic
-    names.group(s, None)
+    s = _for_group(s, group)
     rows = {r.partition: r for r in aio.run(_rows(s.dsn, s.group_id, topic))}
     if not rows:
         raise click.BadParameter(f"the ledger of group {s.group_id} has no partition of {topic}", param_hint="--topic")
@@ -234,6 +240,7 @@ def skip_refusal(where: str, to: int, start: int, end: int, last: int, lose_live
 @click.option(
     "--to", "to", type=click.IntRange(min=0, max=2**63 - 1), required=True, help="The last offset to give up on."
 )
+@click.option("--group", default=None, help="Consumer group (default: EVENTSINK_GROUP_ID).")
 @click.option("--dry-run", is_flag=True, help="Show what would change; change nothing.")
 @click.option(
     OVERRIDE,
@@ -241,7 +248,7 @@ def skip_refusal(where: str, to: int, start: int, end: int, last: int, lose_live
     is_flag=True,
     help="Also give up on offsets the broker still has (they are never applied). Only for records known to be bad.",
 )
-def skip(topic: str, partition: int, to: int, dry_run: bool, lose_live_records: bool) -> None:
+def skip(topic: str, partition: int, to: int, group: str | None, dry_run: bool, lose_live_records: bool) -> None:
     """Accept that offsets after the ledger up to --to are lost (deleted by retention): recorded
     in eventsink.lost_ranges and the ledger's `lost`, and the partition goes on after them.
 
@@ -251,7 +258,7 @@ def skip(topic: str, partition: int, to: int, dry_run: bool, lose_live_records: 
     """
     s = settings()
     topic = names.source_kind(s, topic, "--topic").topic
-    names.group(s, None)
+    s = _for_group(s, group)
     names.partitions(s, topic, [partition])
     starts, ends = aio.run(_log_bounds(s, topic, [partition]))
     start, end = starts[partition], ends[partition]

@@ -55,6 +55,14 @@ MISTAKES: dict[str, tuple[Args, str]] = {
     "verify group": (lambda s: ["verify", s.topic, "--group", "nosuch"], "no consumer group 'nosuch'"),
     "tail topic": (lambda s: ["tail", "metrcs"], "no topic 'metrcs': eventsink's topics are"),
     "tail typed topic": (lambda s: ["tail", "nosuch", "--type", "metric"], "'nosuch' does not exist on the broker"),
+    "ledger skip group": (
+        lambda s: ["ledger", "skip", "--topic", s.topic, "--partition", "0", "--to", "1", "--group", "nosuch"],
+        "no consumer group 'nosuch'",
+    ),
+    "ledger reset group": (
+        lambda s: ["ledger", "reset", "--topic", s.topic, "--group", "nosuch"],
+        "no consumer group 'nosuch'",
+    ),
     "tail mistyped topic": (
         lambda s: ["tail", s.topic, "--type", "chat"],
         "'{topic}' carries metric events by these settings: leave --type out, or give --type metric",
@@ -198,6 +206,9 @@ def test_a_dry_run_shows_the_real_runs_plan_and_the_change_is_recorded_and_liste
     skip = ["ledger", "skip", "--topic", s.topic, "--partition", "2", "--to", "4", OVERRIDE]
     dry = s.cli(*skip, "--dry-run", EVENTSINK_OPERATOR="alice")
     assert dry.returncode == 0, dry.stderr
+    # The group given as --group rather than EVENTSINK_GROUP_ID: the same plan.
+    named = s.cli(*skip, "--dry-run", "--group", s.group, EVENTSINK_OPERATOR="alice", EVENTSINK_GROUP_ID="other")
+    assert named.returncode == 0 and named.stderr == dry.stderr, named.stderr
     assert ledger(s.dsn, s.group, s.topic) == {}
     nothing = s.cli("ledger", "history", "--topic", s.topic, "--json")
     assert nothing.returncode == 0 and nothing.stdout == "", nothing.stderr
