@@ -315,7 +315,7 @@ async def _read(
     async with Reader(bootstrap, security) as reader:
         committed = await _committed(reader, group, kind.topic)
         positions = ledger()
-        expected = await read_expected(reader, kind, since, progress)
+        expected = await read_expected(reader, kind, since, progress, group)
         return committed, positions, expected, [u for u in reader.unreadable if u.topic == kind.topic]
 
 

@@ -69,9 +69,23 @@ def analysis(tenant: uuid.UUID, dedupe: str, status: str, second: int, **extra: 
     return orjson.dumps(body | extra)
 
 
-def dead_letter(topic: str, partition: int, offset: int, reason: Reason) -> Rec:
+def dead_letter(topic: str, partition: int, offset: int, reason: Reason, group: str = "g") -> Rec:
     d = DeadLetter(reason, "why", topic, partition, offset, None, b"x")
-    return Rec(0, 0, b"x", None, headers=d.dlq_headers("g"))
+    return Rec(0, 0, b"x", None, headers=d.dlq_headers(group))
+
+
+def test_dead_letters_of_another_consumer_group_are_not_this_groups() -> None:
+    """Two groups reading one topic each dead-letter its invalid records into the one DLQ: for
+    either group's verify that is one letter each, not a letter published twice."""
+    k = kind("metric")
+    records = [Rec(0, 0, b"{not json", str(A).encode())]
+    dead = [
+        dead_letter(k.topic, 0, 0, Reason.INVALID_JSON, group="g"),
+        dead_letter(k.topic, 0, 0, Reason.INVALID_JSON, group="other"),
+    ]
+    assert expect(k, records, dead, group="g").dead_lettered == {(0, 0): 1}
+    assert expect(k, records, dead, group="nobody").dead_lettered == {}
+    assert expect(k, records, dead).dead_lettered == {(0, 0): 2}  # no group given: every letter
 
 
 def test_metric_rows_duplicates_invalid_records_and_what_the_database_refused() -> None:
