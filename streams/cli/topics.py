@@ -6,7 +6,7 @@ import click
 from rich.table import Table
 
 from streams import aio
-from streams.cli.console import out, settings
+from streams.cli.console import err, out, settings
 from streams.tools.topics import ensure_topics, partition_counts
 
 
@@ -59,9 +59,11 @@ def create(partitions: int | None, replication: int | None) -> None:
     out.print(table)
     other = [sp.name for sp in specs if counts.get(sp.name) != sp.partitions]
     if other:
-        out.print(
+        # A warning, on stderr: stdout is the table, for whoever reads it.
+        err.print(
             f"[yellow]existing with another partition count: {', '.join(other)} "
-            "(topics are never altered here; see README, Scaling)[/]"
+            "(topics are never altered here; see README, Scaling)[/]",
+            highlight=False,
         )
 
 

@@ -175,6 +175,11 @@ def test_topics_create_is_explicit_and_idempotent(scenario: Scenario) -> None:
     assert again.returncode == 0 and "created" not in again.stdout.replace("(created", "")
     listed = s.cli("topics", "list")
     assert s.chat_topic in listed.stdout and "missing" not in listed.stdout
+    # Existing with another partition count: warned on stderr, the table alone on stdout.
+    other = s.cli("topics", "create", "--partitions", "5")
+    assert other.returncode == 0, other.stderr
+    assert "existing with another partition count" in " ".join(other.stderr.split())
+    assert "another partition count" not in other.stdout
 
 
 @pytest.mark.e2e
