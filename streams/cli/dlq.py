@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import getpass
 import os
+import signal
 import socket
 import sys
 from dataclasses import replace
@@ -223,6 +224,24 @@ def _check_target(s: Settings, to: str, source: str | None) -> None:
         raise click.BadParameter(f"topic {to!r} does not exist on the broker: {valid}", param_hint="--to")
 
 
+def _check_kinds(s: Settings, topic: str, to: str, letters: list[tool.Letter]) -> None:
+    """A dead-letter topic the settings do not pair (an old name) says nothing of its kind; its
+    letters' source headers do: `--to` another kind's source topic is refused as for a paired one."""
+    from streams.kinds import all_kinds
+
+    kinds = {k.topic: k.name for k in all_kinds(s)}
+    if to not in kinds:
+        return
+    other = sorted({t for t in (letter.info.source_topic for letter in letters) if t in kinds and t != to})
+    if other:
+        raise click.BadParameter(
+            f"{to!r} is the source topic of {kinds[to]} events, and letters of {topic} came from "
+            f"{', '.join(repr(t) for t in other)} ({', '.join(kinds[t] for t in other)} events): give their own "
+            "topic, or a topic no worker reads as another kind",
+            param_hint="--to",
+        )
+
+
 def _plan(s: Settings, letters: list[tool.Letter], source: str | None, target: str) -> tool.Plan:
     """The replay plan; PostgreSQL is read only when some letter's original is kept there."""
     if not any(letter.stored is not None for letter in letters):
@@ -282,6 +301,8 @@ def replay(
         _check_target(s, to, source)
     target = to or source or ""
     letters = tool.select(_read(s, topic), reason, tenant, since_at)
+    if to is not None and source is None:
+        _check_kinds(s, topic, to, letters)
     plan = _plan(s, letters, source, target)
     if plan.refused:
         err.print(_refusals(topic, plan.refused))
@@ -307,20 +328,18 @@ def replay(
         status="started",
         planned=len(plan.send),
     )
-    # What the broker acknowledged, and what was handed to the client, as the replay goes.
-    done = {"acknowledged": 0, "handed": 0}
-    # How it ended (None: before its first record) and whether that end is on record.
-    ended: list[tuple[tool.ReplayRecord, bool]] = []
+    run = _Run(record)
 
     def acknowledged(fut: Any) -> None:
         if not fut.cancelled() and fut.exception() is None:
-            done["acknowledged"] += 1
+            run.acknowledged += 1
 
     async def go() -> None:
         # Where the replay is recorded exists, and the replay is recorded as started, before
         # anything is sent: a replay that could not be recorded sends nothing, and one killed
         # half-way is on record with what it set out to send.
         await ensure_topics(s.bootstrap_list, [TopicSpec(log, 1, config=DLQ_CONFIG)], security=s.kafka_security())
+        run.stop_on_signals(asyncio.get_running_loop(), asyncio.current_task())
         with progress_bar() as bar:
             task = bar.add_task(f"replaying {topic}", total=len(plan.send))
             # A letter kept in PostgreSQL was too large for the topic uncompressed: its original
@@ -329,75 +348,124 @@ def replay(
             async with Publisher(
                 s.bootstrap_list, compression_type="gzip", max_request_size=REPLAY_MAX_BYTES, **s.kafka_security()
             ) as pub:
-                await pub.publish_raw(log, replay_id.encode(), record.to_json())
-                await pub.flush()
                 try:
+                    await _record(pub, log, record)
+                    run.started = True
                     for item in plan.send:
                         fut = await pub.publish_raw(item.topic, item.key, item.value, list(item.lineage(replay_id)))  # type: ignore[arg-type]
                         fut.add_done_callback(acknowledged)
-                        done["handed"] += 1
-                        bar.update(task, completed=done["acknowledged"])
+                        run.handed += 1
+                        bar.update(task, completed=run.acknowledged)
                     await pub.flush()  # every record acknowledged before the replay is recorded as done
-                    bar.update(task, completed=done["acknowledged"])
-                    end = replace(record, status="done", sent=done["acknowledged"])
-                except BaseException as exc:  # Ctrl-C (the task cancelled), or the broker's error
-                    interrupted = isinstance(exc, asyncio.CancelledError | KeyboardInterrupt)
-                    with contextlib.suppress(Exception, asyncio.CancelledError):
-                        # What was handed over may still be acknowledged: a few seconds for it.
-                        await asyncio.wait_for(asyncio.shield(pub.flush()), FINISH_S)
-                    end = replace(
-                        record,
-                        status="interrupted" if interrupted else "failed",
-                        sent=done["acknowledged"],
-                        unconfirmed=done["handed"] - done["acknowledged"],
-                        error="" if interrupted else scrub(f"{type(exc).__name__}: {exc}")[:300],
-                    )
-                    recorded = False
-                    with contextlib.suppress(Exception, asyncio.CancelledError):
-                        await asyncio.wait_for(_record(pub, log, end), FINISH_S)
-                        recorded = True
-                    ended.append((end, recorded))
+                    bar.update(task, completed=run.acknowledged)
+                    run.end = run.ending("done")
+                    await _record(pub, log, run.end)
+                    run.end_recorded = True
+                except BaseException as exc:  # a signal (the task cancelled), or the broker's error
+                    run.finishing = True  # further signals wait for the end to be recorded
+                    if run.end is None:
+                        stopped = isinstance(exc, asyncio.CancelledError | KeyboardInterrupt)
+                        with contextlib.suppress(BaseException):
+                            # What was handed over may still be acknowledged: a few seconds for it.
+                            await asyncio.wait_for(asyncio.shield(pub.flush()), FINISH_S)
+                        error = "" if stopped else scrub(f"{type(exc).__name__}: {exc}")[:300]
+                        run.end = run.ending("interrupted" if stopped else "failed", error)
+                        with contextlib.suppress(BaseException):
+                            await asyncio.wait_for(_record(pub, log, run.end), FINISH_S)
+                            run.end_recorded = True
                     raise
-                ended.append((end, False))
-                await _record(pub, log, end)
-                ended[0] = (end, True)
 
     try:
         aio.run(go())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        run.say_stopped(log)
+        sys.exit(TERMINATED if run.signal == signal.SIGTERM else INTERRUPTED)
     except BaseException:
-        _say_stopped(ended, record, log)
+        run.say_stopped(log)
         raise
     err.print(
-        f"replayed {done['acknowledged']} record(s) from {topic} to {target} ({counts}); "
+        f"replayed {run.acknowledged} record(s) from {topic} to {target} ({counts}); "
         f"recorded as replay {replay_id} on {log}",
         highlight=False,
     )
     sys.exit(1 if plan.refused else 0)
 
 
-# How long an interrupted or failed replay waits for acknowledgements and for its record.
+# How long an interrupted or failed replay waits for acknowledgements, then for its record.
 FINISH_S = 10.0
+# Exit statuses of a replay stopped by Ctrl-C (SIGINT) and by SIGTERM (128 + the signal).
+INTERRUPTED, TERMINATED = 130, 143
 
 
-async def _record(pub: Publisher, log: str, end: tool.ReplayRecord) -> None:
-    await pub.publish_raw(log, end.id.encode(), end.to_json())
+async def _record(pub: Publisher, log: str, record: tool.ReplayRecord) -> None:
+    await pub.publish_raw(log, record.id.encode(), record.to_json())
     await pub.flush()
 
 
-def _say_stopped(ended: list[tuple[tool.ReplayRecord, bool]], started: tool.ReplayRecord, log: str) -> None:
-    """What a replay that did not finish sent, and whether that is on record (stderr)."""
-    if not ended:  # stopped before its first record was sent: nothing was replayed
-        err.print(f"nothing replayed from {started.dlq_topic}", highlight=False)
-        return
-    end, recorded = ended[0]
-    where = f"recorded on {log}" if recorded else f"only its start is recorded on {log} (the end could not be written)"
-    err.print(
-        f"replay {end.id} {end.status} after {end.sent} of {end.planned} record(s) acknowledged by the broker "
-        f"({end.unconfirmed} more sent without acknowledgement) to {end.to}; {where}, see `eventsink dlq "
-        f"replays {end.dlq_topic}`. Replaying again sends them again: each is applied once, or dead-lettered "
-        "again as the same dead letter",
-        highlight=False,
-    )
+class _Run:
+    """One replay as it goes: what it sent, how it ended, what of that is on record."""
+
+    def __init__(self, started: tool.ReplayRecord) -> None:
+        self.record = started
+        self.started = False  # its start is on record (acknowledged by the broker)
+        self.handed = 0  # records handed to the client
+        self.acknowledged = 0  # of them, acknowledged by the broker
+        self.end: tool.ReplayRecord | None = None
+        self.end_recorded = False
+        self.finishing = False
+        self.signal: signal.Signals | None = None
+
+    def ending(self, status: str, error: str = "") -> tool.ReplayRecord:
+        # The origins are on the start's record (`tool.latest` carries them over): the end's
+        # stays small, quick to build and to send even for a replay of a million letters.
+        return replace(
+            self.record,
+            status=status,
+            sent=self.acknowledged,
+            unconfirmed=self.handed - self.acknowledged,
+            error=error,
+            origins=[],
+        )
+
+    def stop_on_signals(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any] | None) -> None:
+        """SIGINT and SIGTERM stop the replay the same way (a service manager's stop, `timeout`):
+        the sending is cancelled and the end recorded. A signal while the end is being recorded
+        (at most 2 x FINISH_S) is said and otherwise waits: the record is what the operator
+        needs next."""
+
+        def on_signal(sig: signal.Signals) -> None:
+            if self.signal is None and task is not None:
+                self.signal = sig
+                task.cancel()
+            elif self.finishing:
+                err.print(f"recording how the replay ended (at most {2 * FINISH_S:.0f} s)...", highlight=False)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):  # not on this platform / thread
+                loop.add_signal_handler(sig, on_signal, sig)
+
+    def say_stopped(self, log: str) -> None:
+        """What a replay that did not finish sent, and what of it is on record (stderr)."""
+        r = self.record
+        if self.handed == 0 and not self.started:
+            on_record = " (its end is recorded)" if self.end_recorded else ""
+            err.print(
+                f"nothing replayed from {r.dlq_topic}: replay {r.id} stopped before it sent{on_record}", highlight=False
+            )
+            return
+        status = self.end.status if self.end is not None else "stopped"
+        where = (
+            f"recorded on {log}"
+            if self.end_recorded
+            else f"only its start is recorded on {log} (its end could not be written)"
+        )
+        err.print(
+            f"replay {r.id} {status} after {self.acknowledged} of {r.planned} record(s) acknowledged by the broker "
+            f"({self.handed - self.acknowledged} more sent without acknowledgement) to {r.to}; {where}, see "
+            f"`eventsink dlq replays {r.dlq_topic}`. Replaying again sends them again: each is applied once, or "
+            "dead-lettered again as the same dead letter",
+            highlight=False,
+        )
 
 
 def _user() -> str:

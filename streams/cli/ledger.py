@@ -264,18 +264,20 @@ def skip(topic: str, partition: int, to: int, group: str | None, dry_run: bool, 
     start, end = starts[partition], ends[partition]
     where = f"{topic}[{partition}]"
     row = next((r for r in aio.run(_rows(s.dsn, s.group_id, topic)) if r.partition == partition), None)
-    if row is None:
-        # No row here, yet the group's workers committed an offset in Kafka, which they do only
-        # for what a ledger holds: their ledger is in another database (or this one lost it).
-        committed = aio.run(_committed(s, topic, partition))
-        if committed:
-            raise click.UsageError(
-                f"the ledger of group {s.group_id} in database {_where(s.dsn)} has no {where}, yet the group "
-                f"committed offset {committed} for it in Kafka: its workers write their ledger to another "
-                "database (check DATABASE_URL), or this one lost it; a skip here would be recorded where they "
-                "never look"
-            )
-    else:
+    # The group's workers commit to Kafka only what their ledger holds: a ledger here without the
+    # partition, or behind that offset, is not theirs (another database), or lost commits (a
+    # restore, a failover) that the workers are about to apply again.
+    committed = aio.run(_committed(s, topic, partition))
+    applied_next = row.last_offset + 1 if row is not None else 0
+    if committed and committed > applied_next:
+        here = f"has no {where}" if row is None else f"has {where} at offset {row.last_offset}"
+        raise click.UsageError(
+            f"the ledger of group {s.group_id} in database {_where(s.dsn)} {here}, behind the offset {committed} "
+            "the group committed for it in Kafka: its workers write their ledger to another database (check "
+            "DATABASE_URL), or this one lost commits they will apply again; a skip here would be recorded where "
+            "they never look, or over records they are about to apply"
+        )
+    if row is not None:
         # Offsets of one log are no offsets of another: a ledger that counts the log before a
         # recreation would record as lost what the new log never lost (the worker's and `reset`'s rule).
         now = aio.run(broker_identities(s.bootstrap_list, s.kafka_security(), [topic])).get(topic)

@@ -226,10 +226,17 @@ def explain(exc: BaseException) -> tuple[str, str]:
     text = " ".join(scrub(str(exc)).split())  # one line: libpq's messages span several
     name = type(exc).__name__
     what = text if text.startswith(name) else f"{name}: {text}" if text else name
-    from aiokafka.errors import KafkaConnectionError, KafkaError
+    from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
     from psycopg import OperationalError
     from psycopg.errors import InvalidSchemaName, UndefinedTable
 
+    if isinstance(exc, KafkaTimeoutError):
+        # Raised bare (no text) when the broker stopped answering a send or a request.
+        servers = scrub(os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092 (the default)"))
+        return what, (
+            f"the Kafka broker at {servers} did not answer in time (stopped, overloaded or cut off); "
+            "check it, then run the command again"
+        )
     if isinstance(exc, KafkaConnectionError) or (isinstance(exc, KafkaError) and "bootstrap" in text):
         servers = scrub(os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092 (the default)"))
         return what, (

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -344,9 +344,13 @@ class ReplayRecord:
 
 
 def latest(records: Iterable[ReplayRecord]) -> list[ReplayRecord]:
-    """Each replay once, as its last record says (the log's order), in the order replays began."""
+    """Each replay once, as its last record says (the log's order), in the order replays began;
+    the origins from its start's record where the end's carries none (it is kept small)."""
     last: dict[str, ReplayRecord] = {}
     for r in records:
+        before = last.get(r.id)
+        if before is not None and not r.origins and before.origins:
+            r = replace(r, origins=before.origins)
         last[r.id] = r  # a dict keeps the first insertion's place
     return list(last.values())
 

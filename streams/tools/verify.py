@@ -82,6 +82,8 @@ class VerifyReport:
     read_from: ReadFrom | None = None
     # This database's ledger rows (partitions) of the group for the topic.
     ledger_rows: int = 0
+    # Of them, those that applied anything (a row at -1: reset for a recreated topic, or made by hand).
+    ledger_applied: int = 0
     # The group's committed offsets in Kafka (partition -> next to read), read just before the
     # ledger; None when the broker could not tell. And the partitions where they are past the ledger.
     committed: dict[int, int] | None = None
@@ -145,6 +147,13 @@ class VerifyReport:
                 "Kafka only what the ledger holds, so this is not the database they write to, or it lost "
                 f"commits (an older backup restored, a failover); {check}"
             )
+        if self.ledger_applied == 0 and self.totals().seen:
+            return (
+                f"the ledger of group {self.group} in {where} has rows for {self.topic}, but none has applied "
+                "anything (each at offset -1: reset for a recreated topic, or made by hand): nothing was verified; "
+                f"run verify once its workers have applied records, and check that {self.dsn_source} (database "
+                f"{database}) is the one they write to"
+            )
         return None
 
     def tenant(self, tenant: str) -> TenantReport:
@@ -174,6 +183,7 @@ class VerifyReport:
             "problems": self.problems[:100],
             "read_from": self.read_from.as_dict() if self.read_from else None,
             "ledger_rows": self.ledger_rows,
+            "ledger_applied": self.ledger_applied,
             "kafka_committed": None
             if self.committed is None
             else [{"partition": p, "offset": o} for p, o in sorted(self.committed.items())],
@@ -245,6 +255,7 @@ def verify(
             _read(bootstrap, kind, since, security, group, lambda: _ledger(conn, group, kind.topic), progress)
         )
         report.ledger_rows, report.committed = len(ledger), committed
+        report.ledger_applied = sum(1 for last in ledger.values() if last >= 0)
         report.behind_kafka = [
             Behind(p, ledger.get(p, -1) + 1, c)
             for p, c in sorted((committed or {}).items())

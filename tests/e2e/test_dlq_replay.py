@@ -292,8 +292,8 @@ def sent_by(s: Scenario, replay_id: str) -> int:
     return sum(1 for r in read(s, s.topic) if dict(r.headers).get("eventsink.replay.id") == replay_id.encode())
 
 
-def replay_stopped_by(s: Scenario, sig: signal.Signals) -> subprocess.CompletedProcess[str]:
-    """`dlq replay`, sent `sig` once the source topic has records of it."""
+def replay_stopped_by(s: Scenario, sig: signal.Signals, times: int = 1) -> subprocess.CompletedProcess[str]:
+    """`dlq replay`, sent `sig` (`times` times in a row) once the source topic has records of it."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "streams.cli", "dlq", "replay", s.dlq_topic],
         env={**s.env(), "EVENTSINK_LOG_FORMAT": "json"},
@@ -305,7 +305,8 @@ def replay_stopped_by(s: Scenario, sig: signal.Signals) -> subprocess.CompletedP
     before = sum(end_offsets(s, s.topic).values())
     try:
         wait_until(lambda: sum(end_offsets(s, s.topic).values()) > before, 120, 0.05, what="the replay's first records")
-        proc.send_signal(sig)
+        for _ in range(times):
+            proc.send_signal(sig)
         stdout, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -342,12 +343,24 @@ def test_a_replay_stopped_half_way_is_recorded_with_what_it_sent(scenario: Scena
     assert f"replay {replay['id']} interrupted after {replay['sent']} of {n} record(s)" in stopped.stderr
     assert "recorded on" in stopped.stderr
 
+    # A service manager's stop (SIGTERM), and an impatient operator's Ctrl-C pressed twice: the
+    # same record, and the same truthful line (a second Ctrl-C while the end was being written
+    # said "nothing replayed" after 10,000 records had gone out).
+    for sig, times, status in ((signal.SIGTERM, 1, 143), (signal.SIGINT, 2, 130)):
+        again = replay_stopped_by(s, sig, times)
+        assert again.returncode == status, again.stderr
+        latest = replays_recorded(s)[-1]
+        assert (latest["status"], latest["planned"]) == ("interrupted", n) and 0 < latest["sent"] < n, latest
+        assert latest["sent"] <= sent_by(s, latest["id"]) <= latest["sent"] + latest["unconfirmed"]
+        assert f"replay {latest['id']} interrupted after {latest['sent']} of {n} record(s)" in again.stderr
+        assert {tuple(o) for o in latest["origins"]} == {tuple(o) for o in replay["origins"]}
+
     killed = replay_stopped_by(s, signal.SIGKILL)
     assert killed.returncode == -signal.SIGKILL
-    first, second = replays_recorded(s)
-    assert first == replay
-    assert (second["status"], second["planned"], second["sent"]) == ("started", n, 0)
-    assert 0 < sent_by(s, second["id"]) <= n
+    recorded = replays_recorded(s)
+    assert recorded[0] == replay and len(recorded) == 4
+    assert (recorded[-1]["status"], recorded[-1]["planned"], recorded[-1]["sent"]) == ("started", n, 0)
+    assert 0 < sent_by(s, recorded[-1]["id"]) <= n
     table = s.cli("dlq", "replays", s.dlq_topic)
     assert table.returncode == 0
     assert "interrupted" in table.stdout and "no end recorded" in table.stdout and f"up to {n}" in table.stdout
@@ -365,6 +378,14 @@ def test_a_replay_to_another_kinds_topic_is_refused(scenario: Scenario) -> None:
     refused = s.cli("dlq", "replay", s.dlq_topic, "--to", s.chat_topic)
     assert refused.returncode == 2, refused.stderr
     assert f"'{s.chat_topic}' is the source topic of chat events" in refused.stderr
+    # The same dead-letter topic under an old name the settings no longer pair: its letters say
+    # where they came from.
+    renamed = {"EVENTSINK_METRICS_DLQ_TOPIC": f"{s.topic}.errors"}
+    unpaired = s.cli("dlq", "replay", s.dlq_topic, "--to", s.chat_topic, "--dry-run", **renamed)
+    assert unpaired.returncode == 2, unpaired.stderr
+    assert f"letters of {s.dlq_topic} came from '{s.topic}' (metric events)" in unpaired.stderr
+    own = s.cli("dlq", "replay", s.dlq_topic, "--to", s.topic, "--dry-run", **renamed)
+    assert own.returncode == 0 and "would replay 1 record(s)" in own.stderr, own.stderr
     assert sum(end_offsets(s, s.chat_topic).values()) == 0
     # A metric record that was replayed into chat once (before this refusal) and failed there.
     origin = (

@@ -247,6 +247,11 @@ def test_each_replay_is_listed_once_as_its_last_record_says() -> None:
         ("b", "started", 0),  # killed before it could record its end
         ("c", "started", 0),
     ]
+    # The end's record leaves the origins to the start's (it is kept small): carried over.
+    start = ReplayRecord("d", "at", "metrics.dlq", "metrics", {}, 0, 0, 0, "ops", "host", [("metrics", 0, 7)])
+    end = ReplayRecord("d", "at", "metrics.dlq", "metrics", {}, 1, 0, 0, "ops", "host", [], status="done")
+    (merged,) = latest([start, end])
+    assert (merged.status, merged.sent, merged.origins) == ("done", 1, [("metrics", 0, 7)])
 
 
 def test_a_letter_that_first_failed_on_another_topic_is_refused() -> None:

@@ -15,6 +15,7 @@ def report(
     *,
     seen: int = 10,
     ledger_rows: int = 0,
+    ledger_applied: int | None = None,  # rows that applied anything (all of them unless said)
     committed: dict[int, int] | None = None,
     behind: list[Behind] | None = None,
     read_from: ReadFrom = PRIMARY,
@@ -22,6 +23,7 @@ def report(
 ) -> VerifyReport:
     r = VerifyReport("metrics", "eventsink", read_from=read_from, dsn_source=dsn_source)
     r.ledger_rows, r.committed, r.behind_kafka = ledger_rows, committed, behind or []
+    r.ledger_applied = ledger_rows if ledger_applied is None else ledger_applied
     t = r.tenant("00000000-0000-4000-8000-000000000001")
     t.seen = t.unique = t.pending = seen
     return r
@@ -76,3 +78,16 @@ def test_no_ledger_rows_fails_on_a_standby_too() -> None:
 def test_a_topic_with_no_records_is_left_to_the_command() -> None:
     # `eventsink verify` says "holds no records: nothing to verify" before it looks at the ledger.
     assert report(seen=0).unverified is None
+
+
+def test_ledger_rows_that_applied_nothing_verify_nothing() -> None:
+    """Rows at -1 (a reset for a recreated topic, or rows made by hand) and no Kafka offsets:
+    every record read as pending, and verify said "consistent" having checked nothing."""
+    r = report(ledger_rows=8, ledger_applied=0, committed={})
+    assert not r.ok
+    assert r.unverified == (
+        "the ledger of group eventsink in database db.internal:5432/events_staging has rows for metrics, but none "
+        "has applied anything (each at offset -1: reset for a recreated topic, or made by hand): nothing was "
+        "verified; run verify once its workers have applied records, and check that DATABASE_URL (database "
+        "events_staging) is the one they write to"
+    )
