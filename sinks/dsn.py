@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from sinks.secrets import MASK, SECRET_PARAMS
+from sinks.secrets import MASK, SECRET_PARAMS, scrub
 
 
 def redact_dsn(dsn: str) -> str:
@@ -17,6 +17,13 @@ def redact_dsn(dsn: str) -> str:
     for key in SECRET_PARAMS & params.keys():
         params[key] = MASK
     return make_conninfo(**params)  # type: ignore[arg-type]
+
+
+def server_and_database(dsn: str) -> str:
+    """`host:port/database` of a DSN, to name the database an operator pointed a command at;
+    never its credentials. Raises what libpq raises for a DSN it cannot parse."""
+    params = conninfo_to_dict(dsn)
+    return scrub(f"{params.get('host', 'localhost')}:{params.get('port', 5432)}/{params.get('dbname', '?')}")
 
 
 def with_database(dsn: str, dbname: str) -> str:

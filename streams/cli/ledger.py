@@ -25,10 +25,10 @@ from contextlib import contextmanager
 import click
 import orjson
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 from rich.table import Table
 
 from sinks.core import ledger
+from sinks.dsn import server_and_database
 from sinks.secrets import scrub
 from streams import aio
 from streams.cli import names
@@ -91,12 +91,6 @@ async def _committed(s: Settings, topic: str, partition: int) -> int | None:
             return (await reader.committed(s.group_id, topic, [partition])).get(partition)
     except Exception:  # the broker's answer is a second opinion here, not a condition
         return None
-
-
-def _where(dsn: str) -> str:
-    """host:port/database of a DSN, never its credentials."""
-    params = conninfo_to_dict(dsn)
-    return scrub(f"{params.get('host', 'localhost')}:{params.get('port', 5432)}/{params.get('dbname', '?')}")
 
 
 @ledger_command.command("show")
@@ -272,9 +266,9 @@ def skip(topic: str, partition: int, to: int, group: str | None, dry_run: bool, 
     if committed and committed > applied_next:
         here = f"has no {where}" if row is None else f"has {where} at offset {row.last_offset}"
         raise click.UsageError(
-            f"the ledger of group {s.group_id} in database {_where(s.dsn)} {here}, behind the offset {committed} "
-            "the group committed for it in Kafka: its workers write their ledger to another database (check "
-            "DATABASE_URL), or this one lost commits they will apply again; a skip here would be recorded where "
+            f"the ledger of group {s.group_id} in database {server_and_database(s.dsn)} {here}, behind the offset "
+            f"{committed} the group committed for it in Kafka: its workers write their ledger to another database "
+            "(check DATABASE_URL), or this one lost commits they will apply again; a skip here would be recorded where "
             "they never look, or over records they are about to apply"
         )
     if row is not None:

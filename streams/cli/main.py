@@ -203,17 +203,12 @@ def _database_named() -> str:
     """The database DATABASE_URL names, as host:port/database (no credentials), and the one
     EVENTSINK_READ_DATABASE_URL names when it is another; or a word for them."""
 
-    def named(dsn: str) -> str:
-        from psycopg.conninfo import conninfo_to_dict
-
-        params = conninfo_to_dict(dsn)
-        return scrub(f"{params.get('host', 'localhost')}:{params.get('port', 5432)}/{params.get('dbname', '?')}")
-
     try:
+        from sinks.dsn import server_and_database
         from streams.settings import load
 
         s = load()
-        write, read = named(s.dsn), named(s.read_dsn)
+        write, read = server_and_database(s.dsn), server_and_database(s.read_dsn)
     except Exception:
         return "DATABASE_URL names"
     return write if read == write else f"{write} (or {read}, for a command that reads a standby)"
@@ -230,15 +225,14 @@ def explain(exc: BaseException) -> tuple[str, str]:
     from psycopg import OperationalError
     from psycopg.errors import InvalidSchemaName, UndefinedTable
 
+    servers = scrub(os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092 (the default)"))
     if isinstance(exc, KafkaTimeoutError):
         # Raised bare (no text) when the broker stopped answering a send or a request.
-        servers = scrub(os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092 (the default)"))
         return what, (
             f"the Kafka broker at {servers} did not answer in time (stopped, overloaded or cut off); "
             "check it, then run the command again"
         )
     if isinstance(exc, KafkaConnectionError) or (isinstance(exc, KafkaError) and "bootstrap" in text):
-        servers = scrub(os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092 (the default)"))
         return what, (
             f"no Kafka broker answered at {servers}; start it, or set KAFKA_BOOTSTRAP_SERVERS (and "
             "EVENTSINK_KAFKA_SECURITY_PROTOCOL) to where it listens"
