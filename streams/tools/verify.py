@@ -80,14 +80,12 @@ class VerifyReport:
     unreadable: list[tuple[int, int, str]] = field(default_factory=list)
     # The PostgreSQL server and database read, and whether it was the primary or a standby.
     read_from: ReadFrom | None = None
-    # This database's ledger rows (partitions) of the group for the topic.
-    ledger_rows: int = 0
-    # Of them, those that applied anything (a row at -1: reset for a recreated topic, or made by hand).
-    ledger_applied: int = 0
+    # This database's ledger of the group for the topic: partition -> last offset applied (-1:
+    # none, a row reset for a recreated topic or made by hand).
+    ledger: dict[int, int] = field(default_factory=dict)
     # The group's committed offsets in Kafka (partition -> next to read), read just before the
-    # ledger; None when the broker could not tell. And the partitions where they are past the ledger.
+    # ledger; None when the broker could not tell.
     committed: dict[int, int] | None = None
-    behind_kafka: list[Behind] = field(default_factory=list)
     # What names the DSN read, for the operator to check (DATABASE_URL, --read-dsn, ...).
     dsn_source: str = "DATABASE_URL"
 
@@ -102,6 +100,24 @@ class VerifyReport:
             and not any("cannot be read" in p for p in self.problems)
             and self.unverified is None
         )
+
+    @property
+    def ledger_rows(self) -> int:
+        return len(self.ledger)
+
+    @property
+    def ledger_applied(self) -> int:
+        """Ledger rows that applied anything."""
+        return sum(1 for last in self.ledger.values() if last >= 0)
+
+    @property
+    def behind_kafka(self) -> list[Behind]:
+        """The partitions whose Kafka committed offset is past this ledger's next offset."""
+        return [
+            Behind(p, self.ledger.get(p, -1) + 1, c)
+            for p, c in sorted((self.committed or {}).items())
+            if c > self.ledger.get(p, -1) + 1
+        ]
 
     @property
     def on_standby(self) -> bool:
@@ -138,9 +154,10 @@ class VerifyReport:
                 f"{head} and {kafka}: nothing was verified; run verify once its workers have applied "
                 f"records, and check that {self.dsn_source} (database {database}) is the one they write to"
             )
-        if self.behind_kafka and not self.on_standby:
-            shown = ", ".join(f"[{b.partition}] {b.ledger_next} < {b.committed}" for b in self.behind_kafka[:8])
-            more = f" and {len(self.behind_kafka) - 8} more" if len(self.behind_kafka) > 8 else ""
+        behind = self.behind_kafka
+        if behind and not self.on_standby:
+            shown = ", ".join(f"[{b.partition}] {b.ledger_next} < {b.committed}" for b in behind[:8])
+            more = f" and {len(behind) - 8} more" if len(behind) > 8 else ""
             return (
                 f"the ledger of group {self.group} in {where} is behind the offsets the group committed in "
                 f"Kafka for {self.topic} (next offset here < committed: {shown}{more}): workers commit to "
@@ -254,13 +271,7 @@ def verify(
         committed, ledger, expected, unreadable = aio.run(
             _read(bootstrap, kind, since, security, group, lambda: _ledger(conn, group, kind.topic), progress)
         )
-        report.ledger_rows, report.committed = len(ledger), committed
-        report.ledger_applied = sum(1 for last in ledger.values() if last >= 0)
-        report.behind_kafka = [
-            Behind(p, ledger.get(p, -1) + 1, c)
-            for p, c in sorted((committed or {}).items())
-            if c > ledger.get(p, -1) + 1
-        ]
+        report.ledger, report.committed = ledger, committed
         dlq_sources = expected.dead_lettered
         report.dlq_repeats = sum(n - 1 for n in dlq_sources.values())
         report.lost = [tuple(r) for r in conn.execute(LOST, (group, kind.topic))]  # type: ignore[misc]

@@ -14,16 +14,13 @@ STANDBY = ReadFrom("replica.internal:5432", standby=True, database="events")
 def report(
     *,
     seen: int = 10,
-    ledger_rows: int = 0,
-    ledger_applied: int | None = None,  # rows that applied anything (all of them unless said)
+    ledger: dict[int, int] | None = None,  # partition -> last offset applied
     committed: dict[int, int] | None = None,
-    behind: list[Behind] | None = None,
     read_from: ReadFrom = PRIMARY,
     dsn_source: str = "DATABASE_URL",
 ) -> VerifyReport:
     r = VerifyReport("metrics", "eventsink", read_from=read_from, dsn_source=dsn_source)
-    r.ledger_rows, r.committed, r.behind_kafka = ledger_rows, committed, behind or []
-    r.ledger_applied = ledger_rows if ledger_applied is None else ledger_applied
+    r.ledger, r.committed = ledger or {}, committed
     t = r.tenant("00000000-0000-4000-8000-000000000001")
     t.seen = t.unique = t.pending = seen
     return r
@@ -54,19 +51,19 @@ def test_a_group_that_applied_nothing_yet_is_not_consistent_either() -> None:
 
 
 def test_a_lagging_group_is_pending_and_consistent() -> None:
-    r = report(ledger_rows=2, committed={0: 100, 1: 50})
+    r = report(ledger={0: 99, 1: 49}, committed={0: 100, 1: 50})
     assert r.ok and r.unverified is None and r.totals().pending == 10
 
 
 def test_kafka_committed_past_the_ledger_fails_on_a_primary_only() -> None:
-    behind = [Behind(0, 100, 3000), Behind(1, 0, 1432)]
-    r = report(ledger_rows=1, committed={0: 3000, 1: 1432}, behind=behind)
+    r = report(ledger={0: 99}, committed={0: 3000, 1: 1432})
+    assert r.behind_kafka == [Behind(0, 100, 3000), Behind(1, 0, 1432)]
     assert not r.ok
     assert r.unverified is not None
     assert "(next offset here < committed: [0] 100 < 3000, [1] 0 < 1432)" in r.unverified
     assert r.unverified.endswith("is DATABASE_URL (database events_staging) the one its workers write to?")
     # A standby replays the ledger late: what it has not replayed is pending, as for the rows.
-    lagging = report(ledger_rows=1, committed={0: 3000, 1: 1432}, behind=behind, read_from=STANDBY)
+    lagging = report(ledger={0: 99}, committed={0: 3000, 1: 1432}, read_from=STANDBY)
     assert lagging.ok and lagging.unverified is None and lagging.as_dict()["behind_kafka"][0]["ledger_next"] == 100
 
 
@@ -83,7 +80,7 @@ def test_a_topic_with_no_records_is_left_to_the_command() -> None:
 def test_ledger_rows_that_applied_nothing_verify_nothing() -> None:
     """Rows at -1 (a reset for a recreated topic, or rows made by hand) and no Kafka offsets:
     every record read as pending, and verify said "consistent" having checked nothing."""
-    r = report(ledger_rows=8, ledger_applied=0, committed={})
+    r = report(ledger={p: -1 for p in range(8)}, committed={})
     assert not r.ok
     assert r.unverified == (
         "the ledger of group eventsink in database db.internal:5432/events_staging has rows for metrics, but none "
