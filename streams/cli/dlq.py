@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -194,23 +195,14 @@ def _refusals(topic: str, refused: list[tool.Refusal]) -> Table:
     return table
 
 
-def _check_target(s: Settings, to: str, source: str | None) -> None:
+def _check_target(s: Settings, to: str) -> None:
     """`--to` names an existing topic that records are consumed from: never a dead-letter topic
-    or a replay log (letters would go where no worker applies them), never another kind's source
-    topic (every record would be dead-lettered there, and its dead-letter topic filled with records
-    of the wrong kind), never a misspelt name (the broker would create it on the first record)."""
+    or a replay log (letters would go where no worker applies them), never a misspelt name (the
+    broker would create it on the first record)."""
     from streams.kinds import all_kinds
 
-    kinds = {k.topic: k.name for k in all_kinds(s)}
-    sources = ", ".join(kinds)
+    sources = ", ".join(k.topic for k in all_kinds(s))
     valid = f"give an existing topic that is no dead-letter or .replays topic, such as {sources}"
-    if source is not None and to != source and to in kinds:
-        raise click.BadParameter(
-            f"{to!r} is the source topic of {kinds[to]} events, and these dead letters are of "
-            f"{kinds.get(source, source)} events from {source!r}: give {source!r}, or a topic no worker reads as "
-            "another kind",
-            param_hint="--to",
-        )
     if to in tool.pairs(s) or to.endswith(".dlq"):
         raise click.BadParameter(f"{to!r} is a dead-letter topic: {valid}", param_hint="--to")
     if to.endswith(".replays"):
@@ -224,15 +216,17 @@ def _check_target(s: Settings, to: str, source: str | None) -> None:
         raise click.BadParameter(f"topic {to!r} does not exist on the broker: {valid}", param_hint="--to")
 
 
-def _check_kinds(s: Settings, topic: str, to: str, letters: list[tool.Letter]) -> None:
-    """A dead-letter topic the settings do not pair (an old name) says nothing of its kind; its
-    letters' source headers do: `--to` another kind's source topic is refused as for a paired one."""
+def _check_kind(s: Settings, topic: str, to: str, sources: Iterable[str]) -> None:
+    """`--to` never names another kind's source topic than the one the letters of `topic` came
+    from (`sources`: the settings' pair, or, for a dead-letter topic they do not pair, the letters'
+    source headers): every record would be dead-lettered there, and its dead-letter topic filled
+    with records of the wrong kind."""
     from streams.kinds import all_kinds
 
     kinds = {k.topic: k.name for k in all_kinds(s)}
     if to not in kinds:
         return
-    other = sorted({t for t in (letter.info.source_topic for letter in letters) if t in kinds and t != to})
+    other = sorted({t for t in sources if t in kinds and t != to})
     if other:
         raise click.BadParameter(
             f"{to!r} is the source topic of {kinds[to]} events, and letters of {topic} came from "
@@ -298,11 +292,13 @@ def replay(
     if to == topic:
         raise click.UsageError("--to names the dead-letter topic itself")
     if to is not None:
-        _check_target(s, to, source)
+        if source is not None:
+            _check_kind(s, topic, to, [source])
+        _check_target(s, to)
     target = to or source or ""
     letters = tool.select(_read(s, topic), reason, tenant, since_at)
     if to is not None and source is None:
-        _check_kinds(s, topic, to, letters)
+        _check_kind(s, topic, to, (letter.info.source_topic for letter in letters))
     plan = _plan(s, letters, source, target)
     if plan.refused:
         err.print(_refusals(topic, plan.refused))
